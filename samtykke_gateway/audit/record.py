@@ -1,0 +1,70 @@
+"""The disclosure record (SPEC §7): one per request, allowed or denied.
+
+A record answers "who received what about me, when, on which consent" (GDPR Art. 15). It is
+the only place where personal identifiers (``subject``) may be stored; it never holds a raw
+bearer or consent token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DisclosureRecord"]
+
+
+@dataclass(slots=True, kw_only=True)
+class DisclosureRecord:
+    """One disclosure decision.
+
+    Times are UTC ISO 8601 strings with ``Z`` (``2026-11-29T09:04:19.123456Z``).
+    ``decision`` is ``"allow"`` or ``"deny"``; ``reason`` the stable reason code of
+    :mod:`samtykke_gateway.exceptions` (``"ok"`` when allowed).
+    ``token_kind`` is ``"altinn2"``, ``"altinn3"``, ``"altinn3-migrated"`` or ``None``.
+    ``consumer``/``supplier``/``subject`` are bare digit strings (org number / person id).
+    ``metadata`` is the consent metadata that applied (JSON object of str → list[str]).
+    ``requested_params``/``effective_params``: query parameters as received / as forwarded.
+    ``released_paths``: field paths that left the gateway (rights-package path language).
+    ``released_bytes``/``released_sha256``: size and SHA-256 hex of the body released.
+    """
+
+    time: str
+    correlation_id: str
+    decision: str
+    reason: str
+    status: int
+    method: str
+    path: str
+    route: str | None = None
+    token_kind: str | None = None
+    consent_id: str | None = None
+    jti: str | None = None
+    issuer: str | None = None
+    key_id: str | None = None
+    consent_issuer: str | None = None
+    consent_key_id: str | None = None
+    subject: str | None = None
+    consumer: str | None = None
+    supplier: str | None = None
+    client_id: str | None = None
+    resource: str | None = None
+    rights_package: str | None = None
+    metadata: dict[str, list[str]] = field(default_factory=dict)
+    requested_params: dict[str, list[str]] = field(default_factory=dict)
+    effective_params: dict[str, list[str]] = field(default_factory=dict)
+    upstream_status: int | None = None
+    released_paths: list[str] = field(default_factory=list)
+    released_bytes: int = 0
+    released_sha256: str | None = None
+    detail: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field (stable key order = field order)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DisclosureRecord:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})

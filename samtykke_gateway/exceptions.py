@@ -1,0 +1,165 @@
+"""The gateway's one error tree. Every class carries its HTTP meaning.
+
+::
+
+    GatewayError                      (base; never raised directly)
+    ├── BadRequestError               400  request is malformed (duplicate governed params, CL+TE)
+    ├── AuthenticationError           401  RFC 6750 ``WWW-Authenticate: Bearer``
+    │   ├── MissingTokenError         401  no bearer / consent token (no ``error=`` per RFC 6750 §3.1)
+    │   └── InvalidTokenError         401  ``error="invalid_token"``: malformed, bad signature,
+    │                                      unknown key, expired, wrong issuer, alg not allowed
+    ├── InsufficientConsentError      403  authenticated, but the consent does not cover the request
+    │   └── ConsentSpentError         403  one-time consent already delivered / revoked
+    ├── NotFoundError                 404  no route (or unknown rights package)
+    ├── UsageLimitError               429  per-consent daily usage limit reached
+    ├── UpstreamError                 502  upstream refused / unparsable / oversized / unknown encoding
+    │   └── UpstreamTimeoutError      504
+    └── UnavailableError              503  the gateway cannot decide
+        ├── KeysUnavailableError      503  no JWKS keys for an issuer (nothing cached, fetch failed)
+        ├── AuditUnavailableError     503  disclosure log store cannot take the record
+        └── StateUnavailableError     503  consent state backend (Redis) unreachable
+
+``reason`` is a stable machine code (goes to the disclosure log, metrics labels and the error
+body); ``detail`` is a human sentence. Neither may contain a token or a personal identifier:
+those live only in the disclosure record.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AuditUnavailableError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigError",
+    "ConsentSpentError",
+    "GatewayError",
+    "InsufficientConsentError",
+    "InvalidTokenError",
+    "KeysUnavailableError",
+    "MissingTokenError",
+    "NotFoundError",
+    "StateUnavailableError",
+    "UnavailableError",
+    "UpstreamError",
+    "UpstreamTimeoutError",
+    "UsageLimitError",
+]
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; ``key_path`` names the offending key (``routes[2].subject``)."""
+
+    def __init__(self, key_path: str, message: str) -> None:
+        self.key_path = key_path
+        self.message = message
+        super().__init__(f"{key_path}: {message}" if key_path else message)
+
+
+class GatewayError(Exception):
+    """Base of every request-time refusal.
+
+    :param reason: stable machine code, e.g. ``"token_expired"``; defaults to the class default.
+    :param detail: one human sentence without tokens or personal identifiers.
+    """
+
+    status_code: ClassVar[int] = 500
+    default_reason: ClassVar[str] = "internal_error"
+    #: Tax-administration style error code (``{"kode": ...}`` bodies), per status.
+    kode: ClassVar[str] = "SG-000"
+
+    def __init__(self, detail: str = "", *, reason: str | None = None) -> None:
+        self.reason = reason or self.default_reason
+        self.detail = detail or self.reason.replace("_", " ")
+        super().__init__(self.detail)
+
+    @property
+    def www_authenticate(self) -> str | None:
+        """Value for ``WWW-Authenticate`` (RFC 6750 §3), or ``None`` when not a 401/403."""
+        return None
+
+
+class BadRequestError(GatewayError):
+    status_code = 400
+    default_reason = "bad_request"
+    kode = "SG-400"
+
+
+class AuthenticationError(GatewayError):
+    status_code = 401
+    default_reason = "unauthenticated"
+    kode = "SG-401"
+
+    @property
+    def www_authenticate(self) -> str | None:
+        return 'Bearer error="invalid_token"'
+
+
+class MissingTokenError(AuthenticationError):
+    default_reason = "missing_token"
+
+    @property
+    def www_authenticate(self) -> str | None:
+        # RFC 6750 §3.1: no error code when the request carried no authentication.
+        return "Bearer"
+
+
+class InvalidTokenError(AuthenticationError):
+    default_reason = "invalid_token"
+
+
+class InsufficientConsentError(GatewayError):
+    status_code = 403
+    default_reason = "consent_does_not_cover_request"
+    kode = "SG-010"
+
+    @property
+    def www_authenticate(self) -> str | None:
+        return 'Bearer error="insufficient_scope"'
+
+
+class ConsentSpentError(InsufficientConsentError):
+    default_reason = "consent_spent"
+
+
+class NotFoundError(GatewayError):
+    status_code = 404
+    default_reason = "no_route"
+    kode = "SG-404"
+
+
+class UsageLimitError(GatewayError):
+    status_code = 429
+    default_reason = "usage_limit_reached"
+    kode = "SG-429"
+
+
+class UpstreamError(GatewayError):
+    status_code = 502
+    default_reason = "upstream_error"
+    kode = "SG-502"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    status_code = 504
+    default_reason = "upstream_timeout"
+    kode = "SG-504"
+
+
+class UnavailableError(GatewayError):
+    status_code = 503
+    default_reason = "unavailable"
+    kode = "SG-503"
+
+
+class KeysUnavailableError(UnavailableError):
+    default_reason = "keys_unavailable"
+
+
+class AuditUnavailableError(UnavailableError):
+    default_reason = "audit_unavailable"
+
+
+class StateUnavailableError(UnavailableError):
+    default_reason = "state_unavailable"
