@@ -1,0 +1,189 @@
+"""Strict JWS compact serialization parsing (RFC 7515 §3.1, §7.1). No cryptography here.
+
+This is the first step of SPEC §4: the token is split, size-bounded, base64url-decoded and its
+header and payload are decoded as JSON objects. Everything that a lenient parser would quietly
+accept is refused, because two parsers that disagree about one token are an attack surface:
+
+* size bounded (``max_bytes``) before anything else is looked at;
+* exactly three segments of the base64url alphabet (RFC 4648 §5), ASCII only, no padding, no
+  ``+``/``/``, no whitespace, canonical encoding (unused trailing bits must be zero);
+* header and payload are UTF-8 (strict) JSON *objects* (RFC 7519 §7.2 steps 3–10);
+* duplicate member names refused (RFC 7515 §5.2 allows parsers to refuse; we do);
+* ``NaN`` / ``Infinity`` literals refused (not JSON per RFC 8259 §6), unpaired surrogates refused;
+* nesting depth bounded before :func:`json.loads` can recurse.
+
+Every failure raises :class:`~samtykke_gateway.exceptions.InvalidTokenError` with
+``reason="malformed_token"``; the detail never quotes the token.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from samtykke_gateway.exceptions import InvalidTokenError
+
+__all__ = ["CompactJWS", "parse_compact", "strict_json_object"]
+
+#: Default nesting bound for header/payload JSON (objects + arrays).
+MAX_JSON_DEPTH = 32
+
+_SEGMENTS = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)", re.ASCII)
+_URLSAFE_TO_STD = str.maketrans("-_", "+/")
+# Last character of a segment whose length is 2 (mod 4) encodes 4 unused bits, 3 (mod 4) two:
+# canonical encodings leave them zero (RFC 4648 §3.5).
+_CANONICAL_LAST = {
+    2: frozenset("AQgw"),
+    3: frozenset("AEIMQUYcgkosw048"),
+}
+_PADDING = ("", "", "==", "=")
+_BRACKETS = re.compile(r"[\[\]{}]")
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+@dataclass(frozen=True, slots=True)
+class CompactJWS:
+    """A parsed, *unverified* JWS in compact serialization (RFC 7515 §7.1).
+
+    :ivar header: decoded JOSE header (JSON object).
+    :ivar payload: decoded payload (JSON object; the JWT claims set, RFC 7519 §4).
+    :ivar signing_input: ``ASCII(BASE64URL(header) || "." || BASE64URL(payload))``, the exact
+        bytes the signature covers (RFC 7515 §5.2 step 8).
+    :ivar signature: decoded signature bytes (empty for an unsecured JWS, which the verifier
+        refuses).
+    """
+
+    header: dict[str, Any]
+    payload: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+
+
+def _malformed(detail: str) -> InvalidTokenError:
+    return InvalidTokenError(detail, reason="malformed_token")
+
+
+def _b64decode(segment: str, what: str) -> bytes:
+    """Decode one canonical, unpadded base64url segment (alphabet already checked)."""
+    rest = len(segment) % 4
+    if rest == 1:
+        raise _malformed(f"The token {what} has an impossible base64url length.")
+    if rest and segment[-1] not in _CANONICAL_LAST[rest]:
+        raise _malformed(f"The token {what} is not canonical base64url.")
+    try:
+        return binascii.a2b_base64(
+            segment.translate(_URLSAFE_TO_STD) + _PADDING[rest], strict_mode=True
+        )
+    except binascii.Error:  # pragma: no cover - alphabet and length were checked above
+        raise _malformed(f"The token {what} is not valid base64url.") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate member name")
+    return obj
+
+
+def _depth_exceeds(text: str, max_depth: int) -> bool:
+    """True when objects/arrays in ``text`` nest deeper than ``max_depth``.
+
+    Fast path: fewer opening brackets than the bound cannot nest deeper. Otherwise strings are
+    blanked out (they may contain brackets) and only the bracket characters are walked.
+    """
+    if text.count("{") + text.count("[") <= max_depth:
+        return False
+    depth = 0
+    for match in _BRACKETS.finditer(_STRINGS.sub("", text)):
+        if match.group() in "[{":
+            depth += 1
+            if depth > max_depth:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def strict_json_object(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
+    """Decode ``data`` as a strict UTF-8 JSON object.
+
+    Strict means: UTF-8 without BOM, an object at the top, no duplicate member names, no
+    ``NaN``/``Infinity``, no unpaired surrogates, nesting at most ``max_depth``.
+
+    :raises ValueError: with a short reason, for anything else (also used for JWKS and
+        RFC 8414 metadata documents by :mod:`samtykke_gateway.keys`).
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    if _depth_exceeds(text, max_depth):
+        raise ValueError("nested too deeply")
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except RecursionError:  # pragma: no cover - the depth bound comes first
+        raise ValueError("nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, duplicate names, int digit limit
+        raise ValueError(str(exc).split(":")[0]) from None
+    if type(obj) is not dict:
+        raise ValueError("not a JSON object")
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("unpaired surrogate") from None
+    return obj
+
+
+def parse_compact(token: str, *, max_bytes: int = 16384) -> CompactJWS:
+    """Split and decode a JWS compact serialization without verifying it.
+
+    :param token: ``"<b64url header>.<b64url payload>.<b64url signature>"`` (ASCII ``str``;
+        ASCII ``bytes`` are accepted too).
+    :param max_bytes: upper bound on the token length, checked before any other work.
+    :returns: :class:`CompactJWS`.
+    :raises InvalidTokenError: ``reason="malformed_token"`` for anything that is not a strict
+        compact JWS with JSON-object header and payload (RFC 7515 §7.1, RFC 7519 §7.2).
+    """
+    if isinstance(token, (bytes, bytearray)):
+        if len(token) > max_bytes:
+            raise _malformed("The token is too large.")
+        try:
+            token = bytes(token).decode("ascii")
+        except UnicodeDecodeError:
+            raise _malformed("The token contains non-ASCII characters.") from None
+    elif not isinstance(token, str):
+        raise _malformed("The token is not a string.")
+    # ASCII is checked right after, so characters == bytes for every token that gets further.
+    if len(token) > max_bytes:
+        raise _malformed("The token is too large.")
+    if not token.isascii():
+        raise _malformed("The token contains non-ASCII characters.")
+    match = _SEGMENTS.fullmatch(token)
+    if match is None:
+        raise _malformed(
+            "The token is not three base64url segments separated by dots "
+            "(no padding, whitespace or other characters allowed)."
+        )
+    header_b64, payload_b64, signature_b64 = match.groups()
+    header_raw = _b64decode(header_b64, "header")
+    payload_raw = _b64decode(payload_b64, "payload")
+    signature = _b64decode(signature_b64, "signature") if signature_b64 else b""
+    try:
+        header = strict_json_object(header_raw)
+    except ValueError as exc:
+        raise _malformed(f"The token header is not a strict JSON object ({exc}).") from None
+    try:
+        payload = strict_json_object(payload_raw)
+    except ValueError as exc:
+        raise _malformed(f"The token payload is not a strict JSON object ({exc}).") from None
+    signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")
+    return CompactJWS(header, payload, signing_input, signature)

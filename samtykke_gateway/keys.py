@@ -1,0 +1,467 @@
+"""One issuer's signing keys: an async, cached JWK Set (RFC 7517 §5) — SPEC §3.1, §3.2, §4 step 3.
+
+:class:`KeySet` fetches the issuer's JWKS over HTTP with an injected :class:`httpx.AsyncClient`
+(never blocking the event loop), optionally discovering it first from RFC 8414 authorization
+server metadata (``jwks_uri``). Behaviour:
+
+* lifetime from ``Cache-Control: max-age`` (RFC 9111 §5.2.2.1), clamped to
+  ``[min_ttl_seconds, max_ttl_seconds]``; ``default_ttl_seconds`` when absent;
+* an unknown ``kid`` triggers at most one refetch per ``refetch_cooldown_seconds``; concurrent
+  callers share one in-flight fetch;
+* a failed refresh keeps the last good keys (stale-on-error); only when *no* keys were ever
+  loaded does :meth:`KeySet.get` raise :class:`~samtykke_gateway.exceptions.KeysUnavailableError`;
+* the document is bounded in bytes (``max_document_bytes``) and keys (``max_keys``); keys with
+  ``use`` other than ``sig``, symmetric keys, private keys and unparsable keys are skipped; a
+  ``kid`` (or thumbprint) published twice is ambiguous and never matches;
+* lookup by ``kid``, then ``x5t``, then the SHA-1 thumbprint of each published ``x5c[0]``
+  certificate (Altinn 2 uses the thumbprint as ``kid``). Certificates are not chain-validated:
+  trust comes from the HTTPS endpoint (SPEC §3.1).
+
+Nothing named in a token header (``jku``, ``x5u``, ``jwk``, ``x5c``) is ever fetched or used.
+httpx, JSON and key-parsing exceptions are translated here; none leaves this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt import PyJWK
+
+from samtykke_gateway.exceptions import ConfigError, InvalidTokenError, KeysUnavailableError
+from samtykke_gateway.jose import strict_json_object
+
+__all__ = ["KeySet", "VerificationKey", "x5t_of_der"]
+
+#: Longest ``kid`` / ``x5t`` accepted from a token header or a JWKS.
+MAX_KEY_ID_LENGTH = 256
+#: Smallest RSA modulus accepted from a JWKS.
+MIN_RSA_BITS = 2048
+
+_CURVES_BY_CRV = {"P-256": "secp256r1", "P-384": "secp384r1", "P-521": "secp521r1"}
+_CURVE_BY_ALG = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
+_MAX_AGE = re.compile(r'(?:^|,)\s*max-age\s*=\s*"?(\d{1,12})"?\s*(?:,|$)', re.IGNORECASE)
+_NO_CACHE = re.compile(r"(?:^|,)\s*(?:no-store|no-cache)\s*(?:,|$|=)", re.IGNORECASE)
+
+
+def x5t_of_der(der: bytes) -> str:
+    """``x5t`` of a DER certificate: base64url (unpadded) SHA-1 digest (RFC 7515 §4.1.7)."""
+    digest = hashlib.sha1(der, usedforsecurity=False).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationKey:
+    """One public signature key from a JWKS.
+
+    :ivar kid: published ``kid`` (``None`` when absent).
+    :ivar x5t: published ``x5t``, or the thumbprint computed from ``x5c[0]``.
+    :ivar kty: ``"RSA"`` or ``"EC"`` (RFC 7518 §6.1).
+    :ivar key: a ``cryptography`` public key (``RSAPublicKey`` / ``EllipticCurvePublicKey``).
+    :ivar alg: published ``alg`` (RFC 7517 §4.4); when set, the key is used for that alg only.
+    """
+
+    kid: str | None
+    x5t: str | None
+    kty: str
+    key: Any
+    alg: str | None = None
+
+    def allows(self, alg: str) -> bool:
+        """True when this key may verify a signature made with JWS ``alg`` (RFC 7518 §3.1).
+
+        RS*/PS* need an RSA key, ES256/384/512 an EC key on P-256/P-384/P-521 respectively;
+        a published ``alg`` must equal ``alg``.
+        """
+        if self.alg is not None and self.alg != alg:
+            return False
+        family = alg[:2]
+        if family in ("RS", "PS"):
+            return self.kty == "RSA" and isinstance(self.key, rsa.RSAPublicKey)
+        if family == "ES":
+            return (
+                self.kty == "EC"
+                and isinstance(self.key, ec.EllipticCurvePublicKey)
+                and self.key.curve.name == _CURVE_BY_ALG.get(alg)
+            )
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """Lookup tables of one loaded JWKS; ``None`` values mark ambiguous (duplicate) ids."""
+
+    by_kid: dict[str, VerificationKey | None]
+    by_x5t: dict[str, VerificationKey | None]
+    count: int
+
+
+class _DocumentError(Exception):
+    """Internal: a fetched document is unusable. Message is a short English phrase."""
+
+
+def _check_key_id(value: object, name: str) -> str | None:
+    if value is None:
+        return None
+    if type(value) is not str or not value or len(value) > MAX_KEY_ID_LENGTH:
+        raise InvalidTokenError(
+            f"The token header {name} must be a non-empty string of at most "
+            f"{MAX_KEY_ID_LENGTH} characters.",
+            reason="malformed_token",
+        )
+    return value
+
+
+def _ttl_from(cache_control: str | None, default: float, low: float, high: float) -> float:
+    ttl = default
+    if cache_control:
+        if _NO_CACHE.search(cache_control):
+            ttl = low
+        else:
+            match = _MAX_AGE.search(cache_control)
+            if match:
+                ttl = float(match.group(1))
+    return min(max(ttl, low), high)
+
+
+def _same_public_key(a: Any, b: Any) -> bool:
+    if isinstance(a, rsa.RSAPublicKey) and isinstance(b, rsa.RSAPublicKey):
+        return a.public_numbers() == b.public_numbers()
+    if isinstance(a, ec.EllipticCurvePublicKey) and isinstance(b, ec.EllipticCurvePublicKey):
+        return a.public_numbers() == b.public_numbers()
+    return False
+
+
+def _parse_jwk(jwk: object) -> VerificationKey | None:
+    """One JWKS entry → :class:`VerificationKey`, or ``None`` when it must be skipped."""
+    if type(jwk) is not dict:
+        return None
+    kty = jwk.get("kty")
+    if kty not in ("RSA", "EC"):
+        return None  # "oct" (symmetric) and unknown types are never signature keys here
+    if jwk.get("use", "sig") != "sig":
+        return None
+    key_ops = jwk.get("key_ops")
+    if key_ops is not None and (type(key_ops) is not list or "verify" not in key_ops):
+        return None
+    if "d" in jwk or "p" in jwk or "k" in jwk:
+        return None  # private material published: refuse rather than guess
+    kid = jwk.get("kid")
+    x5t = jwk.get("x5t")
+    alg = jwk.get("alg")
+    for value in (kid, x5t, alg):
+        if value is not None and (
+            type(value) is not str or not value or len(value) > MAX_KEY_ID_LENGTH
+        ):
+            return None
+
+    cert_key: Any = None
+    x5c = jwk.get("x5c")
+    if x5c is not None:
+        if type(x5c) is not list or not x5c or type(x5c[0]) is not str:
+            return None
+        # x5c is standard base64 with padding (RFC 7517 §4.7), not base64url.
+        der = base64.b64decode(x5c[0], validate=True)
+        thumbprint = x5t_of_der(der)
+        if x5t is not None and x5t != thumbprint:
+            return None  # inconsistent entry
+        x5t = thumbprint
+        cert_key = x509.load_der_x509_certificate(der).public_key()
+
+    has_material = ("n" in jwk and "e" in jwk) if kty == "RSA" else ("x" in jwk)
+    if has_material:
+        key: Any = PyJWK(dict(jwk), algorithm=alg).key
+        if cert_key is not None and not _same_public_key(key, cert_key):
+            return None
+    elif cert_key is not None:
+        key = cert_key
+    else:
+        return None
+
+    if kty == "RSA":
+        if not isinstance(key, rsa.RSAPublicKey) or key.key_size < MIN_RSA_BITS:
+            return None
+    elif not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in (
+        _CURVES_BY_CRV.values()
+    ):
+        return None
+    return VerificationKey(kid=kid, x5t=x5t, kty=kty, key=key, alg=alg)
+
+
+def _build_index(document: dict[str, Any], max_keys: int) -> tuple[_Index, int]:
+    """JWKS document → index and number of skipped entries.
+
+    :raises _DocumentError: no ``keys`` array, too many keys, or no usable key at all.
+    """
+    entries = document.get("keys")
+    if type(entries) is not list:
+        raise _DocumentError("JWKS has no 'keys' array")
+    if len(entries) > max_keys:
+        raise _DocumentError(f"JWKS has more than {max_keys} keys")
+    by_kid: dict[str, VerificationKey | None] = {}
+    by_x5t: dict[str, VerificationKey | None] = {}
+    skipped = 0
+    count = 0
+    for entry in entries:
+        try:
+            parsed = _parse_jwk(entry)
+        except Exception:  # noqa: BLE001 - untrusted input in third-party parsers: skip one key
+            parsed = None
+        if parsed is None:
+            skipped += 1
+            continue
+        count += 1
+        for table, ident in ((by_kid, parsed.kid), (by_x5t, parsed.x5t)):
+            if ident is None:
+                continue
+            table[ident] = None if ident in table else parsed
+    if count == 0:
+        raise _DocumentError("JWKS contains no usable signature key")
+    return _Index(by_kid=by_kid, by_x5t=by_x5t, count=count), skipped
+
+
+class KeySet:
+    """The cached JWK Set of one issuer (RFC 7517 §5; discovery per RFC 8414 §3).
+
+    Exactly one of ``jwks_url`` and ``metadata_url`` must be given.
+
+    :param name: issuer name used in messages (``"altinn"``, ``"maskinporten"``).
+    :param http: client used for fetches; owned (and closed) by the caller.
+    :param jwks_url: absolute URL of the JWKS document.
+    :param metadata_url: absolute URL of ``/.well-known/oauth-authorization-server``; its
+        ``jwks_uri`` is used (rediscovered after a failed fetch).
+    :param min_ttl_seconds: lower clamp of the cache lifetime.
+    :param max_ttl_seconds: upper clamp (Altinn: up to 86 400 s, SPEC §3.1).
+    :param default_ttl_seconds: lifetime when the response has no usable ``max-age``.
+    :param refetch_cooldown_seconds: minimum time between two fetches caused by an unknown key
+        or a failed fetch.
+    :param fetch_timeout_seconds: total deadline of one refresh (discovery + JWKS).
+    :param max_document_bytes: largest metadata/JWKS body accepted.
+    :param max_keys: largest number of JWKS entries accepted.
+    :param clock: monotonic seconds; injected by tests.
+    :raises ConfigError: neither or both URLs given, or a non-positive bound.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        http: httpx.AsyncClient,
+        jwks_url: str | None = None,
+        metadata_url: str | None = None,
+        min_ttl_seconds: float = 60,
+        max_ttl_seconds: float = 86400,
+        default_ttl_seconds: float = 3600,
+        refetch_cooldown_seconds: float = 30,
+        fetch_timeout_seconds: float = 5,
+        max_document_bytes: int = 256 * 1024,
+        max_keys: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if (jwks_url is None) == (metadata_url is None):
+            raise ConfigError(f"issuers.{name}", "give exactly one of jwks_url and metadata_url")
+        if not 0 <= min_ttl_seconds <= max_ttl_seconds:
+            raise ConfigError(f"issuers.{name}", "need 0 <= min_ttl_seconds <= max_ttl_seconds")
+        if fetch_timeout_seconds <= 0 or max_document_bytes <= 0 or max_keys <= 0:
+            raise ConfigError(f"issuers.{name}", "timeouts and bounds must be positive")
+        self.name = name
+        self._http = http
+        self._jwks_url = jwks_url
+        self._metadata_url = metadata_url
+        self._discovered_jwks_url: str | None = None
+        self._min_ttl = min_ttl_seconds
+        self._max_ttl = max_ttl_seconds
+        self._default_ttl = default_ttl_seconds
+        self._cooldown = refetch_cooldown_seconds
+        self._timeout = fetch_timeout_seconds
+        self._max_bytes = max_document_bytes
+        self._max_keys = max_keys
+        self._clock = clock
+        self._index: _Index | None = None
+        self._expires_at = -math.inf
+        self._last_fetch_at = -math.inf
+        self._last_error: str | None = None
+        self._inflight: asyncio.Task[str | None] | None = None
+        #: Number of fetch attempts started (for metrics and tests).
+        self.fetch_count = 0
+
+    # -- public -----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """At least one key is loaded (possibly stale)."""
+        return self._index is not None
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the most recent fetch failed (short phrase), ``None`` after a success."""
+        return self._last_error
+
+    async def get(self, *, kid: str | None, x5t: str | None) -> VerificationKey:
+        """The key a token header names: by ``kid``, then ``x5t``, then ``x5c`` thumbprint.
+
+        :param kid: the header's ``kid`` (untrusted; type and length are checked here).
+        :param x5t: the header's ``x5t`` (untrusted).
+        :raises InvalidTokenError: ``malformed_token`` for a non-string or over-long id;
+            ``unknown_key`` when no unambiguous key matches after at most one refetch per
+            cooldown.
+        :raises KeysUnavailableError: no key was ever loaded and fetching failed.
+        """
+        kid = _check_key_id(kid, "kid")
+        x5t = _check_key_id(x5t, "x5t")
+        if kid is None and x5t is None:
+            raise InvalidTokenError(
+                "The token header names no key (kid or x5t).", reason="unknown_key"
+            )
+        now = self._clock()
+        if self._index is None or now >= self._expires_at:
+            await self._refresh_due(now)
+        found = self._lookup(kid, x5t)
+        if found is not None:
+            return found
+        if self._inflight is not None or self._clock() - self._last_fetch_at >= self._cooldown:
+            await self._fetch_shared()
+            found = self._lookup(kid, x5t)
+            if found is not None:
+                return found
+        raise InvalidTokenError(
+            f"The {self.name} key named in the token header is unknown or ambiguous.",
+            reason="unknown_key",
+        )
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Fetch the JWKS when the cached copy expired (or always with ``force``).
+
+        Concurrent callers share one fetch. On failure the previous keys stay in use.
+
+        :raises KeysUnavailableError: this fetch failed (``last_error`` says why).
+        """
+        if not force and self._index is not None and self._clock() < self._expires_at:
+            return
+        error = await self._fetch_shared()
+        if error is not None:
+            raise KeysUnavailableError(f"Keys for {self.name} could not be fetched: {error}.")
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _lookup(self, kid: str | None, x5t: str | None) -> VerificationKey | None:
+        index = self._index
+        if index is None:
+            return None
+        if kid is not None and kid in index.by_kid:
+            return index.by_kid[kid]  # None when ambiguous: do not fall through
+        if x5t is not None and x5t in index.by_x5t:
+            return index.by_x5t[x5t]
+        if kid is not None:  # Altinn 2: kid is the certificate thumbprint
+            return index.by_x5t.get(kid)
+        return None
+
+    async def _refresh_due(self, now: float) -> None:
+        """Nothing loaded or TTL expired: fetch (or join a fetch). After a *failed* fetch,
+        wait out the cooldown: stale keys stay in use, and with no keys at all we fail fast."""
+        if (
+            self._inflight is not None
+            or self._last_error is None
+            or now - self._last_fetch_at >= self._cooldown
+        ):
+            await self._fetch_shared()
+        if self._index is None:
+            raise KeysUnavailableError(
+                f"No keys are available for {self.name}: {self._last_error or 'not loaded'}."
+            )
+
+    async def _fetch_shared(self) -> str | None:
+        """Run (or join) the single in-flight fetch; returns its error or ``None``."""
+        task = self._inflight
+        if task is None:
+            self._last_fetch_at = self._clock()
+            self.fetch_count += 1
+            task = asyncio.get_running_loop().create_task(self._fetch())
+            self._inflight = task
+            task.add_done_callback(self._fetch_done)
+        return await asyncio.shield(task)
+
+    def _fetch_done(self, task: asyncio.Task[str | None]) -> None:
+        if self._inflight is task:
+            self._inflight = None
+        if not task.cancelled():
+            task.exception()  # mark retrieved; _fetch never raises by design
+
+    async def _fetch(self) -> str | None:
+        """One refresh attempt; never raises (except cancellation). Returns an error phrase."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                url = await self._jwks_location()
+                try:
+                    body, cache_control = await self._get_document(url)
+                    index, _skipped = _build_index(self._decode(body, "JWKS"), self._max_keys)
+                except _DocumentError:
+                    self._discovered_jwks_url = None  # rediscover next time
+                    raise
+        except _DocumentError as exc:
+            error = str(exc)
+        except TimeoutError:
+            error = "timed out"
+        except httpx.TimeoutException:
+            error = "timed out"
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError) as exc:
+            error = f"HTTP failure ({type(exc).__name__})"
+        except Exception as exc:  # noqa: BLE001 - fail closed, never leak a foreign exception
+            error = f"unexpected failure ({type(exc).__name__})"
+        else:
+            self._index = index
+            self._expires_at = self._clock() + _ttl_from(
+                cache_control, self._default_ttl, self._min_ttl, self._max_ttl
+            )
+            self._last_error = None
+            return None
+        self._last_error = error
+        return error
+
+    async def _jwks_location(self) -> str:
+        if self._jwks_url is not None:
+            return self._jwks_url
+        if self._discovered_jwks_url is None:
+            body, _ = await self._get_document(self._metadata_url or "")
+            uri = self._decode(body, "metadata").get("jwks_uri")
+            if type(uri) is not str or not uri.startswith(("https://", "http://")):
+                raise _DocumentError("metadata has no absolute jwks_uri")
+            self._discovered_jwks_url = uri
+        return self._discovered_jwks_url
+
+    async def _get_document(self, url: str) -> tuple[bytes, str | None]:
+        """GET ``url``; body bounded by ``max_document_bytes``. Redirects are not followed."""
+        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
+        async with self._http.stream(
+            "GET", url, headers=headers, timeout=self._timeout, follow_redirects=False
+        ) as response:
+            if response.status_code != 200:
+                raise _DocumentError(f"HTTP status {response.status_code}")
+            declared = response.headers.get("content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > self._max_bytes):
+                raise _DocumentError("document too large")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > self._max_bytes:
+                    raise _DocumentError("document too large")
+                chunks.append(chunk)
+            return b"".join(chunks), response.headers.get("cache-control")
+
+    @staticmethod
+    def _decode(body: bytes, what: str) -> dict[str, Any]:
+        try:
+            return strict_json_object(body)
+        except ValueError as exc:
+            raise _DocumentError(f"{what} is not a JSON object ({exc})") from None

@@ -1,0 +1,217 @@
+"""Signature and registered-claim verification of one JWS/JWT — SPEC §4 steps 1–4.
+
+The order is fixed and fails closed at each step:
+
+1. :func:`~samtykke_gateway.jose.parse_compact` (strict compact JWS, RFC 7515 §7.1);
+2. ``alg`` exactly on the issuer's allow-list (asymmetric only: never ``none`` or ``HS*``,
+   RFC 8725 §3.1); any ``crit`` refused — we understand no extension (RFC 7515 §4.1.11);
+3. key from the issuer's :class:`~samtykke_gateway.keys.KeySet` by ``kid`` / ``x5t``; the key
+   type must fit ``alg``. ``jku``/``x5u``/``jwk``/``x5c`` in the header are ignored;
+4. signature (PyJWT's algorithm objects over ``cryptography``), then ``iss`` by exact string
+   equality, then ``exp`` (required) / ``nbf`` / ``iat`` (optional) with leeway (RFC 7519 §4.1).
+
+Verified tokens are cached per (issuer, token) and never served past ``exp + leeway``.
+Failures raise :class:`~samtykke_gateway.exceptions.InvalidTokenError` with one of the reason
+codes in :data:`REASONS`; details never contain the token or claim values.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cachetools import LRUCache
+from jwt.algorithms import Algorithm, get_default_algorithms
+
+from samtykke_gateway.exceptions import ConfigError, InvalidTokenError
+from samtykke_gateway.jose import parse_compact
+from samtykke_gateway.keys import KeySet
+
+__all__ = ["REASONS", "SUPPORTED_ALGORITHMS", "IssuerPolicy", "TokenVerifier", "VerifiedToken"]
+
+#: Asymmetric JWS algorithms an issuer policy may allow (RFC 7518 §3.1).
+SUPPORTED_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
+)
+#: Every ``reason`` this module raises.
+REASONS = (
+    "malformed_token",
+    "alg_not_allowed",
+    "crit_not_supported",
+    "unknown_key",
+    "bad_signature",
+    "wrong_issuer",
+    "token_expired",
+    "token_not_yet_valid",
+    "bad_time_claim",
+)
+#: 9999-12-31T23:59:59Z: the largest NumericDate accepted.
+MAX_NUMERIC_DATE = 253402300799
+
+_ALGORITHMS: dict[str, Algorithm] = {
+    name: alg for name, alg in get_default_algorithms().items() if name in SUPPORTED_ALGORITHMS
+}
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerPolicy:
+    """What a token from one issuer must satisfy.
+
+    :ivar name: config key, ``"altinn"`` or ``"maskinporten"``.
+    :ivar issuer: exact expected ``iss`` (``"altinn.no"``, ``"https://maskinporten.no/"``).
+    :ivar algorithms: allow-list, e.g. ``("RS256",)``; subset of :data:`SUPPORTED_ALGORITHMS`.
+    :ivar keys: the issuer's key set.
+    :ivar leeway_seconds: clock skew tolerated on ``exp``/``nbf``/``iat`` (SPEC §4 step 4).
+    :raises ConfigError: empty or unsupported algorithm list, negative/non-finite leeway.
+    """
+
+    name: str
+    issuer: str
+    algorithms: tuple[str, ...]
+    keys: KeySet
+    leeway_seconds: float = 30
+
+    def __post_init__(self) -> None:
+        if type(self.algorithms) is not tuple or not self.algorithms:
+            raise ConfigError(f"issuers.{self.name}.algorithms", "must be a non-empty tuple")
+        for alg in self.algorithms:
+            if alg not in SUPPORTED_ALGORITHMS:
+                raise ConfigError(
+                    f"issuers.{self.name}.algorithms",
+                    f"{alg!r} is not an allowed asymmetric JWS algorithm",
+                )
+        if not self.issuer:
+            raise ConfigError(f"issuers.{self.name}.issuer", "must not be empty")
+        if not (math.isfinite(self.leeway_seconds) and 0 <= self.leeway_seconds <= 300):
+            raise ConfigError(f"issuers.{self.name}.leeway_seconds", "must be within 0..300")
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    """A token whose signature, issuer and validity window were checked.
+
+    Shared between cache hits: treat ``header`` and ``claims`` as read-only.
+
+    :ivar header: JOSE header.
+    :ivar claims: JWT claims set.
+    :ivar issuer: the policy's ``name`` the token was verified under.
+    :ivar key_id: ``kid`` (or ``x5t``) of the key that verified it, for the audit record.
+    :ivar expires_at: ``exp`` in epoch seconds.
+    """
+
+    header: dict[str, Any]
+    claims: dict[str, Any]
+    issuer: str
+    key_id: str | None
+    expires_at: float
+
+
+_Cache = LRUCache[tuple[str, str, str], tuple[VerifiedToken, IssuerPolicy, float]]
+
+
+def _invalid(reason: str, detail: str) -> InvalidTokenError:
+    return InvalidTokenError(detail, reason=reason)
+
+
+def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
+    """RFC 7519 §2 NumericDate: int or finite float in [0, 9999-12-31]; bools refused.
+
+    :returns: the value, or ``None`` when the claim is absent.
+    """
+    if name not in claims:
+        return None
+    value = claims[name]
+    kind = type(value)
+    if kind is not int and kind is not float:
+        raise _invalid("bad_time_claim", f"The token {name} claim is not a number.")
+    if not (0 <= value <= MAX_NUMERIC_DATE):  # NaN fails every comparison
+        raise _invalid("bad_time_claim", f"The token {name} claim is out of range.")
+    return float(value)
+
+
+class TokenVerifier:
+    """Verifies tokens against an :class:`IssuerPolicy`; caches successes.
+
+    :param cache_size: most verified tokens remembered (LRU); ``0`` disables the cache.
+    :param clock: epoch seconds (``time.time``); injected by tests.
+    """
+
+    def __init__(self, *, cache_size: int = 10_000, clock: Callable[[], float] = time.time) -> None:
+        if cache_size < 0:
+            raise ConfigError("token_cache_size", "must not be negative")
+        self._clock = clock
+        self._cache: _Cache | None = LRUCache(maxsize=cache_size) if cache_size else None
+
+    async def verify(self, token: str, issuer: IssuerPolicy) -> VerifiedToken:
+        """Verify ``token`` for ``issuer`` (SPEC §4 steps 1–4).
+
+        :param token: compact JWS as received (ASCII string, at most 16 KiB).
+        :param issuer: the policy to verify under; a token is never accepted under another
+            issuer's policy, cached or not.
+        :returns: :class:`VerifiedToken`.
+        :raises InvalidTokenError: see :data:`REASONS` for the ``reason`` codes.
+        :raises KeysUnavailableError: the issuer's keys could not be loaded at all.
+        """
+        cache = self._cache if type(token) is str else None
+        if cache is not None:
+            cache_key = (issuer.name, issuer.issuer, token)
+            hit = cache.get(cache_key)
+            if hit is not None:
+                verified, policy, deadline = hit
+                if policy is issuer and self._clock() < deadline:
+                    return verified
+                del cache[cache_key]
+        verified = await self._verify(token, issuer)
+        if cache is not None:
+            deadline = verified.expires_at + issuer.leeway_seconds
+            cache[(issuer.name, issuer.issuer, token)] = (verified, issuer, deadline)
+        return verified
+
+    async def _verify(self, token: str, issuer: IssuerPolicy) -> VerifiedToken:
+        jws = parse_compact(token)
+        header = jws.header
+
+        alg = header.get("alg")
+        if type(alg) is not str or alg not in issuer.algorithms:
+            raise _invalid(
+                "alg_not_allowed",
+                f"The token alg is not on the allow-list of the {issuer.name} issuer.",
+            )
+        if "crit" in header:
+            raise _invalid("crit_not_supported", "The token names critical header extensions.")
+
+        key = await issuer.keys.get(kid=header.get("kid"), x5t=header.get("x5t"))
+        if not key.allows(alg):
+            raise _invalid("alg_not_allowed", "The token alg does not fit the key type.")
+        if not _ALGORITHMS[alg].verify(jws.signing_input, key.key, jws.signature):
+            raise _invalid("bad_signature", "The token signature does not verify.")
+
+        claims = jws.payload
+        iss = claims.get("iss")
+        if type(iss) is not str or iss != issuer.issuer:
+            raise _invalid("wrong_issuer", f"The token was not issued by the {issuer.name} issuer.")
+
+        exp = _numeric_date(claims, "exp")
+        if exp is None:
+            raise _invalid("bad_time_claim", "The token has no exp claim.")
+        nbf = _numeric_date(claims, "nbf")
+        iat = _numeric_date(claims, "iat")
+        now = self._clock()
+        leeway = issuer.leeway_seconds
+        if exp <= now - leeway:
+            raise _invalid("token_expired", "The token has expired.")
+        if nbf is not None and nbf > now + leeway:
+            raise _invalid("token_not_yet_valid", "The token is not valid yet (nbf).")
+        if iat is not None and iat > now + leeway:
+            raise _invalid("token_not_yet_valid", "The token was issued in the future (iat).")
+
+        return VerifiedToken(
+            header=header,
+            claims=claims,
+            issuer=issuer.name,
+            key_id=key.kid or key.x5t,
+            expires_at=exp,
+        )
