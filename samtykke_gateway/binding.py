@@ -1,0 +1,206 @@
+"""Binding a verified consent to *this* request (SPEC §4 steps 5–8, §5).
+
+Pure functions, no I/O: consumer, supplier, subject, resource, validity and the route's
+metadata constraints. Each refusal is an :class:`InsufficientConsentError` (403) with a stable
+reason code, or a :class:`BadRequestError` (400) when the request itself is malformed.
+Identifiers are compared as exact ASCII digit strings.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .config import RouteConfig
+from .exceptions import BadRequestError, InsufficientConsentError
+from .identifiers import Party, party_from_digits
+from .scoping import ScopeContext
+from .tokens.model import Consent, ConsentRight, MaskinportenToken
+
+__all__ = [
+    "Binding",
+    "bind_consent",
+    "apply_constraints",
+    "check_consumer",
+    "request_subject",
+]
+
+_YEAR = re.compile(r"[0-9]{4}")
+_MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
+_MAX_SUBJECT_CHARS = 64
+
+
+def _deny(reason: str, detail: str) -> InsufficientConsentError:
+    return InsufficientConsentError(detail, reason=reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """The part of a consent that covers this request.
+
+    ``token_kind``: ``"altinn2"``, ``"altinn3"`` or ``"altinn3-migrated"``.
+    ``resource``: the route resource that matched. ``rights``: matched consent rights.
+    """
+
+    token_kind: str
+    resource: str
+    rights: tuple[ConsentRight, ...]
+
+    @property
+    def metadata(self) -> dict[str, list[str]]:
+        """Union of the matched rights' metadata (lower-cased key → values)."""
+        out: dict[str, list[str]] = {}
+        for right in self.rights:
+            for key, values in right.metadata.items():
+                target = out.setdefault(key, [])
+                target.extend(v for v in values if v not in target)
+        return out
+
+
+def request_subject(
+    route: RouteConfig,
+    path_params: Mapping[str, str],
+    query: Sequence[tuple[str, str]],
+    headers: Mapping[str, list[str]],
+) -> str:
+    """The data subject as the request names it (raw string, not yet validated).
+
+    :raises BadRequestError: (400) the subject is missing, repeated or absurdly long.
+    """
+    source, name = route.subject.source, route.subject.name
+    if source == "path":
+        values = [path_params.get(name, "")]
+    elif source == "query":
+        values = [v for k, v in query if k == name]
+    else:
+        values = headers.get(name, [])
+    if len(values) != 1 or not values[0]:
+        raise BadRequestError("the request must name exactly one data subject", reason="subject_missing")
+    if len(values[0]) > _MAX_SUBJECT_CHARS:
+        raise BadRequestError("the data subject is malformed", reason="subject_malformed")
+    return values[0]
+
+
+def check_consumer(consent: Consent, mp: MaskinportenToken, delegation_sources: Sequence[str]) -> None:
+    """``CoveredBy``/``to`` == Maskinporten ``consumer``; supplier rules (SPEC §4 step 6).
+
+    Altinn 2: when ``HandledBy`` is present it must equal the Maskinporten ``supplier``.
+    Altinn 3: when the token has a ``supplier``, ``delegation_source`` must be a configured
+    Altinn delegation source.
+    :raises InsufficientConsentError: (403) ``consumer_mismatch`` / ``supplier_mismatch``.
+    """
+    if consent.consumer != mp.consumer:
+        raise _deny("consumer_mismatch", "the consent was given to another organisation")
+    if consent.kind == "altinn2":
+        if consent.supplier is not None and consent.supplier != mp.supplier:
+            raise _deny("supplier_mismatch", "the consent names another supplier (HandledBy)")
+    elif mp.supplier is not None and mp.delegation_source not in delegation_sources:
+        raise _deny("supplier_mismatch", "supplier token without a trusted delegation_source")
+
+
+def bind_consent(
+    route: RouteConfig,
+    consent: Consent,
+    mp: MaskinportenToken,
+    subject: str,
+    *,
+    now: float,
+    leeway_seconds: float,
+    delegation_sources: Sequence[str],
+) -> Binding:
+    """Check that ``consent`` covers ``route`` for ``subject`` at ``now`` (epoch seconds).
+
+    :raises InsufficientConsentError: (403) ``consent_expired``, ``consent_not_yet_valid``,
+        ``consumer_mismatch``, ``supplier_mismatch``, ``subject_mismatch``,
+        ``service_not_consented`` / ``resource_not_consented``.
+    """
+    if consent.valid_to <= now:
+        raise _deny("consent_expired", "the consent is no longer valid (ValidToDate/validTo)")
+    if consent.delegated is not None and consent.delegated > now + leeway_seconds:
+        raise _deny("consent_not_yet_valid", "the consent was given in the future")
+    check_consumer(consent, mp, delegation_sources)
+    party: Party | None = party_from_digits(subject)
+    if party is None or party != consent.subject:
+        raise _deny("subject_mismatch", "the consent was given by another data subject")
+    if consent.kind == "altinn2":
+        rights = consent.rights_for(route.altinn2_services)
+        if not rights:
+            raise _deny("service_not_consented", "the consent does not cover this service")
+        return Binding("altinn2", rights[0].resource, rights)
+    rights = consent.rights_for(route.altinn3_resources)
+    if rights:
+        return Binding("altinn3", rights[0].resource, rights)
+    rights = consent.rights_for(route.migrated_resources)
+    if rights:
+        return Binding("altinn3-migrated", rights[0].resource, rights)
+    raise _deny("resource_not_consented", "the consent does not cover this resource")
+
+
+def _single(query: Sequence[tuple[str, str]], name: str) -> str | None:
+    values = [v for k, v in query if k == name]
+    if len(values) > 1:
+        raise BadRequestError(f"query parameter {name} is repeated", reason="duplicate_parameter")
+    return values[0] if values else None
+
+
+def apply_constraints(
+    route: RouteConfig,
+    binding: Binding,
+    path_params: Mapping[str, str],
+    query: Sequence[tuple[str, str]],
+) -> tuple[list[tuple[str, str]], ScopeContext]:
+    """Enforce the route's metadata constraints (SPEC §5).
+
+    :returns: (effective query parameters to forward, scope context with the effective period).
+    :raises BadRequestError: (400) a governed parameter is repeated or malformed.
+    :raises InsufficientConsentError: (403) ``metadata_missing`` (no parsable consented value)
+        or ``metadata_out_of_range`` (the request asks for more than the consent covers).
+    """
+    for name in route.governed_params:
+        _single(query, name)
+    effective = list(query)
+    context = ScopeContext()
+    if route.year is not None:
+        yc = route.year
+        requested = path_params.get(yc.param) if yc.source == "path" else _single(query, yc.param)
+        allowed = {
+            v for r in binding.rights for v in r.metadata.get(yc.metadata, ()) if _YEAR.fullmatch(v)
+        }
+        if not allowed:
+            raise _deny("metadata_missing", f"the consent has no valid {yc.metadata}")
+        if requested is None:
+            raise BadRequestError(f"the request must name {yc.param}", reason="parameter_missing")
+        if requested not in allowed:
+            raise _deny("metadata_out_of_range", f"{yc.param} is not a consented year")
+    if route.period is not None:
+        pc = route.period
+        candidates = []
+        for right in binding.rights:
+            froms = [v for v in right.metadata.get(pc.from_metadata, ())]
+            tos = [v for v in right.metadata.get(pc.to_metadata, ())]
+            if len(froms) == 1 and len(tos) == 1 and _MONTH.fullmatch(froms[0]) and _MONTH.fullmatch(tos[0]):
+                if froms[0] <= tos[0]:
+                    candidates.append((froms[0], tos[0]))
+        if not candidates:
+            raise _deny("metadata_missing", "the consent has no valid period")
+        req_from = _single(query, pc.from_param)
+        req_to = _single(query, pc.to_param)
+        for value, name in ((req_from, pc.from_param), (req_to, pc.to_param)):
+            if value is not None and not _MONTH.fullmatch(value):
+                raise BadRequestError(f"{name} must be YYYY-MM", reason="bad_parameter")
+        chosen = None
+        for c_from, c_to in candidates:
+            eff_from = req_from if req_from is not None else c_from
+            eff_to = req_to if req_to is not None else c_to
+            if c_from <= eff_from <= eff_to <= c_to:
+                chosen = (eff_from, eff_to)
+                break
+        if chosen is None:
+            if req_from is not None and req_to is not None and req_from > req_to:
+                raise BadRequestError("the requested period is empty", reason="bad_parameter")
+            raise _deny("metadata_out_of_range", "the requested period is outside the consented period")
+        effective = [(k, v) for k, v in effective if k not in (pc.from_param, pc.to_param)]
+        effective += [(pc.from_param, chosen[0]), (pc.to_param, chosen[1])]
+        context = ScopeContext(period_from=chosen[0], period_to=chosen[1])
+    return effective, context

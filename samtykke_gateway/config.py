@@ -1,0 +1,600 @@
+"""Gateway configuration: TOML → frozen dataclasses.
+
+Every error is a :class:`~samtykke_gateway.exceptions.ConfigError` naming the key path
+(``routes[2].subject``). Unknown keys are errors: a typo must not silently disable a check.
+The format is documented in ``config/README.md``; the tables are ``[gateway]``, ``[upstream]``,
+``[audit]``, ``[issuers.altinn]``, ``[issuers.maskinporten]``, ``[[routes]]`` and
+``[rights_packages.<name>]``.
+
+Profiles (SPEC §3): ``tt02`` and ``prod`` preset Altinn's JWKS (discovered through
+``/.well-known/oauth-authorization-server``) and Maskinporten's issuer and JWKS; a profile never
+trusts the other environment's keys, and ``prod`` refuses Altinn test-generator tokens
+(``actual_iss``). ``custom`` (default) takes issuers as written.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .exceptions import ConfigError
+from .scoping import RightsPackage
+
+__all__ = [
+    "GatewayConfig",
+    "IssuerConfig",
+    "PeriodConstraint",
+    "RouteConfig",
+    "SubjectSource",
+    "YearConstraint",
+    "load_config",
+    "parse_config",
+]
+
+Profile = Literal["custom", "tt02", "prod"]
+
+PROFILE_ISSUERS: dict[str, dict[str, dict[str, Any]]] = {
+    "tt02": {
+        "altinn": {
+            "issuer": "altinn.no",
+            "metadata_url": "https://tt02.altinn.no/.well-known/oauth-authorization-server",
+            "algorithms": ["RS256"],
+        },
+        "maskinporten": {
+            "issuer": "https://test.maskinporten.no/",
+            "jwks_url": "https://test.maskinporten.no/jwk",
+            "algorithms": ["RS256", "RS384", "RS512"],
+        },
+    },
+    "prod": {
+        "altinn": {
+            "issuer": "altinn.no",
+            "metadata_url": "https://www.altinn.no/.well-known/oauth-authorization-server",
+            "algorithms": ["RS256"],
+        },
+        "maskinporten": {
+            "issuer": "https://maskinporten.no/",
+            "jwks_url": "https://maskinporten.no/jwk",
+            "algorithms": ["RS256", "RS384", "RS512"],
+        },
+    },
+}
+PROFILE_DELEGATION_SOURCE = {
+    "tt02": "https://platform.tt02.altinn.no/authentication/api/v1/openid/",
+    "prod": "https://platform.altinn.no/authentication/api/v1/openid/",
+}
+_TEST_MARKERS = ("tt02.", "test.maskinporten", "altinn-test", "dev.altinn.local", "dev.maskinporten")
+
+_ALLOWED_ALGS = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SEGMENT_LITERAL = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%-]+")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+_SERVICE = re.compile(r"[0-9]{1,10}_[0-9]{1,10}")
+_RESOURCE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._:-]{0,127}")
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerConfig:
+    """One trusted token issuer. Times in seconds. Exactly one of ``jwks_url``/``metadata_url``."""
+
+    name: str
+    issuer: str
+    algorithms: tuple[str, ...]
+    jwks_url: str | None = None
+    metadata_url: str | None = None
+    min_ttl_seconds: float = 60.0
+    max_ttl_seconds: float = 86400.0
+    default_ttl_seconds: float = 3600.0
+    refetch_cooldown_seconds: float = 30.0
+    fetch_timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectSource:
+    """Where the request names its data subject: ``source`` is path, header or query."""
+
+    source: Literal["path", "header", "query"]
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class YearConstraint:
+    """Request year (``source`` path/query parameter ``param``, ``YYYY``) must equal one of the
+    consented values of metadata ``metadata`` (lower-cased), e.g. ``inntektsaar`` (SPEC §5)."""
+
+    source: Literal["path", "query"]
+    param: str
+    metadata: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodConstraint:
+    """Requested ``from_param..to_param`` (``YYYY-MM`` query parameters) must lie inside the
+    consented ``from_metadata..to_metadata``; a missing request bound is set to the consented
+    bound before forwarding (SPEC §5 *Decision*)."""
+
+    from_param: str = "fraOgMed"
+    to_param: str = "tilOgMed"
+    from_metadata: str = "fraogmed"
+    to_metadata: str = "tilogmed"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """One protected route.
+
+    ``path``: template with ``{name}`` segments, e.g. ``/api/x/{personidentifikator}``.
+    ``altinn2_services``: ``"{serviceCode}_{editionCode}"`` values; ``altinn3_resources``:
+    resource ids incl. migrated ids ``{org}_{serviceCode}_{editionCode}``.
+    ``rights_package``: fixed package name, or ``None`` with ``rights_package_param`` naming the
+    path parameter whose value selects from ``rights_package_map`` (value → package name).
+    A route with no package at all is unscoped (streams through).
+    """
+
+    name: str
+    methods: frozenset[str]
+    path: str
+    pattern: re.Pattern[str]
+    scope: str
+    subject: SubjectSource
+    altinn2_services: tuple[str, ...] = ()
+    altinn3_resources: tuple[str, ...] = ()
+    migrated_resources: tuple[str, ...] = ()
+    year: YearConstraint | None = None
+    period: PeriodConstraint | None = None
+    rights_package: str | None = None
+    rights_package_param: str | None = None
+    rights_package_map: Mapping[str, str] = field(default_factory=dict)
+    one_time: bool = False
+    daily_limit: int | None = None
+
+    @property
+    def scoped(self) -> bool:
+        return self.rights_package is not None or self.rights_package_param is not None
+
+    @property
+    def governed_params(self) -> frozenset[str]:
+        """Query parameters a constraint governs (duplicates of these are refused, 400)."""
+        names: set[str] = set()
+        if self.period:
+            names |= {self.period.from_param, self.period.to_param}
+        if self.year and self.year.source == "query":
+            names.add(self.year.param)
+        if self.subject.source == "query":
+            names.add(self.subject.name)
+        return frozenset(names)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The whole validated configuration (immutable; a reload builds a new one)."""
+
+    profile: Profile
+    issuers: Mapping[str, IssuerConfig]
+    routes: tuple[RouteConfig, ...]
+    rights_packages: Mapping[str, RightsPackage]
+    upstream_url: str | None
+    audit_url: str
+    consent_header: str = "AltinnSamtykke"
+    error_style: Literal["problem", "skatteetaten"] = "problem"
+    leeway_seconds: float = 30.0
+    max_token_bytes: int = 16384
+    altinn3_delegation_sources: tuple[str, ...] = ()
+    unmatched: Literal["deny", "pass"] = "deny"
+    upstream_timeout_seconds: float = 10.0
+    upstream_connect_timeout_seconds: float = 3.0
+    max_body_bytes: int = 10 * 1024 * 1024
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    health_path: str = "/healthz"
+    ready_path: str = "/readyz"
+    metrics_path: str = "/metrics"
+    state_url: str = "memory://"
+    revocation_file: str | None = None
+    jti_replay: Literal["off", "log", "refuse"] = "log"
+    source_path: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def allow_test_tokens(self) -> bool:
+        """``False`` under ``prod``: Altinn test-generator tokens (``actual_iss``) are refused."""
+        return self.profile != "prod"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class _Table:
+    """Read keys from one TOML table, remembering its key path and refusing unknown keys."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(path, "must be a table")
+        self.data = data
+        self.path = path
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None, *, required: bool = False) -> Any:
+        self.used.add(name)
+        if name not in self.data:
+            if required:
+                raise ConfigError(self.key(name), "is required")
+            return default
+        value = self.data[name]
+        if isinstance(value, bool) and kind in (int, float, (int, float)):
+            raise ConfigError(self.key(name), "must be a number")
+        if not isinstance(value, kind):
+            want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise ConfigError(self.key(name), f"must be {want}")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        value = float(self.get(name, (int, float), default))
+        if value < minimum:
+            raise ConfigError(self.key(name), f"must be >= {minimum}")
+        return value
+
+    def str_list(self, name: str, pattern: re.Pattern[str] | None = None) -> tuple[str, ...]:
+        value = self.get(name, (list, str), [])
+        items = [value] if isinstance(value, str) else value
+        out = []
+        for i, item in enumerate(items):
+            if not isinstance(item, str) or (pattern is not None and not pattern.fullmatch(item)):
+                raise ConfigError(f"{self.key(name)}[{i}]", "is not a valid value")
+            out.append(item)
+        return tuple(out)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(self.key(unknown[0]), "unknown key")
+
+
+def _compile_path(template: str, key: str) -> tuple[re.Pattern[str], set[str]]:
+    if not template.startswith("/") or "//" in template or "?" in template or "#" in template:
+        raise ConfigError(key, "must be an absolute path without query, '//' or fragment")
+    names: set[str] = set()
+    parts = []
+    for seg in template.split("/")[1:]:
+        m = _PARAM.fullmatch(seg)
+        if m:
+            if m.group(1) in names:
+                raise ConfigError(key, f"parameter {{{m.group(1)}}} appears twice")
+            names.add(m.group(1))
+            parts.append(f"(?P<{m.group(1)}>[^/]+)")
+        elif seg in ("", ".", ".."):
+            raise ConfigError(key, "empty and dot segments are not allowed")
+        elif _SEGMENT_LITERAL.fullmatch(seg):
+            parts.append(re.escape(seg))
+        else:
+            raise ConfigError(key, f"segment {seg!r} is not allowed")
+    return re.compile("/" + "/".join(parts)), names
+
+
+def _issuer(name: str, data: Mapping[str, Any], path: str) -> IssuerConfig:
+    t = _Table(dict(data), path)
+    issuer = t.get("issuer", str, required=True)
+    jwks_url = t.get("jwks_url", str)
+    metadata_url = t.get("metadata_url", str)
+    if (jwks_url is None) == (metadata_url is None):
+        raise ConfigError(t.key("jwks_url"), "give exactly one of jwks_url and metadata_url")
+    for k, url in (("jwks_url", jwks_url), ("metadata_url", metadata_url)):
+        if url is not None and not url.startswith(("https://", "http://")):
+            raise ConfigError(t.key(k), "must be an http(s) URL")
+    algs = t.str_list("algorithms") or ("RS256",)
+    for i, alg in enumerate(algs):
+        if alg not in _ALLOWED_ALGS:
+            raise ConfigError(f"{t.key('algorithms')}[{i}]", f"{alg!r} is not an allowed algorithm")
+    cfg = IssuerConfig(
+        name=name,
+        issuer=issuer,
+        algorithms=algs,
+        jwks_url=jwks_url,
+        metadata_url=metadata_url,
+        min_ttl_seconds=t.number("min_ttl_seconds", 60.0),
+        max_ttl_seconds=t.number("max_ttl_seconds", 86400.0),
+        default_ttl_seconds=t.number("default_ttl_seconds", 3600.0),
+        refetch_cooldown_seconds=t.number("refetch_cooldown_seconds", 30.0),
+        fetch_timeout_seconds=t.number("fetch_timeout_seconds", 5.0, minimum=0.01),
+    )
+    t.finish()
+    if cfg.min_ttl_seconds > cfg.max_ttl_seconds:
+        raise ConfigError(t.key("min_ttl_seconds"), "must not exceed max_ttl_seconds")
+    return cfg
+
+
+def _subject(value: Any, key: str, path_params: set[str]) -> SubjectSource:
+    t = _Table(value, key)
+    given = [(s, t.get(s, str)) for s in ("path", "header", "query")]
+    given = [(s, v) for s, v in given if v is not None]
+    t.finish()
+    if len(given) != 1:
+        raise ConfigError(key, "give exactly one of path, header or query")
+    source, name = given[0]
+    if source == "path" and name not in path_params:
+        raise ConfigError(f"{key}.path", f"{{{name}}} is not a parameter of the route path")
+    if source == "header" and not _HEADER_NAME.fullmatch(name):
+        raise ConfigError(f"{key}.header", "is not a valid header name")
+    return SubjectSource(source, name.lower() if source == "header" else name)  # type: ignore[arg-type]
+
+
+def _route(index: int, data: Any, packages: Mapping[str, RightsPackage]) -> RouteConfig:
+    key = f"routes[{index}]"
+    t = _Table(data, key)
+    name = t.get("name", str, required=True)
+    path = t.get("path", str, required=True)
+    pattern, params = _compile_path(path, t.key("path"))
+    methods = t.str_list("method") or ("GET",)
+    for i, m in enumerate(methods):
+        if m.upper() not in _METHODS:
+            raise ConfigError(f"{t.key('method')}[{i}]", f"{m!r} is not an HTTP method")
+    methods_set = frozenset(m.upper() for m in methods)
+    if "GET" in methods_set:
+        methods_set |= {"HEAD"}
+    scope = t.get("scope", str, required=True)
+    if not scope or " " in scope:
+        raise ConfigError(t.key("scope"), "must be one Maskinporten scope")
+    subject = _subject(t.get("subject", dict, required=True), t.key("subject"), params)
+    services = t.str_list("altinn2_service", _SERVICE)
+    resources = t.str_list("altinn3_resources", _RESOURCE)
+    migrated_org = t.get("altinn3_migrated_org", str)
+    migrated = tuple(f"{migrated_org}_{s}" for s in services) if migrated_org else ()
+    if migrated_org is not None and not re.fullmatch(r"[a-z0-9]{2,20}", migrated_org):
+        raise ConfigError(t.key("altinn3_migrated_org"), "must be an Altinn org code like 'skd'")
+    if not services and not resources and not migrated:
+        raise ConfigError(key, "needs altinn2_service or altinn3_resources")
+
+    year = None
+    if "year" in t.data:
+        yt = _Table(t.get("year", dict), t.key("year"))
+        source = yt.get("source", str, "path")
+        param = yt.get("param", str, required=True)
+        metadata = yt.get("metadata", str, param)
+        yt.finish()
+        if source not in ("path", "query"):
+            raise ConfigError(yt.key("source"), "must be 'path' or 'query'")
+        if source == "path" and param not in params:
+            raise ConfigError(yt.key("param"), f"{{{param}}} is not a parameter of the route path")
+        year = YearConstraint(source, param, metadata.lower())  # type: ignore[arg-type]
+    period = None
+    if "period" in t.data:
+        pt = _Table(t.get("period", dict), t.key("period"))
+        period = PeriodConstraint(
+            from_param=pt.get("from_param", str, "fraOgMed"),
+            to_param=pt.get("to_param", str, "tilOgMed"),
+            from_metadata=pt.get("from_metadata", str, "fraOgMed").lower(),
+            to_metadata=pt.get("to_metadata", str, "tilOgMed").lower(),
+        )
+        pt.finish()
+
+    package = t.get("rights_package", (str, dict))
+    fixed, param_name, mapping = None, None, {}
+    if isinstance(package, str):
+        if package not in packages:
+            raise ConfigError(t.key("rights_package"), f"no rights package named {package!r}")
+        fixed = package
+    elif isinstance(package, dict):
+        rt = _Table(package, t.key("rights_package"))
+        param_name = rt.get("param", str, required=True)
+        if param_name not in params:
+            raise ConfigError(rt.key("param"), f"{{{param_name}}} is not a parameter of the route path")
+        raw_map = rt.get("packages", dict, required=True)
+        for value, pkg in raw_map.items():
+            if not isinstance(pkg, str) or pkg not in packages:
+                raise ConfigError(f"{rt.key('packages')}.{value}", f"no rights package named {pkg!r}")
+            mapping[value] = pkg
+        if not mapping:
+            raise ConfigError(rt.key("packages"), "must name at least one package")
+        rt.finish()
+    daily = t.get("daily_limit", int)
+    if daily is not None and daily < 1:
+        raise ConfigError(t.key("daily_limit"), "must be >= 1")
+    route = RouteConfig(
+        name=name,
+        methods=methods_set,
+        path=path,
+        pattern=pattern,
+        scope=scope,
+        subject=subject,
+        altinn2_services=services,
+        altinn3_resources=resources,
+        migrated_resources=migrated,
+        year=year,
+        period=period,
+        rights_package=fixed,
+        rights_package_param=param_name,
+        rights_package_map=mapping,
+        one_time=t.get("one_time", bool, False),
+        daily_limit=daily,
+    )
+    t.finish()
+    return route
+
+
+def parse_config(data: Mapping[str, Any], *, base_dir: Path, source_path: str | None = None) -> GatewayConfig:
+    """Validate a decoded TOML document.
+
+    :param base_dir: directory that relative file names (audit SQLite path, value lists)
+        resolve against — the config file's directory.
+    :raises ConfigError: naming the key path of the first problem.
+    """
+    top = _Table(dict(data), "")
+    gw = _Table(top.get("gateway", dict, {}), "gateway")
+    profile = gw.get("profile", str, "custom")
+    if profile not in ("custom", "tt02", "prod"):
+        raise ConfigError("gateway.profile", "must be 'custom', 'tt02' or 'prod'")
+
+    issuers_raw = top.get("issuers", dict, {})
+    presets = PROFILE_ISSUERS.get(profile, {})
+    issuers: dict[str, IssuerConfig] = {}
+    for name in ("altinn", "maskinporten"):
+        raw = dict(presets.get(name, {}))
+        own = issuers_raw.get(name)
+        if own is not None:
+            if not isinstance(own, dict):
+                raise ConfigError(f"issuers.{name}", "must be a table")
+            if presets and ("jwks_url" in own or "metadata_url" in own):
+                raw.pop("jwks_url", None)
+                raw.pop("metadata_url", None)
+            raw.update(own)
+        if raw:
+            issuers[name] = _issuer(name, raw, f"issuers.{name}")
+    for name in issuers_raw:
+        if name not in ("altinn", "maskinporten"):
+            raise ConfigError(f"issuers.{name}", "unknown issuer (use 'altinn' or 'maskinporten')")
+    if "maskinporten" not in issuers:
+        raise ConfigError("issuers.maskinporten", "is required (or set gateway.profile)")
+    if profile == "prod":
+        for name, cfg in issuers.items():
+            for url in (cfg.jwks_url, cfg.metadata_url, cfg.issuer):
+                if url and any(marker in url for marker in _TEST_MARKERS):
+                    raise ConfigError(f"issuers.{name}", "a prod profile never trusts test keys")
+    if profile == "tt02":
+        for name, cfg in issuers.items():
+            for url in (cfg.jwks_url, cfg.metadata_url):
+                if url and url.startswith(("https://www.altinn.no", "https://maskinporten.no")):
+                    raise ConfigError(f"issuers.{name}", "a tt02 profile never trusts production keys")
+
+    packages_raw = top.get("rights_packages", dict, {})
+    packages: dict[str, RightsPackage] = {}
+    for name, table in packages_raw.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"rights_packages.{name}", "must be a table")
+        packages[name] = RightsPackage.from_config(
+            name, table, base_dir=base_dir, key_path=f"rights_packages.{name}"
+        )
+    routes_raw = top.get("routes", list, [])
+    routes = tuple(_route(i, r, packages) for i, r in enumerate(routes_raw))
+    seen: set[str] = set()
+    for i, r in enumerate(routes):
+        if r.name in seen:
+            raise ConfigError(f"routes[{i}].name", f"duplicate route name {r.name!r}")
+        seen.add(r.name)
+        if r.altinn2_services and "altinn" not in issuers:
+            raise ConfigError(f"routes[{i}].altinn2_service", "needs [issuers.altinn]")
+
+    up = _Table(top.get("upstream", dict, {}), "upstream")
+    upstream_url = up.get("url", str)
+    if upstream_url is not None and not upstream_url.startswith(("http://", "https://")):
+        raise ConfigError("upstream.url", "must be an http(s) URL")
+    upstream_timeout = up.number("timeout_seconds", 10.0, minimum=0.01)
+    connect_timeout = up.number("connect_timeout_seconds", 3.0, minimum=0.01)
+    max_body = int(up.number("max_body_bytes", 10 * 1024 * 1024, minimum=1))
+    up.finish()
+
+    au = _Table(top.get("audit", dict, {}), "audit")
+    audit_url = _resolve_store_url(au.get("url", str, "sqlite:///samtykke-audit.db"), base_dir, "audit.url")
+    au.finish()
+
+    st = _Table(top.get("state", dict, {}), "state")
+    state_url = st.get("url", str, "memory://")
+    if not state_url.startswith(("memory://", "redis://", "rediss://")):
+        raise ConfigError("state.url", "must be memory:// or redis://")
+    revocation_file = st.get("revocation_file", str)
+    if revocation_file is not None:
+        revocation_file = str((base_dir / revocation_file).resolve())
+    jti_replay = st.get("jti_replay", str, "log")
+    if jti_replay not in ("off", "log", "refuse"):
+        raise ConfigError("state.jti_replay", "must be 'off', 'log' or 'refuse'")
+    st.used.add("feed")  # validated by the revocation feed poller
+    st.finish()
+
+    consent_header = gw.get("consent_header", str, "AltinnSamtykke")
+    if not _HEADER_NAME.fullmatch(consent_header):
+        raise ConfigError("gateway.consent_header", "is not a valid header name")
+    error_style = gw.get("error_style", str, "problem")
+    if error_style not in ("problem", "skatteetaten"):
+        raise ConfigError("gateway.error_style", "must be 'problem' or 'skatteetaten'")
+    unmatched = gw.get("unmatched", str, "deny")
+    if unmatched not in ("deny", "pass"):
+        raise ConfigError("gateway.unmatched", "must be 'deny' or 'pass'")
+    delegation = gw.get("altinn3_delegation_sources", list, None)
+    if delegation is None:
+        delegation_sources: tuple[str, ...] = (
+            (PROFILE_DELEGATION_SOURCE[profile],) if profile in PROFILE_DELEGATION_SOURCE else ()
+        )
+    else:
+        delegation_sources = gw.str_list("altinn3_delegation_sources")
+    proxies = []
+    for i, cidr in enumerate(gw.str_list("trusted_proxies")):
+        try:
+            proxies.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            raise ConfigError(f"gateway.trusted_proxies[{i}]", "is not an IP network") from None
+    paths = {}
+    for k, default in (("health_path", "/healthz"), ("ready_path", "/readyz"), ("metrics_path", "/metrics")):
+        value = gw.get(k, str, default)
+        if not value.startswith("/"):
+            raise ConfigError(f"gateway.{k}", "must start with '/'")
+        paths[k] = value
+    cfg = GatewayConfig(
+        profile=profile,  # type: ignore[arg-type]
+        issuers=issuers,
+        routes=routes,
+        rights_packages=packages,
+        upstream_url=upstream_url.rstrip("/") if upstream_url else None,
+        audit_url=audit_url,
+        consent_header=consent_header.lower(),
+        error_style=error_style,  # type: ignore[arg-type]
+        leeway_seconds=gw.number("leeway_seconds", 30.0),
+        max_token_bytes=int(gw.number("max_token_bytes", 16384, minimum=256)),
+        altinn3_delegation_sources=delegation_sources,
+        unmatched=unmatched,  # type: ignore[arg-type]
+        upstream_timeout_seconds=upstream_timeout,
+        upstream_connect_timeout_seconds=connect_timeout,
+        max_body_bytes=max_body,
+        trusted_proxies=tuple(proxies),
+        state_url=state_url,
+        revocation_file=revocation_file,
+        jti_replay=jti_replay,  # type: ignore[arg-type]
+        source_path=source_path,
+        raw=dict(data),
+        **paths,
+    )
+    gw.finish()
+    unknown = sorted(set(data) - {"gateway", "issuers", "rights_packages", "routes", "upstream", "audit", "state"})
+    if unknown:
+        raise ConfigError(unknown[0], "unknown table")
+    return cfg
+
+
+def _resolve_store_url(url: str, base_dir: Path, key: str) -> str:
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        if not path:
+            raise ConfigError(key, "sqlite URL needs a file path")
+        resolved = Path(path) if path.startswith("/") else base_dir / path
+        return "sqlite:///" + str(resolved.resolve())
+    if url.startswith(("postgresql://", "postgres://", "memory://")):
+        return url
+    raise ConfigError(key, "must be sqlite:///PATH, postgresql://... or memory://")
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and validate a TOML config file.
+
+    :raises ConfigError: unreadable file, TOML syntax error, or invalid content (key path named).
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {p}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{p}: TOML syntax error: {exc}") from None
+    return parse_config(data, base_dir=p.parent.resolve(), source_path=str(p.resolve()))
+
+
+def audit_url_of(cfg: GatewayConfig) -> str:
+    """Back-compat accessor used by the audit CLI."""
+    return cfg.audit_url

@@ -1,0 +1,259 @@
+"""One decision: request facts → :class:`Grant` or a :class:`GatewayError` (framework-free).
+
+The order is SPEC §4: tokens (parse, algorithm, key, signature, issuer, times), Maskinporten
+scope and consumer, consent (validity, consumer, supplier, resource), subject, metadata
+constraints, consent state. The :class:`DisclosureRecord` passed in is filled as facts become
+known, so a refusal is logged with everything learnt before it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from .audit.record import DisclosureRecord
+from .binding import Binding, apply_constraints, bind_consent, request_subject
+from .config import GatewayConfig, IssuerConfig
+from .exceptions import (
+    BadRequestError,
+    InsufficientConsentError,
+    InvalidTokenError,
+    MissingTokenError,
+    NotFoundError,
+)
+from .keys import KeySet
+from .policy import RouteMatch
+from .scoping import RightsPackage, ScopeContext
+from .tokens.altinn2 import consent_from_altinn2_claims
+from .tokens.maskinporten import maskinporten_from_claims
+from .tokens.model import Consent, MaskinportenToken
+from .tokens.verify import IssuerPolicy, TokenVerifier
+
+__all__ = ["Gate", "Grant", "RequestFacts", "bearer_token", "build_issuer_policies"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the gate needs from an HTTP request.
+
+    ``headers``: lower-cased name → list of values (repeats kept). ``query``: decoded
+    ``(name, value)`` pairs in order.
+    """
+
+    method: str
+    query: Sequence[tuple[str, str]]
+    headers: Mapping[str, list[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """An allowed request: what to forward and what may be released.
+
+    ``rights_package`` is ``None`` on unscoped routes (the body streams through).
+    ``effective_query``: the query to forward (constraints applied).
+    """
+
+    match: RouteMatch
+    maskinporten: MaskinportenToken
+    consent: Consent
+    binding: Binding
+    subject: str
+    effective_query: list[tuple[str, str]]
+    scope_context: ScopeContext
+    rights_package: RightsPackage | None
+    rights_package_name: str | None
+
+
+def bearer_token(headers: Mapping[str, list[str]]) -> str:
+    """The RFC 6750 §2.1 bearer token from ``Authorization``.
+
+    :raises MissingTokenError: (401) no Authorization header.
+    :raises BadRequestError: (400) more than one Authorization header.
+    :raises InvalidTokenError: never here; a non-Bearer scheme is treated as missing.
+    """
+    values = headers.get("authorization", [])
+    if not values:
+        raise MissingTokenError("no bearer token (Authorization: Bearer ...)", reason="missing_token")
+    if len(values) > 1:
+        raise BadRequestError("more than one Authorization header", reason="duplicate_header")
+    scheme, _, token = values[0].strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise MissingTokenError("Authorization must use the Bearer scheme", reason="missing_token")
+    return token
+
+
+def _consent_header_token(headers: Mapping[str, list[str]], name: str) -> str | None:
+    values = headers.get(name, [])
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequestError("more than one consent token header", reason="duplicate_header")
+    value = values[0].strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1].strip()
+    if value.lower().startswith("bearer "):
+        value = value[7:].strip()
+    return value or None
+
+
+def build_issuer_policies(
+    config: GatewayConfig, http: httpx.AsyncClient, *, clock: Callable[[], float] = time.monotonic
+) -> dict[str, IssuerPolicy]:
+    """One :class:`IssuerPolicy` (with its own :class:`KeySet`) per configured issuer."""
+
+    def policy(cfg: IssuerConfig) -> IssuerPolicy:
+        keys = KeySet(
+            name=cfg.name,
+            http=http,
+            jwks_url=cfg.jwks_url,
+            metadata_url=cfg.metadata_url,
+            min_ttl_seconds=cfg.min_ttl_seconds,
+            max_ttl_seconds=cfg.max_ttl_seconds,
+            default_ttl_seconds=cfg.default_ttl_seconds,
+            refetch_cooldown_seconds=cfg.refetch_cooldown_seconds,
+            fetch_timeout_seconds=cfg.fetch_timeout_seconds,
+            clock=clock,
+        )
+        return IssuerPolicy(
+            name=cfg.name,
+            issuer=cfg.issuer,
+            algorithms=cfg.algorithms,
+            keys=keys,
+            leeway_seconds=config.leeway_seconds,
+        )
+
+    return {name: policy(cfg) for name, cfg in config.issuers.items()}
+
+
+class Gate:
+    """Decides one request. Holds no per-request state.
+
+    :param config: validated configuration.
+    :param issuers: ``{"altinn": IssuerPolicy, "maskinporten": IssuerPolicy}``.
+    :param verifier: signature/time verification with its bounded cache.
+    :param clock: epoch seconds (UTC), injectable for tests.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        issuers: Mapping[str, IssuerPolicy],
+        verifier: TokenVerifier,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.issuers = issuers
+        self.verifier = verifier
+        self.clock = clock
+
+    async def maskinporten(self, token: str) -> MaskinportenToken:
+        """Verify a Maskinporten access token (SPEC §4 steps 1–5, without the scope check)."""
+        if len(token) > self.config.max_token_bytes:
+            raise InvalidTokenError("token is too large", reason="malformed_token")
+        verified = await self.verifier.verify(token, self.issuers["maskinporten"])
+        return maskinporten_from_claims(
+            verified.claims,
+            issuer=verified.issuer,
+            key_id=verified.key_id,
+            expires_at=verified.expires_at,
+        )
+
+    async def altinn2(self, token: str) -> Consent:
+        """Verify an Altinn 2 consent token and parse its claims (SPEC §3.1)."""
+        policy = self.issuers.get("altinn")
+        if policy is None:
+            raise InsufficientConsentError("Altinn 2 consents are not accepted here", reason="altinn2_not_accepted")
+        if len(token) > self.config.max_token_bytes:
+            raise InvalidTokenError("consent token is too large", reason="malformed_token")
+        verified = await self.verifier.verify(token, policy)
+        return consent_from_altinn2_claims(
+            verified.claims,
+            issuer=verified.issuer,
+            key_id=verified.key_id,
+            allow_test_tokens=self.config.allow_test_tokens,
+        )
+
+    async def authorize(self, facts: RequestFacts, match: RouteMatch, record: DisclosureRecord) -> Grant:
+        """Run every check for ``facts`` on the matched route; fill ``record`` as it goes.
+
+        :raises GatewayError: the first failing check (401/403/400/404/503), never anything else
+            for bad input.
+        """
+        route = match.route
+        record.route = route.name
+        mp = await self.maskinporten(bearer_token(facts.headers))
+        record.issuer, record.key_id = mp.issuer, mp.key_id
+        record.consumer, record.supplier = mp.consumer, mp.supplier
+        record.client_id, record.jti = mp.client_id, mp.jti
+        if route.scope not in mp.scopes:
+            raise InsufficientConsentError("the access token lacks the route's scope", reason="scope_missing")
+
+        consent_token = _consent_header_token(facts.headers, self.config.consent_header)
+        if mp.consent is not None:
+            if consent_token is not None:
+                raise BadRequestError(
+                    "send either an Altinn 3 token or an Altinn 2 consent header, not both",
+                    reason="ambiguous_consent",
+                )
+            consent = mp.consent
+            record.token_kind = "altinn3"
+        else:
+            if consent_token is None:
+                raise MissingTokenError(
+                    f"no consent: neither authorization_details nor a {self.config.consent_header} header",
+                    reason="missing_consent_token",
+                )
+            consent = await self.altinn2(consent_token)
+            record.token_kind = "altinn2"
+            record.consent_issuer, record.consent_key_id = consent.issuer, consent.key_id
+        record.consent_id = consent.consent_id
+
+        subject = request_subject(route, match.params, facts.query, facts.headers)
+        record.subject = subject
+        binding = bind_consent(
+            route,
+            consent,
+            mp,
+            subject,
+            now=self.clock(),
+            leeway_seconds=self.config.leeway_seconds,
+            delegation_sources=self.config.altinn3_delegation_sources,
+        )
+        if consent.kind == "altinn2":
+            record.supplier = consent.supplier or mp.supplier
+        record.token_kind = binding.token_kind
+        record.resource = binding.resource
+        record.metadata = binding.metadata
+        effective, context = apply_constraints(route, binding, match.params, facts.query)
+        record.effective_params = _as_dict(effective)
+
+        package_name = route.rights_package
+        if route.rights_package_param is not None:
+            package_name = route.rights_package_map.get(match.params.get(route.rights_package_param, ""))
+            if package_name is None:
+                raise NotFoundError("unknown rights package", reason="unknown_rights_package")
+        record.rights_package = package_name
+        package = self.config.rights_packages[package_name] if package_name else None
+        return Grant(
+            match=match,
+            maskinporten=mp,
+            consent=consent,
+            binding=binding,
+            subject=subject,
+            effective_query=effective,
+            scope_context=context,
+            rights_package=package,
+            rights_package_name=package_name,
+        )
+
+
+def _as_dict(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for k, v in pairs:
+        out.setdefault(k, []).append(v)
+    return out

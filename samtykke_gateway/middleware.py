@@ -1,0 +1,433 @@
+"""ASGI 3 adapter: the enforcement path shared by the middleware and the sidecar.
+
+``app.add_middleware(ConsentMiddleware, config=load_config("config/x.toml"))`` on any Starlette
+or FastAPI app. Per request (an :class:`_Exchange` holds all per-request state):
+
+1. framing and path checks, route match (unmatched → 404 unless ``gateway.unmatched = "pass"``);
+2. :meth:`Gate.authorize` (tokens → policy → binding); the verified :class:`Grant` is put in
+   ``scope["samtykke.consent"]`` and the canonical path / effective query into the scope;
+3. the wrapped app answers; on scoped routes the body is buffered (bounded), decoded
+   (gzip/deflate/br), scoped by the rights package, and re-labelled (``Content-Length``
+   recomputed, ``ETag`` dropped, ``Cache-Control: no-store``); upstream error bodies are
+   replaced by a generic body; unscoped routes stream through;
+4. the disclosure record is appended durably **before** the first body byte leaves; if the
+   store cannot take it the client gets 503 and nothing else (fail closed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+import uuid
+import zlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode
+
+import brotli
+
+from .audit.record import DisclosureRecord
+from .config import GatewayConfig
+from .errors import generic_body, render_error
+from .exceptions import (
+    AuditUnavailableError,
+    BadRequestError,
+    GatewayError,
+    NotFoundError,
+    UpstreamError,
+)
+from .gate import Grant, RequestFacts
+from .gateway import Gateway
+from .policy import normalize_path
+from .scoping import scope_body
+
+__all__ = ["ConsentMiddleware", "CONSENT_SCOPE_KEY"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+CONSENT_SCOPE_KEY = "samtykke.consent"
+log = logging.getLogger("samtykke_gateway")
+
+_CORRELATION = re.compile(r"[A-Za-z0-9._-]{8,64}")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,256}")
+_JSON_TYPE = re.compile(rb"^application/([a-z0-9.+-]*\+)?json\s*(;.*)?$", re.I)
+_CONDITIONAL = {b"if-none-match", b"if-modified-since", b"if-range", b"if-match", b"if-unmodified-since"}
+_DROP_ON_SCOPED = {b"content-length", b"content-encoding", b"etag", b"transfer-encoding",
+                   b"content-md5", b"digest", b"cache-control", b"last-modified", b"content-range",
+                   b"accept-ranges", b"x-correlation-id"}
+_MAX_QUERY_BYTES = 8192
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _claim_header(value: str | None) -> bytes | None:
+    """A claim value copied into an upstream header: printable ASCII only, no CR/LF."""
+    if value is None or _HEADER_VALUE.fullmatch(value) is None:
+        return None
+    return value.encode("ascii")
+
+
+def decode_body(body: bytes, encoding: str, *, max_bytes: int) -> bytes:
+    """Undo ``Content-Encoding`` (identity, gzip, x-gzip, deflate, br; comma lists applied in
+    reverse). Output bounded by ``max_bytes`` (zip bombs).
+
+    :raises UpstreamError: (502) unknown encoding, corrupt data or over the bound.
+    """
+    codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
+    for coding in reversed(codings):
+        try:
+            if coding == "identity":
+                continue
+            if coding in ("gzip", "x-gzip"):
+                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            elif coding == "deflate":
+                d = zlib.decompressobj(zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS)
+            elif coding == "br":
+                out = brotli.Decompressor()
+                chunks, total = [], 0
+                for i in range(0, len(body), 65536):
+                    part = out.process(body[i : i + 65536])
+                    total += len(part)
+                    if total > max_bytes:
+                        raise UpstreamError("upstream body too large", reason="upstream_body_too_large")
+                    chunks.append(part)
+                if not out.is_finished():
+                    raise UpstreamError("truncated br body", reason="upstream_bad_encoding")
+                body = b"".join(chunks)
+                continue
+            else:
+                raise UpstreamError("upstream used an unknown content encoding", reason="upstream_unknown_encoding")
+            body = d.decompress(body, max_bytes + 1)
+            if len(body) > max_bytes:
+                raise UpstreamError("upstream body too large", reason="upstream_body_too_large")
+            if not d.eof:
+                raise UpstreamError("truncated compressed body", reason="upstream_bad_encoding")
+        except (zlib.error, brotli.error):
+            raise UpstreamError("corrupt compressed upstream body", reason="upstream_bad_encoding") from None
+    return body
+
+
+class ConsentMiddleware:
+    """Consent enforcement for any ASGI 3 app (Starlette, FastAPI, or the sidecar proxy).
+
+    :param app: the protected ASGI app.
+    :param config: validated config (``load_config(...)``); or pass a ready ``gateway``.
+    :param gateway: an existing :class:`Gateway` (its owner starts and closes it).
+    The verified consent is available to the app as ``scope["samtykke.consent"]``
+    (a :class:`~samtykke_gateway.gate.Grant`).
+    """
+
+    def __init__(self, app: ASGIApp, *, config: GatewayConfig | None = None, gateway: Gateway | None = None) -> None:
+        if (config is None) == (gateway is None):
+            raise TypeError("pass exactly one of config= and gateway=")
+        self.app = app
+        self._own_gateway = gateway is None
+        self.gateway = gateway or Gateway(config)  # type: ignore[arg-type]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await _Exchange(self.gateway, self.app, scope, receive, send).run()
+        elif kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+        else:  # unknown scope types are refused, never passed through (fail closed)
+            raise RuntimeError(f"unsupported ASGI scope type {kind!r}")
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gateway = self.gateway
+
+        async def wrapped_receive() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup" and self._own_gateway:
+                await gateway.start()
+            return message
+
+        async def wrapped_send(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete" and self._own_gateway:
+                await gateway.close()
+            await send(message)
+
+        await self.app(scope, wrapped_receive, wrapped_send)
+
+
+class _Exchange:
+    """One request/response through the gate (per-request state lives here, never on the
+    middleware)."""
+
+    def __init__(self, gateway: Gateway, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        self.gateway = gateway
+        self.config: GatewayConfig = gateway.config
+        self.app = app
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.started_at = time.perf_counter()
+        self.grant: Grant | None = None
+        self.headers: dict[str, list[str]] = {}
+        for raw_name, raw_value in scope.get("headers", ()):
+            name = raw_name.decode("latin-1").lower()
+            self.headers.setdefault(name, []).append(raw_value.decode("latin-1"))
+        supplied = self.headers.get("x-correlation-id", [""])[0]
+        self.correlation_id = supplied if _CORRELATION.fullmatch(supplied) else str(uuid.uuid4())
+        self.record = DisclosureRecord(
+            time=_utc_now(),
+            correlation_id=self.correlation_id,
+            decision="deny",
+            reason="",
+            status=0,
+            method=scope.get("method", ""),
+            path=scope.get("path", "")[:512],
+        )
+        # response state
+        self.response_started = False
+        self.start_message: Message | None = None
+        self.chunks: list[bytes] = []
+        self.buffered = 0
+        self.failure: GatewayError | None = None
+
+    # ------------------------------------------------------------------ request side
+    async def run(self) -> None:
+        try:
+            await self.gateway.ensure_started()
+            query = self._query()
+            facts = RequestFacts(method=self.record.method, query=query, headers=self.headers)
+            self.record.requested_params = _as_dict(query)
+            self._check_framing()
+            raw_path = self.scope.get("raw_path") or self.scope.get("path", "/").encode("utf-8")
+            if isinstance(raw_path, bytes | bytearray):
+                raw_path = bytes(raw_path).split(b"?", 1)[0]
+            segments = normalize_path(raw_path)
+            match = self.gateway.router.match(self.record.method, segments)
+            if match is None:
+                if self.config.unmatched == "pass":
+                    await self.app(self.scope, self.receive, self.send)
+                    return
+                raise NotFoundError("no such route", reason="no_route")
+            self.record.path = match.path
+            self.record.route = match.route.name
+            self.grant = await self.gateway.gate.authorize(facts, match, self.record)
+        except GatewayError as exc:
+            await self._deny(exc)
+            return
+        except Exception:  # a bug in our own code: fail closed, no traceback to the client
+            log.exception("unexpected error while deciding (correlation_id=%s)", self.correlation_id)
+            await self._deny(GatewayError("internal error", reason="internal_error"))
+            return
+        await self._forward()
+
+    def _query(self) -> list[tuple[str, str]]:
+        raw = self.scope.get("query_string", b"")
+        if len(raw) > _MAX_QUERY_BYTES:
+            raise BadRequestError("query string too long", reason="bad_query")
+        try:
+            return parse_qsl(raw.decode("ascii"), keep_blank_values=True, strict_parsing=False,
+                             encoding="utf-8", errors="strict", max_num_fields=100)
+        except (UnicodeDecodeError, ValueError):
+            raise BadRequestError("query string is malformed", reason="bad_query") from None
+
+    def _check_framing(self) -> None:
+        if "content-length" in self.headers and "transfer-encoding" in self.headers:
+            raise BadRequestError("both Content-Length and Transfer-Encoding", reason="ambiguous_framing")
+        if len(self.headers.get("content-length", [])) > 1:
+            raise BadRequestError("repeated Content-Length", reason="ambiguous_framing")
+
+    async def _forward(self) -> None:
+        grant = self.grant
+        assert grant is not None  # noqa: S101 - set by run() just before
+        scope = dict(self.scope)
+        scope[CONSENT_SCOPE_KEY] = grant
+        scope["path"] = unquote(grant.match.path)
+        scope["raw_path"] = grant.match.path.encode("ascii")
+        scope["query_string"] = urlencode(grant.effective_query).encode("ascii")
+        scope["headers"] = self._upstream_headers(grant)
+        scope["samtykke.correlation_id"] = self.correlation_id
+        try:
+            await self.app(scope, self.receive, self._send_from_app)
+        except GatewayError as exc:
+            if not self.response_started:
+                await self._deny(exc, after_grant=True)
+                return
+            raise
+        except Exception:
+            if not self.response_started:
+                log.exception("protected app failed (correlation_id=%s)", self.correlation_id)
+                await self._deny(UpstreamError("the data API failed", reason="upstream_error"), after_grant=True)
+                return
+            raise
+        if not self.response_started and self.failure is None:
+            # the app returned without completing a response
+            await self._deny(UpstreamError("the data API gave no response", reason="upstream_error"), after_grant=True)
+
+    def _upstream_headers(self, grant: Grant) -> list[tuple[bytes, bytes]]:
+        drop = {b"authorization", self.config.consent_header.encode(), b"x-correlation-id"}
+        if grant.rights_package is not None:
+            drop |= _CONDITIONAL | {b"accept-encoding"}
+        headers = [(k, v) for k, v in self.scope.get("headers", ()) if k.lower() not in drop]
+        if grant.rights_package is not None:
+            headers.append((b"accept-encoding", b"gzip, deflate, br"))
+        added = {
+            b"x-correlation-id": self.correlation_id,
+            b"x-samtykke-consumer": grant.maskinporten.consumer,
+            b"x-samtykke-supplier": grant.maskinporten.supplier,
+            b"x-samtykke-consent-id": grant.consent.consent_id,
+            b"x-samtykke-token-kind": grant.binding.token_kind,
+            b"x-samtykke-resource": grant.binding.resource,
+        }
+        for name, value in added.items():
+            encoded = _claim_header(value)
+            if encoded is not None:
+                headers.append((name, encoded))
+        return headers
+
+    # ------------------------------------------------------------------ response side
+    async def _send_from_app(self, message: Message) -> None:
+        if self.failure is not None:
+            return  # we already answered; swallow the rest of the app's response
+        kind = message["type"]
+        grant = self.grant
+        assert grant is not None  # noqa: S101
+        if kind == "http.response.start":
+            self.start_message = message
+            if grant.rights_package is None:
+                await self._start_streaming()
+            return
+        if kind != "http.response.body":
+            await self.send(message)
+            return
+        if grant.rights_package is None:
+            if not self.response_started:
+                return  # start was refused (store down); drop the body
+            await self.send(message)
+            return
+        body = message.get("body", b"")
+        self.buffered += len(body)
+        if self.buffered > self.config.max_body_bytes:
+            await self._fail_after_grant(UpstreamError("upstream body too large", reason="upstream_body_too_large"))
+            return
+        if body:
+            self.chunks.append(body)
+        if not message.get("more_body", False):
+            await self._finish_scoped()
+
+    async def _start_streaming(self) -> None:
+        start = self.start_message
+        assert start is not None  # noqa: S101
+        status = int(start["status"])
+        self.record.decision = "allow"
+        self.record.reason = "ok"
+        self.record.status = status
+        self.record.upstream_status = status
+        try:
+            await self._append()
+        except AuditUnavailableError as exc:
+            self.failure = exc
+            await self._send_error(exc)
+            return
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"x-correlation-id"]
+        headers.append((b"x-correlation-id", self.correlation_id.encode()))
+        self.response_started = True
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def _finish_scoped(self) -> None:
+        grant, start = self.grant, self.start_message
+        assert grant is not None and grant.rights_package is not None and start is not None  # noqa: S101
+        status = int(start["status"])
+        self.record.upstream_status = status
+        style = self.config.error_style
+        headers_in = start.get("headers", [])
+        is_head = self.record.method == "HEAD"
+        if not 200 <= status < 300 or status in (204, 205) or is_head:
+            if status == 304 or status in (204, 205) or (is_head and 200 <= status < 300):
+                out_headers = [(k, v) for k, v in headers_in if k.lower() not in _DROP_ON_SCOPED]
+                out_headers += [(b"cache-control", b"no-store"), (b"x-correlation-id", self.correlation_id.encode())]
+                body = b""
+            else:
+                out_headers, body = generic_body(status, correlation_id=self.correlation_id, style=style)
+            self.record.decision = "allow"
+            self.record.reason = "ok" if status < 400 else "upstream_status"
+            await self._release(status, out_headers, body, paths=())
+            return
+        raw = b"".join(self.chunks)
+        self.chunks = []
+        try:
+            content_type = next((v for k, v in headers_in if k.lower() == b"content-type"), b"")
+            if not _JSON_TYPE.match(content_type.strip()):
+                raise UpstreamError("upstream body is not JSON", reason="upstream_body_not_json")
+            encoding = b", ".join(v for k, v in headers_in if k.lower() == b"content-encoding").decode("latin-1")
+            decoded = decode_body(raw, encoding, max_bytes=self.config.max_body_bytes) if encoding else raw
+            scoped = scope_body(decoded, grant.rights_package, grant.scope_context)
+        except UpstreamError as exc:
+            await self._fail_after_grant(exc)
+            return
+        out_headers = [(k, v) for k, v in headers_in if k.lower() not in _DROP_ON_SCOPED]
+        out_headers += [
+            (b"content-length", str(len(scoped.body)).encode()),
+            (b"cache-control", b"no-store"),
+            (b"x-correlation-id", self.correlation_id.encode()),
+        ]
+        self.record.decision = "allow"
+        self.record.reason = "ok"
+        await self._release(status, out_headers, scoped.body, paths=scoped.released_paths)
+
+    async def _release(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, *, paths: tuple[str, ...]) -> None:
+        self.record.status = status
+        self.record.released_paths = list(paths)
+        self.record.released_bytes = len(body)
+        self.record.released_sha256 = hashlib.sha256(body).hexdigest()
+        try:
+            await self._append()
+        except AuditUnavailableError as exc:
+            self.failure = exc
+            await self._send_error(exc)
+            return
+        self.response_started = True
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body if self.record.method != "HEAD" else b""})
+
+    async def _fail_after_grant(self, exc: GatewayError) -> None:
+        self.failure = exc
+        self.chunks = []
+        await self._deny(exc, after_grant=True)
+
+    async def _deny(self, exc: GatewayError, *, after_grant: bool = False) -> None:
+        self.failure = self.failure or exc
+        self.record.decision = "error" if after_grant else "deny"
+        self.record.reason = exc.reason
+        self.record.detail = exc.detail
+        self.record.status = exc.status_code
+        self.record.released_paths = []
+        self.record.released_bytes = 0
+        self.record.released_sha256 = None
+        try:
+            await self._append()
+        except AuditUnavailableError as store_exc:
+            await self._send_error(store_exc)
+            return
+        await self._send_error(exc)
+
+    async def _send_error(self, exc: GatewayError) -> None:
+        status, headers, body = render_error(exc, correlation_id=self.correlation_id, style=self.config.error_style)
+        self.response_started = True
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
+
+    async def _append(self) -> None:
+        await self.gateway.store.append(self.record)
+
+
+def _as_dict(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for k, v in pairs:
+        out.setdefault(k, []).append(v)
+    return out

@@ -1,0 +1,168 @@
+"""Altinn 2 consent token claims → :class:`Consent` (SPEC §3.1, Altinn 2 samtykke guide).
+
+Accepted variants (all seen in official examples):
+
+* ``Services`` as array or single string; claim name ``ServiceCodes`` instead of ``Services``;
+* separators ``_`` or ``,``: ``"4629_2"``, ``"4629,2"``, ``"4629,2,inntektsaar=2015"``;
+* several metadata pairs in one entry: ``"4630,2,fraOgMed=2017-06,tilOgMed=2017-08"``;
+* ``DelegatedDate``/``ValidToDate`` as epoch seconds, ``"yyyy-MM-dd HH:mm:ss"`` or
+  ``"dd.MM.yyyy HH:mm:ss"`` (no zone: *Decision* Europe/Oslo local time), or ISO 8601.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ..exceptions import InvalidTokenError
+from ..identifiers import is_org_number, party_from_digits
+from .model import Consent, ConsentRight
+
+__all__ = ["consent_from_altinn2_claims", "parse_altinn_date", "parse_service_entry"]
+
+_OSLO = ZoneInfo("Europe/Oslo")
+_ENTRY = re.compile(r"([0-9]{1,10})[_,]([0-9]{1,10})(?:[_,](.+))?", re.S)
+_PAIR_SPLIT = re.compile(r"[_,](?=[A-Za-z][A-Za-z0-9]{0,63}=)")
+_PAIR = re.compile(r"([A-Za-z][A-Za-z0-9]{0,63})=([^\x00-\x1f]{0,256})")
+_LOCAL_FORMATS = ("%Y-%m-%d %H:%M:%S", "%d.%m.%Y %H:%M:%S", "%Y-%m-%dT%H:%M:%S")
+_MAX_SERVICES = 256
+_GUID = re.compile(r"[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}")
+
+
+def _bad(detail: str) -> InvalidTokenError:
+    return InvalidTokenError(detail, reason="bad_consent_claims")
+
+
+def parse_service_entry(entry: str) -> tuple[str, dict[str, str]]:
+    """``"4630,2,fraOgMed=2017-06,tilOgMed=2017-08"`` → (``"4630_2"``, {fraogmed: .., tilogmed: ..}).
+
+    Metadata keys are lower-cased (compared case-insensitively, as Altinn 3 migration does).
+    :raises InvalidTokenError: (401, ``bad_consent_claims``) for an entry of any other shape.
+    """
+    m = _ENTRY.fullmatch(entry)
+    if m is None:
+        raise _bad("a Services entry is not '<serviceCode>_<editionCode>[_key=value...]'")
+    service = f"{m.group(1)}_{m.group(2)}"
+    metadata: dict[str, str] = {}
+    rest = m.group(3)
+    if rest is not None:
+        for part in _PAIR_SPLIT.split(rest):
+            pm = _PAIR.fullmatch(part)
+            if pm is None:
+                raise _bad("a Services metadata pair is not 'key=value'")
+            key = pm.group(1).lower()
+            if key in metadata and metadata[key] != pm.group(2):
+                raise _bad("a Services entry repeats a metadata key")
+            metadata[key] = pm.group(2)
+    return service, metadata
+
+
+def parse_altinn_date(value: Any, *, claim: str) -> float:
+    """An Altinn 2 date claim → epoch seconds.
+
+    Accepts int/float epoch seconds, ``"yyyy-MM-dd HH:mm:ss"``, ``"dd.MM.yyyy HH:mm:ss"`` and
+    ``"yyyy-MM-ddTHH:mm:ss"`` (Europe/Oslo when no zone), or ISO 8601 with an offset.
+    :raises InvalidTokenError: (401, ``bad_consent_claims``) otherwise.
+    """
+    if isinstance(value, bool):
+        raise _bad(f"{claim} has the wrong type")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or not 0 <= value <= 253402300799:
+            raise _bad(f"{claim} is out of range")
+        return float(value)
+    if not isinstance(value, str) or len(value) > 40 or not value.isascii():
+        raise _bad(f"{claim} has the wrong type")
+    text = value.strip()
+    if text.isdigit():
+        return parse_altinn_date(int(text), claim=claim)
+    for fmt in _LOCAL_FORMATS:
+        try:
+            naive = datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+        return naive.replace(tzinfo=_OSLO).timestamp()
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise _bad(f"{claim} is not a recognised date") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=_OSLO)
+    return parsed.timestamp()
+
+
+def _services(claims: dict[str, Any]) -> list[str]:
+    raw = claims.get("Services", claims.get("ServiceCodes"))
+    if "Services" in claims and "ServiceCodes" in claims:
+        raise _bad("both Services and ServiceCodes are present")
+    if isinstance(raw, str):
+        return [raw]
+    if not isinstance(raw, list) or not raw or len(raw) > _MAX_SERVICES:
+        raise _bad("Services is missing or not a list of strings")
+    if not all(isinstance(s, str) for s in raw):
+        raise _bad("Services is missing or not a list of strings")
+    return raw
+
+
+def consent_from_altinn2_claims(
+    claims: dict[str, Any], *, issuer: str, key_id: str | None, allow_test_tokens: bool = True
+) -> Consent:
+    """Verified Altinn 2 consent token claims → :class:`Consent` of kind ``"altinn2"``.
+
+    Metadata of several entries for the same service is merged (``4804_210607_fraOgMed=..``
+    and ``4804_210607_tilOgMed=..`` form one right).
+
+    :param allow_test_tokens: ``False`` in production profiles: a token with ``actual_iss``
+        (Altinn test-generator marker) is refused.
+    :raises InvalidTokenError: (401) missing/ill-typed identity claims or unparsable entries.
+    """
+    if not allow_test_tokens and "actual_iss" in claims:
+        raise InvalidTokenError(
+            "test-generator consent tokens are not accepted in this profile",
+            reason="test_token_refused",
+        )
+    code = claims.get("AuthorizationCode")
+    if not isinstance(code, str) or _GUID.fullmatch(code) is None:
+        raise _bad("AuthorizationCode is missing or not a GUID")
+    subject = party_from_digits(claims.get("OfferedBy"))
+    if subject is None:
+        raise _bad("OfferedBy is missing or not a person id / org number")
+    consumer = claims.get("CoveredBy")
+    if not is_org_number(consumer):
+        raise _bad("CoveredBy is missing or not an org number")
+    supplier = claims.get("HandledBy")
+    if supplier is not None and not is_org_number(supplier):
+        raise _bad("HandledBy is not an org number")
+    if "ValidToDate" not in claims:
+        raise _bad("ValidToDate is missing")
+    valid_to = parse_altinn_date(claims["ValidToDate"], claim="ValidToDate")
+    delegated = (
+        parse_altinn_date(claims["DelegatedDate"], claim="DelegatedDate")
+        if claims.get("DelegatedDate") is not None
+        else None
+    )
+    merged: dict[str, dict[str, list[str]]] = {}
+    for entry in _services(claims):
+        service, metadata = parse_service_entry(entry)
+        target = merged.setdefault(service, {})
+        for key, value in metadata.items():
+            values = target.setdefault(key, [])
+            if value not in values:
+                values.append(value)
+    rights = tuple(
+        ConsentRight(service, {k: tuple(v) for k, v in md.items()}) for service, md in merged.items()
+    )
+    return Consent(
+        kind="altinn2",
+        consent_id=code.lower(),
+        subject=subject,
+        consumer=consumer,  # type: ignore[arg-type]
+        supplier=supplier,
+        valid_to=valid_to,
+        delegated=delegated,
+        rights=rights,
+        issuer=issuer,
+        key_id=key_id,
+    )

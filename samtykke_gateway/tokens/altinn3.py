@@ -1,0 +1,146 @@
+"""Altinn 3 consent (``authorization_details`` of type ``urn:altinn:consent``) → :class:`Consent`.
+
+Source: Altinn 3 resource-owner consent guide (altinn-studio-docs
+``content/authorization/guides/resource-owner/consent``), SPEC §3.3. Accepted variants:
+``to`` as ISO 6523 object or URN string; ``metadata`` or ``metaData``; metadata keys in any
+case; the same resource in several ``consentRights`` (allowed values are the union);
+``consented``/``validTo`` with ``Z`` or an offset and up to 7 fraction digits. Exactly one
+``urn:altinn:consent`` entry per token. Doc typos (``concent``) are never accepted.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from ..exceptions import InvalidTokenError
+from ..identifiers import org_from_iso6523, party_from_urn
+from .model import Consent, ConsentRight
+
+__all__ = ["CONSENT_TYPE", "consent_from_authorization_details", "parse_iso_instant"]
+
+CONSENT_TYPE = "urn:altinn:consent"
+_ISO = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,7}))?(Z|[+-][0-9]{2}:[0-9]{2})"
+)
+_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._:-]{0,127}")
+_RESOURCE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._:-]{0,127}")
+_MAX_RIGHTS = 64
+_MAX_META = 64
+
+
+def _bad(detail: str) -> InvalidTokenError:
+    return InvalidTokenError(detail, reason="bad_consent_claims")
+
+
+def parse_iso_instant(value: Any, *, claim: str) -> float:
+    """ISO 8601 instant with ``Z`` or ``±HH:MM`` and 0–7 fraction digits → epoch seconds.
+
+    :raises InvalidTokenError: (401, ``bad_consent_claims``) for anything else (no zone, wrong type).
+    """
+    if not isinstance(value, str) or len(value) > 40:
+        raise _bad(f"{claim} is missing or not a string")
+    m = _ISO.fullmatch(value)
+    if m is None:
+        raise _bad(f"{claim} is not an ISO 8601 instant with offset")
+    frac = (m.group(2) or "")[:6].ljust(6, "0")
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    try:
+        return datetime.fromisoformat(f"{m.group(1)}.{frac}{zone}").timestamp()
+    except ValueError:
+        raise _bad(f"{claim} is not a valid date") from None
+
+
+def _metadata(right: dict[str, Any]) -> dict[str, str]:
+    if "metadata" in right and "metaData" in right:
+        raise _bad("consentRights entry has both metadata and metaData")
+    raw = right.get("metadata", right.get("metaData"))
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or len(raw) > _MAX_META:
+        raise _bad("consentRights metadata is not an object")
+    out: dict[str, str] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or not isinstance(value, str) or len(value) > 256:
+            raise _bad("consentRights metadata values must be strings")
+        lower = key.lower()
+        if lower in out:
+            raise _bad("consentRights metadata repeats a key (case-insensitively)")
+        out[lower] = value
+    return out
+
+
+def _rights(entry: dict[str, Any]) -> tuple[ConsentRight, ...]:
+    raw = entry.get("consentRights")
+    if not isinstance(raw, list) or not raw or len(raw) > _MAX_RIGHTS:
+        raise _bad("consentRights is missing or not a list")
+    merged: dict[str, dict[str, list[str]]] = {}
+    for right in raw:
+        if not isinstance(right, dict):
+            raise _bad("consentRights entry is not an object")
+        action = right.get("action")
+        if action is not None and (not isinstance(action, list) or "consent" not in action):
+            raise _bad("consentRights action does not include 'consent'")
+        resources = right.get("resource")
+        if not isinstance(resources, list) or not resources:
+            raise _bad("consentRights resource is missing")
+        metadata = _metadata(right)
+        for res in resources:
+            if not isinstance(res, dict) or res.get("type") != "urn:altinn:resource":
+                raise _bad("consentRights resource is not a urn:altinn:resource")
+            value = res.get("value")
+            if not isinstance(value, str) or _RESOURCE.fullmatch(value) is None:
+                raise _bad("consentRights resource value is not a resource id")
+            target = merged.setdefault(value, {})
+            for key, val in metadata.items():
+                vals = target.setdefault(key, [])
+                if val not in vals:
+                    vals.append(val)
+    return tuple(ConsentRight(res, {k: tuple(v) for k, v in md.items()}) for res, md in merged.items())
+
+
+def consent_from_authorization_details(
+    details: Any, *, issuer: str, key_id: str | None
+) -> Consent | None:
+    """``authorization_details`` claim (RFC 9396) → :class:`Consent` of kind ``"altinn3"``.
+
+    :returns: ``None`` when the claim is absent or holds no ``urn:altinn:consent`` entry.
+    :raises InvalidTokenError: (401) more than one consent entry, or a malformed one.
+    """
+    if details is None:
+        return None
+    if isinstance(details, dict):
+        details = [details]
+    if not isinstance(details, list):
+        raise _bad("authorization_details is not a list")
+    entries = [d for d in details if isinstance(d, dict) and d.get("type") == CONSENT_TYPE]
+    if not entries:
+        return None
+    if len(entries) > 1:
+        raise _bad("more than one urn:altinn:consent entry")
+    entry = entries[0]
+    consent_id = entry.get("id")
+    if not isinstance(consent_id, str) or _ID.fullmatch(consent_id) is None:
+        raise _bad("consent id is missing or malformed")
+    subject = party_from_urn(entry.get("from"))
+    if subject is None:
+        raise _bad("consent 'from' is not a person or organisation URN")
+    consumer = org_from_iso6523(entry.get("to"))
+    if consumer is None:
+        raise _bad("consent 'to' is not an organisation")
+    valid_to = parse_iso_instant(entry.get("validTo"), claim="validTo")
+    consented = (
+        parse_iso_instant(entry["consented"], claim="consented") if "consented" in entry else None
+    )
+    return Consent(
+        kind="altinn3",
+        consent_id=consent_id.lower(),
+        subject=subject,
+        consumer=consumer,
+        valid_to=valid_to,
+        delegated=consented,
+        rights=_rights(entry),
+        issuer=issuer,
+        key_id=key_id,
+    )

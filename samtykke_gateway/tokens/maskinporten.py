@@ -1,0 +1,65 @@
+"""Maskinporten access token claims → :class:`MaskinportenToken` (Digdir
+``maskinporten_protocol_token``, ``maskinporten_func_samtykke``; SPEC §3.2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..exceptions import InvalidTokenError
+from ..identifiers import org_from_iso6523
+from .altinn3 import consent_from_authorization_details
+from .model import MaskinportenToken
+
+__all__ = ["maskinporten_from_claims"]
+
+_MAX_SCOPE_CHARS = 4096
+
+
+def _bad(detail: str) -> InvalidTokenError:
+    return InvalidTokenError(detail, reason="bad_maskinporten_claims")
+
+
+def _opt_str(claims: dict[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 512:
+        raise _bad(f"{name} is not a string")
+    return value
+
+
+def maskinporten_from_claims(
+    claims: dict[str, Any], *, issuer: str, key_id: str | None, expires_at: float
+) -> MaskinportenToken:
+    """Verified Maskinporten claims → :class:`MaskinportenToken`, with the Altinn 3 consent
+    (``authorization_details``) parsed when present.
+
+    :raises InvalidTokenError: (401) ``consumer`` missing or not ISO 6523 ``0192:<orgno>``,
+        ``scope`` not a string, ``supplier`` malformed, malformed consent entry.
+    """
+    consumer = org_from_iso6523(claims.get("consumer"))
+    if consumer is None:
+        raise _bad("consumer is missing or not an ISO 6523 organisation")
+    scope = claims.get("scope")
+    if not isinstance(scope, str) or len(scope) > _MAX_SCOPE_CHARS:
+        raise _bad("scope is missing or not a string")
+    supplier = None
+    if claims.get("supplier") is not None:
+        supplier = org_from_iso6523(claims["supplier"])
+        if supplier is None:
+            raise _bad("supplier is not an ISO 6523 organisation")
+    consent = consent_from_authorization_details(
+        claims.get("authorization_details"), issuer=issuer, key_id=key_id
+    )
+    return MaskinportenToken(
+        issuer=issuer,
+        key_id=key_id,
+        consumer=consumer,
+        scopes=frozenset(scope.split(" ")) - {""},
+        expires_at=expires_at,
+        supplier=supplier,
+        delegation_source=_opt_str(claims, "delegation_source"),
+        client_id=_opt_str(claims, "client_id"),
+        jti=_opt_str(claims, "jti"),
+        consent=consent,
+    )
