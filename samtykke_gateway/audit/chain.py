@@ -1,0 +1,275 @@
+"""The hash chain over disclosure records: canonical form, hashing, verification.
+
+Every stored record carries ``seq`` (1, 2, 3, ... without gaps), ``prev_hash`` (the
+``hash`` of record ``seq - 1``, or of the purge checkpoint, or :data:`GENESIS_HASH`) and::
+
+    hash = SHA-256( canonical_json({"prev_hash": prev_hash, "record": record, "seq": seq}) )
+
+``canonical_json`` is sorted-key, compact (``","`` / ``":"``), ASCII-only JSON (non-ASCII
+escaped as ``\\uXXXX``), no NaN/Infinity. ``record`` is the JSON object of every
+:class:`DisclosureRecord` field (lists/dicts as JSON). Anyone can re-check a chain with
+``sha256`` and a JSON library.
+
+The chain is *tamper-evident*, not tamper-proof: whoever can write the store can rebuild
+every hash after an edit. Pinning the head (``seq``, ``hash``) somewhere else (a second
+system, a signed daily note) turns that into a detectable event.
+
+:class:`ChainVerifier` is push-based (feed rows in ``seq`` order, then :meth:`finish`) so a
+store can stream millions of rows with O(1) memory. It reports the *first* broken link
+and tells edited / deleted / inserted / reordered apart where the evidence allows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..exceptions import AuditUnavailableError
+from .base import VerifyResult
+from .record import DisclosureRecord
+
+__all__ = [
+    "GENESIS_HASH",
+    "PROJECTED",
+    "ChainRow",
+    "ChainVerifier",
+    "PreparedRecord",
+    "canonical_json",
+    "chain_hash",
+    "normalise_time",
+    "prepare",
+    "purge_cutoff",
+]
+
+#: ``prev_hash`` of record 1 of a chain that was never purged.
+GENESIS_HASH = "0" * 64
+
+#: Record fields copied into indexed columns (for export and ad-hoc SQL). Verification
+#: checks each column against the hashed record, so editing a column is an edit too.
+PROJECTED = ("subject", "consumer", "supplier", "consent_id", "decision")
+
+#: How many renumbered positions verification tries when classifying a deletion.
+_RENUMBER_SEARCH = 10_000
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted-key compact ASCII JSON; raises ``TypeError``/``ValueError`` if not JSON-able."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
+
+
+def chain_hash(record: Mapping[str, Any], *, seq: int, prev_hash: str) -> str:
+    """SHA-256 hex of the canonical ``{"prev_hash", "record", "seq"}`` object."""
+    body = canonical_json({"prev_hash": prev_hash, "record": record, "seq": seq})
+    return hashlib.sha256(body.encode("ascii")).hexdigest()
+
+
+def normalise_time(value: str) -> str:
+    """ISO 8601 -> ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (UTC), which sorts as text.
+
+    Accepts ``Z`` or an offset; a naive time or a bare date is taken as UTC.
+
+    :raises ValueError: not ISO 8601.
+    """
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def purge_cutoff(older_than_days: float, *, now: datetime | None = None) -> str:
+    """Normalised time ``older_than_days`` before ``now`` (default: the current UTC time).
+
+    :raises ValueError: negative, NaN or infinite.
+    """
+    if not math.isfinite(older_than_days) or older_than_days < 0:
+        raise ValueError("older_than_days must be a finite number >= 0")
+    moment = (now or datetime.now(UTC)) - timedelta(days=older_than_days)
+    return normalise_time(moment.isoformat())
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRecord:
+    """A record serialised once, on the caller's side, before it reaches a writer."""
+
+    record_json: str
+    record_obj: dict[str, Any]
+    at: str
+    columns: dict[str, Any]
+
+
+def prepare(record: DisclosureRecord) -> PreparedRecord:
+    """Serialise ``record`` canonically.
+
+    :raises AuditUnavailableError: a field is not JSON-able or ``time`` is not ISO 8601
+        (fail closed: a record that cannot be stored must not let the response out).
+    """
+    try:
+        obj = record.to_dict()
+        text = canonical_json(obj)
+        at = normalise_time(record.time)
+    except (TypeError, ValueError, AttributeError):
+        raise AuditUnavailableError(
+            "disclosure record cannot be serialised", reason="audit_record_invalid"
+        ) from None
+    obj = json.loads(text)  # exactly what verification will read back
+    return PreparedRecord(
+        record_json=text, record_obj=obj, at=at, columns={k: obj.get(k) for k in PROJECTED}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ChainRow:
+    """One stored row as read back: chain fields, the record text and projected columns."""
+
+    seq: int
+    prev_hash: str
+    hash: str
+    record_json: str
+    at: str | None = None
+    columns: Mapping[str, Any] = field(default_factory=dict)
+
+    def self_consistent(self) -> bool:
+        """The stored hash matches the record, seq and prev_hash; columns match the record."""
+        try:
+            record = json.loads(self.record_json)
+        except ValueError:
+            return False
+        if not isinstance(record, dict):
+            return False
+        try:
+            if chain_hash(record, seq=self.seq, prev_hash=self.prev_hash) != self.hash:
+                return False
+            if self.at is not None and normalise_time(str(record.get("time"))) != self.at:
+                return False
+        except (TypeError, ValueError):
+            return False
+        return all(record.get(k) == v for k, v in self.columns.items())
+
+    def hashes_as(self, seq: int) -> bool:
+        """Whether the stored hash would be right had this row kept ``seq``."""
+        try:
+            record = json.loads(self.record_json)
+            return chain_hash(record, seq=seq, prev_hash=self.prev_hash) == self.hash
+        except (TypeError, ValueError):
+            return False
+
+
+@dataclass(slots=True)
+class _Suspect:
+    """The first row that did not extend the chain, and what later rows say about it."""
+
+    row: ChainRow
+    prev_seq: int
+    prev_hash: str
+    prev_prev_hash: str | None
+    next_prev_hash: str | None = None
+    seen_next: bool = False
+    predecessor_later_seq: int | None = None
+    successor_later_seq: int | None = None
+
+
+class ChainVerifier:
+    """Walk a chain: ``feed`` rows in ascending ``seq``, then ``finish(head_seq, head_hash)``.
+
+    :param base_seq: seq of the purge checkpoint (0 when never purged).
+    :param base_hash: hash of the checkpoint record (:data:`GENESIS_HASH` when never purged).
+    """
+
+    def __init__(self, *, base_seq: int = 0, base_hash: str = GENESIS_HASH) -> None:
+        self.checked = 0
+        self._seq = base_seq
+        self._hash = base_hash
+        self._prev_hash: str | None = None
+        self._suspect: _Suspect | None = None
+
+    def feed(self, row: ChainRow) -> None:
+        self.checked += 1
+        suspect = self._suspect
+        if suspect is not None:
+            if not suspect.seen_next:
+                suspect.seen_next = True
+                suspect.next_prev_hash = row.prev_hash
+            if suspect.predecessor_later_seq is None and row.hash == suspect.row.prev_hash:
+                suspect.predecessor_later_seq = row.seq
+            if suspect.successor_later_seq is None and row.prev_hash == suspect.prev_hash:
+                suspect.successor_later_seq = row.seq
+            return
+        if row.seq == self._seq + 1 and row.prev_hash == self._hash and row.self_consistent():
+            self._prev_hash, self._seq, self._hash = self._hash, row.seq, row.hash
+            return
+        self._suspect = _Suspect(row, self._seq, self._hash, self._prev_hash)
+
+    def finish(self, *, head_seq: int, head_hash: str) -> VerifyResult:
+        """Classify the first break (if any) and check the walk ended at the recorded head."""
+        if self._suspect is not None:
+            seq, problem = _classify(self._suspect)
+            return VerifyResult(
+                ok=False, checked=self.checked, first_broken_seq=seq, problem=problem
+            )
+        if self._seq < head_seq:
+            return self._broken(
+                self._seq + 1,
+                f"deleted: records {self._seq + 1}..{head_seq} missing "
+                f"(the chain head says {head_seq})",
+            )
+        if self._seq > head_seq:
+            return self._broken(
+                head_seq + 1,
+                f"inserted: records {head_seq + 1}..{self._seq} lie beyond the chain head",
+            )
+        if self._hash != head_hash:
+            return self._broken(
+                self._seq, f"edited: record {self._seq} was altered and re-hashed (head differs)"
+            )
+        return VerifyResult(ok=True, checked=self.checked, first_broken_seq=None, problem=None)
+
+    def _broken(self, seq: int, problem: str) -> VerifyResult:
+        return VerifyResult(ok=False, checked=self.checked, first_broken_seq=seq, problem=problem)
+
+
+def _classify(s: _Suspect) -> tuple[int, str]:
+    row, p = s.row, s.prev_seq
+    links = row.prev_hash == s.prev_hash
+    consistent = row.self_consistent()
+    if links and row.seq == p + 1:
+        if s.next_prev_hash == s.prev_hash:
+            return (
+                row.seq,
+                f"inserted: record {row.seq} is not part of the chain (the next links past it)",
+            )
+        return row.seq, f"edited: record {row.seq} does not match its hash"
+    if links:
+        return (
+            row.seq,
+            f"edited: record {row.seq} carries a wrong sequence number (expected {p + 1})",
+        )
+    if row.seq <= p:
+        return row.seq, f"inserted: record {row.seq} repeats or precedes sequence number {p}"
+    if s.prev_prev_hash is not None and row.prev_hash == s.prev_prev_hash:
+        return p, f"inserted: record {p} is not part of the chain (record {row.seq} links past it)"
+    if s.predecessor_later_seq is not None or s.successor_later_seq is not None:
+        where = s.predecessor_later_seq or s.successor_later_seq
+        return (
+            row.seq,
+            f"reordered: record {row.seq} is out of place (its neighbour sits at {where})",
+        )
+    if row.seq > p + 1 and consistent:
+        return p + 1, f"deleted: records {p + 1}..{row.seq - 1} missing"
+    if consistent:
+        return (
+            p,
+            f"edited: record {p} was altered and re-hashed (record {row.seq} links to its original)",
+        )
+    for gap in range(1, _RENUMBER_SEARCH + 1):
+        if row.hashes_as(row.seq + gap):
+            return p + 1, (
+                f"deleted: {gap} record(s) after {p} missing and later records renumbered"
+            )
+    return row.seq, f"edited: record {row.seq} does not link to record {p}"
