@@ -143,7 +143,7 @@ def strict_json_object(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> dict[
     return obj
 
 
-def parse_compact(token: str, *, max_bytes: int = 16384) -> CompactJWS:
+def parse_compact(token: str | bytes, *, max_bytes: int = 16384) -> CompactJWS:
     """Split and decode a JWS compact serialization without verifying it.
 
     :param token: ``"<b64url header>.<b64url payload>.<b64url signature>"`` (ASCII ``str``;
