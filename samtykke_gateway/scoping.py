@@ -1,0 +1,343 @@
+"""Response scoping: what of an upstream JSON body leaves the data source (SPEC §6).
+
+A *rights package* is deny-by-default field projection plus whole-row filters. It is read
+from the TOML table ``[rights_packages.<name>]`` (see ``config/rights_packages.example.toml``)
+and compiled once into a tree; :meth:`RightsPackage.apply` is then one recursive walk over
+the decoded document, and :func:`scope_body` wraps it with an exact decode/encode
+(:mod:`samtykke_gateway.scoping_json`: numbers leave with the exact text they came with).
+
+Path language
+-------------
+A path is dot-separated member names. ``[]`` after a name means "each element of this
+array"; a bare ``[]`` at the start is the top-level array; ``a[][]`` is each element of each
+element. Example: ``oppgaveInntektsmottaker[].inntekt[].loennsinntekt.beskrivelse``. Member
+names cannot contain ``.``, ``[`` or ``]`` and have no surrounding whitespace.
+
+``fields = [...]`` (required, at least one path) is the allow-list:
+
+- Naming a path releases the whole subtree under it. Everything not on or under an allowed
+  path is dropped.
+- Objects and arrays on the way to an allowed path are kept, holding only what is allowed
+  (an object on the way whose allowed members are all absent comes out as ``{}``). Arrays
+  traversed with ``[]`` keep their element order; object members keep the input order.
+- A member absent in the input stays absent (never invented).
+- A value whose type contradicts the path is dropped, never an error: ``x[]`` when ``x`` is an
+  object drops ``x``; ``x.y`` when ``x`` is an array drops ``x``; an element of ``x[]`` that is
+  not an object when the path goes on (``x[].y``) is dropped from the array. If the top-level
+  value itself contradicts every path, the result is ``null``.
+
+``[[rows]]`` (optional) are row filters; each is a table with
+
+- ``path``: an array's rows, ending with ``[]`` (``oppgaveInntektsmottaker[].inntekt[]``).
+  The rows must be reachable through ``fields`` (on the way to, or under, an allowed path).
+- ``where``: a path of member names relative to the row (no ``[]``); omitted = the row itself.
+- exactly one of ``in = ["a", ...]``, ``in_file = "values.txt"`` (one value per line,
+  stripped; lines starting with ``#`` and blank lines ignored; relative to the config file's
+  directory), ``not_in = [...]``, ``equals = "v"``, or ``within_period = true`` (the value is
+  ``YYYY-MM`` or a calendar-valid ``YYYY-MM-DD`` whose month lies within
+  :attr:`ScopeContext.period_from` .. :attr:`ScopeContext.period_to`, inclusive; a missing
+  bound removes the row: fail closed).
+
+A row failing a filter is removed whole. A row whose ``where`` value is missing or not a
+string fails every filter (also ``not_in``). Several filters on the same array all apply
+(AND). Filters read the input row, so a ``where`` field need not be released; scoping is
+idempotent only when it is. Under a wholly released path, a filter still applies, and a value
+on the filter's path whose type contradicts it is dropped (fail closed).
+
+``released_paths`` lists the ``fields`` entries (as written) for which at least one value is
+in the output; a path under another released path is absorbed by it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any, Final
+
+from samtykke_gateway.exceptions import ConfigError
+from samtykke_gateway.scoping_json import JsonNumber, decode_json, encode_json
+from samtykke_gateway.scoping_paths import EACH, RowFilterSpec, Step, parse_package
+
+__all__ = ["JsonNumber", "RightsPackage", "ScopeContext", "ScopedBody", "scope_body"]
+
+_MONTH: Final = re.compile(r"[0-9]{4}-(?:0[1-9]|1[0-2])", re.ASCII)
+_PERIOD_VALUE: Final = re.compile(r"([0-9]{4})-([0-9]{2})(?:-([0-9]{2}))?", re.ASCII)
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeContext:
+    """Per-request facts the row filters may use.
+
+    :param period_from: first month released, ``"YYYY-MM"`` (the consented / effective period
+        start; income API ``fraOgMed``, SPEC §5). ``None``: ``within_period`` rows are removed.
+    :param period_to: last month released, ``"YYYY-MM"``, inclusive.
+    :raises ValueError: a bound that is not ``YYYY-MM`` with month ``01``..``12``.
+    """
+
+    period_from: str | None = None
+    period_to: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("period_from", "period_to"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and _MONTH.fullmatch(value)):
+                raise ValueError(f"{name} must be 'YYYY-MM', got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ScopedBody:
+    """A scoped response body.
+
+    :param body: compact UTF-8 JSON.
+    :param released_paths: sorted, de-duplicated ``fields`` paths with a value in ``body``.
+    """
+
+    body: bytes
+    released_paths: tuple[str, ...]
+
+
+_DROP: Final = object()  # "this branch is dropped"
+_Walk = Callable[[Any, ScopeContext, set[str]], Any]
+_Predicate = Callable[[Any, ScopeContext], bool]
+
+
+def _month_in_period(value: str, context: ScopeContext) -> bool:
+    match = _PERIOD_VALUE.fullmatch(value)
+    if match is None or context.period_from is None or context.period_to is None:
+        return False
+    year, month, day = match.groups()
+    try:
+        date(int(year), int(month), int(day or "1"))
+    except ValueError:
+        return False
+    return context.period_from <= value[:7] <= context.period_to
+
+
+def _predicate(spec: RowFilterSpec) -> _Predicate:
+    where = spec.where
+    values = spec.values
+    op = spec.op
+
+    def test(row: Any, context: ScopeContext) -> bool:
+        value = row
+        for name in where:
+            if not isinstance(value, dict):
+                return False
+            value = value.get(name)
+        if not isinstance(value, str):
+            return False
+        if op == "in" or op == "equals":
+            return value in values
+        if op == "not_in":
+            return value not in values
+        return _month_in_period(value, context)
+
+    return test
+
+
+class _Node:
+    """Build-time tree node; compiled into a closure by :func:`_compile`."""
+
+    __slots__ = ("each", "filters", "full", "members", "path")
+
+    def __init__(self, *, full: bool = False) -> None:
+        self.full = full
+        self.path: str | None = None
+        self.members: dict[str, _Node] = {}
+        self.each: _Node | None = None
+        self.filters: list[_Predicate] = []
+
+    def child(self, step: Step) -> _Node | None:
+        return self.each if step is EACH else self.members.get(step)
+
+    def add_child(self, step: Step, node: _Node) -> _Node:
+        if step is EACH:
+            self.each = node
+        else:
+            self.members[step] = node
+        return node
+
+    def has_filters(self) -> bool:
+        return bool(self.filters) or any(
+            child.has_filters() for child in (*self.members.values(), self.each) if child
+        )
+
+
+def _add_field(root: _Node, text: str, steps: tuple[Step, ...]) -> None:
+    node = root
+    for step in steps:
+        node = node.child(step) or node.add_child(step, _Node(full=node.full))
+    if not node.full:
+        node.full = True
+        node.path = text
+
+
+def _add_filter(root: _Node, spec: RowFilterSpec, key_path: str) -> None:
+    node = array = root
+    for step in spec.array:
+        found = node.child(step)
+        if found is None:
+            if not node.full:
+                raise ConfigError(key_path, f"{spec.path!r}: no field releases these rows")
+            found = node.add_child(step, _Node(full=True))
+        array, node = node, found
+    array.filters.append(_predicate(spec))
+
+
+def _compile(node: _Node, inherited_full: bool) -> _Walk | None:
+    """A closure ``walk(value, context, released) -> value | _DROP``; ``None`` = copy as is."""
+    full = node.full or inherited_full
+    path = node.path if node.full and not inherited_full else None
+    members = {
+        name: walk
+        for name, child in node.members.items()
+        if (not full or child.has_filters()) and (walk := _compile(child, full)) is not None
+    }
+    each = None
+    if node.each is not None and (not full or node.each.has_filters()):
+        each = _compile(node.each, full)
+    filters = tuple(node.filters)
+    if full and not members and each is None and not filters:
+        if path is None:
+            return None
+
+        def leaf(value: Any, context: ScopeContext, released: set[str]) -> Any:
+            released.add(path)
+            return value
+
+        return leaf
+    return _container_walk(full, path, members or None, each, filters)
+
+
+def _container_walk(
+    full: bool,
+    path: str | None,
+    members: dict[str, _Walk] | None,
+    each: _Walk | None,
+    filters: tuple[_Predicate, ...],
+) -> _Walk:
+    takes_lists = each is not None or (full and bool(filters))
+
+    def walk(value: Any, context: ScopeContext, released: set[str]) -> Any:
+        out: Any
+        if isinstance(value, dict):
+            if members is None:
+                return _DROP
+            if full:
+                out = dict(value)
+                for name, child in members.items():
+                    if name in value:
+                        result = child(value[name], context, released)
+                        if result is _DROP:
+                            del out[name]
+                        else:
+                            out[name] = result
+            else:
+                out = {}
+                for name, item in value.items():
+                    walk_member = members.get(name)
+                    if walk_member is not None:
+                        result = walk_member(item, context, released)
+                        if result is not _DROP:
+                            out[name] = result
+        elif isinstance(value, list) and takes_lists:
+            rows = value
+            if filters:
+                rows = [row for row in rows if all(test(row, context) for test in filters)]
+            if each is None:
+                out = rows if rows is not value else list(rows)
+            else:
+                out = []
+                for row in rows:
+                    result = each(row, context, released)
+                    if result is not _DROP:
+                        out.append(result)
+        else:
+            return _DROP
+        if path is not None:
+            released.add(path)
+        return out
+
+    return walk
+
+
+class RightsPackage:
+    """A compiled rights package (SPEC §6): deny-by-default projection plus row filters.
+
+    Build with :meth:`from_config`. Immutable and thread-safe; compile once, apply per request.
+    The path language is described in this module's docstring.
+    """
+
+    __slots__ = ("_walk", "description", "fields", "name")
+
+    def __init__(self, name: str, *, walk: _Walk, fields: tuple[str, ...], description: str):
+        self.name = name
+        self.fields = fields
+        self.description = description
+        self._walk = walk
+
+    @classmethod
+    def from_config(
+        cls, name: str, table: Mapping[str, Any], *, base_dir: Path, key_path: str
+    ) -> RightsPackage:
+        """Compile the TOML table ``[rights_packages.<name>]``.
+
+        :param table: keys ``fields`` (list of paths, required), ``rows`` (array of tables,
+            optional), ``description`` (string, optional); nothing else.
+        :param base_dir: directory relative ``in_file`` names are resolved against (normally
+            the config file's directory).
+        :param key_path: where ``table`` sits, e.g. ``"rights_packages.inntekt-sbl"``.
+        :raises ConfigError: unknown key, wrong type, bad path, unreadable ``in_file``, or a
+            row filter whose rows no field reaches; ``key_path`` names the exact key
+            (``rights_packages.inntekt-sbl.rows[0].where``).
+        """
+        spec = parse_package(table, base_dir=base_dir, key_path=key_path)
+        root = _Node()
+        for text, steps in spec.fields:
+            _add_field(root, text, steps)
+        for index, row in enumerate(spec.rows):
+            _add_filter(root, row, f"{key_path}.rows[{index}].path")
+        walk = _compile(root, False)
+        if walk is None:  # pragma: no cover - the root is never wholly released
+            raise ConfigError(f"{key_path}.fields", "releases nothing")
+        fields = tuple(text for text, _steps in spec.fields)
+        return cls(name, walk=walk, fields=fields, description=spec.description)
+
+    def apply(self, document: Any, context: ScopeContext) -> tuple[Any, tuple[str, ...]]:
+        """Scope a decoded JSON document; a pure function that never raises.
+
+        :param document: ``dict`` / ``list`` / scalars as from :func:`json.loads` or
+            :func:`~samtykke_gateway.scoping_json.decode_json`.
+        :returns: ``(scoped, released_paths)``. ``scoped`` is new containers along the
+            package's paths, but wholly released subtrees are shared with ``document``:
+            treat both as read-only. ``null`` when the top-level value contradicts the package.
+        """
+        released: set[str] = set()
+        scoped = self._walk(document, context, released)
+        if scoped is _DROP:
+            return None, ()
+        return scoped, tuple(sorted(released))
+
+    def __repr__(self) -> str:
+        return f"RightsPackage({self.name!r}, fields={list(self.fields)!r})"
+
+
+def scope_body(
+    body: bytes, package: RightsPackage, context: ScopeContext, *, max_depth: int = 64
+) -> ScopedBody:
+    """Decode an upstream JSON body, apply ``package``, encode the result compactly.
+
+    :param body: the (decompressed) upstream body, UTF-8 JSON without BOM (RFC 8259).
+    :param max_depth: most nested arrays/objects accepted.
+    :returns: compact UTF-8 JSON with numbers exactly as they came, and the released paths.
+    :raises UpstreamError: ``reason="upstream_body_not_json"`` when ``body`` is not UTF-8
+        JSON or nests deeper than ``max_depth``.
+    """
+    if not isinstance(body, bytes):
+        body = bytes(body)
+    document = decode_json(body, max_depth=max_depth)
+    scoped, released = package.apply(document, context)
+    return ScopedBody(encode_json(scoped, source=body), released)

@@ -1,0 +1,236 @@
+"""Exact JSON codec for response scoping: numbers leave exactly as they arrived.
+
+:func:`decode_json` turns an upstream body into Python values with the stdlib C scanner:
+objects -> ``dict``, arrays -> ``list``, strings -> ``str``, ``true``/``false``/``null`` ->
+``bool``/``None``, integers -> ``int`` (exact), and every number whose ``int`` would not print
+back identically (any fraction or exponent, ``-0``, integers over 40 digits) -> a
+:class:`JsonNumber` holding the source literal. :func:`encode_json` writes compact UTF-8
+(``,`` and ``:`` separators, non-ASCII as is) and each :class:`JsonNumber` verbatim.
+
+How the verbatim write works: the C encoder cannot emit raw text, so a :class:`JsonNumber` is
+first encoded as the string ``"<C><literal>"`` with a control character ``C`` that occurs in
+no string of the document (checked against the body's escapes), and that quoted form is then
+replaced by the literal. If every candidate character occurs (a hostile body), a pure-Python
+encoder is used instead. Strict JSON only (RFC 8259): UTF-8 without BOM, no ``NaN`` /
+``Infinity``; duplicate member names keep the last value (stdlib behaviour).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from json import encoder as _stdlib_encoder
+from typing import Any, Final
+
+from samtykke_gateway.exceptions import UpstreamError
+
+__all__ = ["JsonNumber", "decode_json", "encode_json"]
+
+NOT_JSON: Final = "upstream_body_not_json"
+
+
+class JsonNumber:
+    """A JSON number kept as its exact source text, e.g. ``JsonNumber("1.10")``.
+
+    Equality is textual: ``JsonNumber("1.10") != JsonNumber("1.1")``.
+    """
+
+    __slots__ = ("literal",)
+
+    def __init__(self, literal: str) -> None:
+        self.literal = literal
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is JsonNumber:
+            return self.literal == other.literal
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(("JsonNumber", self.literal))
+
+    def __repr__(self) -> str:
+        return f"JsonNumber({self.literal!r})"
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _exact_int(literal: str) -> int | JsonNumber:
+    if literal == "-0" or len(literal) > 40:
+        return JsonNumber(literal)
+    return int(literal)
+
+
+# Decoders are built once: json.loads(..., parse_float=...) builds a decoder per call.
+_FAST: Final = json.JSONDecoder(parse_float=JsonNumber, parse_constant=_refuse_constant)
+_EXACT_INTS: Final = json.JSONDecoder(
+    parse_float=JsonNumber, parse_int=_exact_int, parse_constant=_refuse_constant
+)
+# "-0" as a whole number literal (also matches inside strings: that only costs speed).
+_NEGATIVE_ZERO: Final = re.compile(r"-0(?![0-9.eE])")
+
+# Depth pre-check on the raw bytes: drop escaped backslashes and quotes, keep only '"' and
+# brackets, drop string contents, then peel innermost bracket pairs once per nesting level.
+_DEPTH_TABLE: Final = bytes.maketrans(b"{}", b"[]")
+_DEPTH_DELETE: Final = bytes(c for c in range(256) if c not in b'"[]{}')
+
+
+def _nesting_exceeds(body: bytes, max_depth: int) -> bool:
+    """True when ``body`` nests deeper than ``max_depth`` (or is not balanced JSON)."""
+    if body.count(b"[") + body.count(b"{") <= max_depth:
+        return False
+    structure = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    structure = structure.translate(_DEPTH_TABLE, _DEPTH_DELETE)
+    brackets = b"".join(structure.split(b'"')[::2])
+    for _ in range(max_depth):
+        if not brackets:
+            return False
+        peeled = brackets.replace(b"[]", b"")
+        if len(peeled) == len(brackets):
+            return True  # unbalanced: not JSON
+        brackets = peeled
+    return bool(brackets)
+
+
+def _not_json(detail: str) -> UpstreamError:
+    return UpstreamError(detail, reason=NOT_JSON)
+
+
+def decode_json(body: bytes, *, max_depth: int = 64) -> Any:
+    """Decode an upstream body (RFC 8259 JSON, UTF-8, no BOM) keeping numbers exact.
+
+    :param max_depth: most nested arrays/objects allowed (``[[1]]`` is 2); at least 1.
+    :returns: ``dict`` / ``list`` / ``str`` / ``int`` / :class:`JsonNumber` / ``bool`` / ``None``.
+    :raises UpstreamError: ``reason="upstream_body_not_json"`` for a BOM, invalid UTF-8,
+        invalid JSON (including ``NaN``/``Infinity``) or nesting deeper than ``max_depth``.
+    :raises ValueError: ``max_depth`` below 1.
+    """
+    if max_depth < 1:
+        raise ValueError("max_depth must be at least 1")
+    if body.startswith(b"\xef\xbb\xbf"):
+        raise _not_json("upstream body starts with a byte order mark")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _not_json("upstream body is not UTF-8") from None
+    if _nesting_exceeds(body, max_depth):
+        raise _not_json(f"upstream body is not JSON or nests deeper than {max_depth}")
+    decoder = _EXACT_INTS if _NEGATIVE_ZERO.search(text) else _FAST
+    try:
+        return decoder.decode(text)
+    except json.JSONDecodeError as exc:
+        raise _not_json(f"upstream body is not JSON ({exc.msg} at {exc.pos})") from None
+    except RecursionError:
+        raise _not_json("upstream body nests too deeply") from None
+    except ValueError:  # NaN/Infinity, or an int past sys.get_int_max_str_digits()
+        if decoder is _EXACT_INTS:
+            raise _not_json("upstream body is not JSON") from None
+    try:
+        return _EXACT_INTS.decode(text)
+    except (ValueError, RecursionError):
+        raise _not_json("upstream body is not JSON") from None
+
+
+# Control characters the C encoder writes as \u00XX with decimal digits only (so the
+# escape has one spelling); \b \t \n \f \r use short escapes and are not candidates.
+_CANDIDATES: Final = tuple(chr(c) for c in (*range(0x08), *range(0x10, 0x1A)))
+_Encoder = Callable[[Any, int], list[str]]
+_Entry = tuple[_Encoder, str, bytes, re.Pattern[str]]
+_ENCODERS: dict[tuple[str, bool], _Entry] = {}
+
+
+def _sentinel_encoder(marker: str, ascii_only: bool) -> _Entry:
+    cached = _ENCODERS.get((marker, ascii_only))
+    if cached is not None:
+        return cached
+
+    def default(value: object) -> str:
+        if value.__class__ is JsonNumber:
+            return marker + value.literal
+        raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+    escape = f"\\u{ord(marker):04x}" if marker else "\\u"
+    make = getattr(_stdlib_encoder, "c_make_encoder", None)
+    string = (
+        _stdlib_encoder.encode_basestring_ascii if ascii_only else _stdlib_encoder.encode_basestring
+    )
+    if make is None:  # pragma: no cover - non-CPython
+        py = json.JSONEncoder(ensure_ascii=ascii_only, separators=(",", ":"), default=default)
+
+        def encode(value: Any, _level: int) -> list[str]:
+            return [py.encode(value)]
+    else:
+        encode = make(None, default, string, None, ":", ",", False, False, False)
+    pattern = re.compile('"' + re.escape(escape) + '([-+.0-9eE]+)"')
+    entry = (encode, escape, escape.encode("ascii"), pattern)
+    _ENCODERS[(marker, ascii_only)] = entry
+    return entry
+
+
+def _encode_python(value: Any, out: list[str], string: Callable[[str], str]) -> None:
+    if value.__class__ is JsonNumber:
+        out.append(value.literal)
+    elif isinstance(value, str):
+        out.append(string(value))
+    elif value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, int):
+        out.append(int.__repr__(value))
+    elif isinstance(value, float):
+        out.append(json.dumps(value, allow_nan=False))
+    elif isinstance(value, dict):
+        out.append("{")
+        for index, (key, item) in enumerate(value.items()):
+            if index:
+                out.append(",")
+            out.append(string(key))
+            out.append(":")
+            _encode_python(item, out, string)
+        out.append("}")
+    elif isinstance(value, list | tuple):
+        out.append("[")
+        for index, item in enumerate(value):
+            if index:
+                out.append(",")
+            _encode_python(item, out, string)
+        out.append("]")
+    else:
+        raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def encode_json(value: Any, *, source: bytes | None = None) -> bytes:
+    """Encode compactly as UTF-8, writing each :class:`JsonNumber` literal verbatim.
+
+    :param source: the body ``value`` was decoded from; its escapes tell which marker
+        characters no string can hold. Without it, a first encoding is made to find out.
+    :returns: UTF-8 JSON; lone surrogates (legal in JSON escapes) come out ``\\uXXXX``-escaped.
+    :raises TypeError: ``value`` holds something that is not a JSON value.
+    """
+    try:
+        return _encode_text(value, source, ascii_only=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: escape everything non-ASCII instead
+        return _encode_text(value, source, ascii_only=True).encode("ascii")
+
+
+def _encode_text(value: Any, source: bytes | None, *, ascii_only: bool) -> str:
+    if source is None:
+        probe = _sentinel_encoder("", ascii_only)[0]
+        source = "".join(probe(value, 0)).encode("utf-8", "surrogatepass")
+    for marker in _CANDIDATES:
+        encode, escape, escape_bytes, pattern = _sentinel_encoder(marker, ascii_only)
+        if escape_bytes in source:
+            continue
+        out = "".join(encode(value, 0))
+        return pattern.sub(r"\1", out) if escape in out else out
+    string = (
+        _stdlib_encoder.encode_basestring_ascii if ascii_only else _stdlib_encoder.encode_basestring
+    )
+    parts: list[str] = []
+    _encode_python(value, parts, string)
+    return "".join(parts)
