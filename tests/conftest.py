@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+
+from samtykke_gateway.devserver import ThreadedServer
+from samtykke_gateway.testing import DevIssuer
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def dev_issuer() -> DevIssuer:
+    """One dev issuer (fresh RSA keys, generated at test time) for the whole session."""
+    return DevIssuer()
+
+
+@pytest.fixture(scope="session")
+def issuer_url(dev_issuer: DevIssuer) -> Iterator[str]:
+    """The dev issuer's JWKS served over real HTTP on 127.0.0.1."""
+    with ThreadedServer(dev_issuer.asgi_app()) as server:
+        yield server.url

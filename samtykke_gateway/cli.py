@@ -1,0 +1,154 @@
+"""``samtykke-gateway`` command line.
+
+::
+
+    samtykke-gateway serve --config FILE [--host 127.0.0.1] [--port 8080]
+    samtykke-gateway check-config --config FILE
+    samtykke-gateway demo
+    samtykke-gateway mint altinn2|maskinporten|altinn3 ... (dev keys in --keys-dir)
+    samtykke-gateway dev-issuer [--port 8790]  (serves the dev keys' JWKS)
+    samtykke-gateway explain TOKEN [--consent TOKEN] [--config FILE] [--path PATH]
+    samtykke-gateway audit verify|export|purge ...
+
+Exit codes: 0 ok, 1 a check failed, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .exceptions import ConfigError
+
+__all__ = ["main"]
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"invalid config: {exc}", file=sys.stderr)
+        return 2
+    print(f"config OK: {args.config} (profile {config.profile})")
+    for name, issuer in config.issuers.items():
+        where = issuer.jwks_url or issuer.metadata_url
+        print(f"  issuer {name:<13} iss={issuer.issuer}  keys={where}  algs={','.join(issuer.algorithms)}")
+    print(f"  upstream           {config.upstream_url or '(none: middleware only)'}")
+    print(f"  disclosure log     {config.audit_url.split('@')[-1] if '@' in config.audit_url else config.audit_url}")
+    print("  routes:")
+    for route in config.routes:
+        methods = ",".join(sorted(route.methods))
+        print(f"    {route.name}: {methods} {route.path}")
+        print(f"      scope {route.scope}; subject from {route.subject.source} '{route.subject.name}'")
+        if route.altinn2_services:
+            print(f"      Altinn 2 service {', '.join(route.altinn2_services)}")
+        if route.altinn3_resources or route.migrated_resources:
+            print(f"      Altinn 3 resources {', '.join(route.altinn3_resources + route.migrated_resources)}")
+        if route.year:
+            print(f"      {route.year.param} must be a consented {route.year.metadata}")
+        if route.period:
+            print(f"      {route.period.from_param}..{route.period.to_param} inside the consented period")
+        if route.rights_package:
+            print(f"      rights package {route.rights_package}")
+        elif route.rights_package_param:
+            pairs = ", ".join(f"{k}->{v}" for k, v in route.rights_package_map.items())
+            print(f"      rights package by {{{route.rights_package_param}}}: {pairs}")
+        else:
+            print("      unscoped (body streams through)")
+        if route.one_time:
+            print("      one-time consent")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    return serve(args.config, host=args.host, port=args.port, workers_note=True)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(audit_path=args.audit_path, body_lines=args.body_lines)
+
+
+def _cmd_mint(args: argparse.Namespace) -> int:
+    from .devkit import mint_command
+
+    return mint_command(args)
+
+
+def _cmd_dev_issuer(args: argparse.Namespace) -> int:
+    from .devkit import dev_issuer_command
+
+    return dev_issuer_command(args)
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain_command
+
+    return explain_command(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="samtykke-gateway", description="Altinn consent enforcement point")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the sidecar reverse proxy (uvicorn)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("check-config", help="validate a config file and print its routes")
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=_cmd_check_config)
+
+    p = sub.add_parser("demo", help="run dev issuer + example upstream + sidecar and play a bank")
+    p.add_argument("--audit-path", default=None, help="keep the disclosure log in this SQLite file")
+    p.add_argument("--body-lines", type=int, default=40, help="lines of each scoped body to print")
+    p.set_defaults(func=_cmd_demo)
+
+    from .devkit import add_dev_parsers
+
+    add_dev_parsers(sub, mint=_cmd_mint, dev_issuer=_cmd_dev_issuer)
+
+    try:
+        from .explain import add_explain_parser
+
+        add_explain_parser(sub, _cmd_explain)
+    except ImportError:  # pragma: no cover - explain is optional during development
+        pass
+    try:
+        from .audit.admin import add_audit_parser
+
+        add_audit_parser(sub)
+    except ImportError:  # pragma: no cover
+        pass
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``samtykke-gateway`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if hasattr(args, "_fix"):
+        args._fix(args)
+    if args.command == "audit":
+        from .audit.admin import run_audit
+
+        return run_audit(args)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"invalid config: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Test harness: the dev issuer's JWKS on a real loopback server, the example upstream, and the
+gateway in both deployment forms (in-process middleware, sidecar in front of a real server)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from samtykke_gateway.app import SidecarApp
+from samtykke_gateway.audit.memory import MemoryStore
+from samtykke_gateway.audit.record import DisclosureRecord
+from samtykke_gateway.config import GatewayConfig
+from samtykke_gateway.demo import demo_config
+from samtykke_gateway.devserver import ThreadedServer
+from samtykke_gateway.examples import ExampleUpstream
+from samtykke_gateway.middleware import ConsentMiddleware
+from samtykke_gateway.testing import DevIssuer
+
+INCOME_PERSON = "01029413157"
+TAX_BASE_PERSON = "12879397780"
+BANK = "999999999"
+OTHER_BANK = "888888888"
+INCOME_SERVICE = "4804_210607"
+TAX_BASE_SERVICE = "4628_210607"
+INCOME_SCOPE = "skatteetaten:inntekt"
+TAX_BASE_SCOPE = "skatteetaten:spesifisertsummertskattegrunnlag"
+INCOME_PATH = f"/api/innrapportert/inntektsmottaker/sbl/{INCOME_PERSON}/oppgave/inntekt"
+TAX_BASE_RESOURCE = "ske-spesifisert-summert-skattegrunnlag"
+SBL_RELEASED = {"bil", "timeloenn", "fastloenn"}
+
+
+def tax_base_path(year: str, person: str = TAX_BASE_PERSON) -> str:
+    return f"/api/formueinntekt/spesifisertsummertskattegrunnlag/sbl/{year}/{person}"
+
+
+def a2_headers(
+    issuer: DevIssuer,
+    *,
+    subject: str = INCOME_PERSON,
+    consumer: str = BANK,
+    mp_consumer: str | None = None,
+    services: list[str] | None = None,
+    scope: str = INCOME_SCOPE,
+    **consent_kwargs: Any,
+) -> dict[str, str]:
+    """An Altinn 2 pair: Maskinporten bearer + AltinnSamtykke consent token."""
+    if services is None:
+        services = [f"{INCOME_SERVICE}_fraOgMed=2018-06", f"{INCOME_SERVICE}_tilOgMed=2018-08"]
+    consent = issuer.mint_altinn2(subject=subject, consumer=consumer, services=services, **consent_kwargs)
+    bearer = issuer.mint_maskinporten(consumer=mp_consumer or consumer, scope=scope)
+    return {"Authorization": f"Bearer {bearer}", "AltinnSamtykke": consent}
+
+
+def a3_headers(
+    issuer: DevIssuer,
+    *,
+    subject: str = TAX_BASE_PERSON,
+    consumer: str = BANK,
+    rights: list[tuple[str, dict[str, str]]] | None = None,
+    scope: str = TAX_BASE_SCOPE,
+    **mp_kwargs: Any,
+) -> dict[str, str]:
+    """An Altinn 3 token: one Maskinporten token carrying authorization_details."""
+    if rights is None:
+        rights = [(TAX_BASE_RESOURCE, {"inntektsaar": "2022"})]
+    details = [DevIssuer.altinn3_consent(subject=subject, consumer=consumer, rights=rights)]
+    bearer = issuer.mint_maskinporten(consumer=consumer, scope=scope, authorization_details=details, **mp_kwargs)
+    return {"Authorization": f"Bearer {bearer}"}
+
+
+@dataclass
+class GatewayUnderTest:
+    """A running gateway: ``client`` talks to it, ``records`` are its disclosure records."""
+
+    mode: str
+    client: httpx.AsyncClient
+    store: MemoryStore
+    upstream: ExampleUpstream
+    config: GatewayConfig
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def records(self) -> list[DisclosureRecord]:
+        return self.store.records
+
+
+def make_config(issuer_url: str, upstream_url: str, audit_url: str = "memory://", **overrides: Any) -> GatewayConfig:
+    return demo_config(issuer_url=issuer_url, upstream_url=upstream_url, audit_url=audit_url, overrides=overrides)
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    mode: str, issuer_url: str, *, compress: str | None = None, upstream_app: Any = None, **overrides: Any
+) -> AsyncIterator[GatewayUnderTest]:
+    """Start the gateway in ``mode`` (``"middleware"`` or ``"sidecar"``) over the example upstream."""
+    upstream = ExampleUpstream(compress=compress)
+    app_to_protect = upstream_app or upstream.app
+    if mode == "middleware":
+        config = make_config(issuer_url, "http://upstream.invalid", **overrides)
+        middleware = ConsentMiddleware(app_to_protect, config=config)
+        transport = httpx.ASGITransport(app=middleware, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+            try:
+                yield GatewayUnderTest(mode, client, middleware.gateway.store, upstream, config)  # type: ignore[arg-type]
+            finally:
+                await middleware.gateway.close()
+        return
+    with ThreadedServer(app_to_protect) as upstream_server:
+        config = make_config(issuer_url, upstream_server.url, **overrides)
+        sidecar = SidecarApp(config)
+        with ThreadedServer(sidecar) as sidecar_server:
+            async with httpx.AsyncClient(base_url=sidecar_server.url, timeout=20) as client:
+                yield GatewayUnderTest(
+                    mode, client, sidecar.gateway.store, upstream, config,  # type: ignore[arg-type]
+                    extra={"upstream_url": upstream_server.url, "sidecar": sidecar},
+                )
+
+
+def config_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "config"
