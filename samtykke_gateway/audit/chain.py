@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,7 +45,10 @@ __all__ = [
     "normalise_time",
     "prepare",
     "purge_cutoff",
+    "purgeable_prefix",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: ``prev_hash`` of record 1 of a chain that was never purged.
 GENESIS_HASH = "0" * 64
@@ -159,6 +163,25 @@ class ChainRow:
             return chain_hash(record, seq=seq, prev_hash=self.prev_hash) == self.hash
         except (TypeError, ValueError):
             return False
+
+
+def purgeable_prefix(
+    rows: Sequence[ChainRow], cutoff: str, base_seq: int, base_hash: str
+) -> tuple[int, bool, tuple[int, str] | None]:
+    """(count, reached-the-end, last (seq, hash)) of the verified prefix older than ``cutoff``.
+
+    Stops at the first record new enough *or* not extending the chain: purge never erases
+    the evidence of a broken link.
+    """
+    seq, digest, count = base_seq, base_hash, 0
+    for row in rows:
+        if (row.at or "") >= cutoff:
+            return count, True, (seq, digest) if count else None
+        if row.seq != seq + 1 or row.prev_hash != digest or not row.self_consistent():
+            logger.warning("audit purge stopped at a broken chain link; run 'audit verify'")
+            return count, True, (seq, digest) if count else None
+        seq, digest, count = row.seq, row.hash, count + 1
+    return count, False, (seq, digest) if count else None
 
 
 @dataclass(slots=True)

@@ -50,6 +50,7 @@ from .chain import (
     normalise_time,
     prepare,
     purge_cutoff,
+    purgeable_prefix,
 )
 from .record import DisclosureRecord
 
@@ -285,7 +286,8 @@ class SqliteStore:
                 _settle(left, AuditUnavailableError("disclosure store is closed"))
 
     def _run_call(self, job: _Job) -> None:
-        assert job.call is not None
+        if job.call is None:
+            return
         try:
             result = job.call()
         except AuditUnavailableError as exc:
@@ -306,9 +308,7 @@ class SqliteStore:
             try:
                 seq, prev = conn.execute("SELECT seq, hash FROM chain_head WHERE id = 1").fetchone()
                 rows = []
-                for job in batch:
-                    rec = job.record
-                    assert rec is not None
+                for rec in (job.record for job in batch if job.record is not None):
                     seq += 1
                     digest = chain_hash(rec.record_obj, seq=seq, prev_hash=prev)
                     cols = tuple(rec.columns[k] for k in PROJECTED)
@@ -422,7 +422,7 @@ class SqliteStore:
             rows = conn.execute(
                 f"{_SELECT_ROWS} WHERE seq > ? ORDER BY seq LIMIT ?", (base_seq, _PURGE_CHUNK_ROWS)
             ).fetchall()
-            removed, done, last = _purgeable_prefix(
+            removed, done, last = purgeable_prefix(
                 [_row(r) for r in rows], cutoff, base_seq, base_hash
             )
             done = done or len(rows) < _PURGE_CHUNK_ROWS
@@ -440,25 +440,6 @@ class SqliteStore:
             _rollback(conn)
             raise
         return removed, done
-
-
-def _purgeable_prefix(
-    rows: Sequence[ChainRow], cutoff: str, base_seq: int, base_hash: str
-) -> tuple[int, bool, tuple[int, str] | None]:
-    """(count, reached-the-end, last (seq, hash)) of the verified prefix older than ``cutoff``.
-
-    Stops at the first record new enough *or* not extending the chain: purge never erases
-    the evidence of a broken link.
-    """
-    seq, digest, count = base_seq, base_hash, 0
-    for row in rows:
-        if (row.at or "") >= cutoff:
-            return count, True, (seq, digest) if count else None
-        if row.seq != seq + 1 or row.prev_hash != digest or not row.self_consistent():
-            logger.warning("audit purge stopped at a broken chain link; run 'audit verify'")
-            return count, True, (seq, digest) if count else None
-        seq, digest, count = row.seq, row.hash, count + 1
-    return count, False, (seq, digest) if count else None
 
 
 def _row(values: Sequence[Any]) -> ChainRow:
