@@ -17,6 +17,7 @@ import httpx
 from .audit import DisclosureStore, open_store
 from .config import GatewayConfig
 from .gate import Gate, build_issuer_policies
+from .hooks import ConsentState, NullObserver, NullState, Observer
 from .policy import Router
 from .tokens.verify import IssuerPolicy, TokenVerifier
 
@@ -29,6 +30,8 @@ class Gateway:
     :param config: validated :class:`GatewayConfig`.
     :param http: client for JWKS / metadata fetches (created, and then closed, if omitted).
     :param store: disclosure store (opened from ``config.audit_url`` if omitted).
+    :param state: consent state (revocation, one-time, limits); none if omitted.
+    :param observer: metrics sink; none if omitted.
     :param clock: epoch seconds, injectable for tests.
     """
 
@@ -39,6 +42,8 @@ class Gateway:
         http: httpx.AsyncClient | None = None,
         store: DisclosureStore | None = None,
         verifier: TokenVerifier | None = None,
+        state: ConsentState | None = None,
+        observer: Observer | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -50,6 +55,9 @@ class Gateway:
         self._own_store = store is None
         self.store: DisclosureStore = store or open_store(config.audit_url)
         self.verifier = verifier or TokenVerifier()
+        self._own_state = state is None
+        self.state: ConsentState = state or NullState()
+        self.observer: Observer = observer or NullObserver()
         self.issuers: dict[str, IssuerPolicy] = build_issuer_policies(config, self.http)
         self.router = Router(config.routes)
         self.gate = Gate(config, issuers=self.issuers, verifier=self.verifier, clock=clock)
@@ -80,6 +88,8 @@ class Gateway:
         """Close what this gateway created. Idempotent."""
         if self._own_store:
             await self.store.close()
+        if self._own_state:
+            await self.state.close()
         if self._own_http:
             await self.http.aclose()
         self._started = False

@@ -195,6 +195,9 @@ class _Exchange:
         self.chunks: list[bytes] = []
         self.buffered = 0
         self.failure: GatewayError | None = None
+        self.gate_seconds = 0.0
+        self.released = False
+        self.forward_started = 0.0
 
     # ------------------------------------------------------------------ request side
     async def run(self) -> None:
@@ -217,6 +220,8 @@ class _Exchange:
             self.record.path = match.path
             self.record.route = match.route.name
             self.grant = await self.gateway.gate.authorize(facts, match, self.record)
+            self.gate_seconds = time.perf_counter() - self.started_at
+            await self.gateway.state.before_forward(self.grant)
         except GatewayError as exc:
             await self._deny(exc)
             return
@@ -252,9 +257,21 @@ class _Exchange:
         scope["query_string"] = urlencode(grant.effective_query).encode("ascii")
         scope["headers"] = self._upstream_headers(grant)
         scope["samtykke.correlation_id"] = self.correlation_id
+        self.forward_started = time.perf_counter()
+        try:
+            await self._call_app(scope)
+        finally:
+            try:
+                await self.gateway.state.after_response(grant, released=self.released)
+            except GatewayError as exc:  # the answer has left; the state backend logs its own failure
+                log.warning("consent state update failed after response: %s", exc.reason)
+
+    async def _call_app(self, scope: Scope) -> None:
         try:
             await self.app(scope, self.receive, self._send_from_app)
         except GatewayError as exc:
+            if self.start_message is None:
+                self.gateway.observer.upstream(time.perf_counter() - self.forward_started, status=None)
             if not self.response_started:
                 await self._deny(exc, after_grant=True)
                 return
@@ -299,6 +316,7 @@ class _Exchange:
         assert grant is not None  # noqa: S101
         if kind == "http.response.start":
             self.start_message = message
+            self.gateway.observer.upstream(time.perf_counter() - self.forward_started, status=int(message["status"]))
             if grant.rights_package is None:
                 await self._start_streaming()
             return
@@ -337,6 +355,7 @@ class _Exchange:
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"x-correlation-id"]
         headers.append((b"x-correlation-id", self.correlation_id.encode()))
         self.response_started = True
+        self.released = 200 <= status < 300
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def _finish_scoped(self) -> None:
@@ -392,6 +411,7 @@ class _Exchange:
             await self._send_error(exc)
             return
         self.response_started = True
+        self.released = 200 <= status < 300 and bool(body)
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
         await self.send({"type": "http.response.body", "body": body if self.record.method != "HEAD" else b""})
 
@@ -423,7 +443,17 @@ class _Exchange:
         await self.send({"type": "http.response.body", "body": body})
 
     async def _append(self) -> None:
-        await self.gateway.store.append(self.record)
+        started = time.perf_counter()
+        try:
+            await self.gateway.store.append(self.record)
+        except AuditUnavailableError:
+            self.gateway.observer.audit_write(time.perf_counter() - started, ok=False)
+            self.record.reason = "audit_unavailable"
+            self.record.status = 503
+            self.gateway.observer.decision(self.record, self.gate_seconds)
+            raise
+        self.gateway.observer.audit_write(time.perf_counter() - started, ok=True)
+        self.gateway.observer.decision(self.record, self.gate_seconds)
 
 
 def _as_dict(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
