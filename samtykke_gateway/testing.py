@@ -254,6 +254,46 @@ class DevIssuer:
             ]
         )
 
+    def issuer_policies(
+        self,
+        *,
+        http: Any,
+        base_url: str,
+        discovery: bool = False,
+        leeway_seconds: float = 30,
+        **keyset_options: Any,
+    ) -> dict[str, Any]:
+        """``{"altinn": IssuerPolicy, "maskinporten": IssuerPolicy}`` for :meth:`asgi_app` served
+        at ``base_url``; ``discovery`` uses the RFC 8414 metadata URLs instead of the JWKS URLs.
+
+        :param http: ``httpx.AsyncClient`` for the key sets (owned by the caller).
+        :param keyset_options: passed to each :class:`~samtykke_gateway.keys.KeySet`.
+        """
+        from samtykke_gateway.keys import KeySet
+        from samtykke_gateway.tokens.verify import IssuerPolicy
+
+        issuers = {"altinn": self.ALTINN_ISSUER, "maskinporten": self.MASKINPORTEN_ISSUER}
+        policies: dict[str, Any] = {}
+        for role, issuer in issuers.items():
+            base = f"{base_url}/{role}"
+            keys = KeySet(
+                name=role,
+                http=http,
+                jwks_url=None if discovery else f"{base}/jwk",
+                metadata_url=f"{base}/.well-known/oauth-authorization-server"
+                if discovery
+                else None,
+                **keyset_options,
+            )
+            policies[role] = IssuerPolicy(
+                name=role,
+                issuer=issuer,
+                algorithms=("RS256",),
+                keys=keys,
+                leeway_seconds=leeway_seconds,
+            )
+        return policies
+
     def mint_altinn2(
         self,
         *,
