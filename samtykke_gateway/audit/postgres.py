@@ -212,7 +212,7 @@ class PostgresStore:
             await self._migrate()
         except Exception as exc:  # noqa: BLE001 - translated at this one boundary
             self._pool = None
-            await pool.close(timeout=0)
+            await pool.close(timeout=1.0)
             raise _unavailable("open", exc) from None
         self._queue = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_loop(), name="samtykke-audit-writer")
@@ -231,7 +231,7 @@ class PostgresStore:
         async def check(conn: psycopg.AsyncConnection[Any]) -> None:
             await conn.execute("SELECT seq FROM chain_head")
 
-        await self._with_connection("ping", check, timeout=self.connect_timeout_seconds + 1)
+        await self._with_connection("ping", check, limit_seconds=self.connect_timeout_seconds + 1)
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
@@ -264,7 +264,7 @@ class PostgresStore:
                         "INSERT INTO schema_version (version) VALUES (%s)", (version,)
                     )
 
-        await self._with_connection("open", migrate, timeout=30.0)
+        await self._with_connection("open", migrate, limit_seconds=30.0)
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -330,7 +330,7 @@ class PostgresStore:
                 )
 
         try:
-            await self._with_connection("append", write, timeout=self.write_timeout_seconds)
+            await self._with_connection("append", write, limit_seconds=self.write_timeout_seconds)
         except AuditUnavailableError as error:
             failed = [*batch, *self._drain()]
             for job in failed:
@@ -382,7 +382,7 @@ class PostgresStore:
 
         total = 0
         while True:
-            removed, done = await self._with_connection("purge", chunk, timeout=300.0)
+            removed, done = await self._with_connection("purge", chunk, limit_seconds=300.0)
             total += removed
             if done:
                 return total
@@ -405,7 +405,7 @@ class PostgresStore:
                         verifier.feed(_row(values))
                 return verifier.finish(head_seq=head[0], head_hash=head[1])
 
-        return await self._with_connection("verify", walk, timeout=None)
+        return await self._with_connection("verify", walk, limit_seconds=None)
 
     async def export(
         self, *, subject: str, since: str | None = None, until: str | None = None
@@ -424,7 +424,7 @@ class PostgresStore:
                 DisclosureRecord.from_dict(json.loads(text)) for (text,) in await cur.fetchall()
             ]
 
-        return await self._with_connection("export", query, timeout=None)
+        return await self._with_connection("export", query, limit_seconds=None)
 
     # -- the one place psycopg exceptions are translated --------------------------------------
 
@@ -433,13 +433,13 @@ class PostgresStore:
         operation: str,
         work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]],
         *,
-        timeout: float | None,
+        limit_seconds: float | None,
     ) -> T:
         pool = self._pool
         if pool is None:
             raise AuditUnavailableError("disclosure store is not open")
         try:
-            async with asyncio.timeout(timeout), self._connection(pool) as conn:
+            async with asyncio.timeout(limit_seconds), self._connection(pool) as conn:
                 return await work(conn)
         except AuditUnavailableError:
             raise

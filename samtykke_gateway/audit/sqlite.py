@@ -26,6 +26,7 @@ URL: ``sqlite:///relative.db`` or ``sqlite:////abs/path.db``, options
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -376,10 +377,8 @@ class SqliteStore:
     def _drop_connection(self) -> None:
         conn, self._conn, self._identity = self._conn, None, None
         if conn is not None:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 conn.close()
-            except sqlite3.Error:
-                pass
 
     def _migrate(self) -> None:
         conn = self._connect(create=True)
@@ -480,7 +479,5 @@ def _settle(job: _Job, error: BaseException | None, result: Any = None) -> None:
         else:
             job.future.set_result(result)
 
-    try:
+    with contextlib.suppress(RuntimeError):  # the caller's loop is closed; nobody waits
         job.loop.call_soon_threadsafe(resolve)
-    except RuntimeError:  # the caller's loop is closed; nobody is waiting
-        pass
