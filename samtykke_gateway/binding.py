@@ -20,8 +20,8 @@ from .tokens.model import Consent, ConsentRight, MaskinportenToken
 
 __all__ = [
     "Binding",
-    "bind_consent",
     "apply_constraints",
+    "bind_consent",
     "check_consumer",
     "request_subject",
 ]
@@ -177,11 +177,18 @@ def apply_constraints(
         pc = route.period
         candidates = []
         for right in binding.rights:
-            froms = [v for v in right.metadata.get(pc.from_metadata, ())]
-            tos = [v for v in right.metadata.get(pc.to_metadata, ())]
-            if len(froms) == 1 and len(tos) == 1 and _MONTH.fullmatch(froms[0]) and _MONTH.fullmatch(tos[0]):
-                if froms[0] <= tos[0]:
-                    candidates.append((froms[0], tos[0]))
+            # Each right is one consented period; several values for one bound are ambiguous
+            # and yield no period (fail closed).
+            froms = right.metadata.get(pc.from_metadata, ())
+            tos = right.metadata.get(pc.to_metadata, ())
+            if (
+                len(froms) == 1
+                and len(tos) == 1
+                and _MONTH.fullmatch(froms[0])
+                and _MONTH.fullmatch(tos[0])
+                and froms[0] <= tos[0]
+            ):
+                candidates.append((froms[0], tos[0]))
         if not candidates:
             raise _deny("metadata_missing", "the consent has no valid period")
         req_from = _single(query, pc.from_param)

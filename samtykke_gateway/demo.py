@@ -122,7 +122,7 @@ def _show(body: bytes, limit: int) -> str:
         text = body.decode("utf-8", "replace")
     lines = text.splitlines()
     if len(lines) > limit:
-        lines = lines[:limit] + [f"  ... ({len(lines) - limit} more lines)"]
+        lines = [*lines[:limit], f"  ... ({len(lines) - limit} more lines)"]
     return "\n".join("      " + line for line in lines)
 
 

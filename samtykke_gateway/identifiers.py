@@ -17,8 +17,8 @@ __all__ = [
     "is_org_number",
     "is_person_id",
     "org_from_iso6523",
-    "party_from_urn",
     "party_from_digits",
+    "party_from_urn",
 ]
 
 _PERSON = re.compile(r"[0-9]{11}")

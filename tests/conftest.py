@@ -1,9 +1,15 @@
-"""Shared pytest fixtures. Async tests use anyio's pytest plugin on asyncio."""
+"""Shared pytest fixtures. Async tests use anyio's pytest plugin on asyncio.
+
+Hypothesis' conjecture utilities are imported up front: imported lazily at the terminal summary
+(after uvicorn threads and FastAPI ran) they hit CPython 3.11.7's "AST constructor recursion
+depth mismatch" SystemError in pytest's assertion rewriter (CPython gh-106905, fixed in 3.11.8).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import hypothesis.internal.conjecture.utils  # noqa: F401
 import pytest
 
 from samtykke_gateway.devserver import ThreadedServer

@@ -131,7 +131,7 @@ async def test_a2_unauthenticated(mode: str, case: str, dev_issuer: DevIssuer, i
     elif case == "flipped":
         headers["AltinnSamtykke"] = _flip_signature(headers["AltinnSamtykke"])
     elif case == "alg_none":
-        head, payload, _ = headers["AltinnSamtykke"].split(".")
+        _head, payload, _sig = headers["AltinnSamtykke"].split(".")
         forged = encode_token({"alg": "none", "typ": "JWT"}, b"", None, alg="none")
         headers["AltinnSamtykke"] = forged.split(".")[0] + "." + payload + "."
     elif case == "unknown_kid":

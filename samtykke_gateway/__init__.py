@@ -1,0 +1,68 @@
+"""samtykke-gateway: Altinn consent enforcement for Norwegian data sources.
+
+Public API (see README): :class:`ConsentMiddleware` for ASGI apps, :class:`SidecarApp` for the
+reverse proxy, :func:`load_config` for TOML configuration, the error tree in
+:mod:`samtykke_gateway.exceptions`, and the :class:`Grant` an app finds in
+``scope["samtykke.consent"]``.
+"""
+
+from __future__ import annotations
+
+from .app import SidecarApp
+from .audit.record import DisclosureRecord
+from .config import GatewayConfig, load_config, parse_config
+from .exceptions import (
+    AuditUnavailableError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigError,
+    ConsentSpentError,
+    GatewayError,
+    InsufficientConsentError,
+    InvalidTokenError,
+    KeysUnavailableError,
+    MissingTokenError,
+    NotFoundError,
+    StateUnavailableError,
+    UnavailableError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UsageLimitError,
+)
+from .gate import Grant
+from .gateway import Gateway
+from .middleware import CONSENT_SCOPE_KEY, ConsentMiddleware
+from .tokens.model import Consent, ConsentRight, MaskinportenToken
+
+__all__ = [
+    "CONSENT_SCOPE_KEY",
+    "AuditUnavailableError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigError",
+    "Consent",
+    "ConsentMiddleware",
+    "ConsentRight",
+    "ConsentSpentError",
+    "DisclosureRecord",
+    "Gateway",
+    "GatewayConfig",
+    "GatewayError",
+    "Grant",
+    "InsufficientConsentError",
+    "InvalidTokenError",
+    "KeysUnavailableError",
+    "MaskinportenToken",
+    "MissingTokenError",
+    "NotFoundError",
+    "SidecarApp",
+    "StateUnavailableError",
+    "UnavailableError",
+    "UpstreamError",
+    "UpstreamTimeoutError",
+    "UsageLimitError",
+    "load_config",
+    "parse_config",
+]
+
+__version__ = "0.1.0"
