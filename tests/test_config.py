@@ -1,0 +1,115 @@
+"""Configuration: every error names its key path; profiles; check-config."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from samtykke_gateway.cli import main
+from samtykke_gateway.config import load_config, parse_config
+from samtykke_gateway.exceptions import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+TT02 = CONFIG_DIR / "skatteetaten-tt02.toml"
+
+
+def _data() -> dict:
+    return tomllib.loads(TT02.read_text())
+
+
+def _parse(data: dict) -> None:
+    parse_config(data, base_dir=CONFIG_DIR)
+
+
+def test_shipped_configs_load() -> None:
+    config = load_config(TT02)
+    assert config.profile == "tt02"
+    assert config.issuers["maskinporten"].issuer == "https://test.maskinporten.no/"
+    assert config.issuers["altinn"].metadata_url == "https://tt02.altinn.no/.well-known/oauth-authorization-server"
+    assert [r.name for r in config.routes] == ["inntekt", "spesifisertsummertskattegrunnlag"]
+    assert config.routes[0].migrated_resources == ("skd_4804_210607",)
+    assert config.audit_url == "sqlite:////var/lib/samtykke-gateway/disclosures.db"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key_path"),
+    [
+        (lambda d: d["routes"][1].pop("scope"), "routes[1].scope"),
+        (lambda d: d["routes"][0]["subject"].update(path="fnr"), "routes[0].subject.path"),
+        (lambda d: d["routes"][0]["period"].update(frm="x"), "routes[0].period.frm"),
+        (lambda d: d["routes"][1].update(altinn2_service="4628-210607"), "routes[1].altinn2_service[0]"),
+        (lambda d: d["routes"][0].update(rights_package={"param": "rettighetspakke", "packages": {"sbl": "nope"}}),
+         "routes[0].rights_package.packages.sbl"),
+        (lambda d: d["gateway"].update(profile="staging"), "gateway.profile"),
+        (lambda d: d["gateway"].update(leeway_seconds="30"), "gateway.leeway_seconds"),
+        (lambda d: d["gateway"].update(tipo=1), "gateway.tipo"),
+        (lambda d: d["audit"].update(url="mysql://x"), "audit.url"),
+        (lambda d: d.update(extra={}), "extra"),
+        (lambda d: d["routes"][0].update(path="/api/../x"), "routes[0].path"),
+        (lambda d: d["routes"][1].update(name="inntekt"), "routes[1].name"),
+        (lambda d: d["rights_packages"]["inntekt-sbl"].update(fields=["a..b"]), "rights_packages.inntekt-sbl.fields"),
+        (lambda d: d.setdefault("issuers", {}).update(maskinporten={"issuer": "x", "jwks_url": "ftp://x"}),
+         "issuers.maskinporten"),
+    ],
+)
+def test_errors_name_the_key_path(mutate, key_path: str) -> None:  # type: ignore[no-untyped-def]
+    data = _data()
+    mutate(data)
+    with pytest.raises(ConfigError) as info:
+        _parse(data)
+    assert info.value.key_path.startswith(key_path), info.value
+
+
+def test_prod_profile_never_trusts_test_keys() -> None:
+    data = _data()
+    data["gateway"]["profile"] = "prod"
+    config = parse_config(data, base_dir=CONFIG_DIR)
+    assert config.issuers["maskinporten"].jwks_url == "https://maskinporten.no/jwk"
+    assert not config.allow_test_tokens
+    data["issuers"] = {"altinn": {"issuer": "altinn.no", "jwks_url": "https://tt02.altinn.no/api/metadata/jwk"}}
+    with pytest.raises(ConfigError) as info:
+        _parse(data)
+    assert info.value.key_path == "issuers.altinn"
+
+
+def test_tt02_profile_never_trusts_production_keys() -> None:
+    data = _data()
+    data["issuers"] = {"maskinporten": {"issuer": "https://maskinporten.no/", "jwks_url": "https://maskinporten.no/jwk"}}
+    with pytest.raises(ConfigError) as info:
+        _parse(data)
+    assert info.value.key_path == "issuers.maskinporten"
+
+
+def test_check_config_prints_routes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--config", str(TT02)]) == 0
+    out = capsys.readouterr().out
+    assert "inntekt: GET,HEAD /api/innrapportert/inntektsmottaker/{rettighetspakke}" in out
+    assert "rights package by {rettighetspakke}: sbl->inntekt-sbl" in out
+
+
+def test_check_config_refuses_invalid_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    shutil.copy(CONFIG_DIR / "inntekt-sbl-loennsinntekt-beskrivelse.txt", tmp_path)
+    bad.write_text(TT02.read_text().replace('scope = "skatteetaten:inntekt"', 'scopes = "skatteetaten:inntekt"'))
+    assert main(["check-config", "--config", str(bad)]) == 2
+    assert "routes[0]" in capsys.readouterr().err
+    (tmp_path / "syntax.toml").write_text("[gateway\n")
+    assert main(["check-config", "--config", str(tmp_path / "syntax.toml")]) == 2
+    assert main(["check-config", "--config", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_serve_refuses_invalid_config_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[gateway]\nprofile = 'nope'\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "samtykke_gateway.cli", "serve", "--config", str(bad)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "gateway.profile" in proc.stderr
+    assert "Traceback" not in proc.stderr
