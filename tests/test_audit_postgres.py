@@ -285,3 +285,18 @@ def test_replicas_in_separate_processes_keep_one_chain(pg_schema: tuple[str, str
         ).fetchone()
     assert seqs == list(range(1, PROCESSES * PER_PROCESS + 1))
     assert interleaved is not None and interleaved[0] >= PROCESSES - 1  # writers really overlapped
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("text", ["\x00", "a\udc80b", "'; DROP TABLE disclosure; --", "æøå\u202e"])
+async def test_hostile_text_round_trips(pg_schema: tuple[str, str], text: str) -> None:
+    url, schema = pg_schema
+    record = make_record(0, subject=text, path=f"/api/{text}", metadata={text: [text]})
+    store = open_store(with_query(url, schema=schema))
+    await store.open()
+    try:
+        await store.append(record)
+        assert (await store.verify()).ok
+        assert await store.export(subject=text) == [record]
+    finally:
+        await store.close()

@@ -44,6 +44,7 @@ __all__ = [
     "chain_hash",
     "normalise_time",
     "prepare",
+    "project_column",
     "purge_cutoff",
     "purgeable_prefix",
 ]
@@ -98,6 +99,19 @@ def purge_cutoff(older_than_days: float, *, now: datetime | None = None) -> str:
     return normalise_time(moment.isoformat())
 
 
+def project_column(value: Any) -> str | None:
+    """The text a projected column holds for a record value (``None`` stays ``None``).
+
+    Non-strings become canonical JSON; NUL and lone surrogates (which PostgreSQL text and
+    UTF-8 cannot hold) are escaped, so a hostile path segment cannot make the append fail.
+    The record itself keeps the exact value (ASCII JSON escapes everything).
+    """
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else canonical_json(value)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedRecord:
     """A record serialised once, on the caller's side, before it reaches a writer."""
@@ -124,7 +138,10 @@ def prepare(record: DisclosureRecord) -> PreparedRecord:
         ) from None
     obj = json.loads(text)  # exactly what verification will read back
     return PreparedRecord(
-        record_json=text, record_obj=obj, at=at, columns={k: obj.get(k) for k in PROJECTED}
+        record_json=text,
+        record_obj=obj,
+        at=at,
+        columns={k: project_column(obj.get(k)) for k in PROJECTED},
     )
 
 
@@ -154,7 +171,7 @@ class ChainRow:
                 return False
         except (TypeError, ValueError):
             return False
-        return all(record.get(k) == v for k, v in self.columns.items())
+        return all(project_column(record.get(k)) == v for k, v in self.columns.items())
 
     def hashes_as(self, seq: int) -> bool:
         """Whether the stored hash would be right had this row kept ``seq``."""

@@ -18,6 +18,7 @@ from .chain import (
     chain_hash,
     normalise_time,
     prepare,
+    project_column,
     purge_cutoff,
 )
 from .record import DisclosureRecord
@@ -88,12 +89,13 @@ class MemoryStore:
     ) -> list[DisclosureRecord]:
         low = normalise_time(since) if since else None
         high = normalise_time(until) if until else None
+        key = project_column(subject)
         with self._lock:
             rows = list(self.rows)
         return [
             DisclosureRecord.from_dict(json.loads(r.record_json))
             for r in sorted(rows, key=lambda r: (r.at or "", r.seq))
-            if r.columns.get("subject") == subject
+            if r.columns.get("subject") == key
             and (low is None or (r.at or "") >= low)
             and (high is None or (r.at or "") < high)
         ]

@@ -59,6 +59,7 @@ from .chain import (
     chain_hash,
     normalise_time,
     prepare,
+    project_column,
     purge_cutoff,
     purgeable_prefix,
 )
@@ -418,7 +419,7 @@ class PostgresStore:
                 "SELECT record FROM disclosure WHERE subject = %s"
                 " AND (%s::timestamptz IS NULL OR at >= %s)"
                 " AND (%s::timestamptz IS NULL OR at < %s) ORDER BY at, seq",
-                (subject, low, low, high, high),
+                (project_column(subject), low, low, high, high),
             )
             return [
                 DisclosureRecord.from_dict(json.loads(text)) for (text,) in await cur.fetchall()

@@ -50,6 +50,7 @@ from .chain import (
     chain_hash,
     normalise_time,
     prepare,
+    project_column,
     purge_cutoff,
     purgeable_prefix,
 )
@@ -245,7 +246,7 @@ class SqliteStore:
     def _export_sync(
         conn: sqlite3.Connection, subject: str, low: str | None, high: str | None
     ) -> list[DisclosureRecord]:
-        sql, params = "SELECT record FROM disclosure WHERE subject = ?", [subject]
+        sql, params = "SELECT record FROM disclosure WHERE subject = ?", [project_column(subject)]
         if low is not None:
             sql, params = sql + " AND at >= ?", [*params, low]
         if high is not None:
