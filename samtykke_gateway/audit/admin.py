@@ -1,0 +1,243 @@
+"""``samtykke-gateway audit verify|export|purge``: the disclosure log's operator commands.
+
+::
+
+    audit verify  (--store URL | --config FILE)
+    audit export  (--store URL | --config FILE) --subject ID [--since ISO] [--until ISO]
+                  [--format json|csv]
+    audit purge   (--store URL | --config FILE) --older-than DAYS
+
+``export`` answers a GDPR Art. 15 request: every disclosure about the person/organisation
+(who received it - consumer and supplier -, when, on which consent, which resource, legal
+basis, which fields), and, separately, the refused attempts. Exit codes: 0 ok, 1 the chain
+is broken, 2 usage or store error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import json
+import sys
+import tomllib
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..exceptions import AuditUnavailableError, ConfigError
+from . import open_store
+from .base import DisclosureStore
+from .record import DisclosureRecord
+
+__all__ = ["add_audit_parser", "export_document", "run_audit"]
+
+LEGAL_BASIS = "consent"
+
+_CSV_COLUMNS = (
+    "section",
+    "time",
+    "consumer",
+    "supplier",
+    "consent_id",
+    "resource",
+    "legal_basis",
+    "fields_released",
+    "decision",
+    "reason",
+    "status",
+    "rights_package",
+    "metadata",
+    "token_kind",
+    "route",
+    "method",
+    "path",
+    "correlation_id",
+    "released_bytes",
+    "released_sha256",
+)
+
+
+def add_audit_parser(subparsers: Any) -> None:
+    """Add ``audit`` with ``verify``, ``export`` and ``purge`` to an argparse sub-parser set."""
+    audit = subparsers.add_parser("audit", help="verify, export or purge the disclosure log")
+    commands = audit.add_subparsers(dest="audit_command", required=True)
+
+    def common(name: str, help_text: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = commands.add_parser(name, help=help_text)
+        where = p.add_mutually_exclusive_group(required=True)
+        where.add_argument("--store", metavar="URL", help="sqlite:///PATH or postgresql://...")
+        where.add_argument("--config", metavar="FILE", help="gateway config; uses [audit] url")
+        return p
+
+    common("verify", "walk the hash chain; exit 1 when a link is broken")
+    p = common("export", "every disclosure about one subject (GDPR Art. 15)")
+    p.add_argument("--subject", required=True, help="person id or organisation number")
+    p.add_argument("--since", metavar="ISO", help="from this time (inclusive, UTC if no offset)")
+    p.add_argument("--until", metavar="ISO", help="up to this time (exclusive)")
+    p.add_argument("--format", choices=("json", "csv"), default="json")
+    p = common("purge", "remove records older than DAYS, keeping the chain verifiable")
+    p.add_argument("--older-than", metavar="DAYS", type=float, required=True)
+
+
+def run_audit(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    """Run one ``audit`` sub-command; returns the exit code (0 ok, 1 broken, 2 error)."""
+    stdout = out or sys.stdout
+    try:
+        url = store_url(args)
+        store = open_store(url)
+    except (ConfigError, ValueError, ImportError, OSError) as exc:
+        print(f"audit: {exc}", file=sys.stderr)
+        return 2
+    command: Callable[[DisclosureStore, argparse.Namespace, TextIO], Coroutine[Any, Any, int]]
+    command = {"verify": _verify, "export": _export, "purge": _purge}[args.audit_command]
+
+    async def run() -> int:
+        await store.open()
+        try:
+            return await command(store, args, stdout)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except AuditUnavailableError as exc:
+        print(f"audit: store {store.url_for_display} unavailable: {exc.detail}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"audit: {exc}", file=sys.stderr)
+        return 2
+
+
+def store_url(args: argparse.Namespace) -> str:
+    """``--store``, or ``[audit] url`` of ``--config`` (relative sqlite paths: config's dir).
+
+    :raises ConfigError: unreadable or invalid config.
+    """
+    if getattr(args, "store", None):
+        return str(args.store)
+    path = Path(args.config)
+    try:
+        from ..config import load_config
+    except ImportError:  # the config module is optional while it is being written
+        return _audit_url_from_toml(path)
+    return _relative_to(str(load_config(path).audit_url), path.parent)
+
+
+def _audit_url_from_toml(path: Path) -> str:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("", f"cannot read {path}: {exc}") from None
+    table = data.get("audit", {})
+    url = table.get("url", "sqlite:///samtykke-audit.db") if isinstance(table, dict) else None
+    if not isinstance(url, str):
+        raise ConfigError("audit.url", "must be a string")
+    return _relative_to(url, path.parent)
+
+
+def _relative_to(url: str, base: Path) -> str:
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        return "sqlite:///" + str((base / url[len("sqlite:///") :]).resolve())
+    return url
+
+
+async def _verify(store: DisclosureStore, args: argparse.Namespace, out: TextIO) -> int:
+    result = await store.verify()
+    if result.ok:
+        print(f"chain OK: {result.checked} records checked ({store.url_for_display})", file=out)
+        return 0
+    print(
+        f"chain BROKEN at seq {result.first_broken_seq}: {result.problem}"
+        f" ({result.checked} records read, {store.url_for_display})",
+        file=out,
+    )
+    return 1
+
+
+async def _export(store: DisclosureStore, args: argparse.Namespace, out: TextIO) -> int:
+    records = await store.export(subject=args.subject, since=args.since, until=args.until)
+    document = export_document(args.subject, records, since=args.since, until=args.until)
+    if args.format == "json":
+        json.dump(document, out, indent=2, ensure_ascii=False)
+        out.write("\n")
+    else:
+        out.write(_csv(document))
+    return 0
+
+
+async def _purge(store: DisclosureStore, args: argparse.Namespace, out: TextIO) -> int:
+    removed = await store.purge(older_than_days=args.older_than)
+    print(f"purged {removed} records older than {args.older_than:g} days", file=out)
+    return 0
+
+
+def export_document(
+    subject: str,
+    records: list[DisclosureRecord],
+    *,
+    since: str | None = None,
+    until: str | None = None,
+) -> dict[str, Any]:
+    """The Art. 15 answer: ``disclosures`` (allowed) and ``denied_attempts``, oldest first."""
+    disclosures, denied = [], []
+    for r in records:
+        entry: dict[str, Any] = {
+            "time": r.time,
+            "consumer": r.consumer,
+            "supplier": r.supplier,
+            "consent_id": r.consent_id,
+            "resource": r.resource,
+            "rights_package": r.rights_package,
+            "metadata": r.metadata,
+            "token_kind": r.token_kind,
+            "route": r.route,
+            "method": r.method,
+            "path": r.path,
+            "correlation_id": r.correlation_id,
+        }
+        if r.decision == "allow":
+            entry |= {
+                "legal_basis": LEGAL_BASIS,
+                "fields_released": list(r.released_paths),
+                "status": r.status,
+                "upstream_status": r.upstream_status,
+                "released_bytes": r.released_bytes,
+                "released_sha256": r.released_sha256,
+            }
+            disclosures.append(entry)
+        else:
+            entry |= {"decision": r.decision, "reason": r.reason, "status": r.status}
+            denied.append(entry)
+    return {
+        "subject": subject,
+        "since": since,
+        "until": until,
+        "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "disclosures": disclosures,
+        "denied_attempts": denied,
+    }
+
+
+def _csv(document: dict[str, Any]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for section, key in (("disclosure", "disclosures"), ("denied_attempt", "denied_attempts")):
+        for entry in document[key]:
+            row = dict(entry)
+            row["section"] = section
+            row["fields_released"] = ";".join(entry.get("fields_released", []))
+            row["metadata"] = json.dumps(entry["metadata"], ensure_ascii=False, sort_keys=True)
+            row["decision"] = entry.get("decision", "allow")
+            writer.writerow({k: _csv_safe(v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def _csv_safe(value: Any) -> Any:
+    """Neutralise spreadsheet formulas (values starting ``= + - @``) in exported text."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value

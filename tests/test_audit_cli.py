@@ -1,0 +1,176 @@
+"""``samtykke-gateway audit verify|export|purge`` through the argparse handlers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
+    from tests.test_audit_support import BANK, OTHER, PERSON, VENDOR, make_record
+except ImportError:  # pragma: no cover
+    from test_audit_support import (  # type: ignore[no-redef]
+        BANK,
+        OTHER,
+        PERSON,
+        VENDOR,
+        make_record,
+    )
+
+from samtykke_gateway.audit import open_store
+from samtykke_gateway.audit.admin import add_audit_parser, run_audit
+
+
+def _cli(*argv: str) -> tuple[int, str]:
+    parser = argparse.ArgumentParser(prog="samtykke-gateway")
+    add_audit_parser(parser.add_subparsers(dest="command", required=True))
+    out = io.StringIO()
+    return run_audit(parser.parse_args(list(argv)), out=out), out.getvalue()
+
+
+def _seed(url: str) -> None:
+    async def seed() -> None:
+        store = open_store(url)
+        await store.open()
+        try:
+            await store.append(make_record(1, time="2026-01-10T10:00:00Z"))
+            await store.append(
+                make_record(
+                    2,
+                    time="2026-02-10T10:00:00Z",
+                    decision="deny",
+                    reason="consent_expired",
+                    status=403,
+                    released_paths=[],
+                    upstream_status=None,
+                )
+            )
+            await store.append(make_record(3, time="2026-03-10T10:00:00Z", subject=OTHER))
+            await store.append(make_record(4, time="2026-04-10T10:00:00Z", supplier=None))
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path}/audit.db"
+    _seed(url)
+    return url
+
+
+def test_verify_ok(db: str) -> None:
+    code, out = _cli("audit", "verify", "--store", db)
+    assert code == 0
+    assert "chain OK: 4 records checked" in out
+
+
+def test_verify_broken_names_the_seq_and_the_problem(db: str) -> None:
+    with sqlite3.connect(db.removeprefix("sqlite:///")) as conn:
+        conn.execute("DELETE FROM disclosure WHERE seq = 2")
+    code, out = _cli("audit", "verify", "--store", db)
+    assert code == 1
+    assert "chain BROKEN at seq 2: deleted" in out
+
+
+def test_export_json_lists_disclosures_and_denied_attempts_separately(db: str) -> None:
+    code, out = _cli("audit", "export", "--store", db, "--subject", PERSON)
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["subject"] == PERSON
+    assert [d["time"] for d in doc["disclosures"]] == [
+        "2026-01-10T10:00:00Z",
+        "2026-04-10T10:00:00Z",
+    ]
+    first = doc["disclosures"][0]
+    assert (first["consumer"], first["supplier"], first["legal_basis"]) == (BANK, VENDOR, "consent")
+    assert first["consent_id"] == make_record(1).consent_id
+    assert first["resource"] == "ske-inntekt"
+    assert first["fields_released"] == ["arbeidsinntektMaaned[].inntekt[].beloep"]
+    assert doc["disclosures"][1]["supplier"] is None
+    assert [(d["reason"], d["status"]) for d in doc["denied_attempts"]] == [
+        ("consent_expired", 403)
+    ]
+
+
+def test_export_window_and_csv(db: str) -> None:
+    code, out = _cli(
+        "audit", "export", "--store", db, "--subject", PERSON,
+        "--since", "2026-02-01", "--until", "2026-05-01T00:00:00+02:00", "--format", "csv",
+    )  # fmt: skip
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(r["section"], r["time"]) for r in rows] == [
+        ("disclosure", "2026-04-10T10:00:00Z"),
+        ("denied_attempt", "2026-02-10T10:00:00Z"),
+    ]
+    assert rows[0]["legal_basis"] == "consent"
+    assert rows[1]["reason"] == "consent_expired"
+
+
+def test_export_neutralises_spreadsheet_formulas(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/a.db"
+
+    async def seed() -> None:
+        store = open_store(url)
+        await store.open()
+        await store.append(make_record(1, resource='=HYPERLINK("http://evil")'))
+        await store.close()
+
+    asyncio.run(seed())
+    code, out = _cli("audit", "export", "--store", url, "--subject", PERSON, "--format", "csv")
+    assert code == 0
+    assert next(iter(csv.DictReader(io.StringIO(out))))["resource"].startswith("'=")
+
+
+def test_purge_then_verify(db: str) -> None:
+    code, out = _cli("audit", "purge", "--store", db, "--older-than", "0")
+    assert (code, out.strip()) == (0, "purged 4 records older than 0 days")
+    assert _cli("audit", "verify", "--store", db)[0] == 0
+
+
+def test_config_with_a_relative_sqlite_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf_dir = tmp_path / "etc"
+    conf_dir.mkdir()
+    _seed(f"sqlite:///{conf_dir}/logs.db")
+    config = conf_dir / "gateway.toml"
+    config.write_text('[gateway]\nprofile = "tt02"\n\n[audit]\nurl = "sqlite:///logs.db"\n')
+    monkeypatch.chdir(tmp_path)  # resolves against the config's directory, not the cwd
+    code, out = _cli("audit", "verify", "--config", str(config))
+    assert code == 0 and "4 records" in out, out
+
+
+def test_config_fallback_reads_the_audit_table(tmp_path: Path) -> None:
+    import samtykke_gateway.audit.admin as admin
+
+    config = tmp_path / "gateway.toml"
+    config.write_text('[audit]\nurl = "sqlite:///sub/logs.db"\n')
+    assert admin._audit_url_from_toml(config) == f"sqlite:///{tmp_path}/sub/logs.db"
+    config.write_text('[audit]\nurl = "sqlite:////abs/logs.db"\n')
+    assert admin._audit_url_from_toml(config) == "sqlite:////abs/logs.db"
+
+
+def test_store_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _cli("audit", "verify", "--store", "mysql://x")[0] == 2
+    (tmp_path / "f").write_text("x")
+    assert _cli("audit", "verify", "--store", f"sqlite:///{tmp_path}/f/a.db")[0] == 2
+    assert _cli("audit", "verify", "--config", f"{tmp_path}/missing.toml")[0] == 2
+    code, _ = _cli("audit", "export", "--store", f"sqlite:///{tmp_path}/b.db", "--subject", "1",
+                   "--since", "soon")  # fmt: skip
+    assert code == 2
+    assert "unavailable" in capsys.readouterr().err
+
+
+def test_console_entry_point_routes_audit(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    cli = pytest.importorskip("samtykke_gateway.cli")
+    assert cli.main(["audit", "verify", "--store", db]) == 0
+    assert "chain OK: 4 records checked" in capsys.readouterr().out
