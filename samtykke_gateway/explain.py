@@ -1,0 +1,263 @@
+"""``samtykke-gateway explain``: why a token (or an Altinn 2 pair) is accepted or refused.
+
+What a data source's support desk runs when a bank says "you rejected my token". It runs the
+*real* checks (the same :class:`~samtykke_gateway.gate.Gate`, verifier and key sets the
+gateway uses), and prints each step in SPEC §4 order with pass / FAIL / not reached and the
+reason code; the decoded claims with personal identifiers masked unless
+``--show-personal-data``; and, when the request passes, what the rights package would release.
+
+::
+
+    samtykke-gateway explain MASKINPORTEN_TOKEN [--consent A2_CONSENT_TOKEN]
+        [--config FILE] [--path '/api/...?fraOgMed=2018-07'] [--method GET] [--show-personal-data]
+
+Without ``--config`` only the structure and the time claims are checked (no keys, no
+signature). Tokens may be given as ``-`` to read them from standard input (one per line), so
+they do not end up in shell history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from .audit.record import DisclosureRecord
+from .exceptions import ConfigError, GatewayError, NotFoundError
+from .gate import RequestFacts
+from .jose import parse_compact
+from .policy import normalize_path
+
+__all__ = ["add_explain_parser", "explain", "explain_command", "mask_personal_data"]
+
+_PERSON = re.compile(r"(?<![0-9])([0-9]{6})([0-9]{5})(?![0-9])")
+
+#: (step title, reason codes that fail it), in the order the gateway checks them.
+TOKEN_STEPS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("strict JWS parse (3 base64url segments, JSON objects, size bounds)", frozenset({"malformed_token"})),
+    ("algorithm on the issuer's allow-list", frozenset({"alg_not_allowed"})),
+    ("no unknown 'crit' header", frozenset({"crit_not_supported"})),
+    ("key found in the issuer's JWKS by kid / x5t / x5c thumbprint", frozenset({"unknown_key", "keys_unavailable"})),
+    ("signature", frozenset({"bad_signature"})),
+    ("iss exactly the configured issuer", frozenset({"wrong_issuer"})),
+    ("exp / nbf / iat (with leeway)", frozenset({"token_expired", "token_not_yet_valid", "bad_time_claim"})),
+)
+BINDING_STEPS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("route matches the request", frozenset({"no_route", "method_not_allowed", "bad_path"})),
+    ("Maskinporten claims (consumer ISO 6523, scope)", frozenset({"bad_maskinporten_claims"})),
+    ("route scope in the token's scope", frozenset({"scope_missing"})),
+    ("a consent present (authorization_details or consent header)", frozenset({"missing_consent_token", "ambiguous_consent", "altinn2_not_accepted"})),
+    ("consent claims well formed", frozenset({"bad_consent_claims", "test_token_refused"})),
+    ("subject named by the request", frozenset({"subject_missing", "subject_malformed"})),
+    ("consent valid now (ValidToDate / validTo, DelegatedDate)", frozenset({"consent_expired", "consent_not_yet_valid"})),
+    ("consent given to the calling consumer (CoveredBy / to)", frozenset({"consumer_mismatch"})),
+    ("supplier (HandledBy / delegation_source)", frozenset({"supplier_mismatch"})),
+    ("consent given by the data subject asked about", frozenset({"subject_mismatch"})),
+    ("service code / resource id consented", frozenset({"service_not_consented", "resource_not_consented"})),
+    ("metadata constraints (income year, period)", frozenset({"metadata_missing", "metadata_out_of_range", "duplicate_parameter", "bad_parameter", "parameter_missing"})),
+    ("rights package known", frozenset({"unknown_rights_package"})),
+)
+
+
+def mask_personal_data(value: Any) -> Any:
+    """Mask 11-digit person identifiers (``01029413157`` → ``010294*****``) anywhere in a
+    JSON-like value. Organisation numbers (9 digits) are not personal data and stay."""
+    if isinstance(value, str):
+        return _PERSON.sub(lambda m: m.group(1) + "*****", value)
+    if isinstance(value, dict):
+        return {k: mask_personal_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_personal_data(v) for v in value]
+    return value
+
+
+@dataclass
+class _Report:
+    lines: list[str] = field(default_factory=list)
+    ok: bool = True
+
+    def out(self, text: str = "") -> None:
+        self.lines.append(text)
+
+    def steps(self, steps: tuple[tuple[str, frozenset[str]], ...], failed: GatewayError | None,
+              *, skip_until: int = 0) -> None:
+        reached = True
+        for index, (title, reasons) in enumerate(steps):
+            if index < skip_until:
+                continue
+            if not reached:
+                self.out(f"  [ -- ] {title}: not reached")
+            elif failed is not None and failed.reason in reasons:
+                self.out(f"  [FAIL] {title}: {failed.detail} ({failed.status_code} {failed.reason})")
+                self.ok = False
+                reached = False
+            else:
+                self.out(f"  [pass] {title}")
+        if reached and failed is not None:
+            self.out(f"  [FAIL] {failed.detail} ({failed.status_code} {failed.reason})")
+            self.ok = False
+
+
+def _decode(token: str, show: bool) -> dict[str, Any] | None:
+    try:
+        jws = parse_compact(token, max_bytes=1 << 20)
+    except GatewayError:
+        return None
+    view = {"header": jws.header, "claims": jws.payload}
+    return view if show else mask_personal_data(view)
+
+
+async def explain(
+    bearer: str,
+    *,
+    consent: str | None = None,
+    config_path: str | None = None,
+    path: str | None = None,
+    method: str = "GET",
+    show_personal_data: bool = False,
+    clock: Callable[[], float] = time.time,
+) -> tuple[bool, list[str]]:
+    """Run every check; returns (all passed, report lines). Never raises for bad tokens.
+
+    :raises ConfigError: the ``config_path`` file is invalid.
+    """
+    report = _Report()
+    for title, token in (("Maskinporten access token", bearer), ("Altinn 2 consent token", consent)):
+        if token is None:
+            continue
+        report.out(f"{title}: decoded ({'personal data shown' if show_personal_data else 'person ids masked'})")
+        view = _decode(token, show_personal_data)
+        if view is None:
+            report.out("  (not a decodable compact JWS)")
+        else:
+            for line in json.dumps(view, indent=2, ensure_ascii=False).splitlines():
+                report.out("    " + line)
+    if config_path is None:
+        report.out("\nNo --config: keys and signatures not checked; time claims only.")
+        for title, token in (("Maskinporten access token", bearer), ("Altinn 2 consent token", consent)):
+            if token is None:
+                continue
+            try:
+                claims = parse_compact(token, max_bytes=1 << 20).payload
+            except GatewayError as exc:
+                report.out(f"  [FAIL] {title}: {exc.detail}")
+                report.ok = False
+                continue
+            exp = claims.get("exp")
+            live = isinstance(exp, int | float) and not isinstance(exp, bool) and exp > clock()
+            report.out(f"  [{'pass' if live else 'FAIL'}] {title}: exp {'in the future' if live else 'missing or past'}")
+            report.ok = report.ok and live
+        return report.ok, report.lines
+
+    from .config import load_config
+    from .gateway import Gateway
+
+    config = load_config(config_path)
+    from .audit.memory import MemoryStore
+
+    gateway = Gateway(config, store=MemoryStore(), clock=clock)
+    try:
+        report.out("\nMaskinporten access token: verification")
+        try:
+            await gateway.gate.maskinporten(bearer)
+            report.steps(TOKEN_STEPS, None)
+        except GatewayError as exc:
+            report.steps(TOKEN_STEPS, exc)
+            return report.ok, report.lines
+        if consent is not None:
+            report.out("\nAltinn 2 consent token: verification")
+            try:
+                await gateway.gate.altinn2(consent)
+                report.steps(TOKEN_STEPS, None)
+            except GatewayError as exc:
+                report.steps(TOKEN_STEPS, exc)
+                return report.ok, report.lines
+        if path is None:
+            report.out("\nNo --path: binding to a request not checked. Routes in this config:")
+            for route in config.routes:
+                report.out(f"  {route.name}: {','.join(sorted(route.methods))} {route.path} (scope {route.scope})")
+            return report.ok, report.lines
+        report.out(f"\nRequest {method} {mask_personal_data(path) if not show_personal_data else path}: binding")
+        parts = urlsplit(path)
+        headers: dict[str, list[str]] = {"authorization": [f"Bearer {bearer}"]}
+        if consent is not None:
+            headers[config.consent_header] = [consent]
+        record = DisclosureRecord(time="", correlation_id="explain", decision="deny", reason="", status=0,
+                                  method=method, path=parts.path)
+        try:
+            match = gateway.router.match(method, normalize_path(parts.path or "/"))
+            if match is None:
+                raise NotFoundError("no route matches this path and method", reason="no_route")
+            facts = RequestFacts(method=method, query=parse_qsl(parts.query, keep_blank_values=True), headers=headers)
+            grant = await gateway.gate.authorize(facts, match, record)
+        except GatewayError as exc:
+            report.steps(BINDING_STEPS, exc)
+            return report.ok, report.lines
+        report.steps(BINDING_STEPS, None)
+        report.out(f"\nDecision: allow ({record.token_kind}, consent {record.consent_id}, resource {record.resource})")
+        if grant.effective_query:
+            report.out(f"Forwarded query: {grant.effective_query}")
+        if grant.rights_package is None:
+            report.out("Route is unscoped: the upstream body would be released as is.")
+        else:
+            fields = config.raw.get("rights_packages", {}).get(grant.rights_package_name, {})
+            report.out(f"Rights package {grant.rights_package_name} would release:")
+            for f in fields.get("fields", []):
+                report.out(f"  {f}")
+            for row in fields.get("rows", []):
+                cond = {k: v for k, v in row.items() if k not in ("path", "where")}
+                report.out(f"  rows of {row.get('path')} only where {row.get('where', '(row)')} {cond}")
+        return report.ok, report.lines
+    finally:
+        await gateway.close()
+
+
+def _token_arg(value: str | None, stdin_lines: list[str]) -> str | None:
+    if value == "-":
+        return stdin_lines.pop(0) if stdin_lines else None
+    return value
+
+
+def explain_command(args: argparse.Namespace) -> int:
+    """CLI handler: exit 0 when every check passes, 1 when one fails, 2 on a config error."""
+    stdin_lines: list[str] = []
+    if "-" in (args.token, args.consent):
+        stdin_lines = [line.strip() for line in sys.stdin if line.strip()]
+    bearer = _token_arg(args.token, stdin_lines)
+    consent = _token_arg(args.consent, stdin_lines)
+    if not bearer:
+        print("no token given", file=sys.stderr)
+        return 2
+    if bearer.lower().startswith("bearer "):
+        bearer = bearer[7:].strip()
+    if consent and len(consent) >= 2 and consent[0] == consent[-1] == '"':
+        consent = consent[1:-1]
+    try:
+        ok, lines = asyncio.run(
+            explain(bearer, consent=consent, config_path=args.config, path=args.path, method=args.method.upper(),
+                    show_personal_data=args.show_personal_data)
+        )
+    except ConfigError as exc:
+        print(f"invalid config: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    print("\nResult: " + ("every check passed" if ok else "refused"))
+    return 0 if ok else 1
+
+
+def add_explain_parser(sub: Any, handler: Callable[[argparse.Namespace], int]) -> None:
+    p = sub.add_parser("explain", help="print every check for a token (pair) and request, in order")
+    p.add_argument("token", help="Maskinporten access token ('-' = read from stdin)")
+    p.add_argument("--consent", default=None, help="Altinn 2 consent token ('-' = read from stdin)")
+    p.add_argument("--config", default=None, help="gateway config (needed for keys and routes)")
+    p.add_argument("--path", default=None, help="request path with query, e.g. '/api/...?fraOgMed=2018-07'")
+    p.add_argument("--method", default="GET")
+    p.add_argument("--show-personal-data", action="store_true", help="do not mask person identifiers")
+    p.set_defaults(func=handler)

@@ -1,0 +1,86 @@
+"""`samtykke-gateway explain`: each check in order, personal data masked, rights shown."""
+
+from __future__ import annotations
+
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from samtykke_gateway.cli import main
+from samtykke_gateway.explain import mask_personal_data
+from samtykke_gateway.testing import DevIssuer
+
+from .support import BANK, INCOME_PATH, INCOME_PERSON, OTHER_BANK, a2_headers, a3_headers, tax_base_path
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, issuer_url: str) -> str:
+    data = resources.files("samtykke_gateway.data")
+    text = data.joinpath("demo.toml").read_text()
+    text = text.replace("${ISSUER_URL}", issuer_url).replace("${UPSTREAM_URL}", "http://127.0.0.1:9").replace(
+        "${AUDIT_URL}", "memory://"
+    )
+    shutil.copy(str(data.joinpath("inntekt-sbl-loennsinntekt-beskrivelse.txt")), tmp_path)
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(["explain", *argv])
+    return code, capsys.readouterr().out
+
+
+def test_masking() -> None:
+    assert mask_personal_data({"OfferedBy": "01029413157", "CoveredBy": "999999999"}) == {
+        "OfferedBy": "010294*****", "CoveredBy": "999999999"}
+    assert mask_personal_data("urn:altinn:person:identifier-no:12879397780") == "urn:altinn:person:identifier-no:128793*****"
+
+
+def test_explain_allowed_pair(capsys, dev_issuer: DevIssuer, config_file: str) -> None:  # type: ignore[no-untyped-def]
+    headers = a2_headers(dev_issuer)
+    code, out = _run(capsys, headers["Authorization"][7:], "--consent", headers["AltinnSamtykke"],
+                     "--config", config_file, "--path", INCOME_PATH + "?fraOgMed=2018-07")
+    assert code == 0, out
+    assert "[FAIL]" not in out
+    assert "[pass] signature" in out
+    assert "Rights package inntekt-sbl would release:" in out
+    assert "oppgaveInntektsmottaker[].inntekt[].beloep" in out
+    assert INCOME_PERSON not in out  # masked
+    assert "010294*****" in out
+
+
+def test_explain_shows_personal_data_on_request(capsys, dev_issuer: DevIssuer, config_file: str) -> None:  # type: ignore[no-untyped-def]
+    headers = a2_headers(dev_issuer)
+    _, out = _run(capsys, headers["Authorization"][7:], "--consent", headers["AltinnSamtykke"],
+                  "--config", config_file, "--show-personal-data")
+    assert INCOME_PERSON in out
+
+
+def test_explain_names_the_failing_step_and_stops(capsys, dev_issuer: DevIssuer, config_file: str) -> None:  # type: ignore[no-untyped-def]
+    headers = a2_headers(dev_issuer, consumer=OTHER_BANK, mp_consumer=BANK)
+    code, out = _run(capsys, headers["Authorization"][7:], "--consent", headers["AltinnSamtykke"],
+                     "--config", config_file, "--path", INCOME_PATH + "?fraOgMed=2018-07")
+    assert code == 1
+    lines = out.splitlines()
+    fail = next(i for i, line in enumerate(lines) if "[FAIL]" in line)
+    assert "CoveredBy" in lines[fail] and "consumer_mismatch" in lines[fail]
+    assert all("[pass]" in line for line in lines[fail - 3 : fail])
+    assert "not reached" in lines[fail + 1]
+
+
+def test_explain_bad_signature_and_year(capsys, dev_issuer: DevIssuer, config_file: str) -> None:  # type: ignore[no-untyped-def]
+    token = a3_headers(dev_issuer)["Authorization"][7:]
+    head, payload, sig = token.split(".")
+    bad = f"{head}.{payload}.{'A' if sig[0] != 'A' else 'B'}{sig[1:]}"
+    code, out = _run(capsys, bad, "--config", config_file)
+    assert code == 1 and "[FAIL] signature" in out and "bad_signature" in out
+    code, out = _run(capsys, token, "--config", config_file, "--path", tax_base_path("2021"))
+    assert code == 1 and "metadata_out_of_range" in out
+
+
+def test_explain_without_config_and_garbage(capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out = _run(capsys, "not-a-token")
+    assert code == 1 and "not a decodable compact JWS" in out
