@@ -26,6 +26,8 @@ from .exceptions import ConfigError
 from .scoping import RightsPackage
 
 __all__ = [
+    "FeedAuthConfig",
+    "FeedConfig",
     "GatewayConfig",
     "IssuerConfig",
     "PeriodConstraint",
@@ -68,7 +70,13 @@ PROFILE_DELEGATION_SOURCE = {
     "tt02": "https://platform.tt02.altinn.no/authentication/api/v1/openid/",
     "prod": "https://platform.altinn.no/authentication/api/v1/openid/",
 }
-_TEST_MARKERS = ("tt02.", "test.maskinporten", "altinn-test", "dev.altinn.local", "dev.maskinporten")
+_TEST_MARKERS = (
+    "tt02.",
+    "test.maskinporten",
+    "altinn-test",
+    "dev.altinn.local",
+    "dev.maskinporten",
+)
 
 _ALLOWED_ALGS = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -172,6 +180,42 @@ class RouteConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedAuthConfig:
+    """Maskinporten JWT-grant credentials for the consent feed (RFC 7523; Digdir
+    ``maskinporten_protocol_token``). ``key_file``: PEM RSA private key; ``audience``: the
+    Maskinporten issuer (``https://maskinporten.no/``)."""
+
+    token_url: str
+    audience: str
+    client_id: str
+    scope: str
+    key_file: str
+    kid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedConfig:
+    """``[state.feed]``: the service-owner consent-list poller (SPEC §8).
+
+    ``kind``: ``altinn2`` (``GET /api/serviceowner/consents``) or ``altinn3`` (same interface,
+    for when Altinn 3 documents a feed). ``services``: ``"{serviceCode}_{editionCode}"`` to poll
+    (default: every route's ``altinn2_service``). ``api_key_env``: name of the environment
+    variable holding the Altinn ``ApiKey`` (never the key itself in the file). Times in seconds;
+    ``max_staleness_seconds`` = 0 never treats the feed as stale.
+    """
+
+    kind: Literal["altinn2", "altinn3"]
+    url: str
+    services: tuple[str, ...]
+    interval_seconds: float = 60.0
+    timeout_seconds: float = 10.0
+    max_pages_per_poll: int = 100
+    max_staleness_seconds: float = 900.0
+    api_key_env: str | None = None
+    maskinporten: FeedAuthConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     """The whole validated configuration (immutable; a reload builds a new one)."""
 
@@ -197,6 +241,9 @@ class GatewayConfig:
     state_url: str = "memory://"
     revocation_file: str | None = None
     jti_replay: Literal["off", "log", "refuse"] = "log"
+    state_key_prefix: str = "samtykke:"
+    check_revocation: bool = True
+    state_feed: FeedConfig | None = None
     source_path: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -222,7 +269,14 @@ class _Table:
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
 
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None, *, required: bool = False) -> Any:
+    def get(
+        self,
+        name: str,
+        kind: type | tuple[type, ...],
+        default: Any = None,
+        *,
+        required: bool = False,
+    ) -> Any:
         self.used.add(name)
         if name not in self.data:
             if required:
@@ -385,11 +439,15 @@ def _route(index: int, data: Any, packages: Mapping[str, RightsPackage]) -> Rout
         rt = _Table(package, t.key("rights_package"))
         param_name = rt.get("param", str, required=True)
         if param_name not in params:
-            raise ConfigError(rt.key("param"), f"{{{param_name}}} is not a parameter of the route path")
+            raise ConfigError(
+                rt.key("param"), f"{{{param_name}}} is not a parameter of the route path"
+            )
         raw_map = rt.get("packages", dict, required=True)
         for value, pkg in raw_map.items():
             if not isinstance(pkg, str) or pkg not in packages:
-                raise ConfigError(f"{rt.key('packages')}.{value}", f"no rights package named {pkg!r}")
+                raise ConfigError(
+                    f"{rt.key('packages')}.{value}", f"no rights package named {pkg!r}"
+                )
             mapping[value] = pkg
         if not mapping:
             raise ConfigError(rt.key("packages"), "must name at least one package")
@@ -419,7 +477,9 @@ def _route(index: int, data: Any, packages: Mapping[str, RightsPackage]) -> Rout
     return route
 
 
-def parse_config(data: Mapping[str, Any], *, base_dir: Path, source_path: str | None = None) -> GatewayConfig:
+def parse_config(
+    data: Mapping[str, Any], *, base_dir: Path, source_path: str | None = None
+) -> GatewayConfig:
     """Validate a decoded TOML document.
 
     :param base_dir: directory that relative file names (audit SQLite path, value lists)
@@ -461,7 +521,9 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path, source_path: str | 
         for name, cfg in issuers.items():
             for url in (cfg.jwks_url, cfg.metadata_url):
                 if url and url.startswith(("https://www.altinn.no", "https://maskinporten.no")):
-                    raise ConfigError(f"issuers.{name}", "a tt02 profile never trusts production keys")
+                    raise ConfigError(
+                        f"issuers.{name}", "a tt02 profile never trusts production keys"
+                    )
 
     packages_raw = top.get("rights_packages", dict, {})
     packages: dict[str, RightsPackage] = {}
@@ -491,7 +553,9 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path, source_path: str | 
     up.finish()
 
     au = _Table(top.get("audit", dict, {}), "audit")
-    audit_url = _resolve_store_url(au.get("url", str, "sqlite:///samtykke-audit.db"), base_dir, "audit.url")
+    audit_url = _resolve_store_url(
+        au.get("url", str, "sqlite:///samtykke-audit.db"), base_dir, "audit.url"
+    )
     au.finish()
 
     st = _Table(top.get("state", dict, {}), "state")
@@ -504,7 +568,13 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path, source_path: str | 
     jti_replay = st.get("jti_replay", str, "log")
     if jti_replay not in ("off", "log", "refuse"):
         raise ConfigError("state.jti_replay", "must be 'off', 'log' or 'refuse'")
-    st.used.add("feed")  # validated by the revocation feed poller
+    key_prefix = st.get("key_prefix", str, "samtykke:")
+    if not re.fullmatch(r"[A-Za-z0-9:._-]{1,64}", key_prefix):
+        raise ConfigError("state.key_prefix", "must be 1-64 of A-Z a-z 0-9 : . _ -")
+    check_revocation = st.get("check_revocation", bool, True)
+    feed = _feed(st.get("feed", dict), routes, base_dir) if "feed" in st.data else None
+    if not check_revocation and (feed is not None or revocation_file is not None):
+        raise ConfigError("state.check_revocation", "must be true with a revocation_file or feed")
     st.finish()
 
     consent_header = gw.get("consent_header", str, "AltinnSamtykke")
@@ -530,7 +600,11 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path, source_path: str | 
         except ValueError:
             raise ConfigError(f"gateway.trusted_proxies[{i}]", "is not an IP network") from None
     paths = {}
-    for k, default in (("health_path", "/healthz"), ("ready_path", "/readyz"), ("metrics_path", "/metrics")):
+    for k, default in (
+        ("health_path", "/healthz"),
+        ("ready_path", "/readyz"),
+        ("metrics_path", "/metrics"),
+    ):
         value = gw.get(k, str, default)
         if not value.startswith("/"):
             raise ConfigError(f"gateway.{k}", "must start with '/'")
@@ -555,20 +629,68 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path, source_path: str | 
         state_url=state_url,
         revocation_file=revocation_file,
         jti_replay=jti_replay,  # type: ignore[arg-type]
+        state_key_prefix=key_prefix,
+        check_revocation=check_revocation,
+        state_feed=feed,
         source_path=source_path,
         raw=dict(data),
         **paths,
     )
     gw.finish()
-    unknown = sorted(set(data) - {"gateway", "issuers", "rights_packages", "routes", "upstream", "audit", "state"})
+    unknown = sorted(
+        set(data)
+        - {"gateway", "issuers", "rights_packages", "routes", "upstream", "audit", "state"}
+    )
     if unknown:
         raise ConfigError(unknown[0], "unknown table")
     return cfg
 
 
+def _feed(data: Any, routes: tuple[RouteConfig, ...], base_dir: Path) -> FeedConfig:
+    t = _Table(data, "state.feed")
+    kind = t.get("kind", str, "altinn2")
+    if kind not in ("altinn2", "altinn3"):
+        raise ConfigError("state.feed.kind", "must be 'altinn2' or 'altinn3'")
+    url = t.get("url", str, required=True)
+    if not url.startswith(("https://", "http://")):
+        raise ConfigError("state.feed.url", "must be an http(s) URL")
+    services = t.str_list("services", _SERVICE) or tuple(
+        dict.fromkeys(s for r in routes for s in r.altinn2_services)
+    )
+    if kind == "altinn2" and not services:
+        raise ConfigError("state.feed.services", "no Altinn 2 service to poll")
+    pages = int(t.number("max_pages_per_poll", 100, minimum=1))
+    api_key_env = t.get("api_key_env", str)
+    auth = None
+    if "maskinporten" in t.data:
+        mt = _Table(t.get("maskinporten", dict), "state.feed.maskinporten")
+        auth = FeedAuthConfig(
+            token_url=mt.get("token_url", str, required=True),
+            audience=mt.get("audience", str, required=True),
+            client_id=mt.get("client_id", str, required=True),
+            scope=mt.get("scope", str, required=True),
+            key_file=str((base_dir / mt.get("key_file", str, required=True)).resolve()),
+            kid=mt.get("kid", str),
+        )
+        mt.finish()
+    cfg = FeedConfig(
+        kind=kind,  # type: ignore[arg-type]
+        url=url,
+        services=services,
+        interval_seconds=t.number("interval_seconds", 60.0, minimum=0.05),
+        timeout_seconds=t.number("timeout_seconds", 10.0, minimum=0.05),
+        max_pages_per_poll=pages,
+        max_staleness_seconds=t.number("max_staleness_seconds", 900.0),
+        api_key_env=api_key_env,
+        maskinporten=auth,
+    )
+    t.finish()
+    return cfg
+
+
 def _resolve_store_url(url: str, base_dir: Path, key: str) -> str:
     if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
+        path = url[len("sqlite:///") :]
         if not path:
             raise ConfigError(key, "sqlite URL needs a file path")
         resolved = Path(path) if path.startswith("/") else base_dir / path
