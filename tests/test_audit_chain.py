@@ -22,6 +22,7 @@ from samtykke_gateway.audit.chain import (
     GENESIS_HASH,
     canonical_json,
     chain_hash,
+    chain_hash_text,
     normalise_time,
     prepare,
     project_column,
@@ -57,6 +58,15 @@ def test_hash_is_sha256_of_sorted_compact_ascii_json() -> None:
     assert list(json.loads(record.record_json)) == sorted(json.loads(record.record_json))
     assert canonical_json({"b": [1, {"d": 1, "c": 2}], "a": None}) == (
         '{"a":null,"b":[1,{"c":2,"d":1}]}'
+    )
+
+
+def test_prepared_text_is_the_canonical_form_of_to_dict() -> None:
+    record = make_record(3, metadata={"b": ["2", "1"], "a": []}, detail="ø\u0000")
+    prepared = prepare(record)
+    assert prepared.record_json == canonical_json(record.to_dict())
+    assert chain_hash_text(prepared.record_json, seq=7, prev_hash="f" * 64) == chain_hash(
+        record.to_dict(), seq=7, prev_hash="f" * 64
     )
 
 

@@ -21,6 +21,7 @@ and tells edited / deleted / inserted / reordered apart where the evidence allow
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -42,6 +43,7 @@ __all__ = [
     "PreparedRecord",
     "canonical_json",
     "chain_hash",
+    "chain_hash_text",
     "normalise_time",
     "prepare",
     "project_column",
@@ -71,7 +73,19 @@ def canonical_json(obj: Any) -> str:
 
 def chain_hash(record: Mapping[str, Any], *, seq: int, prev_hash: str) -> str:
     """SHA-256 hex of the canonical ``{"prev_hash", "record", "seq"}`` object."""
-    body = canonical_json({"prev_hash": prev_hash, "record": record, "seq": seq})
+    return chain_hash_text(canonical_json(record), seq=seq, prev_hash=prev_hash)
+
+
+def chain_hash_text(record_json: str, *, seq: int, prev_hash: str) -> str:
+    """:func:`chain_hash` for a record already in canonical JSON (no re-serialising).
+
+    Sorted keys put ``prev_hash`` < ``record`` < ``seq``, so the canonical object is built
+    by concatenation.
+    """
+    body = (
+        f'{{"prev_hash":{canonical_json(prev_hash)},"record":{record_json},'
+        f'"seq":{canonical_json(seq)}}}'
+    )
     return hashlib.sha256(body.encode("ascii")).hexdigest()
 
 
@@ -117,9 +131,14 @@ class PreparedRecord:
     """A record serialised once, on the caller's side, before it reaches a writer."""
 
     record_json: str
-    record_obj: dict[str, Any]
     at: str
     columns: dict[str, Any]
+
+    @property
+    def record_obj(self) -> dict[str, Any]:
+        """The record as verification will read it back."""
+        obj: dict[str, Any] = json.loads(self.record_json)
+        return obj
 
 
 def prepare(record: DisclosureRecord) -> PreparedRecord:
@@ -129,20 +148,28 @@ def prepare(record: DisclosureRecord) -> PreparedRecord:
         (fail closed: a record that cannot be stored must not let the response out).
     """
     try:
-        obj = record.to_dict()
+        # Shallow: json.dumps walks nested lists/dicts itself (asdict's deep copy was 3x
+        # the cost of the whole serialisation).
+        obj = {name: getattr(record, name) for name in _field_names(type(record))}
         text = canonical_json(obj)
         at = normalise_time(record.time)
     except (TypeError, ValueError, AttributeError):
         raise AuditUnavailableError(
             "disclosure record cannot be serialised", reason="audit_record_invalid"
         ) from None
-    obj = json.loads(text)  # exactly what verification will read back
     return PreparedRecord(
-        record_json=text,
-        record_obj=obj,
-        at=at,
-        columns={k: project_column(obj.get(k)) for k in PROJECTED},
+        record_json=text, at=at, columns={k: project_column(obj.get(k)) for k in PROJECTED}
     )
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +192,8 @@ class ChainRow:
         if not isinstance(record, dict):
             return False
         try:
-            if chain_hash(record, seq=self.seq, prev_hash=self.prev_hash) != self.hash:
+            canonical = canonical_json(record)
+            if chain_hash_text(canonical, seq=self.seq, prev_hash=self.prev_hash) != self.hash:
                 return False
             if self.at is not None and normalise_time(str(record.get("time"))) != self.at:
                 return False

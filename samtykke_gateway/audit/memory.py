@@ -15,7 +15,7 @@ from .chain import (
     GENESIS_HASH,
     ChainRow,
     ChainVerifier,
-    chain_hash,
+    chain_hash_text,
     normalise_time,
     prepare,
     project_column,
@@ -69,7 +69,7 @@ class MemoryStore:
         with self._lock:
             seq, prev = self.head
             seq += 1
-            digest = chain_hash(prepared.record_obj, seq=seq, prev_hash=prev)
+            digest = chain_hash_text(prepared.record_json, seq=seq, prev_hash=prev)
             self.rows.append(
                 ChainRow(seq, prev, digest, prepared.record_json, prepared.at, prepared.columns)
             )

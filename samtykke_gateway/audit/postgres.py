@@ -56,7 +56,7 @@ from .chain import (
     ChainRow,
     ChainVerifier,
     PreparedRecord,
-    chain_hash,
+    chain_hash_text,
     normalise_time,
     prepare,
     project_column,
@@ -311,7 +311,7 @@ class PostgresStore:
                 for job in batch:
                     rec = job.record
                     seq += 1
-                    digest = chain_hash(rec.record_obj, seq=seq, prev_hash=prev)
+                    digest = chain_hash_text(rec.record_json, seq=seq, prev_hash=prev)
                     at = datetime.fromisoformat(rec.at)
                     rows.append(
                         (

@@ -47,7 +47,7 @@ from .chain import (
     ChainRow,
     ChainVerifier,
     PreparedRecord,
-    chain_hash,
+    chain_hash_text,
     normalise_time,
     prepare,
     project_column,
@@ -312,7 +312,7 @@ class SqliteStore:
                 rows = []
                 for rec in (job.record for job in batch if job.record is not None):
                     seq += 1
-                    digest = chain_hash(rec.record_obj, seq=seq, prev_hash=prev)
+                    digest = chain_hash_text(rec.record_json, seq=seq, prev_hash=prev)
                     cols = tuple(rec.columns[k] for k in PROJECTED)
                     rows.append((seq, prev, digest, rec.at, *cols, rec.record_json))
                     prev = digest
