@@ -56,6 +56,9 @@ CONSENT_SCOPE_KEY = "samtykke.consent"
 log = logging.getLogger("samtykke_gateway")
 
 _CORRELATION = re.compile(r"[A-Za-z0-9._-]{8,64}")
+# A client-chosen correlation id goes to application logs: refuse any that could carry an
+# identifier (a run of 9+ digits = an org number or a person id), and mint our own instead.
+_DIGIT_RUN = re.compile(r"[0-9]{9,}")
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,256}")
 _JSON_TYPE = re.compile(rb"^application/([a-z0-9.+-]*\+)?json\s*(;.*)?$", re.I)
 _CONDITIONAL = {b"if-none-match", b"if-modified-since", b"if-range", b"if-match", b"if-unmodified-since"}
@@ -179,7 +182,8 @@ class _Exchange:
             name = raw_name.decode("latin-1").lower()
             self.headers.setdefault(name, []).append(raw_value.decode("latin-1"))
         supplied = self.headers.get("x-correlation-id", [""])[0]
-        self.correlation_id = supplied if _CORRELATION.fullmatch(supplied) else str(uuid.uuid4())
+        acceptable = _CORRELATION.fullmatch(supplied) and not _DIGIT_RUN.search(supplied)
+        self.correlation_id = supplied if acceptable else str(uuid.uuid4())
         self.record = DisclosureRecord(
             time=_utc_now(),
             correlation_id=self.correlation_id,
