@@ -30,7 +30,7 @@ import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -76,6 +76,11 @@ class VerificationKey:
     kty: str
     key: Any
     alg: str | None = None
+    _algs: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Decided once per key: allows() is on the per-request path.
+        object.__setattr__(self, "_algs", _allowed_algorithms(self.kty, self.key, self.alg))
 
     def allows(self, alg: str) -> bool:
         """True when this key may verify a signature made with JWS ``alg`` (RFC 7518 §3.1).
@@ -83,18 +88,19 @@ class VerificationKey:
         RS*/PS* need an RSA key, ES256/384/512 an EC key on P-256/P-384/P-521 respectively;
         a published ``alg`` must equal ``alg``.
         """
-        if self.alg is not None and self.alg != alg:
-            return False
-        family = alg[:2]
-        if family in ("RS", "PS"):
-            return self.kty == "RSA" and isinstance(self.key, rsa.RSAPublicKey)
-        if family == "ES":
-            return (
-                self.kty == "EC"
-                and isinstance(self.key, ec.EllipticCurvePublicKey)
-                and self.key.curve.name == _CURVE_BY_ALG.get(alg)
-            )
-        return False
+        return alg in self._algs
+
+
+def _allowed_algorithms(kty: str, key: Any, alg: str | None) -> frozenset[str]:
+    if kty == "RSA" and isinstance(key, rsa.RSAPublicKey):
+        algs = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+    elif kty == "EC" and isinstance(key, ec.EllipticCurvePublicKey):
+        algs = {a for a, curve in _CURVE_BY_ALG.items() if curve == key.curve.name}
+    else:
+        algs = set()
+    if alg is not None:
+        algs &= {alg}
+    return frozenset(algs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,7 +195,8 @@ def test_oversized_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> N
     def explode(*args: object, **kwargs: object) -> object:
         raise AssertionError("decoded an oversized token")
 
-    monkeypatch.setattr(jose, "_SEGMENTS", None)  # any regex use would raise AttributeError
+    monkeypatch.setattr(jose, "_b64decode", explode)
+    monkeypatch.setattr(jose, "strict_json_object", explode)
     monkeypatch.setattr(binascii, "a2b_base64", explode)
     big = "A" * 16385
     error = assert_malformed(big)
