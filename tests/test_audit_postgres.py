@@ -300,3 +300,27 @@ async def test_hostile_text_round_trips(pg_schema: tuple[str, str], text: str) -
         assert await store.export(subject=text) == [record]
     finally:
         await store.close()
+
+
+@pytest.mark.anyio
+async def test_sessions_force_synchronous_commit_and_a_lock_timeout(
+    pg_schema: tuple[str, str],
+) -> None:
+    url, schema = pg_schema
+    # A server/role/URL default of synchronous_commit=off must not weaken "durable on return".
+    store = open_store(with_query(url, schema=schema, options="-csynchronous_commit%3Doff"))
+    assert isinstance(store, PostgresStore)
+    await store.open()
+    try:
+
+        async def show(conn: Any) -> list[str]:
+            out = []
+            for name in ("synchronous_commit", "lock_timeout", "search_path"):
+                cur = await conn.execute(f"SHOW {name}")
+                out.append((await cur.fetchone())[0])
+            return out
+
+        got = await store._with_connection("test", show, limit_seconds=5)
+        assert got == ["on", "5s", schema]
+    finally:
+        await store.close()

@@ -7,7 +7,7 @@ extension across connections, processes and hosts; the transaction inserts its r
 releases the lock. A rolled-back transaction moves nothing, so ``seq`` stays gap-free. Inside
 one process a single writer task batches queued appends into one such transaction (group
 commit): one lock round and one WAL flush for the batch; each ``append`` resumes only after
-the commit holding its record. ``synchronous_commit`` is forced ``on`` per transaction (a
+the commit holding its record. ``synchronous_commit`` is forced ``on`` per session (a
 server default of ``off`` would release responses before the WAL reaches disk);
 ``lock_timeout`` bounds the wait behind a stuck replica.
 
@@ -104,8 +104,12 @@ MIGRATIONS: dict[int, Sequence[str]] = {
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _COLUMNS = ("seq", "prev_hash", "hash", "at", *PROJECTED, "record")
-_INSERT = (
-    f"INSERT INTO disclosure ({', '.join(_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_COLUMNS))})"
+_TYPES = ("bigint", "text", "text", "timestamptz", *("text" for _ in PROJECTED), "text")
+#: One statement per batch: insert every row (unnest of per-column arrays), move the head.
+_APPEND = (
+    f"WITH rows AS (INSERT INTO disclosure ({', '.join(_COLUMNS)})"
+    f" SELECT * FROM unnest({', '.join(f'%s::{t}[]' for t in _TYPES)}))"
+    " UPDATE chain_head SET seq = %s, hash = %s WHERE id = 1"
 )
 _SELECT_ROWS = f"SELECT {', '.join(_COLUMNS)} FROM disclosure"
 _MIGRATION_LOCK = 0x5A4D_5447  # advisory lock class for schema migrations
@@ -235,7 +239,13 @@ class PostgresStore:
         await self._with_connection("ping", check, limit_seconds=self.connect_timeout_seconds + 1)
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Session settings, once per pooled connection (nothing here ever changes them)."""
+        lock_ms = int(self.write_timeout_seconds * 1000)
         await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+        # Durable on COMMIT even where the server default is synchronous_commit = off.
+        await conn.execute("SET synchronous_commit = on")
+        # A replica stuck holding the chain head must not stall the others for long.
+        await conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{lock_ms}ms")))
 
     async def _migrate(self) -> None:
         async def migrate(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -298,37 +308,27 @@ class PostgresStore:
 
     async def _write_batch(self, batch: list[_Job]) -> None:
         async def write(conn: psycopg.AsyncConnection[Any]) -> None:
-            async with conn.transaction():
-                lock_ms = int(self.write_timeout_seconds * 1000)
-                await conn.execute(
-                    "SELECT set_config('lock_timeout', %s, true),"
-                    " set_config('synchronous_commit', 'on', true)",
-                    (f"{lock_ms}ms",),
-                )
+            # Pipeline: BEGIN + lock in one round trip, insert + head move + COMMIT in another.
+            async with conn.pipeline(), conn.transaction():
                 cur = await conn.execute("SELECT seq, hash FROM chain_head WHERE id = 1 FOR UPDATE")
                 seq, prev = _pair(await cur.fetchone(), "chain_head")
-                rows = []
+                columns: list[list[Any]] = [[] for _ in _COLUMNS]
                 for job in batch:
                     rec = job.record
                     seq += 1
                     digest = chain_hash_text(rec.record_json, seq=seq, prev_hash=prev)
-                    at = datetime.fromisoformat(rec.at)
-                    rows.append(
-                        (
-                            seq,
-                            prev,
-                            digest,
-                            at,
-                            *(rec.columns[k] for k in PROJECTED),
-                            rec.record_json,
-                        )
+                    values = (
+                        seq,
+                        prev,
+                        digest,
+                        datetime.fromisoformat(rec.at),
+                        *(rec.columns[k] for k in PROJECTED),
+                        rec.record_json,
                     )
+                    for column, value in zip(columns, values, strict=True):
+                        column.append(value)
                     prev = digest
-                async with conn.cursor() as wcur:
-                    await wcur.executemany(_INSERT, rows)
-                await conn.execute(
-                    "UPDATE chain_head SET seq = %s, hash = %s WHERE id = 1", (seq, prev)
-                )
+                await conn.execute(_APPEND, (*columns, seq, prev))
 
         try:
             await self._with_connection("append", write, limit_seconds=self.write_timeout_seconds)
