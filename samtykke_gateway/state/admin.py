@@ -1,0 +1,126 @@
+"""``samtykke-gateway revoke`` and ``samtykke-gateway state``: operate the consent state.
+
+::
+
+    samtykke-gateway revoke --config FILE CONSENT_ID [CONSENT_ID ...]
+    samtykke-gateway state status --config FILE CONSENT_ID
+
+``revoke`` writes to the shared backend when ``[state] url`` is Redis (every replica sees it on
+its next request) and appends to ``[state] revocation_file`` when one is configured (replicas
+re-read it within a second). With ``memory://`` and no revocation file there is nowhere another
+process can reach: the command refuses (exit 2). Ids are stored lower-case.
+
+Exit codes: 0 done, 1 the backend or file could not be written, 2 usage/config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from ..exceptions import ConfigError, StateUnavailableError
+from .revocation_file import CONSENT_ID, append_revocations
+
+__all__ = ["add_state_parsers"]
+
+
+def add_state_parsers(sub: Any) -> None:
+    """Add ``revoke`` and ``state`` to the CLI's sub-parsers."""
+    p = sub.add_parser("revoke", help="revoke consent ids on every replica (Redis and/or revocation file)")
+    p.add_argument("--config", required=True)
+    p.add_argument("consent_ids", nargs="+", metavar="CONSENT_ID")
+    p.set_defaults(func=_cmd_revoke)
+
+    p = sub.add_parser("state", help="inspect the consent state")
+    ssub = p.add_subparsers(dest="state_command", required=True)
+    s = ssub.add_parser("status", help="is a consent revoked / spent")
+    s.add_argument("--config", required=True)
+    s.add_argument("consent_id", metavar="CONSENT_ID")
+    s.set_defaults(func=_cmd_status)
+
+
+def _ids(raw: list[str]) -> list[str]:
+    out = []
+    for value in raw:
+        v = value.strip().lower()
+        if CONSENT_ID.fullmatch(v) is None:
+            raise ConfigError("CONSENT_ID", "is not a consent id")
+        out.append(v)
+    return out
+
+
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    from ..config import load_config
+
+    config = load_config(args.config)
+    ids = _ids(args.consent_ids)
+    shared = config.state_url.startswith(("redis://", "rediss://"))
+    if not shared and not config.revocation_file:
+        print("state.url is memory:// and no state.revocation_file is set: a running gateway cannot "
+              "be reached. Configure one of them.", file=sys.stderr)
+        return 2
+    if not config.check_revocation:
+        print("state.check_revocation is false: revocations would not be enforced.", file=sys.stderr)
+        return 2
+    written = []
+    if shared:
+        try:
+            new = asyncio.run(_revoke_in_backend(config, ids))
+        except StateUnavailableError:
+            print("the state backend is unreachable; nothing revoked there", file=sys.stderr)
+            return 1
+        written.append(f"{new} new in the shared state")
+    if config.revocation_file:
+        try:
+            new = append_revocations(config.revocation_file, ids)
+        except OSError as exc:
+            print(f"cannot write the revocation file: {exc.strerror}", file=sys.stderr)
+            return 1
+        written.append(f"{new} new in {config.revocation_file}")
+    print(f"revoked {len(ids)} consent id(s): " + "; ".join(written))
+    return 0
+
+
+async def _revoke_in_backend(config: Any, ids: list[str]) -> int:
+    from . import open_backend
+
+    backend = open_backend(config)
+    try:
+        return await backend.revoke(ids)
+    finally:
+        await backend.close()
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from . import open_backend
+    from .revocation_file import RevocationFile
+
+    config = load_config(args.config)
+    (cid,) = _ids([args.consent_id])
+
+    async def run() -> tuple[bool, str | None]:
+        backend = open_backend(config)
+        try:
+            return await backend.revoked(cid), await backend.spent(cid)
+        finally:
+            await backend.close()
+
+    if not config.state_url.startswith(("redis://", "rediss://")):
+        print("note: memory:// state lives inside each gateway process; only the file is visible here")
+        revoked, spent = False, None
+    else:
+        try:
+            revoked, spent = asyncio.run(run())
+        except StateUnavailableError:
+            print("the state backend is unreachable", file=sys.stderr)
+            return 1
+    if config.revocation_file:
+        f = RevocationFile(config.revocation_file)
+        f.load()
+        if f.error is None and f.check(cid):
+            revoked = True
+    print(f"revoked: {'yes' if revoked else 'no'}; one-time: {spent or 'unused'}")
+    return 0

@@ -1,0 +1,226 @@
+"""The consent-state hook the enforcement path calls (SPEC §4 step 9, §8).
+
+:class:`ConsentStateService` implements :class:`~samtykke_gateway.hooks.ConsentState` over a
+:class:`~.backend.StateBackend`, the optional revocation file and the optional consent feed.
+
+Per request, in this order (``before_forward``):
+
+1. revocation: the file, then the backend (``revoked:{id}``) — every route, when
+   ``[state] check_revocation`` is true (the default);
+2. ``jti`` accounting (``[state] jti_replay``): ``log`` counts and logs reuse of a Maskinporten
+   token, ``refuse`` makes every token single-use (401 ``token_replayed``);
+3. one-time routes (``one_time = true``): the first request per consent id takes a claim;
+   while it is held or after it was spent, others get 403 ``consent_spent``;
+4. ``daily_limit``: per route and consent id per Europe/Oslo day; over the limit → 429.
+
+``after_response`` marks the claim spent when a 2xx body was released and gives back the
+claim, the usage count and a refuse-mode ``jti`` mark when nothing was released.
+
+Fail closed (:class:`~samtykke_gateway.exceptions.StateUnavailableError`, 503): a route needs
+the backend when revocation is checked (every route), when it is one-time or limited, or when
+``jti_replay = "refuse"``. Only a route that needs none of these (``check_revocation = false``,
+no one-time, no limit, ``jti_replay`` off or log) keeps working with the backend down; in
+``log`` mode the ``jti`` accounting is then skipped for a few seconds (logged, counted).
+A stale consent feed (no successful poll within ``max_staleness_seconds``) is treated like
+an unreachable backend: 503 ``revocation_feed_stale``.
+
+Consent ids compare lower-case. A claim left by a replica that died mid-delivery counts as
+spent (nothing tells whether the body left): the ``once:`` key expires with the consent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+from zoneinfo import ZoneInfo
+
+from ..exceptions import (
+    ConsentSpentError,
+    InvalidTokenError,
+    StateUnavailableError,
+    UsageLimitError,
+)
+from .backend import BeginResult, Claim, StateBackend
+from .revocation_file import RevocationFile
+
+if TYPE_CHECKING:
+    from ..gate import Grant
+
+__all__ = ["ConsentStateService", "StateMetrics"]
+
+log = logging.getLogger("samtykke_gateway.state")
+_OSLO = ZoneInfo("Europe/Oslo")
+_ONE_DAY = 86400.0
+_MAX_CLAIM_TTL = 400 * _ONE_DAY
+_JTI_BREAKER_SECONDS = 5.0
+
+
+class StateMetrics(Protocol):
+    """What the state reports to metrics (all optional no-ops)."""
+
+    def state_error(self, operation: str) -> None: ...
+
+    def jti_reused(self) -> None: ...
+
+
+class _Feed(Protocol):
+    @property
+    def stale(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class ConsentStateService:
+    """:class:`~samtykke_gateway.hooks.ConsentState` implementation.
+
+    :param backend: memory or Redis backend (closed by :meth:`close`).
+    :param check_revocation: check revocations on every route.
+    :param revocation_file: optional file of revoked ids.
+    :param feed: optional consent-feed poller (started by :meth:`start`, closed by :meth:`close`).
+    :param jti_replay: ``off`` / ``log`` / ``refuse``.
+    :param leeway_seconds: added to a token's ``exp`` for the ``jti`` key's lifetime.
+    :param metrics: optional :class:`StateMetrics`.
+    :param clock: epoch seconds.
+    """
+
+    def __init__(
+        self,
+        backend: StateBackend,
+        *,
+        check_revocation: bool = True,
+        revocation_file: RevocationFile | None = None,
+        feed: _Feed | None = None,
+        jti_replay: Literal["off", "log", "refuse"] = "log",
+        leeway_seconds: float = 30.0,
+        metrics: StateMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.backend = backend
+        self.check_revocation = check_revocation
+        self.revocation_file = revocation_file
+        self.feed = feed
+        self.jti_replay = jti_replay
+        self.leeway_seconds = leeway_seconds
+        self.metrics = metrics
+        self.clock = clock
+        self._pending: dict[int, tuple[Grant, Claim, BeginResult]] = {}
+        self._jti_skip_until = 0.0
+
+    async def start(self) -> None:
+        """Load the revocation file and start the feed poller. Idempotent."""
+        if self.revocation_file is not None:
+            self.revocation_file.load()
+        if self.feed is not None:
+            await self.feed.start()
+
+    def _needs_backend(self, grant: Grant) -> bool:
+        route = grant.match.route
+        return (self.check_revocation or route.one_time or route.daily_limit is not None
+                or (self.jti_replay != "off" and grant.maskinporten.jti is not None))
+
+    def _claim(self, grant: Grant, *, jti_mode: Literal["off", "log", "refuse"]) -> Claim:
+        now = self.clock()
+        route = grant.match.route
+        consent = grant.consent
+        jti = grant.maskinporten.jti
+        jti_key = hashlib.sha256(jti.encode()).hexdigest()[:32] if (jti and jti_mode != "off") else None
+        usage_key = None
+        if route.daily_limit is not None:
+            day = datetime.fromtimestamp(now, _OSLO).strftime("%Y-%m-%d")
+            usage_key = f"{route.name}:{day}"
+        return Claim(
+            consent_id=consent.consent_id.strip().lower(),
+            check_revocation=self.check_revocation,
+            jti_key=jti_key,
+            jti_mode=jti_mode,
+            jti_ttl_seconds=max(1.0, grant.maskinporten.expires_at - now + self.leeway_seconds),
+            one_time=route.one_time,
+            one_time_ttl_seconds=min(_MAX_CLAIM_TTL, max(60.0, consent.valid_to - now + _ONE_DAY)),
+            usage_key=usage_key,
+            daily_limit=route.daily_limit or 0,
+            token=uuid.uuid4().hex,
+        )
+
+    async def before_forward(self, grant: Grant) -> None:
+        """Check and take the consent state for an otherwise allowed request.
+
+        :raises ConsentSpentError: 403 ``consent_revoked`` or ``consent_spent``.
+        :raises UsageLimitError: 429 ``usage_limit_reached``.
+        :raises InvalidTokenError: 401 ``token_replayed`` (``jti_replay = "refuse"``).
+        :raises StateUnavailableError: 503 backend, revocation file or feed not usable.
+        """
+        cid = grant.consent.consent_id.strip().lower()
+        if self.check_revocation:
+            if self.feed is not None and self.feed.stale:
+                raise StateUnavailableError("the consent revocation feed is stale", reason="revocation_feed_stale")
+            if self.revocation_file is not None and self.revocation_file.check(cid):
+                raise ConsentSpentError("the consent has been revoked", reason="consent_revoked")
+        if not self._needs_backend(grant):
+            return
+        jti_mode = self.jti_replay
+        route = grant.match.route
+        optional_only = not (self.check_revocation or route.one_time or route.daily_limit is not None
+                             or jti_mode == "refuse")
+        if optional_only and self.clock() < self._jti_skip_until:
+            return
+        claim = self._claim(grant, jti_mode=jti_mode)
+        try:
+            result = await self.backend.begin(claim)
+        except StateUnavailableError:
+            if optional_only:  # only jti logging was asked for: note the gap, keep serving
+                self._jti_skip_until = self.clock() + _JTI_BREAKER_SECONDS
+                log.warning("jti accounting skipped for %.0f s: state backend unreachable", _JTI_BREAKER_SECONDS)
+                return
+            raise
+        if result.jti_reused:
+            if self.metrics is not None:
+                self.metrics.jti_reused()
+            log.info("maskinporten token reused (jti seen before; route=%s mode=%s)", route.name, jti_mode)
+        if result.outcome == "revoked":
+            raise ConsentSpentError("the consent has been revoked", reason="consent_revoked")
+        if result.outcome == "spent":
+            raise ConsentSpentError("this one-time consent has already been used", reason="consent_spent")
+        if result.outcome == "limit":
+            raise UsageLimitError("the daily usage limit for this consent is reached", reason="usage_limit_reached")
+        if result.outcome == "replay":
+            raise InvalidTokenError("this access token has already been used", reason="token_replayed")
+        if claim.one_time or claim.usage_key is not None or (result.jti_marked and jti_mode == "refuse"):
+            self._pending[id(grant)] = (grant, claim, result)
+
+    async def after_response(self, grant: Grant, *, released: bool) -> None:
+        """Spend the one-time claim (``released``) or give back what was taken.
+
+        :raises StateUnavailableError: the backend could not record it (the claim then stays
+            taken: the consent counts as spent until it expires — fail closed).
+        """
+        pending = self._pending.pop(id(grant), None)
+        if pending is None:
+            return
+        _, claim, result = pending
+        await self.backend.finish(claim, result, released=released)
+
+    async def ping(self) -> None:
+        """:raises StateUnavailableError: backend unreachable, revocation file unreadable or
+        feed stale."""
+        if self.revocation_file is not None:
+            self.revocation_file.load()
+            if self.revocation_file.error is not None:
+                raise StateUnavailableError(self.revocation_file.error, reason="revocation_file_unreadable")
+        if self.feed is not None and self.check_revocation and self.feed.stale:
+            raise StateUnavailableError("the consent revocation feed is stale", reason="revocation_feed_stale")
+        await self.backend.ping()
+
+    async def close(self) -> None:
+        """Stop the feed poller and close the backend. Idempotent."""
+        if self.feed is not None:
+            await self.feed.close()
+        await self.backend.close()

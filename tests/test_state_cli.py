@@ -1,0 +1,63 @@
+"""``samtykke-gateway revoke`` / ``state status``: Redis, revocation file, refusal without either."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+
+from samtykke_gateway.cli import main
+from samtykke_gateway.state.redis_backend import RedisBackend
+
+from .state_support import DEAD_REDIS_URL, redis_prefix, write_config
+
+
+def _config(tmp_path: Path, state: str) -> str:
+    return str(write_config(tmp_path / "gw.toml", issuer_url="http://127.0.0.1:9", upstream_url="http://127.0.0.1:9",
+                            extra=state))
+
+
+def test_revoke_without_a_reachable_store_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["revoke", "--config", _config(tmp_path, ""), str(uuid.uuid4())]) == 2
+    assert "cannot be reached" in capsys.readouterr().err
+
+
+def test_revoke_appends_to_the_revocation_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _config(tmp_path, '[state]\nrevocation_file = "revoked.txt"\n')
+    cid = str(uuid.uuid4()).upper()
+    assert main(["revoke", "--config", cfg, cid, cid]) == 0
+    assert main(["revoke", "--config", cfg, cid]) == 0
+    assert (tmp_path / "revoked.txt").read_text() == cid.lower() + "\n"
+    assert main(["state", "status", "--config", cfg, cid]) == 0
+    assert "revoked: yes" in capsys.readouterr().out
+    assert main(["revoke", "--config", cfg, "not/an id"]) == 2
+
+
+@pytest.mark.redis
+def test_revoke_writes_to_redis(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async def check(url: str, prefix: str, cid: str) -> bool:
+        b = RedisBackend(url, key_prefix=prefix)
+        try:
+            return await b.revoked(cid)
+        finally:
+            await b.close()
+
+    async def scenario() -> None:
+        async with redis_prefix() as (url, prefix):
+            cfg = _config(tmp_path, f'[state]\nurl = "{url}"\nkey_prefix = "{prefix}"\n')
+            cid = str(uuid.uuid4())
+            rc = await asyncio.to_thread(main, ["revoke", "--config", cfg, cid.upper()])
+            assert rc == 0
+            assert await check(url, prefix, cid)
+            assert await asyncio.to_thread(main, ["state", "status", "--config", cfg, cid]) == 0
+
+    asyncio.run(scenario())
+    out = capsys.readouterr().out
+    assert "1 new in the shared state" in out and "revoked: yes; one-time: unused" in out
+
+
+def test_revoke_with_redis_down_exits_1(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, f'[state]\nurl = "{DEAD_REDIS_URL}"\n')
+    assert main(["revoke", "--config", cfg, str(uuid.uuid4())]) == 1
