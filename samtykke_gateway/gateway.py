@@ -17,8 +17,10 @@ import httpx
 from .audit import DisclosureStore, open_store
 from .config import GatewayConfig
 from .gate import Gate, build_issuer_policies
-from .hooks import ConsentState, NullObserver, NullState, Observer
+from .hooks import ConsentState, Observer
+from .metrics import GatewayMetrics
 from .policy import Router
+from .state import ConsentStateService, open_state
 from .tokens.verify import IssuerPolicy, TokenVerifier
 
 __all__ = ["Gateway"]
@@ -30,8 +32,8 @@ class Gateway:
     :param config: validated :class:`GatewayConfig`.
     :param http: client for JWKS / metadata fetches (created, and then closed, if omitted).
     :param store: disclosure store (opened from ``config.audit_url`` if omitted).
-    :param state: consent state (revocation, one-time, limits); none if omitted.
-    :param observer: metrics sink; none if omitted.
+    :param state: consent state (revocation, one-time, limits); built from ``[state]`` if omitted.
+    :param observer: metrics sink; a new :class:`GatewayMetrics` (own registry) if omitted.
     :param clock: epoch seconds, injectable for tests.
     """
 
@@ -55,10 +57,14 @@ class Gateway:
         self._own_store = store is None
         self.store: DisclosureStore = store or open_store(config.audit_url)
         self.verifier = verifier or TokenVerifier()
+        self.observer: Observer = observer or GatewayMetrics()
         self._own_state = state is None
-        self.state: ConsentState = state or NullState()
-        self.observer: Observer = observer or NullObserver()
+        self.state: ConsentState = state or open_state(
+            config, metrics=self.observer if isinstance(self.observer, GatewayMetrics) else None
+        )
         self.issuers: dict[str, IssuerPolicy] = build_issuer_policies(config, self.http)
+        if isinstance(self.observer, GatewayMetrics):
+            self.observer.bind_issuers(self.issuers)
         self.router = Router(config.routes)
         self.gate = Gate(config, issuers=self.issuers, verifier=self.verifier, clock=clock)
         self._started = False
@@ -75,6 +81,8 @@ class Gateway:
                 return
             if self._own_store:
                 await self.store.open()
+            if self._own_state and isinstance(self.state, ConsentStateService):
+                await self.state.start()
             await asyncio.gather(
                 *(p.keys.refresh() for p in self.issuers.values()), return_exceptions=True
             )
