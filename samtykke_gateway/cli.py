@@ -9,6 +9,8 @@
     samtykke-gateway dev-issuer [--port 8790]  (serves the dev keys' JWKS)
     samtykke-gateway explain TOKEN [--consent TOKEN] [--config FILE] [--path PATH]
     samtykke-gateway audit verify|export|purge ...
+    samtykke-gateway revoke --config FILE CONSENT_ID...
+    samtykke-gateway state status --config FILE CONSENT_ID
 
 Exit codes: 0 ok, 1 a check failed, 2 usage or configuration error.
 """
@@ -122,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
         add_explain_parser(sub, _cmd_explain)
     except ImportError:  # pragma: no cover - explain is optional during development
         pass
+    from .state.admin import add_state_parsers
+
+    add_state_parsers(sub)
     try:
         from .audit.admin import add_audit_parser
 
