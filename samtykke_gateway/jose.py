@@ -22,6 +22,7 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from samtykke_gateway.exceptions import InvalidTokenError
@@ -94,6 +95,8 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+_SCAN_ONCE: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+_JSON_WS = " \t\n\r"
 
 
 def _depth_exceeds(text: str, max_depth: int) -> bool:
@@ -130,12 +133,20 @@ def strict_json_object(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> dict[
         raise ValueError("not UTF-8") from None
     if _depth_exceeds(text, max_depth):
         raise ValueError("nested too deeply")
+    start = 0
+    if text[:1] in _JSON_WS:  # JSON allows surrounding whitespace (RFC 8259 §2)
+        start = len(text) - len(text.lstrip(_JSON_WS))
     try:
-        obj = _DECODER.decode(text)
+        # The C scanner directly: JSONDecoder.decode adds two regex passes and Python frames.
+        obj, end = _SCAN_ONCE(text, start)
+    except StopIteration:
+        raise ValueError("Expecting value") from None
     except RecursionError:  # pragma: no cover - the depth bound comes first
         raise ValueError("nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, duplicate names, int digit limit
         raise ValueError(str(exc).split(":")[0]) from None
+    if end != len(text) and text[end:].strip(_JSON_WS):
+        raise ValueError("Extra data")
     if type(obj) is not dict:
         raise ValueError("not a JSON object")
     if "\\u" in text and _SURROGATE_ESCAPE.search(text):
