@@ -308,8 +308,8 @@ class PostgresStore:
 
     async def _write_batch(self, batch: list[_Job]) -> None:
         async def write(conn: psycopg.AsyncConnection[Any]) -> None:
-            # Pipeline: BEGIN + lock in one round trip, insert + head move + COMMIT in another.
-            async with conn.pipeline(), conn.transaction():
+            # Round trips: BEGIN, lock the head, one insert-and-move-head statement, COMMIT.
+            async with conn.transaction():
                 cur = await conn.execute("SELECT seq, hash FROM chain_head WHERE id = 1 FOR UPDATE")
                 seq, prev = _pair(await cur.fetchone(), "chain_head")
                 columns: list[list[Any]] = [[] for _ in _COLUMNS]
