@@ -316,3 +316,32 @@ def test_base64url_roundtrip_and_any_single_char_change_is_not_silently_equal(
         except InvalidTokenError:
             continue
         assert decoded != raw  # canonical encoding: one byte string, one spelling
+
+
+def test_cached_header_is_a_private_copy() -> None:
+    first = parse_compact(GOOD)
+    first.header["alg"] = "none"
+    first.header["jku"] = "http://evil/"
+    again = parse_compact(GOOD)
+    assert again.header == {"alg": "RS256", "kid": "k1"}
+    assert again.header is not first.header
+
+
+def test_nested_headers_are_parsed_fresh_each_time() -> None:
+    header = jseg({"alg": "RS256", "jwk": {"kty": "RSA", "n": "AQAB", "e": "AQAB"}})
+    first = parse_compact(f"{header}.{PAYLOAD}.{SIG}")
+    first.header["jwk"]["n"] = "changed"
+    assert parse_compact(f"{header}.{PAYLOAD}.{SIG}").header["jwk"]["n"] == "AQAB"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(b' {"a":1} ', {"a": 1}), (b'\t\r\n{"a":[]}\n', {"a": []})],
+)
+def test_json_whitespace_around_the_object_is_allowed(raw: bytes, expected: object) -> None:
+    assert parse_compact(f"{HEADER}.{seg(raw)}.{SIG}").payload == expected
+
+
+@pytest.mark.parametrize("raw", [b'{"a":1}x', b"{} {}", b'{"a":1}\x00', b'{"a":"\x01"}'])
+def test_trailing_data_and_control_characters_refused(raw: bytes) -> None:
+    assert_malformed(f"{HEADER}.{seg(raw)}.{SIG}")

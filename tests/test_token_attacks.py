@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -464,3 +466,54 @@ async def test_signature_with_padding_refused(
 ) -> None:
     token = signed(dev, a2_header(dev), a2_payload(dev))
     await refused("malformed_token", token + "==", policies["altinn"])
+
+
+# -- property: whatever a validly signed token contains, only InvalidTokenError comes out ------
+
+_JSON_SCALAR = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
+)
+_JSON_VALUE = st.recursive(
+    _JSON_SCALAR,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+_HEADER_NAMES = st.sampled_from(["alg", "kid", "x5t", "crit", "jku", "jwk", "typ", "b64", "zip"])
+_CLAIM_NAMES = st.sampled_from(["iss", "exp", "nbf", "iat", "aud", "sub"])
+
+
+def test_signed_hostile_content_only_raises_invalid_token(dev: DevIssuer) -> None:
+    """Fuzz header and claims of tokens that carry a *valid* RS256 signature."""
+    verdicts: set[str] = set()
+    with asyncio.Runner() as runner:
+        transport = httpx.ASGITransport(app=dev.asgi_app())
+        client = httpx.AsyncClient(transport=transport)
+        policy = dev.issuer_policies(http=client, base_url="http://issuer.test")["altinn"]
+        verifier = TokenVerifier()
+
+        @settings(max_examples=150, deadline=None)
+        @given(
+            st.dictionaries(_HEADER_NAMES, _JSON_VALUE, max_size=4),
+            st.dictionaries(_CLAIM_NAMES, _JSON_VALUE, max_size=5),
+            st.booleans(),
+        )
+        def check(header_extra: dict[str, Any], claims: dict[str, Any], base: bool) -> None:
+            header = {**a2_header(dev), **header_extra} if base else header_extra
+            payload = {**a2_payload(dev), **claims} if base else claims
+            token = signed(dev, header, payload)
+            try:
+                runner.run(verifier.verify(token, policy))
+                verdicts.add("ok")
+            except InvalidTokenError as exc:
+                assert exc.reason in REASONS
+                verdicts.add(exc.reason)
+
+        check()
+        runner.run(client.aclose())
+    assert "ok" in verdicts and len(verdicts) > 3

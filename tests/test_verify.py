@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -9,6 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from samtykke_gateway.devserver import ThreadedServer
 from samtykke_gateway.exceptions import (
@@ -16,8 +19,9 @@ from samtykke_gateway.exceptions import (
     InvalidTokenError,
     KeysUnavailableError,
 )
+from samtykke_gateway.jose import parse_compact
 from samtykke_gateway.keys import KeySet
-from samtykke_gateway.testing import DevIssuer, DevKey, encode_token
+from samtykke_gateway.testing import DevIssuer, DevKey, b64url, encode_token
 from samtykke_gateway.tokens.verify import (
     REASONS,
     IssuerPolicy,
@@ -342,3 +346,103 @@ def test_policy_refuses_bad_leeway(leeway: float) -> None:
 def test_negative_cache_size_refused() -> None:
     with pytest.raises(ConfigError):
         TokenVerifier(cache_size=-1)
+
+
+# -- EC keys --------------------------------------------------------------------------------------
+
+
+def _ec_jwk(kid: str, private: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
+    numbers = private.public_key().public_numbers()
+    size = (private.curve.key_size + 7) // 8
+    crv = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}[private.curve.name]
+    return {
+        "kty": "EC",
+        "use": "sig",
+        "crv": crv,
+        "kid": kid,
+        "x": b64url(numbers.x.to_bytes(size, "big")),
+        "y": b64url(numbers.y.to_bytes(size, "big")),
+    }
+
+
+@pytest.mark.parametrize(
+    ("alg", "curve"),
+    [("ES256", ec.SECP256R1()), ("ES384", ec.SECP384R1()), ("ES512", ec.SECP521R1())],
+)
+async def test_ecdsa_tokens(alg: str, curve: ec.EllipticCurve) -> None:
+    private = ec.generate_private_key(curve)
+    other_curve = ec.generate_private_key(ec.SECP384R1() if alg == "ES256" else ec.SECP256R1())
+    async with jwks_client(_ec_jwk("ec", private), _ec_jwk("other", other_curve)) as client:
+        keys = KeySet(name="ec", http=client, jwks_url="http://jwks.test/jwk")
+        policy = IssuerPolicy("ec", "https://ec.test/", ("ES256", "ES384", "ES512"), keys)
+        payload = {"iss": "https://ec.test/", "exp": int(time.time()) + 60}
+        token = encode_token({"alg": alg, "kid": "ec"}, payload, private, alg)
+        await TokenVerifier().verify(token, policy)
+        # DER instead of raw r||s, truncated, and a key on another curve: all refused
+        head, body, sig = token.split(".")
+        raw = base64.urlsafe_b64decode(sig + "==")
+        half = len(raw) // 2
+        der = encode_dss_signature(
+            int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+        )
+        await expect("bad_signature", f"{head}.{body}.{b64url(der)}", policy)
+        await expect("bad_signature", f"{head}.{body}.{b64url(raw[:-1])}", policy)
+        wrong_curve = encode_token({"alg": alg, "kid": "other"}, payload, private, alg)
+        await expect("alg_not_allowed", wrong_curve, policy)
+
+
+# -- the dev issuer's shapes (SPEC §3) ------------------------------------------------------------
+
+
+async def test_dev_issuer_documents(dev: DevIssuer, server: ThreadedServer) -> None:
+    async with httpx.AsyncClient() as client:
+        meta = await client.get(f"{server.url}/altinn/.well-known/oauth-authorization-server")
+        assert meta.json()["jwks_uri"] == f"{server.url}/altinn/jwk"
+        assert meta.headers["cache-control"] == "max-age=300"
+        jwks = (await client.get(meta.json()["jwks_uri"])).json()
+        assert [k["kid"] for k in jwks["keys"]] == [dev.key("altinn").x5t]
+        assert (await client.get(f"{server.url}/other/jwk")).status_code == 404
+    key = dev.jwks("maskinporten")["keys"][0]
+    assert key["kty"] == "RSA" and key["use"] == "sig" and "d" not in key
+    assert dev.jwks("altinn", x5c_only=True)["keys"][0].keys() == {"kty", "use", "x5c"}
+
+
+def test_dev_issuer_token_shapes(dev: DevIssuer) -> None:
+    a2_token = dev.mint_altinn2(
+        subject=SUBJECT,
+        consumer=CONSUMER,
+        services=["4804_210607"],
+        supplier="910000002",
+        claim_name="ServiceCodes",
+        drop=["nbf"],
+    )
+    jws = parse_compact(a2_token)
+    key = dev.key("altinn")
+    assert jws.header == {"alg": "RS256", "typ": "JWT", "kid": key.x5t, "x5t": key.x5t}
+    claims = jws.payload
+    assert claims["ServiceCodes"] == ["4804_210607"] and "Services" not in claims
+    assert claims["OfferedBy"] == SUBJECT and claims["CoveredBy"] == CONSUMER
+    assert claims["HandledBy"] == "910000002" and "nbf" not in claims
+    assert claims["exp"] - claims["DelegatedDate"] == 30
+    assert claims["ValidToDate"] - claims["DelegatedDate"] == 86400
+
+    consent = dev.altinn3_consent(
+        subject="910000009", consumer=CONSUMER, rights=[("res", {"inntektsaar": "2022"})]
+    )
+    assert consent["from"] == "urn:altinn:organization:identifier-no:910000009"
+    assert consent["validTo"].endswith("Z")
+    assert consent["consentRights"][0]["resource"] == [
+        {"type": "urn:altinn:resource", "value": "res"}
+    ]
+    mp_claims = parse_compact(
+        dev.mint_maskinporten(
+            consumer=CONSUMER, scope="a b", supplier="910000002", authorization_details=[consent]
+        )
+    ).payload
+    assert mp_claims["consumer"] == {"authority": "iso6523-actorid-upis", "ID": f"0192:{CONSUMER}"}
+    assert mp_claims["supplier"]["ID"] == "0192:910000002"
+    assert mp_claims["delegation_source"] == dev.ALTINN3_DELEGATION_SOURCE
+    assert mp_claims["exp"] - mp_claims["iat"] == 120
+    assert mp_claims["authorization_details"] == [consent]
+    with pytest.raises(ValueError):
+        dev.rotate("nav")
