@@ -159,15 +159,28 @@ def test_config_fallback_reads_the_audit_table(tmp_path: Path) -> None:
     assert admin._audit_url_from_toml(config) == "sqlite:////abs/logs.db"
 
 
+def test_missing_sqlite_file_is_an_error_not_an_empty_chain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _cli("audit", "verify", "--store", f"sqlite:///{tmp_path}/typo.db")[0] == 2
+    assert "no disclosure log" in capsys.readouterr().err
+    assert not (tmp_path / "typo.db").exists()
+
+
 def test_store_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _cli("audit", "verify", "--store", "mysql://x")[0] == 2
     (tmp_path / "f").write_text("x")
     assert _cli("audit", "verify", "--store", f"sqlite:///{tmp_path}/f/a.db")[0] == 2
     assert _cli("audit", "verify", "--config", f"{tmp_path}/missing.toml")[0] == 2
+    _seed(f"sqlite:///{tmp_path}/b.db")
     code, _ = _cli("audit", "export", "--store", f"sqlite:///{tmp_path}/b.db", "--subject", "1",
                    "--since", "soon")  # fmt: skip
     assert code == 2
-    assert "unavailable" in capsys.readouterr().err
+    (tmp_path / "garbage.db").write_bytes(b"not a database at all" * 100)
+    assert _cli("audit", "verify", "--store", f"sqlite:///{tmp_path}/garbage.db")[0] == 2
+    err = capsys.readouterr().err
+    assert "Invalid isoformat" in err
+    assert "garbage.db unavailable: disclosure store open failed (SQLITE_NOTADB)" in err
 
 
 def test_console_entry_point_routes_audit(db: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -196,3 +198,45 @@ async def test_no_group_commit_when_max_batch_is_one(tmp_path: Path) -> None:
         assert (await store.verify()).checked == 20
     finally:
         await store.close()
+
+
+def _worker_process(url: str, worker: int, start: Any) -> None:
+    async def main() -> None:
+        store = open_store(url)
+        await store.open()
+        start.wait(30)
+        try:
+            await asyncio.gather(
+                *(store.append(make_record(i, correlation_id=f"w{worker}-{i}")) for i in range(50))
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_worker_processes_sharing_one_file_keep_one_chain(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/shared.db"
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Event()
+    procs = [ctx.Process(target=_worker_process, args=(url, w, start)) for w in range(4)]
+    for p in procs:
+        p.start()
+    time.sleep(0.5)
+    start.set()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+
+    async def check() -> None:
+        store = open_store(url)
+        await store.open()
+        try:
+            assert await store.verify() == VerifyResult(True, 200, None, None)
+        finally:
+            await store.close()
+
+    asyncio.run(check())
+    with sqlite3.connect(tmp_path / "shared.db") as conn:
+        seqs = [s for (s,) in conn.execute("SELECT seq FROM disclosure ORDER BY seq")]
+    assert seqs == list(range(1, 201))

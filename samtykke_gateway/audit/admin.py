@@ -20,6 +20,7 @@ import asyncio
 import csv
 import io
 import json
+import os
 import sys
 import tomllib
 from collections.abc import Callable, Coroutine
@@ -90,6 +91,11 @@ def run_audit(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
         store = open_store(url)
     except (ConfigError, ValueError, ImportError, OSError) as exc:
         print(f"audit: {exc}", file=sys.stderr)
+        return 2
+    path = getattr(store, "path", None)
+    if isinstance(path, str) and not os.path.exists(path):
+        # open() would create an empty log and "verify" a typo as a clean chain.
+        print(f"audit: no disclosure log at {path}", file=sys.stderr)
         return 2
     command: Callable[[DisclosureStore, argparse.Namespace, TextIO], Coroutine[Any, Any, int]]
     command = {"verify": _verify, "export": _export, "purge": _purge}[args.audit_command]

@@ -114,6 +114,7 @@ class _Job:
     future: asyncio.Future[Any]
     record: PreparedRecord | None = None
     call: Callable[[], Any] | None = None
+    operation: str = "append"
 
 
 class SqliteStore:
@@ -160,7 +161,7 @@ class SqliteStore:
                 target=self._run, name="samtykke-audit-sqlite", daemon=True
             )
             self._thread.start()
-        await self._submit(self._migrate)
+        await self._submit(self._migrate, "open")
 
     async def close(self) -> None:
         thread, self._thread = self._thread, None
@@ -170,7 +171,7 @@ class SqliteStore:
             await asyncio.to_thread(thread.join)
 
     async def ping(self) -> None:
-        await self._submit(lambda: self._connection().execute("SELECT seq FROM chain_head"))
+        await self._submit(lambda: self._connection().execute("SELECT seq FROM chain_head"), "ping")
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -185,7 +186,7 @@ class SqliteStore:
         cutoff = purge_cutoff(older_than_days)
         removed = 0
         while True:
-            count, done = await self._submit(lambda: self._purge_chunk(cutoff))
+            count, done = await self._submit(lambda: self._purge_chunk(cutoff), "purge")
             removed += count
             if done:
                 return removed
@@ -195,9 +196,9 @@ class SqliteStore:
             raise AuditUnavailableError("disclosure store is not open")
         self._queue.put(job)
 
-    async def _submit(self, call: Callable[[], T]) -> T:
+    async def _submit(self, call: Callable[[], T], operation: str = "call") -> T:
         loop = asyncio.get_running_loop()
-        job = _Job(loop, loop.create_future(), call=call)
+        job = _Job(loop, loop.create_future(), call=call, operation=operation)
         self._enqueue(job)
         result: T = await job.future
         return result
@@ -296,10 +297,10 @@ class SqliteStore:
             _settle(job, exc)
         except (sqlite3.Error, OSError) as exc:
             self._drop_connection()
-            _settle(job, _unavailable("call", exc))
+            _settle(job, _unavailable(job.operation, exc))
         except Exception as exc:  # noqa: BLE001 - never leak a foreign exception
             self._drop_connection()
-            _settle(job, _unavailable("call", exc))
+            _settle(job, _unavailable(job.operation, exc))
         else:
             _settle(job, None, result)
 
