@@ -278,8 +278,10 @@ class KeySet:
             raise ConfigError(f"issuers.{name}", "give exactly one of jwks_url and metadata_url")
         if not 0 <= min_ttl_seconds <= max_ttl_seconds:
             raise ConfigError(f"issuers.{name}", "need 0 <= min_ttl_seconds <= max_ttl_seconds")
-        if fetch_timeout_seconds <= 0 or max_document_bytes <= 0 or max_keys <= 0:
+        if not (fetch_timeout_seconds > 0 and max_document_bytes > 0 and max_keys > 0):
             raise ConfigError(f"issuers.{name}", "timeouts and bounds must be positive")
+        if not refetch_cooldown_seconds >= 0:
+            raise ConfigError(f"issuers.{name}", "refetch_cooldown_seconds must be >= 0")
         self.name = name
         self._http = http
         self._jwks_url = jwks_url
@@ -300,6 +302,9 @@ class KeySet:
         self._inflight: asyncio.Task[str | None] | None = None
         #: Number of fetch attempts started (for metrics and tests).
         self.fetch_count = 0
+        #: JWKS entries skipped in the last loaded document (wrong ``use``, symmetric,
+        #: private, too small, unparsable, inconsistent ``x5t``/``x5c``).
+        self.skipped_keys = 0
 
     # -- public -----------------------------------------------------------------------------
 
@@ -410,7 +415,7 @@ class KeySet:
                 url = await self._jwks_location()
                 try:
                     body, cache_control = await self._get_document(url)
-                    index, _skipped = _build_index(self._decode(body, "JWKS"), self._max_keys)
+                    index, skipped = _build_index(self._decode(body, "JWKS"), self._max_keys)
                 except _DocumentError:
                     self._discovered_jwks_url = None  # rediscover next time
                     raise
@@ -426,6 +431,7 @@ class KeySet:
             error = f"unexpected failure ({type(exc).__name__})"
         else:
             self._index = index
+            self.skipped_keys = skipped
             self._expires_at = self._clock() + _ttl_from(
                 cache_control, self._default_ttl, self._min_ttl, self._max_ttl
             )

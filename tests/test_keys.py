@@ -61,7 +61,8 @@ class Upstream:
                 self.hits[request.url.path] += 1
             if self.hang:
                 release, deadline = self.release, time.monotonic() + 5
-                while not release.is_set() and time.monotonic() < deadline:
+                # release is a threading.Event set from the test thread: poll it
+                while not release.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110
                     await asyncio.sleep(0.02)
             if self.delay_seconds:
                 await asyncio.sleep(self.delay_seconds)
@@ -612,6 +613,7 @@ async def test_key_filtering(upstream: Up, http: httpx.AsyncClient, devkeys: lis
     ec_key = await keys.get(kid="ec", x5t=None)
     assert ec_key.kty == "EC" and ec_key.allows("ES256")
     assert not ec_key.allows("ES384") and not ec_key.allows("RS256")
+    assert keys.skipped_keys == 10
     for kid in ("enc", "ops", "oct", "private", "mismatch", "bad-x5t", "bad-x5c", "bad-n", "small"):
         with pytest.raises(InvalidTokenError):
             await keys.get(kid=kid, x5t=None)
@@ -655,5 +657,10 @@ def test_config_errors() -> None:
             )
         with pytest.raises(ConfigError):
             KeySet(name="a", http=client, jwks_url="http://x/", fetch_timeout_seconds=0)
+        for cooldown in (-1, float("nan")):
+            with pytest.raises(ConfigError):
+                KeySet(
+                    name="a", http=client, jwks_url="http://x/", refetch_cooldown_seconds=cooldown
+                )
     finally:
         asyncio.run(client.aclose())
