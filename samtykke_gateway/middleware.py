@@ -21,17 +21,14 @@ import logging
 import re
 import time
 import uuid
-import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode
 
-import brotli
-
 from .audit.record import DisclosureRecord
 from .config import GatewayConfig
-from .errors import generic_body, render_error
+from .errors import render_error
 from .exceptions import (
     AuditUnavailableError,
     BadRequestError,
@@ -41,10 +38,11 @@ from .exceptions import (
 )
 from .gate import Grant, RequestFacts
 from .gateway import Gateway
-from .policy import normalize_path
-from .scoping import scope_body
+from .headers import check_request_framing, claim_header_value
+from .policy import encode_path, normalize_path
+from .responder import Release, declared_length, scoped_release, streaming_headers
 
-__all__ = ["ConsentMiddleware", "CONSENT_SCOPE_KEY"]
+__all__ = ["CONSENT_SCOPE_KEY", "ConsentMiddleware"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -59,64 +57,16 @@ _CORRELATION = re.compile(r"[A-Za-z0-9._-]{8,64}")
 # A client-chosen correlation id goes to application logs: refuse any that could carry an
 # identifier (a run of 9+ digits = an org number or a person id), and mint our own instead.
 _DIGIT_RUN = re.compile(r"[0-9]{9,}")
-_HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,256}")
-_JSON_TYPE = re.compile(rb"^application/([a-z0-9.+-]*\+)?json\s*(;.*)?$", re.I)
-_CONDITIONAL = {b"if-none-match", b"if-modified-since", b"if-range", b"if-match", b"if-unmodified-since"}
-_DROP_ON_SCOPED = {b"content-length", b"content-encoding", b"etag", b"transfer-encoding",
-                   b"content-md5", b"digest", b"cache-control", b"last-modified", b"content-range",
-                   b"accept-ranges", b"x-correlation-id"}
+# Request headers never forwarded on scoped routes: the gateway must receive the whole current
+# representation to scope it (RFC 9110 §13.1 conditionals, §14.2 Range), in a coding it decodes.
+_CONDITIONAL = frozenset({b"if-none-match", b"if-modified-since", b"if-range", b"if-match",
+                          b"if-unmodified-since", b"range", b"accept-encoding"})
+_GATEWAY_PREFIX = b"x-samtykke-"  # our claim headers: a client's own copies never pass
 _MAX_QUERY_BYTES = 8192
 
 
 def _utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _claim_header(value: str | None) -> bytes | None:
-    """A claim value copied into an upstream header: printable ASCII only, no CR/LF."""
-    if value is None or _HEADER_VALUE.fullmatch(value) is None:
-        return None
-    return value.encode("ascii")
-
-
-def decode_body(body: bytes, encoding: str, *, max_bytes: int) -> bytes:
-    """Undo ``Content-Encoding`` (identity, gzip, x-gzip, deflate, br; comma lists applied in
-    reverse). Output bounded by ``max_bytes`` (zip bombs).
-
-    :raises UpstreamError: (502) unknown encoding, corrupt data or over the bound.
-    """
-    codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
-    for coding in reversed(codings):
-        try:
-            if coding == "identity":
-                continue
-            if coding in ("gzip", "x-gzip"):
-                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            elif coding == "deflate":
-                d = zlib.decompressobj(zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS)
-            elif coding == "br":
-                out = brotli.Decompressor()
-                chunks, total = [], 0
-                for i in range(0, len(body), 65536):
-                    part = out.process(body[i : i + 65536])
-                    total += len(part)
-                    if total > max_bytes:
-                        raise UpstreamError("upstream body too large", reason="upstream_body_too_large")
-                    chunks.append(part)
-                if not out.is_finished():
-                    raise UpstreamError("truncated br body", reason="upstream_bad_encoding")
-                body = b"".join(chunks)
-                continue
-            else:
-                raise UpstreamError("upstream used an unknown content encoding", reason="upstream_unknown_encoding")
-            body = d.decompress(body, max_bytes + 1)
-            if len(body) > max_bytes:
-                raise UpstreamError("upstream body too large", reason="upstream_body_too_large")
-            if not d.eof:
-                raise UpstreamError("truncated compressed body", reason="upstream_bad_encoding")
-        except (zlib.error, brotli.error):
-            raise UpstreamError("corrupt compressed upstream body", reason="upstream_bad_encoding") from None
-    return body
 
 
 class ConsentMiddleware:
@@ -210,21 +160,24 @@ class _Exchange:
             query = self._query()
             facts = RequestFacts(method=self.record.method, query=query, headers=self.headers)
             self.record.requested_params = _as_dict(query)
-            self._check_framing()
+            check_request_framing(self.scope.get("headers", ()))
             raw_path = self.scope.get("raw_path") or self.scope.get("path", "/").encode("utf-8")
             if isinstance(raw_path, bytes | bytearray):
                 raw_path = bytes(raw_path).split(b"?", 1)[0]
-            segments = normalize_path(raw_path)
+            segments = normalize_path(raw_path)  # once; the app gets exactly what was matched
             match = self.gateway.router.match(self.record.method, segments)
             if match is None:
                 if self.config.unmatched == "pass":
-                    await self.app(self.scope, self.receive, self.send)
+                    canonical = encode_path(segments)
+                    passed = dict(self.scope, path=unquote(canonical), raw_path=canonical.encode("ascii"))
+                    await self.app(passed, self.receive, self.send)
                     return
                 raise NotFoundError("no such route", reason="no_route")
             self.record.path = match.path
             self.record.route = match.route.name
             self.grant = await self.gateway.gate.authorize(facts, match, self.record)
             self.gate_seconds = time.perf_counter() - self.started_at
+            upstream_scope = self._upstream_scope(self.grant)
             await self.gateway.state.before_forward(self.grant)
         except GatewayError as exc:
             await self._deny(exc)
@@ -233,7 +186,7 @@ class _Exchange:
             log.exception("unexpected error while deciding (correlation_id=%s)", self.correlation_id)
             await self._deny(GatewayError("internal error", reason="internal_error"))
             return
-        await self._forward()
+        await self._forward(upstream_scope)
 
     def _query(self) -> list[tuple[str, str]]:
         raw = self.scope.get("query_string", b"")
@@ -245,15 +198,12 @@ class _Exchange:
         except (UnicodeDecodeError, ValueError):
             raise BadRequestError("query string is malformed", reason="bad_query") from None
 
-    def _check_framing(self) -> None:
-        if "content-length" in self.headers and "transfer-encoding" in self.headers:
-            raise BadRequestError("both Content-Length and Transfer-Encoding", reason="ambiguous_framing")
-        if len(self.headers.get("content-length", [])) > 1:
-            raise BadRequestError("repeated Content-Length", reason="ambiguous_framing")
+    def _upstream_scope(self, grant: Grant) -> Scope:
+        """The scope the protected app sees: canonical matched path, effective query, headers
+        without the tokens, with the verified claims.
 
-    async def _forward(self) -> None:
-        grant = self.grant
-        assert grant is not None  # noqa: S101 - set by run() just before
+        :raises InvalidTokenError: (401) a claim value is not fit for a header.
+        """
         scope = dict(self.scope)
         scope[CONSENT_SCOPE_KEY] = grant
         scope["path"] = unquote(grant.match.path)
@@ -261,6 +211,15 @@ class _Exchange:
         scope["query_string"] = urlencode(grant.effective_query).encode("ascii")
         scope["headers"] = self._upstream_headers(grant)
         scope["samtykke.correlation_id"] = self.correlation_id
+        if grant.rights_package is not None and "extensions" in scope:
+            # the body must come as http.response.body messages, to be scoped
+            scope["extensions"] = {k: v for k, v in scope["extensions"].items()
+                                   if k not in ("http.response.pathsend", "http.response.zerocopysend")}
+        return scope
+
+    async def _forward(self, scope: Scope) -> None:
+        grant = self.grant
+        assert grant is not None  # noqa: S101 - set by run() just before
         self.forward_started = time.perf_counter()
         try:
             await self._call_app(scope)
@@ -291,24 +250,31 @@ class _Exchange:
             await self._deny(UpstreamError("the data API gave no response", reason="upstream_error"), after_grant=True)
 
     def _upstream_headers(self, grant: Grant) -> list[tuple[bytes, bytes]]:
+        """Client headers minus the tokens, the client's correlation id and any
+        ``X-Samtykke-*`` (only the gateway sets those); on scoped routes also minus conditionals,
+        ``Range`` and ``Accept-Encoding`` (replaced by the codings :func:`decode_body` knows).
+
+        :raises InvalidTokenError: (401, ``unforwardable_claim``) a claim is not printable ASCII.
+        """
         drop = {b"authorization", self.config.consent_header.encode(), b"x-correlation-id"}
-        if grant.rights_package is not None:
-            drop |= _CONDITIONAL | {b"accept-encoding"}
-        headers = [(k, v) for k, v in self.scope.get("headers", ()) if k.lower() not in drop]
-        if grant.rights_package is not None:
+        scoped = grant.rights_package is not None
+        if scoped:
+            drop |= _CONDITIONAL
+        headers = [(k, v) for k, v in self.scope.get("headers", ())
+                   if (lk := k.lower()) not in drop and not lk.startswith(_GATEWAY_PREFIX)]
+        if scoped:
             headers.append((b"accept-encoding", b"gzip, deflate, br"))
-        added = {
-            b"x-correlation-id": self.correlation_id,
-            b"x-samtykke-consumer": grant.maskinporten.consumer,
-            b"x-samtykke-supplier": grant.maskinporten.supplier,
-            b"x-samtykke-consent-id": grant.consent.consent_id,
-            b"x-samtykke-token-kind": grant.binding.token_kind,
-            b"x-samtykke-resource": grant.binding.resource,
-        }
-        for name, value in added.items():
-            encoded = _claim_header(value)
-            if encoded is not None:
-                headers.append((name, encoded))
+        headers.append((b"x-correlation-id", self.correlation_id.encode("ascii")))
+        added = (
+            (b"x-samtykke-consumer", grant.maskinporten.consumer),
+            (b"x-samtykke-supplier", grant.maskinporten.supplier),
+            (b"x-samtykke-consent-id", grant.consent.consent_id),
+            (b"x-samtykke-token-kind", grant.binding.token_kind),
+            (b"x-samtykke-resource", grant.binding.resource),
+        )
+        for name, value in added:
+            if value is not None:
+                headers.append((name, claim_header_value(value)))
         return headers
 
     # ------------------------------------------------------------------ response side
@@ -320,12 +286,20 @@ class _Exchange:
         assert grant is not None  # noqa: S101
         if kind == "http.response.start":
             self.start_message = message
-            self.gateway.observer.upstream(time.perf_counter() - self.forward_started, status=int(message["status"]))
+            status = int(message["status"])
+            self.gateway.observer.upstream(time.perf_counter() - self.forward_started, status=status)
             if grant.rights_package is None:
                 await self._start_streaming()
+                return
+            declared = declared_length(message.get("headers", []))
+            if declared is not None and declared > self.config.max_body_bytes and self.record.method != "HEAD":
+                await self._fail_after_grant(UpstreamError("upstream body too large", reason="upstream_body_too_large"))
             return
         if kind != "http.response.body":
-            await self.send(message)
+            if grant.rights_package is not None:  # e.g. pathsend: would bypass scoping
+                await self._fail_after_grant(UpstreamError("unsupported response message", reason="upstream_error"))
+            elif self.response_started:
+                await self.send(message)
             return
         if grant.rights_package is None:
             if not self.response_started:
@@ -333,11 +307,11 @@ class _Exchange:
             await self.send(message)
             return
         body = message.get("body", b"")
-        self.buffered += len(body)
-        if self.buffered > self.config.max_body_bytes:
-            await self._fail_after_grant(UpstreamError("upstream body too large", reason="upstream_body_too_large"))
-            return
         if body:
+            self.buffered += len(body)
+            if self.buffered > self.config.max_body_bytes:
+                await self._fail_after_grant(UpstreamError("upstream body too large", reason="upstream_body_too_large"))
+                return
             self.chunks.append(body)
         if not message.get("more_body", False):
             await self._finish_scoped()
@@ -347,7 +321,7 @@ class _Exchange:
         assert start is not None  # noqa: S101
         status = int(start["status"])
         self.record.decision = "allow"
-        self.record.reason = "ok"
+        self.record.reason = "ok" if status < 400 else "upstream_status"
         self.record.status = status
         self.record.upstream_status = status
         try:
@@ -356,8 +330,7 @@ class _Exchange:
             self.failure = exc
             await self._send_error(exc)
             return
-        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"x-correlation-id"]
-        headers.append((b"x-correlation-id", self.correlation_id.encode()))
+        headers = streaming_headers(start.get("headers", []), self.correlation_id.encode("ascii"))
         self.response_started = True
         self.released = 200 <= status < 300
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
@@ -367,47 +340,38 @@ class _Exchange:
         assert grant is not None and grant.rights_package is not None and start is not None  # noqa: S101
         status = int(start["status"])
         self.record.upstream_status = status
-        style = self.config.error_style
-        headers_in = start.get("headers", [])
-        is_head = self.record.method == "HEAD"
-        if not 200 <= status < 300 or status in (204, 205) or is_head:
-            if status == 304 or status in (204, 205) or (is_head and 200 <= status < 300):
-                out_headers = [(k, v) for k, v in headers_in if k.lower() not in _DROP_ON_SCOPED]
-                out_headers += [(b"cache-control", b"no-store"), (b"x-correlation-id", self.correlation_id.encode())]
-                body = b""
-            else:
-                out_headers, body = generic_body(status, correlation_id=self.correlation_id, style=style)
-            self.record.decision = "allow"
-            self.record.reason = "ok" if status < 400 else "upstream_status"
-            await self._release(status, out_headers, body, paths=())
-            return
-        raw = b"".join(self.chunks)
+        raw = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
         self.chunks = []
         try:
-            content_type = next((v for k, v in headers_in if k.lower() == b"content-type"), b"")
-            if not _JSON_TYPE.match(content_type.strip()):
-                raise UpstreamError("upstream body is not JSON", reason="upstream_body_not_json")
-            encoding = b", ".join(v for k, v in headers_in if k.lower() == b"content-encoding").decode("latin-1")
-            decoded = decode_body(raw, encoding, max_bytes=self.config.max_body_bytes) if encoding else raw
-            scoped = scope_body(decoded, grant.rights_package, grant.scope_context)
+            release = scoped_release(
+                status,
+                start.get("headers", []),
+                raw,
+                method=self.record.method,
+                package=grant.rights_package,
+                context=grant.scope_context,
+                max_body_bytes=self.config.max_body_bytes,
+                correlation_id=self.correlation_id,
+                error_style=self.config.error_style,
+            )
         except UpstreamError as exc:
             await self._fail_after_grant(exc)
             return
-        out_headers = [(k, v) for k, v in headers_in if k.lower() not in _DROP_ON_SCOPED]
-        out_headers += [
-            (b"content-length", str(len(scoped.body)).encode()),
-            (b"cache-control", b"no-store"),
-            (b"x-correlation-id", self.correlation_id.encode()),
-        ]
         self.record.decision = "allow"
-        self.record.reason = "ok"
-        await self._release(status, out_headers, scoped.body, paths=scoped.released_paths)
+        self.record.reason = release.reason
+        await self._release(release)
 
-    async def _release(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, *, paths: tuple[str, ...]) -> None:
-        self.record.status = status
-        self.record.released_paths = list(paths)
-        self.record.released_bytes = len(body)
-        self.record.released_sha256 = hashlib.sha256(body).hexdigest()
+    async def _release(self, release: Release) -> None:
+        """Append the disclosure record, then (only then) send ``release``. Released bytes and
+        hash count data from the source only (a generic error body is the gateway's own)."""
+        self.record.status = release.status
+        self.record.released_paths = list(release.released_paths)
+        if release.data_released:
+            self.record.released_bytes = len(release.body)
+            self.record.released_sha256 = hashlib.sha256(release.body).hexdigest()
+        else:
+            self.record.released_bytes = 0
+            self.record.released_sha256 = None
         try:
             await self._append()
         except AuditUnavailableError as exc:
@@ -415,9 +379,9 @@ class _Exchange:
             await self._send_error(exc)
             return
         self.response_started = True
-        self.released = 200 <= status < 300 and bool(body)
-        await self.send({"type": "http.response.start", "status": status, "headers": headers})
-        await self.send({"type": "http.response.body", "body": body if self.record.method != "HEAD" else b""})
+        self.released = release.data_released and 200 <= release.status < 300
+        await self.send({"type": "http.response.start", "status": release.status, "headers": release.headers})
+        await self.send({"type": "http.response.body", "body": release.body})
 
     async def _fail_after_grant(self, exc: GatewayError) -> None:
         self.failure = exc

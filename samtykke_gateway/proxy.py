@@ -21,36 +21,13 @@ from typing import Any
 import httpx
 
 from .exceptions import UpstreamError, UpstreamTimeoutError
+from .headers import HOP_BY_HOP, strip_hop_by_hop
 
 __all__ = ["HOP_BY_HOP", "UpstreamProxy", "strip_hop_by_hop"]
 
 log = logging.getLogger("samtykke_gateway.proxy")
 
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"trailers",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def strip_hop_by_hop(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Drop RFC 9110 §7.6.1 hop-by-hop headers and those nominated by ``Connection``."""
-    nominated = set(HOP_BY_HOP)
-    for name, value in headers:
-        if name.lower() == b"connection":
-            nominated |= {t.strip().lower() for t in value.split(b",") if t.strip()}
-    return [(n, v) for n, v in headers if n.lower() not in nominated]
 
 
 class UpstreamProxy:
@@ -81,6 +58,9 @@ class UpstreamProxy:
             follow_redirects=False,
             trust_env=False,
         )
+        if self._own_client:  # forward exactly the client's headers: no defaults of httpx's own
+            for name in ("accept", "accept-encoding", "user-agent"):
+                del self.client.headers[name]
         self.trusted_proxies = tuple(trusted_proxies)
         host = self.base.host
         port = self.base.port

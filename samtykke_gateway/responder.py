@@ -1,0 +1,188 @@
+"""What leaves the gateway on the response side (framework-free; the middleware drives it).
+
+Scoped routes (a rights package applies): the upstream body has been buffered (bounded by
+``max_body_bytes``); :func:`scoped_release` decodes it (``Content-Encoding`` gzip / deflate /
+br, RFC 9110 §8.4), scopes it (:func:`~samtykke_gateway.scoping.scope_body`) and re-labels it:
+``Content-Length`` recomputed (never with ``Transfer-Encoding``, RFC 9112 §6.2), ``ETag`` /
+``Last-Modified`` / ``Content-Encoding`` / digests dropped (they describe the unscoped
+representation, RFC 9110 §8.8), ``Cache-Control: no-store`` (RFC 9111 §5.2.2.5). An upstream
+status other than 2xx gets a generic body of the same status: the upstream's own error body may
+carry personal data. HEAD, 204, 205 and 304 carry no body. Anything the gateway cannot scope
+raises :class:`UpstreamError` (502) and nothing is released.
+
+Unscoped routes stream; :func:`streaming_headers` only drops hop-by-hop headers.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+
+import brotli  # type: ignore[import-untyped]
+
+from .errors import generic_body
+from .exceptions import UpstreamError
+from .headers import Headers, strip_hop_by_hop
+from .scoping import RightsPackage, ScopeContext, scope_body
+
+__all__ = ["Release", "declared_length", "decode_body", "scoped_release", "streaming_headers"]
+
+_JSON_TYPE = re.compile(rb"^application/([a-z0-9.+-]*\+)?json\s*(;.*)?$", re.I)
+#: Headers describing the upstream's representation, invalid after scoping.
+_REPRESENTATION = frozenset(
+    {
+        b"content-length",
+        b"content-encoding",
+        b"etag",
+        b"content-md5",
+        b"digest",
+        b"content-digest",
+        b"repr-digest",
+        b"cache-control",
+        b"expires",
+        b"last-modified",
+        b"content-range",
+        b"accept-ranges",
+        b"x-correlation-id",
+    }
+)
+_BODYLESS = frozenset({204, 205, 304})
+_TOO_LARGE = "upstream_body_too_large"
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """What the client receives.
+
+    :param status: HTTP status.
+    :param headers: ASGI headers, final.
+    :param body: the bytes to send (empty for HEAD / bodyless statuses).
+    :param released_paths: rights-package paths present in ``body``.
+    :param data_released: ``True`` when ``body`` holds data from the source (a scoped 2xx
+        body); ``False`` for a generic error body or no body.
+    :param reason: disclosure-record reason: ``"ok"`` or ``"upstream_status"``.
+    """
+
+    status: int
+    headers: Headers
+    body: bytes
+    released_paths: tuple[str, ...] = ()
+    data_released: bool = False
+    reason: str = "ok"
+
+
+def decode_body(body: bytes, encoding: str, *, max_bytes: int) -> bytes:
+    """Undo ``Content-Encoding`` (RFC 9110 §8.4.1: codings listed in the order applied, so
+    undone in reverse). Accepts ``identity``, ``gzip``/``x-gzip``, ``deflate`` (zlib-wrapped
+    or raw, as servers send both) and ``br`` (RFC 7932).
+
+    :param body: the received bytes.
+    :param encoding: the ``Content-Encoding`` field value(s), comma-joined.
+    :param max_bytes: bound on every decoded stage (zip bombs).
+    :raises UpstreamError: (502) ``upstream_unknown_encoding``, ``upstream_bad_encoding``
+        (corrupt or truncated) or ``upstream_body_too_large``.
+    """
+    codings = [c.strip().lower() for c in encoding.split(",") if c.strip()]
+    for coding in reversed(codings):
+        try:
+            if coding == "identity":
+                continue
+            if coding in ("gzip", "x-gzip"):
+                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            elif coding == "deflate":
+                d = zlib.decompressobj(zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS)
+            elif coding == "br":
+                body = _brotli(body, max_bytes)
+                continue
+            else:
+                raise UpstreamError("upstream used an unknown content encoding", reason="upstream_unknown_encoding")
+            body = d.decompress(body, max_bytes + 1)
+            if len(body) > max_bytes:
+                raise UpstreamError("upstream body too large", reason=_TOO_LARGE)
+            if not d.eof:
+                raise UpstreamError("truncated compressed body", reason="upstream_bad_encoding")
+        except (zlib.error, brotli.error):
+            raise UpstreamError("corrupt compressed upstream body", reason="upstream_bad_encoding") from None
+    return body
+
+
+def _brotli(body: bytes, max_bytes: int) -> bytes:
+    decompressor = brotli.Decompressor()
+    chunks, total = [], 0
+    for i in range(0, len(body), 65536):
+        part = decompressor.process(body[i : i + 65536])
+        total += len(part)
+        if total > max_bytes:
+            raise UpstreamError("upstream body too large", reason=_TOO_LARGE)
+        chunks.append(part)
+    if not decompressor.is_finished():
+        raise UpstreamError("truncated br body", reason="upstream_bad_encoding")
+    return b"".join(chunks)
+
+
+def declared_length(headers: Headers) -> int | None:
+    """The upstream's ``Content-Length`` as an int, ``None`` if absent or not a plain number."""
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def streaming_headers(headers: Headers, correlation_id: bytes) -> Headers:
+    """Headers of an unscoped (streamed) response: hop-by-hop dropped, our correlation id."""
+    out = [(n, v) for n, v in strip_hop_by_hop(headers) if n.lower() != b"x-correlation-id"]
+    out.append((b"x-correlation-id", correlation_id))
+    return out
+
+
+def scoped_release(
+    status: int,
+    headers: Headers,
+    body: bytes,
+    *,
+    method: str,
+    package: RightsPackage,
+    context: ScopeContext,
+    max_body_bytes: int,
+    correlation_id: str,
+    error_style: str = "problem",
+) -> Release:
+    """Turn a buffered upstream response on a scoped route into what the client may see.
+
+    :param status: upstream status.
+    :param headers: upstream response headers (ASGI form).
+    :param body: the upstream body as received (possibly content-encoded).
+    :param method: request method (``HEAD`` releases headers only).
+    :raises UpstreamError: (502) not JSON (by ``Content-Type`` or by parse), unknown or corrupt
+        encoding, decoded body over ``max_body_bytes``.
+    """
+    cid = correlation_id.encode()
+    if not 200 <= status < 300 or status in _BODYLESS or method == "HEAD":
+        if status in _BODYLESS or (method == "HEAD" and 200 <= status < 300):
+            kept = [(n, v) for n, v in strip_hop_by_hop(headers) if n.lower() not in _REPRESENTATION]
+            kept += [(b"cache-control", b"no-store"), (b"x-correlation-id", cid)]
+            return Release(status, kept, b"", reason="ok")
+        out_headers, generic = generic_body(status, correlation_id=correlation_id, style=error_style)
+        return Release(status, out_headers, b"" if method == "HEAD" else generic,
+                       reason="upstream_status" if status >= 400 else "ok")
+    content_type = b""
+    encodings: list[bytes] = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"content-type":
+            content_type = value
+        elif lname == b"content-encoding":
+            encodings.append(value)
+    if not _JSON_TYPE.match(content_type.strip()):
+        raise UpstreamError("upstream body is not JSON", reason="upstream_body_not_json")
+    if encodings:
+        body = decode_body(body, b", ".join(encodings).decode("latin-1"), max_bytes=max_body_bytes)
+    scoped = scope_body(body, package, context)
+    out = [(n, v) for n, v in strip_hop_by_hop(headers) if n.lower() not in _REPRESENTATION]
+    out += [
+        (b"content-length", str(len(scoped.body)).encode()),
+        (b"cache-control", b"no-store"),
+        (b"x-correlation-id", cid),
+    ]
+    return Release(status, out, scoped.body, scoped.released_paths, data_released=True)

@@ -1,0 +1,301 @@
+"""Harness for the HTTP-correctness tests (issue 4): a scriptable upstream ("lab") on a real
+uvicorn server, and the gateway in both forms *also* on a real server on 127.0.0.1 — the
+in-process middleware wrapped around the lab app, or the sidecar in front of it. Real servers
+on both sides, so streaming, framing and header handling are what a client really sees.
+
+The lab's behaviour is chosen per request by the ``case`` query parameter (the gate forwards
+parameters it does not govern); see :class:`LabUpstream`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import socket
+import threading
+import tomllib
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs
+
+import brotli
+import httpx
+
+from samtykke_gateway.app import SidecarApp
+from samtykke_gateway.audit.record import DisclosureRecord
+from samtykke_gateway.devserver import ThreadedServer
+from samtykke_gateway.examples import example_body
+from samtykke_gateway.middleware import ConsentMiddleware
+
+from .support import TAX_BASE_PERSON, TAX_BASE_RESOURCE, TAX_BASE_SCOPE, make_config, tax_base_path
+
+SCOPED_PATH = tax_base_path("2022")
+STREAM_PATH = f"/api/lab/stream/{TAX_BASE_PERSON}"
+TAX_BASE_2022 = example_body("spesifisertsummertskattegrunnlag-2022.json")
+SECRET = "Hakke peiling"  # a name inside the 2022 example's specifications: must never leave
+
+UNSCOPED_ROUTE = {
+    "name": "lab-stream",
+    "method": ["GET", "POST"],
+    "path": "/api/lab/stream/{personidentifikator}",
+    "scope": TAX_BASE_SCOPE,
+    "subject": {"path": "personidentifikator"},
+    "altinn3_resources": [TAX_BASE_RESOURCE],
+}
+
+
+def routes_with_unscoped() -> list[dict[str, Any]]:
+    """The demo routes plus one unscoped route (no rights package: streams through)."""
+    text = resources.files("samtykke_gateway.data").joinpath("demo.toml").read_text(encoding="utf-8")
+    return [*tomllib.loads(text)["routes"], UNSCOPED_ROUTE]
+
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class LabUpstream:
+    """Raw ASGI upstream whose answer is picked by ``?case=``.
+
+    ``requests``: one dict per request (``path``, ``raw_path``, ``query``, ``headers`` as
+    lower-cased ``str`` pairs, ``body`` bytes). ``release``: a :class:`threading.Event` the
+    ``stream``/``sse`` cases wait on (up to 5 s) before sending their last part;
+    ``last_part_sent`` is set when they did.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.release = threading.Event()
+        self.last_part_sent = threading.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        query = parse_qs(scope.get("query_string", b"").decode("ascii"))
+        self.requests.append(
+            {
+                "method": scope["method"],
+                "path": scope["path"],
+                "raw_path": (scope.get("raw_path") or b"").decode("latin-1"),
+                "query": scope.get("query_string", b"").decode("latin-1"),
+                "headers": [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]],
+                "body": body,
+            }
+        )
+        case = query.get("case", ["json"])[0]
+        await getattr(self, "case_" + case.replace("-", "_"))(scope, send)
+
+    @staticmethod
+    async def _answer(send: Any, status: int, headers: Headers, body: bytes, *, head: bool = False) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if head else body})
+
+    async def _json(self, scope: dict[str, Any], send: Any, body: bytes, encoding: str | None = None,
+                    extra: Headers = ()) -> None:  # type: ignore[assignment]
+        headers: Headers = [
+            (b"content-type", b"application/json; charset=utf-8"),
+            (b"etag", b'"lab-etag"'),
+            (b"cache-control", b"max-age=600"),
+            (b"last-modified", b"Mon, 01 Jan 2024 00:00:00 GMT"),
+        ]
+        if encoding:
+            headers.append((b"content-encoding", encoding.encode()))
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self._answer(send, 200, headers + list(extra), body, head=scope["method"] == "HEAD")
+
+    async def case_json(self, scope: dict[str, Any], send: Any) -> None:
+        await self._json(scope, send, TAX_BASE_2022)
+
+    async def case_hop(self, scope: dict[str, Any], send: Any) -> None:
+        extra = [
+            (b"connection", b"X-Up-Hop, X-Up-Other"),
+            (b"x-up-hop", b"hop-secret"),
+            (b"x-up-other", b"other-secret"),
+            (b"keep-alive", b"timeout=5"),
+            (b"proxy-authenticate", b"Basic realm=x"),
+            (b"trailer", b"X-Checksum"),
+            (b"x-up-end2end", b"kept"),
+        ]
+        await self._json(scope, send, TAX_BASE_2022, extra=extra)
+
+    async def case_gzip(self, scope: dict[str, Any], send: Any) -> None:
+        await self._json(scope, send, gzip.compress(TAX_BASE_2022), "gzip")
+
+    async def case_deflate(self, scope: dict[str, Any], send: Any) -> None:
+        await self._json(scope, send, zlib.compress(TAX_BASE_2022), "deflate")
+
+    async def case_raw_deflate(self, scope: dict[str, Any], send: Any) -> None:
+        c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        await self._json(scope, send, c.compress(TAX_BASE_2022) + c.flush(), "deflate")
+
+    async def case_br(self, scope: dict[str, Any], send: Any) -> None:
+        await self._json(scope, send, brotli.compress(TAX_BASE_2022), "br")
+
+    async def case_gzip_br(self, scope: dict[str, Any], send: Any) -> None:
+        await self._json(scope, send, brotli.compress(gzip.compress(TAX_BASE_2022)), "gzip, br")
+
+    async def case_zstd(self, scope: dict[str, Any], send: Any) -> None:
+        await self._json(scope, send, b"(\xb5/\xfd" + TAX_BASE_2022, "zstd")
+
+    async def case_corrupt_gzip(self, scope: dict[str, Any], send: Any) -> None:
+        await self._json(scope, send, gzip.compress(TAX_BASE_2022)[:-20], "gzip")
+
+    async def case_gzip_bomb(self, scope: dict[str, Any], send: Any) -> None:
+        await self._json(scope, send, gzip.compress(b'{"x":"' + b"0" * 8_000_000 + b'"}'), "gzip")
+
+    async def case_html(self, scope: dict[str, Any], send: Any) -> None:
+        body = f"<html>{SECRET}</html>".encode()
+        await self._answer(send, 200, [(b"content-type", b"text/html"), (b"content-length", str(len(body)).encode())], body)
+
+    async def case_bad_json(self, scope: dict[str, Any], send: Any) -> None:
+        body = b'{"personidentifikator": "12879397780", "navn": "' + SECRET.encode()
+        await self._json(scope, send, body)
+
+    async def case_status(self, scope: dict[str, Any], send: Any) -> None:
+        query = parse_qs(scope["query_string"].decode())
+        status = int(query["status"][0])
+        body = json.dumps({"melding": f"{SECRET} (12879397780) finnes ikke"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"etag", b'"e"'), (b"x-up-debug", SECRET.encode())]
+        if status in (204, 304):
+            headers, body = [(b"etag", b'"lab-etag"'), (b"cache-control", b"max-age=600")], b""
+        await self._answer(send, status, headers, body)
+
+    async def case_slow(self, scope: dict[str, Any], send: Any) -> None:
+        await asyncio.sleep(3)
+        await self._json(scope, send, TAX_BASE_2022)
+
+    async def case_echo(self, scope: dict[str, Any], send: Any) -> None:
+        body = json.dumps({"ok": True}).encode()
+        await self._answer(send, 200, [(b"content-type", b"application/json"),
+                                       (b"content-length", str(len(body)).encode())], body)
+
+    async def _wait_release(self) -> None:
+        for _ in range(500):
+            if self.release.is_set():
+                return
+            await asyncio.sleep(0.01)
+
+    async def case_stream(self, scope: dict[str, Any], send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream")]})
+        await send({"type": "http.response.body", "body": b"first-part;", "more_body": True})
+        await self._wait_release()
+        await send({"type": "http.response.body", "body": b"last-part", "more_body": False})
+        self.last_part_sent.set()
+
+    async def case_sse(self, scope: dict[str, Any], send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        await send({"type": "http.response.body", "body": b"event: tick\ndata: 1\n\n", "more_body": True})
+        await self._wait_release()
+        await send({"type": "http.response.body", "body": b"event: tick\ndata: 2\n\n", "more_body": False})
+        self.last_part_sent.set()
+
+    async def case_large(self, scope: dict[str, Any], send: Any) -> None:
+        chunk = b"x" * 65536
+        total = 320 * len(chunk)  # 20 MiB: four times the demo's max_body_bytes
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream"),
+                                (b"content-length", str(total).encode())]})
+        for _ in range(319):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": chunk, "more_body": False})
+
+
+@dataclass
+class Served:
+    """A gateway on a real server in front of the lab: ``client`` talks to ``url``."""
+
+    mode: str
+    url: str
+    client: httpx.AsyncClient
+    lab: LabUpstream
+    store: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def records(self) -> list[DisclosureRecord]:
+        return self.store.records  # type: ignore[no-any-return]
+
+    def record_for(self, response: httpx.Response) -> DisclosureRecord:
+        cid = response.headers["x-correlation-id"]
+        mine = [r for r in self.records if r.correlation_id == cid]
+        assert len(mine) == 1, f"expected exactly one disclosure record, got {len(mine)}"
+        return mine[0]
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def served(mode: str, issuer_url: str, *, upstream_url: str | None = None,
+                 **overrides: Any) -> AsyncIterator[Served]:
+    """Run the gateway in ``mode`` (``"middleware"``: :class:`ConsentMiddleware` around the lab
+    app; ``"sidecar"``: :class:`SidecarApp` in front of the lab on its own server) on 127.0.0.1.
+
+    ``upstream_url`` overrides the sidecar's upstream (e.g. a dead port).
+    """
+    lab = LabUpstream()
+    overrides.setdefault("routes", routes_with_unscoped())
+    if mode == "middleware":
+        config = make_config(issuer_url, "http://upstream.invalid", **overrides)
+        middleware = ConsentMiddleware(lab, config=config)
+        with ThreadedServer(middleware, proxy_headers=False) as server:
+            async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
+                yield Served(mode, server.url, client, lab, middleware.gateway.store)
+        return
+    with ThreadedServer(lab) as upstream_server:
+        config = make_config(issuer_url, upstream_url or upstream_server.url, **overrides)
+        sidecar = SidecarApp(config)
+        with ThreadedServer(sidecar, proxy_headers=False) as server:  # as `serve` runs it
+            async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
+                yield Served(mode, server.url, client, lab, sidecar.gateway.store,
+                             extra={"upstream_url": upstream_server.url})
+
+
+def raw_exchange(url: str, request: bytes, *, timeout_seconds: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` bytes verbatim to ``url``'s host:port; read until the server closes.
+
+    :returns: (status, lower-cased headers (last value wins), body bytes as received).
+    """
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout_seconds) as sock:
+        sock.sendall(request)
+        data = b""
+        while True:
+            try:
+                part = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not part:
+                break
+            data += part
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, body
