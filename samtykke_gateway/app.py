@@ -1,44 +1,88 @@
 """The sidecar: :class:`ConsentMiddleware` around :class:`UpstreamProxy`, plus probes.
 
-``/healthz`` (process alive), ``/readyz`` (keys loaded for every issuer, disclosure store
-reachable) and ``/metrics`` are answered here and never proxied; their paths are configurable
-(``[gateway] health_path`` / ``ready_path`` / ``metrics_path``).
+Answered here and never proxied (paths configurable: ``[gateway] health_path`` /
+``ready_path`` / ``metrics_path``; any method):
+
+- ``/healthz`` — 200 ``{"status": "ok"}`` while the process serves (Kubernetes liveness);
+- ``/readyz`` — 200 when every issuer's keys are loaded, the disclosure store answers a ping and
+  the consent state is usable (backend ping, revocation file readable, feed not stale);
+  503 with the failing checks otherwise (readiness: the replica leaves the Service);
+- ``/metrics`` — Prometheus text format from the gateway's own registry.
+
+Every other request gets a correlation id before the middleware sees it (the caller's
+``X-Correlation-ID`` when well-formed, else a new one), bound for the JSON logs
+(:mod:`samtykke_gateway.logs`), passed upstream and returned to the caller by the middleware.
+With ``tracer`` set (OpenTelemetry, :mod:`samtykke_gateway.tracing`) each request gets a span.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from typing import Any
 
 from .config import GatewayConfig
 from .exceptions import GatewayError
 from .gateway import Gateway
+from .logs import correlation_id
+from .metrics import GatewayMetrics
 from .middleware import ConsentMiddleware
 from .proxy import UpstreamProxy
 
-__all__ = ["SidecarApp", "create_sidecar"]
+__all__ = ["SidecarApp", "create_sidecar", "new_correlation_id"]
+
+_CORRELATION = re.compile(r"[A-Za-z0-9._-]{8,64}")
+_DIGIT_RUN = re.compile(r"[0-9]{9,}")  # could be an org number or a person id: never echo it
+
+
+def new_correlation_id() -> str:
+    """A fresh id: 32 hex digits, never a run of 9+ decimal digits."""
+    while True:
+        value = uuid.uuid4().hex
+        if _DIGIT_RUN.search(value) is None:
+            return value
+
+
+def _correlation_of(headers: list[tuple[bytes, bytes]]) -> tuple[str, list[tuple[bytes, bytes]]]:
+    supplied = [v for k, v in headers if k.lower() == b"x-correlation-id"]
+    value = supplied[0].decode("latin-1") if len(supplied) == 1 else ""
+    if _CORRELATION.fullmatch(value) is None or _DIGIT_RUN.search(value) is not None:
+        value = new_correlation_id()
+    rest = [(k, v) for k, v in headers if k.lower() != b"x-correlation-id"]
+    rest.append((b"x-correlation-id", value.encode("ascii")))
+    return value, rest
 
 
 class SidecarApp:
     """ASGI app of the standalone reverse proxy.
 
     :param config: validated configuration; ``upstream_url`` is required.
-    :param gateway: an existing gateway (owner closes it); created from ``config`` otherwise.
+    :param gateway: an existing gateway (its owner starts and closes it); created from
+        ``config`` otherwise (then started on lifespan startup and closed on shutdown).
+    :param metrics: registry served on ``/metrics``; the gateway's observer when it is a
+        :class:`GatewayMetrics` (the default), else none (``/metrics`` → 404).
+    :param tracer: an OpenTelemetry tracer, or ``None`` for no tracing.
+    :raises ValueError: no ``upstream.url``.
     """
 
-    def __init__(self, config: GatewayConfig, *, gateway: Gateway | None = None) -> None:
+    def __init__(self, config: GatewayConfig, *, gateway: Gateway | None = None,
+                 metrics: GatewayMetrics | None = None, tracer: Any = None) -> None:
         if not config.upstream_url:
             raise ValueError("upstream.url is required for the sidecar")
         self.config = config
         self._own_gateway = gateway is None
         self.gateway = gateway or Gateway(config)
+        observer = self.gateway.observer
+        self.metrics = metrics or (observer if isinstance(observer, GatewayMetrics) else None)
+        self.tracer = tracer
         self.proxy = UpstreamProxy(
             config.upstream_url,
             timeout_seconds=config.upstream_timeout_seconds,
             connect_timeout_seconds=config.upstream_connect_timeout_seconds,
             trusted_proxies=config.trusted_proxies,
         )
-        self.protected = ConsentMiddleware(self.proxy, gateway=self.gateway)
+        self.protected = ConsentMiddleware(self.proxy, gateway=self.gateway)  # type: ignore[arg-type]
 
     async def startup(self) -> None:
         if self._own_gateway:
@@ -50,7 +94,8 @@ class SidecarApp:
             await self.gateway.close()
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """(ready, JSON-able detail): every issuer's keys loaded and the store reachable."""
+        """(ready, JSON-able detail): every issuer's keys loaded, the store and the consent
+        state reachable. Details name the failing part, never a token or an id."""
         checks: dict[str, Any] = {}
         ok = True
         for name, policy in self.gateway.issuers.items():
@@ -62,6 +107,12 @@ class SidecarApp:
             checks["disclosure_store"] = "ok"
         except GatewayError:
             checks["disclosure_store"] = "unreachable"
+            ok = False
+        try:
+            await self.gateway.state.ping()
+            checks["consent_state"] = "ok"
+        except GatewayError as exc:
+            checks["consent_state"] = exc.reason
             ok = False
         return ok, checks
 
@@ -78,7 +129,31 @@ class SidecarApp:
                 ok, checks = await self.readiness()
                 await _json(send, 200 if ok else 503, {"status": "ok" if ok else "unavailable", "checks": checks})
                 return
+            if path == self.config.metrics_path:
+                await self._metrics(send)
+                return
+            cid, headers = _correlation_of(list(scope.get("headers", ())))
+            scope = dict(scope)
+            scope["headers"] = headers
+            with correlation_id(cid):
+                if self.tracer is None:
+                    await self.protected(scope, receive, send)
+                else:
+                    from .tracing import traced
+
+                    await traced(self.tracer, self.protected, scope, receive, send, cid)
+            return
         await self.protected(scope, receive, send)
+
+    async def _metrics(self, send: Any) -> None:
+        if self.metrics is None:
+            await _json(send, 404, {"status": "no metrics"})
+            return
+        body, content_type = self.metrics.render()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", content_type.encode()),
+                                (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-store")]})
+        await send({"type": "http.response.body", "body": body})
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
