@@ -1,30 +1,221 @@
-"""``samtykke-gateway serve``: the sidecar under uvicorn."""
+"""``samtykke-gateway serve``: the sidecar under uvicorn, with JSON logs and reload on SIGHUP.
+
+Reload (``kill -HUP <pid>``): the config file is read and validated again, a new
+:class:`~samtykke_gateway.gateway.Gateway` + :class:`~samtykke_gateway.app.SidecarApp` is built
+and started, and the reference the server calls is swapped in one assignment. Requests already
+running finish on the old app, which is closed once the last of them is done. An invalid
+config (or one whose gateway cannot start, e.g. an unreachable disclosure store) is refused:
+logged, counted in ``samtykke_config_reloads_total{result="refused"}``, and the running config
+stays. The metrics registry survives reloads; the consent state is kept when ``[state]`` did
+not change (so in-process one-time claims and revocations survive) and rebuilt otherwise.
+
+Exit codes: 0 after SIGINT/SIGTERM, 2 when the initial config is invalid.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import signal
 import sys
+from pathlib import Path
+from typing import Any
 
-from .config import load_config
+from .app import SidecarApp
+from .config import GatewayConfig, load_config
 from .exceptions import ConfigError
+from .gateway import Gateway
+from .logs import DecisionLog, configure_logging
+from .metrics import GatewayMetrics
+from .state import ConsentStateService, open_state
 
-__all__ = ["serve"]
+__all__ = ["ReloadingApp", "serve"]
+
+log = logging.getLogger("samtykke_gateway.serve")
+
+
+def _state_key(config: GatewayConfig) -> tuple[Any, ...]:
+    return (config.state_url, config.state_key_prefix, config.revocation_file, config.jti_replay,
+            config.check_revocation, config.state_feed, config.leeway_seconds)
+
+
+class _Generation:
+    """One config's app, gateway and state, with its in-flight request count."""
+
+    def __init__(self, config: GatewayConfig, gateway: Gateway, app: SidecarApp, state: ConsentStateService) -> None:
+        self.config = config
+        self.gateway = gateway
+        self.app = app
+        self.state = state
+        self.inflight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+
+class ReloadingApp:
+    """ASGI app that forwards to the current :class:`SidecarApp` and swaps it on reload.
+
+    :param config_path: the TOML file, re-read by :meth:`reload`.
+    :param config: the already validated first config (read from ``config_path`` if omitted).
+    :param metrics: registry kept across reloads (new if omitted).
+    :param tracer: optional OpenTelemetry tracer for every generation.
+    """
+
+    def __init__(self, config_path: str | Path, *, config: GatewayConfig | None = None,
+                 metrics: GatewayMetrics | None = None, tracer: Any = None) -> None:
+        self.config_path = str(config_path)
+        self._first_config = config or load_config(self.config_path)
+        self.metrics = metrics or GatewayMetrics()
+        self.observer = DecisionLog(self.metrics)
+        self.tracer = tracer
+        self.current: _Generation | None = None
+        self._reload_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    async def _build(self, config: GatewayConfig, state: ConsentStateService | None) -> _Generation:
+        new_state = state or open_state(config, metrics=self.metrics)
+        gateway = Gateway(config, state=new_state, observer=self.observer)
+        self.metrics.bind_issuers(gateway.issuers)
+        app = SidecarApp(config, gateway=gateway, metrics=self.metrics, tracer=self.tracer)
+        try:
+            if state is None:
+                await new_state.start()
+            await gateway.start()
+        except BaseException:
+            await app.shutdown()
+            await gateway.close()
+            if state is None:
+                await new_state.close()
+            raise
+        return _Generation(config, gateway, app, new_state)
+
+    async def start(self) -> None:
+        self.current = await self._build(self._first_config, None)
+        log.info("gateway started", extra={"event": "start", "config": self.config_path})
+
+    async def reload(self) -> bool:
+        """Re-read the config file and swap it in. :returns: ``True`` when swapped."""
+        async with self._reload_lock:
+            old = self.current
+            try:
+                config = load_config(self.config_path)
+                if not config.upstream_url:
+                    raise ConfigError("upstream.url", "is required for the sidecar")
+            except ConfigError as exc:
+                self.metrics.reload(ok=False)
+                log.error("config reload refused: %s", exc, extra={"event": "reload", "result": "refused"})
+                return False
+            keep_state = old is not None and _state_key(old.config) == _state_key(config)
+            try:
+                new = await self._build(config, old.state if keep_state and old is not None else None)
+            except Exception as exc:  # noqa: BLE001 - any start failure refuses the reload
+                self.metrics.reload(ok=False)
+                log.error("config reload refused: the new gateway did not start (%s)", type(exc).__name__,
+                          extra={"event": "reload", "result": "refused"})
+                return False
+            self.current = new
+            self.metrics.reload(ok=True)
+            log.info("config reloaded", extra={"event": "reload", "result": "ok", "config": self.config_path})
+            if old is not None:
+                task = asyncio.get_running_loop().create_task(self._retire(old, close_state=not keep_state))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+            return True
+
+    async def _retire(self, gen: _Generation, *, close_state: bool) -> None:
+        await gen.idle.wait()
+        await gen.app.shutdown()
+        await gen.gateway.close()
+        if close_state:
+            await gen.state.close()
+
+    async def close(self) -> None:
+        for task in list(self._retiring):
+            await task
+        gen, self.current = self.current, None
+        if gen is not None:
+            await gen.app.shutdown()
+            await gen.gateway.close()
+            await gen.state.close()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        gen = self.current
+        if gen is None:  # not started (or shutting down): refuse rather than guess
+            await send({"type": "http.response.start", "status": 503, "headers": [(b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        gen.inflight += 1
+        gen.idle.clear()
+        try:
+            await gen.app(scope, receive, send)
+        finally:
+            gen.inflight -= 1
+            if gen.inflight == 0:
+                gen.idle.set()
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
+                    log.error("gateway did not start: %s", type(exc).__name__)
+                    await send({"type": "lifespan.startup.failed", "message": type(exc).__name__})
+                    return
+                self._install_sighup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _install_sighup(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_hup() -> None:
+            task = loop.create_task(self.reload())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+        try:
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / no SIGHUP
+            log.info("SIGHUP reload not available in this process")
 
 
 def serve(config_path: str, *, host: str, port: int, workers_note: bool = False) -> int:
-    """Validate the config, then run the sidecar until SIGINT/SIGTERM.
+    """Validate the config, then run the sidecar until SIGINT/SIGTERM (reload on SIGHUP).
 
-    :returns: exit code (2 when the config is invalid).
+    Environment: ``SAMTYKKE_GATEWAY_LOG_LEVEL`` (default ``INFO``), ``SAMTYKKE_GATEWAY_TRACING=1``
+    for OpenTelemetry spans (extra ``otel``).
+
+    :returns: exit code (2 when the config is invalid or tracing was asked for but is not installed).
     """
     import uvicorn
 
-    from .app import SidecarApp
-
+    configure_logging(os.environ.get("SAMTYKKE_GATEWAY_LOG_LEVEL", "INFO").upper())
     try:
         config = load_config(config_path)
-        app = SidecarApp(config)
-    except (ConfigError, ValueError) as exc:
+        if not config.upstream_url:
+            raise ConfigError("upstream.url", "is required for the sidecar")
+    except ConfigError as exc:
         print(f"invalid config: {exc}", file=sys.stderr)
         return 2
+    tracer = None
+    if os.environ.get("SAMTYKKE_GATEWAY_TRACING") == "1":
+        from .tracing import get_tracer
+
+        try:
+            tracer = get_tracer()
+        except RuntimeError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+    app = ReloadingApp(config_path, config=config, tracer=tracer)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                server_header=False, proxy_headers=False)
+                server_header=False, proxy_headers=False, log_config=None)
     return 0

@@ -94,18 +94,19 @@ def write_config(path: Path, *, issuer_url: str, upstream_url: str, audit_url: s
 
 
 @contextlib.contextmanager
-def sidecar_process(args: list[str], *, port: int, env: dict[str, str] | None = None,
+def sidecar_process(args: list[str], *, port: int, log_path: Path, env: dict[str, str] | None = None,
                     ready_path: str = "/healthz", timeout_seconds: float = 20.0) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``args`` (a ``samtykke-gateway serve`` command line) until ``ready_path`` answers."""
+    """Run ``args`` (a ``samtykke-gateway serve`` command line) until ``ready_path`` answers;
+    stdout and stderr go to ``log_path``."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    proc = subprocess.Popen(args, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log_file = log_path.open("wb")
+    proc = subprocess.Popen(args, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout_seconds
         while True:
             if proc.poll() is not None:
-                _out, err = proc.communicate()
-                raise RuntimeError(f"sidecar exited {proc.returncode}: {err.decode()[-2000:]}")
+                raise RuntimeError(f"sidecar exited {proc.returncode}: {log_path.read_text()[-2000:]}")
             try:
                 if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=0.5).status_code == 200:
                     break
@@ -123,6 +124,7 @@ def sidecar_process(args: list[str], *, port: int, env: dict[str, str] | None = 
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        log_file.close()
 
 
 def cli() -> list[str]:
