@@ -1,0 +1,31 @@
+# samtykke-gateway sidecar image.
+#
+#   docker build -t samtykke-gateway .
+#   docker run -p 8080:8080 -v $PWD/gateway.toml:/etc/samtykke-gateway/gateway.toml:ro samtykke-gateway
+#
+# Config:  mounted at /etc/samtykke-gateway/gateway.toml (a Kubernetes ConfigMap/Secret volume);
+#          relative paths in it (revocation_file, rights-package value lists) resolve against
+#          /etc/samtykke-gateway/. Reload after changing it: kill -HUP 1 (or restart the pod).
+# Probes:  GET /healthz (liveness), GET /readyz (readiness), GET /metrics (Prometheus) on 8080.
+# Logs:    JSON lines on stderr (SAMTYKKE_GATEWAY_LOG_LEVEL, default INFO).
+# tests/test_ops_serve.py runs this file's ENTRYPOINT + CMD and HEALTHCHECK command outside Docker.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /opt/samtykke-gateway
+COPY pyproject.toml README.md ./
+COPY samtykke_gateway ./samtykke_gateway
+RUN pip install '.[postgres,redis,fast]' \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin samtykke \
+    && mkdir -p /etc/samtykke-gateway \
+    && rm -rf /opt/samtykke-gateway/samtykke_gateway
+
+USER 10001
+EXPOSE 8080
+
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"]
+
+ENTRYPOINT ["samtykke-gateway"]
+CMD ["serve", "--config", "/etc/samtykke-gateway/gateway.toml", "--host", "0.0.0.0", "--port", "8080"]
