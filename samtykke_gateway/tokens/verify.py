@@ -54,43 +54,59 @@ REASONS = (
 #: 9999-12-31T23:59:59Z: the largest NumericDate accepted.
 MAX_NUMERIC_DATE = 253402300799
 
-_HASHES: dict[str, hashes.HashAlgorithm] = {
-    "256": hashes.SHA256(),
-    "384": hashes.SHA384(),
-    "512": hashes.SHA512(),
-}
-_PKCS1 = padding.PKCS1v15()
-_PSS = {
-    bits: padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size)  # RFC 7518 §3.5
-    for bits, h in _HASHES.items()
-}
-_ECDSA = {bits: ec.ECDSA(h) for bits, h in _HASHES.items()}
-_EC_COORDINATE_BYTES = {"256": 32, "384": 48, "512": 66}
+_SignatureCheck = Callable[[Any, bytes, bytes], bool]
 
 
-def _signature_ok(alg: str, key: Any, message: bytes, signature: bytes) -> bool:
-    """Verify a JWS signature with ``cryptography`` (RFC 7518 §3.3-§3.5).
+def _rsa_check(pad: padding.AsymmetricPadding, digest: hashes.HashAlgorithm) -> _SignatureCheck:
+    def check(key: Any, message: bytes, signature: bytes) -> bool:
+        try:
+            key.verify(signature, message, pad, digest)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
 
-    Padding and hash objects are built once: PyJWT's algorithm objects rebuild them per call,
-    which costs more than everything else on the hot path. ``key`` must be of the family
-    ``alg`` names (checked by :meth:`VerificationKey.allows` before).
+    return check
+
+
+def _ecdsa_check(digest: hashes.HashAlgorithm, size: int) -> _SignatureCheck:
+    scheme = ec.ECDSA(digest)
+
+    def check(key: Any, message: bytes, signature: bytes) -> bool:
+        # JWS carries raw r || s, each coordinate-sized (RFC 7518 §3.4); cryptography wants DER.
+        if len(signature) != 2 * size:
+            return False
+        r = int.from_bytes(signature[:size], "big")
+        s = int.from_bytes(signature[size:], "big")
+        try:
+            key.verify(encode_dss_signature(r, s), message, scheme)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+    return check
+
+
+def _signature_checks() -> dict[str, _SignatureCheck]:
+    """One ``check(key, signing_input, signature) -> bool`` per alg (RFC 7518 §3.3-§3.5).
+
+    Padding and hash objects are built once here: PyJWT's algorithm objects rebuild them on
+    every call, which cost more than the rest of the verification together. The key must be of
+    the family ``alg`` names (:meth:`VerificationKey.allows` is checked first).
     """
-    family, bits = alg[:2], alg[2:]
-    try:
-        if family == "RS":
-            key.verify(signature, message, _PKCS1, _HASHES[bits])
-        elif family == "PS":
-            key.verify(signature, message, _PSS[bits], _HASHES[bits])
-        else:  # ES: raw r || s, each coordinate-sized (RFC 7518 §3.4), DER for cryptography
-            size = _EC_COORDINATE_BYTES[bits]
-            if len(signature) != 2 * size:
-                return False
-            r = int.from_bytes(signature[:size], "big")
-            s = int.from_bytes(signature[size:], "big")
-            key.verify(encode_dss_signature(r, s), message, _ECDSA[bits])
-    except (InvalidSignature, ValueError):
-        return False
-    return True
+    checks: dict[str, _SignatureCheck] = {}
+    for bits, digest, ec_size in (
+        ("256", hashes.SHA256(), 32),
+        ("384", hashes.SHA384(), 48),
+        ("512", hashes.SHA512(), 66),
+    ):
+        checks[f"RS{bits}"] = _rsa_check(padding.PKCS1v15(), digest)
+        pss = padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
+        checks[f"PS{bits}"] = _rsa_check(pss, digest)
+        checks[f"ES{bits}"] = _ecdsa_check(digest, ec_size)
+    return checks
+
+
+_SIGNATURE_CHECKS = _signature_checks()
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,39 +217,35 @@ class TokenVerifier:
                 if policy is issuer and self._clock() < deadline:
                     return verified
                 del cache[cache_key]
-        verified = await self._verify(token, issuer)
-        if cache is not None:
-            deadline = verified.expires_at + issuer.leeway_seconds
-            cache[(issuer.name, issuer.issuer, token)] = (verified, issuer, deadline)
-        return verified
 
-    async def _verify(self, token: str, issuer: IssuerPolicy) -> VerifiedToken:
         header, claims, signing_input, signature = parse_compact_tuple(token)
-
-        alg = header.get("alg")
-        if type(alg) is not str or alg not in issuer.algorithms:
-            raise _invalid(
-                "alg_not_allowed",
-                f"The token alg is not on the allow-list of the {issuer.name} issuer.",
-            )
-        if "crit" in header:
-            raise _invalid("crit_not_supported", "The token names critical header extensions.")
-
+        alg = _checked_alg(header, issuer)
         key = await issuer.keys.get(kid=header.get("kid"), x5t=header.get("x5t"))
         if not key.allows(alg):
             raise _invalid("alg_not_allowed", "The token alg does not fit the key type.")
-        if not _signature_ok(alg, key.key, signing_input, signature):
+        if not _SIGNATURE_CHECKS[alg](key.key, signing_input, signature):
             raise _invalid("bad_signature", "The token signature does not verify.")
+        exp = self._checked_claims(claims, issuer)
+        verified = VerifiedToken(header, claims, issuer.name, key.kid or key.x5t, exp)
 
+        if cache is not None:
+            cache[(issuer.name, issuer.issuer, token)] = (
+                verified,
+                issuer,
+                exp + issuer.leeway_seconds,
+            )
+        return verified
+
+    def _checked_claims(self, claims: dict[str, Any], issuer: IssuerPolicy) -> float:
+        """``iss`` exact, then ``exp`` (required) / ``nbf`` / ``iat`` with leeway; returns exp."""
         iss = claims.get("iss")
         if type(iss) is not str or iss != issuer.issuer:
             raise _invalid("wrong_issuer", f"The token was not issued by the {issuer.name} issuer.")
-
         exp = _numeric_date(claims, "exp")
         if exp is None:
             raise _invalid("bad_time_claim", "The token has no exp claim.")
-        nbf = _numeric_date(claims, "nbf")
-        iat = _numeric_date(claims, "iat")
+        nbf = _numeric_date(claims, "nbf") if "nbf" in claims else None
+        iat = _numeric_date(claims, "iat") if "iat" in claims else None
         now = self._clock()
         leeway = issuer.leeway_seconds
         if exp <= now - leeway:
@@ -242,11 +254,17 @@ class TokenVerifier:
             raise _invalid("token_not_yet_valid", "The token is not valid yet (nbf).")
         if iat is not None and iat > now + leeway:
             raise _invalid("token_not_yet_valid", "The token was issued in the future (iat).")
+        return exp
 
-        return VerifiedToken(
-            header=header,
-            claims=claims,
-            issuer=issuer.name,
-            key_id=key.kid or key.x5t,
-            expires_at=exp,
+
+def _checked_alg(header: dict[str, Any], issuer: IssuerPolicy) -> str:
+    """``alg`` exactly on the allow-list (RFC 8725 §3.1); no ``crit`` (RFC 7515 §4.1.11)."""
+    alg = header.get("alg")
+    if type(alg) is not str or alg not in issuer.algorithms:
+        raise _invalid(
+            "alg_not_allowed",
+            f"The token alg is not on the allow-list of the {issuer.name} issuer.",
         )
+    if "crit" in header:  # we understand no extension, so any crit is unknown
+        raise _invalid("crit_not_supported", "The token names critical header extensions.")
+    return alg
