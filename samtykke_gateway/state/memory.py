@@ -136,6 +136,12 @@ class MemoryBackend:
                 return True
             return False
 
+    async def release_lease(self, name: str, owner: str) -> None:
+        with self._lock:
+            held = self._leases.get(name)
+            if held is not None and held[0] == owner:
+                del self._leases[name]
+
     async def ping(self) -> None:
         return None
 

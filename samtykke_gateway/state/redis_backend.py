@@ -86,6 +86,11 @@ if ARGV[5] == '1' then redis.call('DEL', KEYS[3]) end
 return 1
 """
 
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
 _LEASE = """
 local held = redis.call('GET', KEYS[1])
 if held == false or held == ARGV[1] then
@@ -123,6 +128,7 @@ class RedisBackend:
         self._begin = self._client.register_script(_BEGIN)
         self._finish = self._client.register_script(_FINISH)
         self._lease = self._client.register_script(_LEASE)
+        self._release = self._client.register_script(_RELEASE)
         self.url_for_display = url.split("@")[-1] if "@" in url else url
 
     def _k(self, *parts: str) -> str:
@@ -220,6 +226,10 @@ class RedisBackend:
         keys = [self._k("lease", name)]
         args = [owner, str(max(1, int(ttl_seconds * 1000)))]
         return bool(await self._call("lease", lambda: self._lease(keys=keys, args=args)))
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        keys = [self._k("lease", name)]
+        await self._call("release_lease", lambda: self._release(keys=keys, args=[owner]))
 
     async def ping(self) -> None:
         await self._call("ping", lambda: self._client.ping())
