@@ -31,6 +31,8 @@ class Result:
     appends: int
     seconds: float
     latencies_ms: list[float]
+    verify_rows: int = 0
+    verify_seconds: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -99,12 +101,16 @@ async def run_case(name: str, url: str, concurrency: int, seconds: float) -> Res
         stop_at = started + seconds
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+        verify_started = time.perf_counter()
         result = await store.verify()
+        verify_seconds = time.perf_counter() - verify_started
         if not result.ok:
             raise RuntimeError(f"{name}: chain broken after benchmark: {result}")
     finally:
         await store.close()
-    return Result(name, concurrency, len(latencies), elapsed, latencies)
+    return Result(
+        name, concurrency, len(latencies), elapsed, latencies, result.checked, verify_seconds
+    )
 
 
 def _drop_schema(url: str, schema: str) -> None:
@@ -153,7 +159,7 @@ async def main(argv: list[str]) -> int:
                 _drop_schema(args.postgres, s)
 
     header = f"{'store':<30} {'conc':>4} {'appends/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
-    header += f" {'rate/mem':>9} {'p50/mem':>8}"
+    header += f" {'rate/mem':>9} {'p50/mem':>8} {'verify rows/s':>14}"
     print(header)
     print("-" * len(header))
     for concurrency in args.concurrency:
@@ -164,6 +170,7 @@ async def main(argv: list[str]) -> int:
                 f"{r.name:<30} {r.concurrency:>4} {r.rate:>10,.0f} {r.pct(0.5):>8.3f}"
                 f" {r.pct(0.99):>8.3f} {r.rate / base.rate:>9.4f}"
                 f" {r.pct(0.5) / base.pct(0.5):>8.1f}x"
+                f" {r.verify_rows / max(r.verify_seconds, 1e-9):>14,.0f}"
             )
         print()
     mean_ms = statistics.fmean(results[0].latencies_ms) if results else 0.0

@@ -4,6 +4,7 @@ any record (hostile text included) round-trips and verifies in every store."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import tempfile
@@ -12,10 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
-    from tests.test_audit_support import MemoryTamper, make_record
-except ImportError:  # pragma: no cover
-    from test_audit_support import MemoryTamper, make_record  # type: ignore[no-redef]
+from .test_audit_support import MemoryTamper, make_record
 
 from samtykke_gateway.audit import VerifyResult, open_store
 from samtykke_gateway.audit.chain import (
@@ -134,16 +132,10 @@ def test_deletion_with_renumbering_is_still_a_deletion() -> None:
     store = _filled(8)
     tamper = MemoryTamper(store)
     tamper.delete(3)
-    store.rows[2:] = [
-        row.__class__(**{**_fields(row), "seq": row.seq - 1}) for row in store.rows[2:]
-    ]
+    store.rows[2:] = [dataclasses.replace(row, seq=row.seq - 1) for row in store.rows[2:]]
     result = _verify(store)
     assert (result.ok, result.first_broken_seq) == (False, 3)
     assert result.problem is not None and result.problem.startswith("deleted: 1 record(s)")
-
-
-def _fields(row: object) -> dict[str, object]:
-    return {name: getattr(row, name) for name in row.__slots__}  # type: ignore[attr-defined]
 
 
 hostile = st.text(

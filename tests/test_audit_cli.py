@@ -12,16 +12,7 @@ from pathlib import Path
 
 import pytest
 
-try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
-    from tests.test_audit_support import BANK, OTHER, PERSON, VENDOR, make_record
-except ImportError:  # pragma: no cover
-    from test_audit_support import (  # type: ignore[no-redef]
-        BANK,
-        OTHER,
-        PERSON,
-        VENDOR,
-        make_record,
-    )
+from .test_audit_support import BANK, OTHER, PERSON, VENDOR, make_record
 
 from samtykke_gateway.audit import open_store
 from samtykke_gateway.audit.admin import add_audit_parser, run_audit

@@ -17,15 +17,7 @@ from typing import Any
 
 import pytest
 
-try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
-    from tests.test_audit_support import PERSON, make_record, pg_schema, with_query
-except ImportError:  # pragma: no cover
-    from test_audit_support import (  # type: ignore[no-redef]
-        PERSON,
-        make_record,
-        pg_schema,
-        with_query,
-    )
+from .test_audit_support import PERSON, make_record, pg_schema, with_query
 
 from samtykke_gateway.audit import VerifyResult, open_store
 from samtykke_gateway.audit.postgres import PostgresStore

@@ -19,10 +19,7 @@ from typing import Any
 
 import pytest
 
-try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
-    from tests.test_audit_support import PERSON, make_record
-except ImportError:  # pragma: no cover
-    from test_audit_support import PERSON, make_record  # type: ignore[no-redef]
+from .test_audit_support import PERSON, make_record
 
 from samtykke_gateway.audit import VerifyResult, open_store
 from samtykke_gateway.audit.sqlite import SqliteStore
@@ -177,10 +174,10 @@ async def test_group_commit_batches_concurrent_appends(tmp_path: Path) -> None:
     commits = 0
     original = store._write_batch
 
-    def counting(batch: list[object]) -> None:
+    def counting(batch: list[Any]) -> None:
         nonlocal commits
         commits += 1
-        original(batch)  # type: ignore[arg-type]
+        original(batch)
 
     store._write_batch = counting  # type: ignore[method-assign]
     try:

@@ -11,28 +11,16 @@ from typing import Any
 
 import pytest
 
-try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
-    from tests.test_audit_support import (
-        OTHER,
-        PERSON,
-        drop_schema,
-        make_record,
-        postgres_url,
-        tamper_for,
-        unique_schema,
-        with_query,
-    )
-except ImportError:  # pragma: no cover
-    from test_audit_support import (  # type: ignore[no-redef]
-        OTHER,
-        PERSON,
-        drop_schema,
-        make_record,
-        postgres_url,
-        tamper_for,
-        unique_schema,
-        with_query,
-    )
+from .test_audit_support import (
+    OTHER,
+    PERSON,
+    drop_schema,
+    make_record,
+    postgres_url,
+    tamper_for,
+    unique_schema,
+    with_query,
+)
 
 from samtykke_gateway import audit
 from samtykke_gateway.audit import DisclosureStore, VerifyResult, open_store

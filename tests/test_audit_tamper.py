@@ -11,24 +11,14 @@ from pathlib import Path
 
 import pytest
 
-try:  # tests/ as a package (tests/__init__.py) or as a plain directory on sys.path
-    from tests.test_audit_support import (
-        drop_schema,
-        make_record,
-        postgres_url,
-        tamper_for,
-        unique_schema,
-        with_query,
-    )
-except ImportError:  # pragma: no cover
-    from test_audit_support import (  # type: ignore[no-redef]
-        drop_schema,
-        make_record,
-        postgres_url,
-        tamper_for,
-        unique_schema,
-        with_query,
-    )
+from .test_audit_support import (
+    drop_schema,
+    make_record,
+    postgres_url,
+    tamper_for,
+    unique_schema,
+    with_query,
+)
 
 from samtykke_gateway.audit import DisclosureStore, VerifyResult, open_store
 
