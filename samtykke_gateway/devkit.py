@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 
 from .testing import DevIssuer, DevKey
 
@@ -32,16 +33,19 @@ def load_dev_issuer(keys_dir: str | Path) -> DevIssuer:
     issuer = DevIssuer()
     for role in ("altinn", "maskinporten"):
         pem_file = path / f"{role}.pem"
+        cert_file = path / f"{role}.crt"
         meta_file = path / f"{role}.json"
-        if pem_file.exists() and meta_file.exists():
+        if pem_file.exists() and meta_file.exists() and cert_file.exists():
             meta = json.loads(meta_file.read_text())
             key = load_pem_private_key(pem_file.read_bytes(), password=None)
-            issuer._keys[role] = [DevKey.from_private_key(key, kid=meta.get("kid"), common_name=meta["cn"])]
+            cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+            issuer._keys[role] = [DevKey.from_private_key(key, cert, kid=meta.get("kid"), common_name=meta["cn"])]
         else:
             key_obj = issuer.key(role)
             fd = os.open(pem_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(key_obj.private_pem())
+            cert_file.write_bytes(key_obj.certificate.public_bytes(Encoding.PEM))
             cn = "dev.altinn.local" if role == "altinn" else "dev.maskinporten.local"
             meta_file.write_text(json.dumps({"kid": key_obj.kid, "cn": cn}))
     return issuer

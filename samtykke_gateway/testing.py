@@ -96,24 +96,49 @@ class DevKey:
     """
 
     def __init__(
-        self, *, kid: str | None = None, common_name: str = "samtykke-gateway dev"
+        self,
+        *,
+        kid: str | None = None,
+        common_name: str = "samtykke-gateway dev",
+        private_key: rsa.RSAPrivateKey | None = None,
+        certificate: x509.Certificate | None = None,
     ) -> None:
-        self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        now = dt.datetime.now(dt.UTC)
-        self.certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self.private_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=365))
-            .sign(self.private_key, hashes.SHA256())
-        )
+        self.private_key = private_key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if certificate is not None:
+            self.certificate = certificate
+        else:
+            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+            now = dt.datetime.now(dt.UTC)
+            self.certificate = (
+                x509.CertificateBuilder()
+                .subject_name(name)
+                .issuer_name(name)
+                .public_key(self.private_key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(minutes=5))
+                .not_valid_after(now + dt.timedelta(days=365))
+                .sign(self.private_key, hashes.SHA256())
+            )
         self.certificate_der = self.certificate.public_bytes(Encoding.DER)
         self.x5t = x5t_of_der(self.certificate_der)
         self.kid = kid if kid is not None else self.x5t
+
+    @classmethod
+    def from_private_key(
+        cls,
+        private_key: Any,
+        certificate: x509.Certificate,
+        *,
+        kid: str | None = None,
+        common_name: str = "samtykke-gateway dev",
+    ) -> DevKey:
+        """Wrap an existing RSA key and its certificate (the ``mint`` CLI's persisted dev keys).
+
+        :raises TypeError: not an RSA private key.
+        """
+        if not isinstance(private_key, rsa.RSAPrivateKey):
+            raise TypeError("dev keys are RSA")
+        return cls(kid=kid, common_name=common_name, private_key=private_key, certificate=certificate)
 
     @property
     def public_key(self) -> rsa.RSAPublicKey:

@@ -1,0 +1,71 @@
+"""The offline dev kit on the command line: `mint` and `dev-issuer` share persisted keys, and
+a gateway trusting the dev issuer's JWKS accepts what `mint` printed."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .support import INCOME_PATH, running_gateway
+
+pytestmark = pytest.mark.anyio
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cli(*args: str, cwd: Path) -> str:
+    proc = subprocess.run([sys.executable, "-m", "samtykke_gateway.cli", *args], capture_output=True, text=True,
+                          timeout=60, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture
+def dev_issuer_process(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """`samtykke-gateway dev-issuer` as a real process on a free loopback port."""
+    keys = tmp_path / "keys"
+    _cli("mint", "maskinporten", "--keys-dir", str(keys), cwd=tmp_path)  # creates the keys
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "samtykke_gateway.cli", "dev-issuer", "--port", str(port),
+                               "--keys-dir", str(keys)], cwd=tmp_path, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(url + "/altinn/jwk", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "dev-issuer did not start"
+            time.sleep(0.1)
+        yield url, keys
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _pair(keys: Path, cwd: Path) -> dict[str, str]:
+    out = _cli("mint", "altinn2", "--pair", "--keys-dir", str(keys), "--metadata", "fraOgMed=2018-06",
+               "--metadata", "tilOgMed=2018-08", cwd=cwd)
+    return dict(line.split(": ", 1) for line in out.strip().splitlines())
+
+
+async def test_mint_then_dev_issuer_then_gateway(dev_issuer_process, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url, keys = dev_issuer_process
+    assert (keys / "altinn.pem").stat().st_mode & 0o077 == 0  # private key not group/world readable
+    first, second = _pair(keys, tmp_path), _pair(keys, tmp_path)  # two processes, same persisted keys
+    async with running_gateway("middleware", url) as gw:
+        for headers in (first, second):
+            response = await gw.client.get(INCOME_PATH + "?fraOgMed=2018-07", headers=headers)
+            assert response.status_code == 200, response.text
