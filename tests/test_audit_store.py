@@ -211,3 +211,34 @@ async def test_closed_store_refuses(store_url: tuple[str, str, str | None]) -> N
         await store.append(make_record(0))
     with pytest.raises(AuditUnavailableError):
         await store.ping()
+
+
+async def test_corrupt_row_is_reported_not_leaked(store_url: tuple[str, str, str | None]) -> None:
+    kind, url, schema = store_url
+    async with opened(url) as store:
+        await fill(store, 3)
+        tamper_for(store, kind, schema).corrupt(2)
+        result = await store.verify()
+        assert (result.ok, result.first_broken_seq) == (False, 2)
+        assert result.problem is not None and result.problem.startswith("edited")
+        with pytest.raises(AuditUnavailableError) as info:
+            await store.export(subject=PERSON)
+        assert info.value.reason == "audit_record_corrupt"
+
+
+async def test_failed_open_leaves_the_store_closed_and_can_be_retried(tmp_path: Path) -> None:
+    blocker = tmp_path / "dir"
+    blocker.write_text("a file where the directory should be")
+    store = open_store(f"sqlite:///{blocker}/audit.db")
+    with pytest.raises(AuditUnavailableError):
+        await store.open()
+    with pytest.raises(AuditUnavailableError, match="not open"):
+        await store.append(make_record(0))
+    blocker.unlink()
+    blocker.mkdir()
+    await store.open()
+    try:
+        await store.append(make_record(0))
+        assert (await store.verify()).ok
+    finally:
+        await store.close()

@@ -137,6 +137,9 @@ class SqlTamper:
     def edit_column(self, seq: int) -> None:
         self._run([("UPDATE disclosure SET subject = ? WHERE seq = ?", (OTHER, seq))])
 
+    def corrupt(self, seq: int) -> None:
+        self._run([("UPDATE disclosure SET record = ? WHERE seq = ?", ('{"time": ', seq))])
+
     def delete(self, seq: int) -> None:
         self._run([("DELETE FROM disclosure WHERE seq = ?", (seq,))])
 
@@ -203,6 +206,10 @@ class MemoryTamper:
         i = self._index(seq)
         row = self.store.rows[i]
         self.store.rows[i] = replace(row, record_json=row.record_json.replace(BANK, "310000099", 1))
+
+    def corrupt(self, seq: int) -> None:
+        i = self._index(seq)
+        self.store.rows[i] = replace(self.store.rows[i], record_json='{"time": ')
 
     def edit_column(self, seq: int) -> None:
         i = self._index(seq)

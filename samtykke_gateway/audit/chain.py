@@ -44,6 +44,7 @@ __all__ = [
     "canonical_json",
     "chain_hash",
     "chain_hash_text",
+    "load_record",
     "normalise_time",
     "prepare",
     "project_column",
@@ -170,6 +171,24 @@ def _field_names(cls: type) -> tuple[str, ...]:
     if names is None:
         names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
     return names
+
+
+def load_record(record_json: str) -> DisclosureRecord:
+    """A stored record back as a :class:`DisclosureRecord`.
+
+    :raises AuditUnavailableError: the stored text is not a record (corrupt or tampered;
+        ``audit verify`` says where).
+    """
+    try:
+        data = json.loads(record_json)
+        if not isinstance(data, dict):
+            raise TypeError("not an object")
+        return DisclosureRecord.from_dict(data)
+    except (TypeError, ValueError):
+        raise AuditUnavailableError(
+            "a stored disclosure record is unreadable; run 'audit verify'",
+            reason="audit_record_corrupt",
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)

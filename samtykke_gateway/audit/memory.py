@@ -6,7 +6,6 @@ makes ``append``/``ping`` raise :class:`AuditUnavailableError`, for testing fail
 
 from __future__ import annotations
 
-import json
 import threading
 
 from ..exceptions import AuditUnavailableError
@@ -17,6 +16,7 @@ from .chain import (
     ChainVerifier,
     chain_hash_text,
     normalise_time,
+    load_record,
     prepare,
     project_column,
     purge_cutoff,
@@ -46,7 +46,7 @@ class MemoryStore:
     def records(self) -> list[DisclosureRecord]:
         """Every stored record, oldest first."""
         with self._lock:
-            return [DisclosureRecord.from_dict(json.loads(r.record_json)) for r in self.rows]
+            return [load_record(r.record_json) for r in self.rows]
 
     async def open(self) -> None:
         self._open = True
@@ -93,7 +93,7 @@ class MemoryStore:
         with self._lock:
             rows = list(self.rows)
         return [
-            DisclosureRecord.from_dict(json.loads(r.record_json))
+            load_record(r.record_json)
             for r in sorted(rows, key=lambda r: (r.at or "", r.seq))
             if r.columns.get("subject") == key
             and (low is None or (r.at or "") >= low)

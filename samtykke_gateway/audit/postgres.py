@@ -28,7 +28,6 @@ path is bound to the event loop that called :meth:`open`.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import re
@@ -58,6 +57,7 @@ from .chain import (
     PreparedRecord,
     chain_hash_text,
     normalise_time,
+    load_record,
     prepare,
     project_column,
     purge_cutoff,
@@ -421,9 +421,7 @@ class PostgresStore:
                 " AND (%s::timestamptz IS NULL OR at < %s) ORDER BY at, seq",
                 (project_column(subject), low, low, high, high),
             )
-            return [
-                DisclosureRecord.from_dict(json.loads(text)) for (text,) in await cur.fetchall()
-            ]
+            return [load_record(text) for (text,) in await cur.fetchall()]
 
         return await self._with_connection("export", query, limit_seconds=None)
 

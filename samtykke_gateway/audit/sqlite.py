@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -49,6 +48,7 @@ from .chain import (
     PreparedRecord,
     chain_hash_text,
     normalise_time,
+    load_record,
     prepare,
     project_column,
     purge_cutoff,
@@ -148,6 +148,7 @@ class SqliteStore:
         self._queue: queue.SimpleQueue[_Job | _Stop] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._state_lock = threading.Lock()  # makes "check open + enqueue" atomic with close
         # Writer-thread state:
         self._conn: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None
@@ -155,19 +156,26 @@ class SqliteStore:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
-        if self._thread is None:
-            self._closed = False
-            self._thread = threading.Thread(
-                target=self._run, name="samtykke-audit-sqlite", daemon=True
-            )
-            self._thread.start()
-        await self._submit(self._migrate, "open")
+        with self._state_lock:
+            if self._thread is None:
+                self._closed = False
+                self._thread = threading.Thread(
+                    target=self._run, name="samtykke-audit-sqlite", daemon=True
+                )
+                self._thread.start()
+        try:
+            await self._submit(self._migrate, "open")
+        except BaseException:
+            await self.close()  # a failed open leaves nothing running; open() may be retried
+            raise
 
     async def close(self) -> None:
-        thread, self._thread = self._thread, None
-        self._closed = True
+        with self._state_lock:
+            thread, self._thread = self._thread, None
+            self._closed = True
+            if thread is not None:
+                self._queue.put(_STOP)
         if thread is not None:
-            self._queue.put(_STOP)
             await asyncio.to_thread(thread.join)
 
     async def ping(self) -> None:
@@ -192,9 +200,10 @@ class SqliteStore:
                 return removed
 
     def _enqueue(self, job: _Job) -> None:
-        if self._thread is None or self._closed:
-            raise AuditUnavailableError("disclosure store is not open")
-        self._queue.put(job)
+        with self._state_lock:
+            if self._thread is None or self._closed:
+                raise AuditUnavailableError("disclosure store is not open")
+            self._queue.put(job)
 
     async def _submit(self, call: Callable[[], T], operation: str = "call") -> T:
         loop = asyncio.get_running_loop()
@@ -225,7 +234,9 @@ class SqliteStore:
                 conn.execute("PRAGMA query_only = 1")
                 conn.execute("BEGIN")
                 return work(conn)
-            except (sqlite3.Error, OSError) as exc:
+            except AuditUnavailableError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - never a foreign exception
                 raise _unavailable("read", exc) from None
             finally:
                 conn.close()
@@ -236,8 +247,8 @@ class SqliteStore:
 
     @staticmethod
     def _verify_sync(conn: sqlite3.Connection) -> VerifyResult:
-        base_seq, base_hash = conn.execute("SELECT seq, hash FROM chain_checkpoint").fetchone()
-        head_seq, head_hash = conn.execute("SELECT seq, hash FROM chain_head").fetchone()
+        base_seq, base_hash = _single(conn, "chain_checkpoint")
+        head_seq, head_hash = _single(conn, "chain_head")
         verifier = ChainVerifier(base_seq=base_seq, base_hash=base_hash)
         for row in conn.execute(f"{_SELECT_ROWS} ORDER BY seq"):
             verifier.feed(_row(row))
@@ -253,7 +264,7 @@ class SqliteStore:
         if high is not None:
             sql, params = sql + " AND at < ?", [*params, high]
         rows = conn.execute(sql + " ORDER BY at, seq", params).fetchall()
-        return [DisclosureRecord.from_dict(json.loads(text)) for (text,) in rows]
+        return [load_record(text) for (text,) in rows]
 
     # -- writer thread -----------------------------------------------------------------------
 
@@ -446,6 +457,13 @@ class SqliteStore:
 def _row(values: Sequence[Any]) -> ChainRow:
     seq, prev_hash, digest, at, *cols, record = values
     return ChainRow(seq, prev_hash, digest, record, at, dict(zip(PROJECTED, cols, strict=True)))
+
+
+def _single(conn: sqlite3.Connection, table: str) -> tuple[int, str]:
+    row = conn.execute(f"SELECT seq, hash FROM {table} WHERE id = 1").fetchone()
+    if row is None:
+        raise sqlite3.DatabaseError(f"{table} row missing")
+    return int(row[0]), str(row[1])
 
 
 def _schema_version(conn: sqlite3.Connection) -> int:
