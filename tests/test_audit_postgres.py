@@ -313,6 +313,31 @@ async def test_sessions_force_synchronous_commit_and_a_lock_timeout(
             return out
 
         got = await store._with_connection("test", show, limit_seconds=5)
-        assert got == ["on", "5s", schema]
+        assert got == ["on", "4s", schema]
     finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_replica_stuck_holding_the_chain_head_costs_a_bounded_wait(
+    pg_schema: tuple[str, str],
+) -> None:
+    import psycopg
+
+    url, schema = pg_schema
+    store = open_store(with_query(url, schema=schema, write_timeout="1"))
+    await store.open()
+    stuck = await psycopg.AsyncConnection.connect(url)
+    try:
+        await store.append(make_record(0))
+        await stuck.execute(f'SELECT seq FROM "{schema}".chain_head WHERE id = 1 FOR UPDATE')
+        started = time.monotonic()
+        with pytest.raises(AuditUnavailableError, match="55P03"):  # lock_not_available
+            await store.append(make_record(1))
+        assert time.monotonic() - started < 1.5
+        await stuck.rollback()
+        await store.append(make_record(2))
+        assert await store.verify() == VerifyResult(True, 2, None, None)
+    finally:
+        await stuck.close()
         await store.close()

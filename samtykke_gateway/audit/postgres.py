@@ -240,7 +240,9 @@ class PostgresStore:
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Session settings, once per pooled connection (nothing here ever changes them)."""
-        lock_ms = int(self.write_timeout_seconds * 1000)
+        # Below the write timeout, so a lock wait ends as a clean SQL error (connection kept)
+        # rather than a cancelled query.
+        lock_ms = int(self.write_timeout_seconds * 800)
         await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
         # Durable on COMMIT even where the server default is synchronous_commit = off.
         await conn.execute("SET synchronous_commit = on")
