@@ -237,3 +237,13 @@ def test_worker_processes_sharing_one_file_keep_one_chain(tmp_path: Path) -> Non
     with sqlite3.connect(tmp_path / "shared.db") as conn:
         seqs = [s for (s,) in conn.execute("SELECT seq FROM disclosure ORDER BY seq")]
     assert seqs == list(range(1, 201))
+
+
+async def test_new_log_files_are_owner_only(tmp_path: Path) -> None:
+    store = await _open(tmp_path / "a.db")
+    try:
+        await store.append(make_record(0))
+        for name in ("a.db", "a.db-wal", "a.db-shm"):
+            assert (tmp_path / name).stat().st_mode & 0o077 == 0, name
+    finally:
+        await store.close()

@@ -394,6 +394,10 @@ class SqliteStore:
                 conn.close()
 
     def _migrate(self) -> None:
+        # The log holds personal data: owner-only from the first byte. SQLite gives the
+        # -wal and -shm files the main file's permissions.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         conn = self._connect(create=True)
         try:
             conn.execute("BEGIN IMMEDIATE")
