@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -242,3 +243,20 @@ async def test_failed_open_leaves_the_store_closed_and_can_be_retried(tmp_path: 
         assert (await store.verify()).ok
     finally:
         await store.close()
+
+
+async def test_no_personal_data_in_logs(
+    store_url: tuple[str, str, str | None], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    _, url, _ = store_url
+    async with opened(url) as store:
+        await fill(store, 3)
+        await store.verify()
+        await store.export(subject=PERSON)
+        await store.purge(older_than_days=0)
+        with pytest.raises(AuditUnavailableError):
+            await store.append(make_record(0, time="not a time"))
+    text = caplog.text
+    for secret in (PERSON, make_record(0).consent_id or "", make_record(0).jti or ""):
+        assert secret not in text
