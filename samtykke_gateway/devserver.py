@@ -39,7 +39,6 @@ class ThreadedServer:
         options.update(uvicorn_options)
         self._config = uvicorn.Config(app, host=host, port=port, **options)
         self._server = uvicorn.Server(self._config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._thread: threading.Thread | None = None
         self._timeout = start_timeout_seconds
         self.host = host
