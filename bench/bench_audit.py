@@ -4,7 +4,7 @@ Every case runs ``concurrency`` tasks that each append records back to back for 
 an append's latency is from the call to its return (i.e. until the record is durable).
 Ratios are against the memory store at the same concurrency.
 
-    python bench/bench_audit.py [--seconds 3] [--postgres URL] [--dir /path/for/sqlite]
+    python bench/bench_audit.py [--seconds 3] [--repeat 3] [--postgres URL] [--dir DIR]
 
 PostgreSQL uses ``--postgres`` or ``SAMTYKKE_TEST_POSTGRES_URL`` and a throw-away schema.
 """
@@ -126,6 +126,9 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--postgres", default=os.environ.get("SAMTYKKE_TEST_POSTGRES_URL"))
     parser.add_argument("--dir", default=None, help="directory for the SQLite files")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds over all cases; the median round is shown"
+    )
     args = parser.parse_args(argv)
 
     workdir = tempfile.mkdtemp(prefix="bench-audit-", dir=args.dir)
@@ -148,29 +151,37 @@ async def main(argv: list[str]) -> int:
     print(
         f"SQLite files in {workdir}; {args.seconds:g} s per case; Python {sys.version.split()[0]}"
     )
-    results: list[Result] = []
+    rounds: dict[tuple[str, int], list[Result]] = {}
     try:
-        for concurrency in args.concurrency:
-            for name, url in cases:
-                results.append(await run_case(name, url, concurrency, args.seconds))
+        for _ in range(args.repeat):  # interleaved, so a noisy minute hits every case alike
+            for concurrency in args.concurrency:
+                for name, url in cases:
+                    result = await run_case(name, url, concurrency, args.seconds)
+                    rounds.setdefault((name, concurrency), []).append(result)
     finally:
         if args.postgres:
             for s in (schema, f"{schema}_1"):
                 _drop_schema(args.postgres, s)
 
     header = f"{'store':<30} {'conc':>4} {'appends/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
-    header += f" {'rate/mem':>9} {'p50/mem':>8} {'verify rows/s':>14}"
+    header += f" {'rate/mem':>9} {'p50/mem':>8} {'verify rows/s':>14} {'rate range':>16}"
     print(header)
     print("-" * len(header))
+    results: list[Result] = []
     for concurrency in args.concurrency:
-        rows = [r for r in results if r.concurrency == concurrency]
-        base = rows[0]
-        for r in rows:
+        rows = []
+        for name, _ in cases:
+            runs = sorted(rounds[(name, concurrency)], key=lambda r: r.rate)
+            rows.append((runs[len(runs) // 2], runs[0].rate, runs[-1].rate))
+        base = rows[0][0]
+        for r, low, high in rows:
+            results.append(r)
             print(
                 f"{r.name:<30} {r.concurrency:>4} {r.rate:>10,.0f} {r.pct(0.5):>8.3f}"
                 f" {r.pct(0.99):>8.3f} {r.rate / base.rate:>9.4f}"
                 f" {r.pct(0.5) / base.pct(0.5):>8.1f}x"
                 f" {r.verify_rows / max(r.verify_seconds, 1e-9):>14,.0f}"
+                f" {low:>7,.0f}-{high:<7,.0f}"
             )
         print()
     mean_ms = statistics.fmean(results[0].latencies_ms) if results else 0.0
