@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ class ReloadingApp:
         self.tracer = tracer
         self.current: _Generation | None = None
         self._reload_lock = asyncio.Lock()
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retiring: set[asyncio.Task[Any]] = set()
 
     async def _build(self, config: GatewayConfig, state: ConsentStateService | None) -> _Generation:
         new_state = state or open_state(config, metrics=self.metrics)
@@ -139,7 +140,7 @@ class ReloadingApp:
             await gen.gateway.close()
             await gen.state.close()
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return

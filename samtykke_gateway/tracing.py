@@ -29,7 +29,7 @@ def get_tracer() -> Any:
     return trace.get_tracer("samtykke_gateway")
 
 
-async def traced(tracer: Any, app: Any, scope: dict[str, Any], receive: Any, send: Any, correlation_id: str) -> None:
+async def traced(tracer: Any, app: Any, scope: Any, receive: Any, send: Any, correlation_id: str) -> None:
     """Run ``app`` inside a server span; records the response status."""
     from opentelemetry.trace import SpanKind, Status, StatusCode
 

@@ -56,7 +56,8 @@ async def test_reload_drains_in_flight_requests_and_keeps_state(tmp_path: Path, 
                 assert old.inflight == 1
                 config.write_text(config.read_text().replace('error_style = "problem"', 'error_style = "skatteetaten"'))
                 assert await app.reload()
-                assert app.current is not old and app.current.state is old.state  # [state] unchanged: kept
+                assert app.current is not None and app.current is not old
+                assert app.current.state is old.state  # [state] unchanged: kept
                 assert not old.gateway.http.is_closed  # still serving the in-flight request
                 response = await in_flight
                 assert response.status_code == 200
