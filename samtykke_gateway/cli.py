@@ -39,7 +39,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         where = issuer.jwks_url or issuer.metadata_url
         print(f"  issuer {name:<13} iss={issuer.issuer}  keys={where}  algs={','.join(issuer.algorithms)}")
     print(f"  upstream           {config.upstream_url or '(none: middleware only)'}")
-    print(f"  disclosure log     {config.audit_url.split('@')[-1] if '@' in config.audit_url else config.audit_url}")
+    from .audit import open_store
+
+    print(f"  disclosure log     {open_store(config.audit_url).url_for_display}")
     print("  routes:")
     for route in config.routes:
         methods = ",".join(sorted(route.methods))
