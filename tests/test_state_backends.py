@@ -207,3 +207,17 @@ async def test_redis_down_is_state_unavailable_quickly() -> None:
         await b.close()
     assert time.monotonic() - started < 5
     assert errors == ["begin", "ping", "revoke", "get_meta"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_clear_claim_drops_a_claim_never_a_spent_mark(kind: str) -> None:
+    async with backends(kind) as (b,):
+        cid, done = str(uuid.uuid4()), str(uuid.uuid4())
+        await b.begin(claim(cid, one_time=True))  # its replica "died": never finished
+        c = claim(done, one_time=True)
+        await b.finish(c, await b.begin(c), released=True)
+        assert await b.clear_claim(cid.upper()) is True
+        assert await b.spent(cid) is None
+        assert await b.clear_claim(done) is False
+        assert await b.spent(done) == "spent"
+        assert await b.clear_claim(str(uuid.uuid4())) is False

@@ -52,10 +52,22 @@ def test_revoke_writes_to_redis(tmp_path: Path, capsys: pytest.CaptureFixture[st
             assert rc == 0
             assert await check(url, prefix, cid)
             assert await asyncio.to_thread(main, ["state", "status", "--config", cfg, cid]) == 0
+            b = RedisBackend(url, key_prefix=prefix)
+            try:
+                from samtykke_gateway.state import Claim
+
+                await b.begin(Claim(consent_id="dangling", check_revocation=False, jti_key=None, jti_mode="off",
+                                    jti_ttl_seconds=1, one_time=True, one_time_ttl_seconds=60, usage_key=None,
+                                    daily_limit=0, token="t"))
+            finally:
+                await b.close()
+            assert await asyncio.to_thread(main, ["state", "clear-claim", "--config", cfg, "DANGLING"]) == 0
+            assert await asyncio.to_thread(main, ["state", "clear-claim", "--config", cfg, "DANGLING"]) == 1
 
     asyncio.run(scenario())
     out = capsys.readouterr().out
     assert "1 new in the shared state" in out and "revoked: yes; one-time: unused" in out
+    assert "claim cleared" in out
 
 
 def test_revoke_with_redis_down_exits_1(tmp_path: Path) -> None:

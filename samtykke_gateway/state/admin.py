@@ -4,11 +4,17 @@
 
     samtykke-gateway revoke --config FILE CONSENT_ID [CONSENT_ID ...]
     samtykke-gateway state status --config FILE CONSENT_ID
+    samtykke-gateway state clear-claim --config FILE CONSENT_ID
 
 ``revoke`` writes to the shared backend when ``[state] url`` is Redis (every replica sees it on
 its next request) and appends to ``[state] revocation_file`` when one is configured (replicas
 re-read it within a second). With ``memory://`` and no revocation file there is nowhere another
 process can reach: the command refuses (exit 2). Ids are stored lower-case.
+
+``state clear-claim`` removes a one-time consent's dangling *claim* (shown as ``claimed`` by
+``state status`` while no request is in flight), never a ``spent`` mark: use it only when the
+disclosure log shows the consent was not delivered (a replica died mid-request, or the state
+backend failed while giving the claim back). Redis only.
 
 Exit codes: 0 done, 1 the backend or file could not be written, 2 usage/config error.
 """
@@ -39,6 +45,10 @@ def add_state_parsers(sub: Any) -> None:
     s.add_argument("--config", required=True)
     s.add_argument("consent_id", metavar="CONSENT_ID")
     s.set_defaults(func=_cmd_status)
+    s = ssub.add_parser("clear-claim", help="drop a dangling one-time claim (never a spent mark)")
+    s.add_argument("--config", required=True)
+    s.add_argument("consent_id", metavar="CONSENT_ID")
+    s.set_defaults(func=_cmd_clear_claim)
 
 
 def _ids(raw: list[str]) -> list[str]:
@@ -124,3 +134,29 @@ def _cmd_status(args: argparse.Namespace) -> int:
             revoked = True
     print(f"revoked: {'yes' if revoked else 'no'}; one-time: {spent or 'unused'}")
     return 0
+
+
+def _cmd_clear_claim(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from . import open_backend
+
+    config = load_config(args.config)
+    (cid,) = _ids([args.consent_id])
+    if not config.state_url.startswith(("redis://", "rediss://")):
+        print("memory:// state lives inside each gateway process; restart it instead", file=sys.stderr)
+        return 2
+
+    async def run() -> bool:
+        backend = open_backend(config)
+        try:
+            return await backend.clear_claim(cid)
+        finally:
+            await backend.close()
+
+    try:
+        cleared = asyncio.run(run())
+    except StateUnavailableError:
+        print("the state backend is unreachable", file=sys.stderr)
+        return 1
+    print("claim cleared" if cleared else "no claim to clear (unused, or spent: a spent mark is never cleared)")
+    return 0 if cleared else 1

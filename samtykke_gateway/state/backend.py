@@ -83,6 +83,12 @@ class StateBackend(Protocol):
         ``None``."""
         ...
 
+    async def clear_claim(self, consent_id: str) -> bool:
+        """Drop a dangling one-time *claim* (never a ``spent`` mark): for an operator who knows
+        nothing was delivered (a replica died mid-request, the backend failed after an upstream
+        error). :returns: whether a claim was removed."""
+        ...
+
     async def get_meta(self, name: str) -> str | None:
         """A small named value (feed continuation token, last successful poll time)."""
         ...

@@ -121,6 +121,15 @@ class MemoryBackend:
             return None
         return "spent" if held[0] == "spent" else "claimed"
 
+    async def clear_claim(self, consent_id: str) -> bool:
+        cid = consent_id.strip().lower()
+        with self._lock:
+            held = self._once.get(cid)
+            if held is None or held[0] == "spent":
+                return False
+            del self._once[cid]
+            return True
+
     async def get_meta(self, name: str) -> str | None:
         return self._meta.get(name)
 

@@ -91,6 +91,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
+_CLEAR_CLAIM = """
+local value = redis.call('GET', KEYS[1])
+if value and value ~= 'spent' then redis.call('DEL', KEYS[1]) return 1 end
+return 0
+"""
+
 _LEASE = """
 local held = redis.call('GET', KEYS[1])
 if held == false or held == ARGV[1] then
@@ -129,6 +135,7 @@ class RedisBackend:
         self._finish = self._client.register_script(_FINISH)
         self._lease = self._client.register_script(_LEASE)
         self._release = self._client.register_script(_RELEASE)
+        self._clear_claim = self._client.register_script(_CLEAR_CLAIM)
         self.url_for_display = url.split("@")[-1] if "@" in url else url
 
     def _k(self, *parts: str) -> str:
@@ -212,6 +219,10 @@ class RedisBackend:
         if value is None:
             return None
         return "spent" if value == "spent" else "claimed"
+
+    async def clear_claim(self, consent_id: str) -> bool:
+        keys = [self._k("once", consent_id.strip().lower())]
+        return bool(await self._call("clear_claim", lambda: self._clear_claim(keys=keys, args=[])))
 
     async def get_meta(self, name: str) -> str | None:
         key = self._k("meta", name)
