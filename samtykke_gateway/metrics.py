@@ -21,6 +21,7 @@ samtykke_config_reloads_total               counter    result (``ok``/``refused`
 samtykke_jwks_ready                         gauge      issuer (1 = keys loaded)
 samtykke_jwks_failing                       gauge      issuer (1 = last fetch failed)
 samtykke_jwks_fetches_total                 counter    issuer (attempts)
+samtykke_jwks_fetch_failures_total          counter    issuer (when ``KeySet.failure_count`` exists)
 ==========================================  =========  ====================================
 
 prometheus-client is confined to this module.
@@ -68,14 +69,22 @@ class _KeySetCollector(Collector):
         ready = GaugeMetricFamily("samtykke_jwks_ready", "1 when keys are loaded for the issuer", labels=["issuer"])
         failing = GaugeMetricFamily("samtykke_jwks_failing", "1 when the last JWKS fetch failed", labels=["issuer"])
         fetches = CounterMetricFamily("samtykke_jwks_fetches", "JWKS fetch attempts", labels=["issuer"])
+        failures = CounterMetricFamily("samtykke_jwks_fetch_failures", "JWKS fetches that failed", labels=["issuer"])
+        has_failures = False
         for name, policy in self.issuers.items():
             keys = policy.keys
             ready.add_metric([name], 1.0 if keys.ready else 0.0)
             failing.add_metric([name], 1.0 if keys.last_error else 0.0)
             fetches.add_metric([name], float(getattr(keys, "fetch_count", 0)))
+            failure_count = getattr(keys, "failure_count", None)  # reported once KeySet counts them
+            if isinstance(failure_count, int):
+                failures.add_metric([name], float(failure_count))
+                has_failures = True
         yield ready
         yield failing
         yield fetches
+        if has_failures:
+            yield failures
 
 
 class GatewayMetrics:
