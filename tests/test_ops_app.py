@@ -89,6 +89,9 @@ async def test_readyz_reports_keys_not_loaded(issuer_url: str) -> None:
         ready = await client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["checks"]["keys.maskinporten"] == "not loaded"
+        parsed = parse_text((await client.get("/metrics")).text)
+        assert {s["issuer"]: v for s, v in parsed["samtykke_jwks_failing"]} == {"altinn": 1, "maskinporten": 1}
+        assert all(v >= 1 for _, v in parsed["samtykke_jwks_fetches_total"])
 
 
 async def test_probe_paths_are_configurable(issuer_url: str) -> None:
