@@ -41,8 +41,9 @@ names cannot contain ``.``, ``[`` or ``]`` and have no surrounding whitespace.
 A row failing a filter is removed whole. A row whose ``where`` value is missing or not a
 string fails every filter (also ``not_in``). Several filters on the same array all apply
 (AND). Filters read the input row, so a ``where`` field need not be released; scoping is
-idempotent only when it is. Under a wholly released path, a filter still applies, and a value
-on the filter's path whose type contradicts it is dropped (fail closed).
+idempotent only when it is. Under a wholly released path, a filter still applies, and an
+object or array on the filter's path whose type contradicts it is dropped (fail closed: it
+might hold rows the filter never saw); a scalar there is released.
 
 ``released_paths`` lists the ``fields`` entries (as written) for which at least one value is
 in the output; a path under another released path is absorbed by it.
@@ -51,20 +52,18 @@ in the output; a path under another released path is absorbed by it.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import Any, Final
 
-from samtykke_gateway.exceptions import ConfigError
 from samtykke_gateway.scoping_json import JsonNumber, decode_json, encode_json
-from samtykke_gateway.scoping_paths import EACH, RowFilterSpec, Step, parse_package
+from samtykke_gateway.scoping_paths import parse_package
+from samtykke_gateway.scoping_tree import DROP, Walk, compile_package
 
 __all__ = ["JsonNumber", "RightsPackage", "ScopeContext", "ScopedBody", "scope_body"]
 
 _MONTH: Final = re.compile(r"[0-9]{4}-(?:0[1-9]|1[0-2])", re.ASCII)
-_PERIOD_VALUE: Final = re.compile(r"([0-9]{4})-([0-9]{2})(?:-([0-9]{2}))?", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,171 +98,6 @@ class ScopedBody:
     released_paths: tuple[str, ...]
 
 
-_DROP: Final = object()  # "this branch is dropped"
-_Walk = Callable[[Any, ScopeContext, set[str]], Any]
-_Predicate = Callable[[Any, ScopeContext], bool]
-
-
-def _month_in_period(value: str, context: ScopeContext) -> bool:
-    match = _PERIOD_VALUE.fullmatch(value)
-    if match is None or context.period_from is None or context.period_to is None:
-        return False
-    year, month, day = match.groups()
-    try:
-        date(int(year), int(month), int(day or "1"))
-    except ValueError:
-        return False
-    return context.period_from <= value[:7] <= context.period_to
-
-
-def _predicate(spec: RowFilterSpec) -> _Predicate:
-    where = spec.where
-    values = spec.values
-    op = spec.op
-
-    def test(row: Any, context: ScopeContext) -> bool:
-        value = row
-        for name in where:
-            if not isinstance(value, dict):
-                return False
-            value = value.get(name)
-        if not isinstance(value, str):
-            return False
-        if op == "in" or op == "equals":
-            return value in values
-        if op == "not_in":
-            return value not in values
-        return _month_in_period(value, context)
-
-    return test
-
-
-class _Node:
-    """Build-time tree node; compiled into a closure by :func:`_compile`."""
-
-    __slots__ = ("each", "filters", "full", "members", "path")
-
-    def __init__(self, *, full: bool = False) -> None:
-        self.full = full
-        self.path: str | None = None
-        self.members: dict[str, _Node] = {}
-        self.each: _Node | None = None
-        self.filters: list[_Predicate] = []
-
-    def child(self, step: Step) -> _Node | None:
-        return self.each if step is EACH else self.members.get(step)
-
-    def add_child(self, step: Step, node: _Node) -> _Node:
-        if step is EACH:
-            self.each = node
-        else:
-            self.members[step] = node
-        return node
-
-    def has_filters(self) -> bool:
-        return bool(self.filters) or any(
-            child.has_filters() for child in (*self.members.values(), self.each) if child
-        )
-
-
-def _add_field(root: _Node, text: str, steps: tuple[Step, ...]) -> None:
-    node = root
-    for step in steps:
-        node = node.child(step) or node.add_child(step, _Node(full=node.full))
-    if not node.full:
-        node.full = True
-        node.path = text
-
-
-def _add_filter(root: _Node, spec: RowFilterSpec, key_path: str) -> None:
-    node = array = root
-    for step in spec.array:
-        found = node.child(step)
-        if found is None:
-            if not node.full:
-                raise ConfigError(key_path, f"{spec.path!r}: no field releases these rows")
-            found = node.add_child(step, _Node(full=True))
-        array, node = node, found
-    array.filters.append(_predicate(spec))
-
-
-def _compile(node: _Node, inherited_full: bool) -> _Walk | None:
-    """A closure ``walk(value, context, released) -> value | _DROP``; ``None`` = copy as is."""
-    full = node.full or inherited_full
-    path = node.path if node.full and not inherited_full else None
-    members = {
-        name: walk
-        for name, child in node.members.items()
-        if (not full or child.has_filters()) and (walk := _compile(child, full)) is not None
-    }
-    each = None
-    if node.each is not None and (not full or node.each.has_filters()):
-        each = _compile(node.each, full)
-    filters = tuple(node.filters)
-    if full and not members and each is None and not filters:
-        if path is None:
-            return None
-
-        def leaf(value: Any, context: ScopeContext, released: set[str]) -> Any:
-            released.add(path)
-            return value
-
-        return leaf
-    return _container_walk(full, path, members or None, each, filters)
-
-
-def _container_walk(
-    full: bool,
-    path: str | None,
-    members: dict[str, _Walk] | None,
-    each: _Walk | None,
-    filters: tuple[_Predicate, ...],
-) -> _Walk:
-    takes_lists = each is not None or (full and bool(filters))
-
-    def walk(value: Any, context: ScopeContext, released: set[str]) -> Any:
-        out: Any
-        if isinstance(value, dict):
-            if members is None:
-                return _DROP
-            if full:
-                out = dict(value)
-                for name, child in members.items():
-                    if name in value:
-                        result = child(value[name], context, released)
-                        if result is _DROP:
-                            del out[name]
-                        else:
-                            out[name] = result
-            else:
-                out = {}
-                for name, item in value.items():
-                    walk_member = members.get(name)
-                    if walk_member is not None:
-                        result = walk_member(item, context, released)
-                        if result is not _DROP:
-                            out[name] = result
-        elif isinstance(value, list) and takes_lists:
-            rows = value
-            if filters:
-                rows = [row for row in rows if all(test(row, context) for test in filters)]
-            if each is None:
-                out = rows if rows is not value else list(rows)
-            else:
-                out = []
-                for row in rows:
-                    result = each(row, context, released)
-                    if result is not _DROP:
-                        out.append(result)
-        else:
-            return _DROP
-        if path is not None:
-            released.add(path)
-        return out
-
-    return walk
-
-
 class RightsPackage:
     """A compiled rights package (SPEC §6): deny-by-default projection plus row filters.
 
@@ -273,7 +107,7 @@ class RightsPackage:
 
     __slots__ = ("_walk", "description", "fields", "name")
 
-    def __init__(self, name: str, *, walk: _Walk, fields: tuple[str, ...], description: str):
+    def __init__(self, name: str, *, walk: Walk, fields: tuple[str, ...], description: str):
         self.name = name
         self.fields = fields
         self.description = description
@@ -295,14 +129,7 @@ class RightsPackage:
             (``rights_packages.inntekt-sbl.rows[0].where``).
         """
         spec = parse_package(table, base_dir=base_dir, key_path=key_path)
-        root = _Node()
-        for text, steps in spec.fields:
-            _add_field(root, text, steps)
-        for index, row in enumerate(spec.rows):
-            _add_filter(root, row, f"{key_path}.rows[{index}].path")
-        walk = _compile(root, False)
-        if walk is None:  # pragma: no cover - the root is never wholly released
-            raise ConfigError(f"{key_path}.fields", "releases nothing")
+        walk = compile_package(spec, key_path)
         fields = tuple(text for text, _steps in spec.fields)
         return cls(name, walk=walk, fields=fields, description=spec.description)
 
@@ -317,7 +144,7 @@ class RightsPackage:
         """
         released: set[str] = set()
         scoped = self._walk(document, context, released)
-        if scoped is _DROP:
+        if scoped is DROP:
             return None, ()
         return scoped, tuple(sorted(released))
 

@@ -294,6 +294,9 @@ def test_filters_apply_at_every_level_and_under_a_wholly_released_path() -> None
     # the filtered array must be an array: otherwise the branch is dropped (fail closed)
     out, _ = pkg.apply({"o": [{"m": "2018-07", "i": {"b": "smuss"}}]}, JULY_2018)
     assert out == {"o": [{"m": "2018-07"}]}
+    # ... but a scalar there holds no rows, and the released path releases it
+    out, _ = pkg.apply({"o": [{"m": "2018-07", "i": "smuss"}]}, JULY_2018)
+    assert out == {"o": [{"m": "2018-07", "i": "smuss"}]}
 
 
 def test_filter_on_rows_no_field_reaches_is_a_config_error() -> None:

@@ -231,13 +231,15 @@ def test_no_path_outside_the_package_appears(
 def shapes_agree(table: dict[str, Any]) -> bool:
     """No two paths of the package disagree on whether a member is an array or an object."""
     paths = [parse_path(text, "f") for text in table["fields"]]
+    kinds: dict[tuple[Step, ...], set[str]] = {}
     for row in table["rows"]:
         array = parse_path(row["path"], "p")
-        paths.append(array + tuple(row.get("where", "").split(".")) if "where" in row else array)
-    kinds: dict[tuple[Step, ...], set[bool]] = {}
+        where = array + tuple(row.get("where", "").split(".")) if "where" in row else array
+        paths.append(where)
+        kinds.setdefault(where, set()).add("string")
     for path in paths:
         for index, step in enumerate(path):
-            kinds.setdefault(path[:index], set()).add(step is EACH)
+            kinds.setdefault(path[:index], set()).add("array" if step is EACH else "object")
     return all(len(kind) == 1 for kind in kinds.values())
 
 
@@ -390,6 +392,8 @@ def reference_apply(table: dict[str, Any], document: Any, context: ScopeContext)
             below = [p[len(here) :] for p in filter_paths if len(p) > len(here)]
             if not below and here not in filter_paths:
                 return value  # released whole, no filter inside
+        if full and not isinstance(value, dict | list):
+            return value  # a scalar holds no rows
         wants_object = any(isinstance(p[0], str) for p in below)
         wants_array = any(p[0] is EACH for p in below) or (full and here in filter_paths)
         if isinstance(value, dict) and wants_object:

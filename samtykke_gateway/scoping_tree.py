@@ -1,0 +1,285 @@
+"""Compile a validated rights package into one tree of closures (see :mod:`.scoping`).
+
+Each tree node becomes ``walk(value, context, released) -> value | DROP``. A member or
+element released whole with nothing to filter inside is not a closure but its field path (a
+``str``) in the parent's plan: the parent copies the reference and records the path, so the
+common leaf costs a dict lookup instead of a call. Everything here runs per request; the
+shapes are chosen for speed (measured with ``bench/bench_scoping.py``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import date
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+
+from samtykke_gateway.exceptions import ConfigError
+from samtykke_gateway.scoping_paths import EACH, PackageSpec, RowFilterSpec, Step
+
+if TYPE_CHECKING:
+    from samtykke_gateway.scoping import ScopeContext
+
+__all__ = ["DROP", "Walk", "compile_package"]
+
+DROP: Final = object()  # "this branch is dropped"
+Walk: TypeAlias = Callable[[Any, "ScopeContext", set[str]], Any]
+_Predicate: TypeAlias = Callable[[Any, "ScopeContext"], bool]
+_Entry: TypeAlias = "str | Walk"  # a field path (released whole) or a closure
+
+_PERIOD_VALUE: Final = re.compile(r"([0-9]{4})-([0-9]{2})(?:-([0-9]{2}))?", re.ASCII)
+
+
+def _month_in_period(value: str, context: ScopeContext) -> bool:
+    """``YYYY-MM`` or calendar-valid ``YYYY-MM-DD`` whose month is in the context's period."""
+    start, end = context.period_from, context.period_to
+    if start is None or end is None:
+        return False
+    match = _PERIOD_VALUE.fullmatch(value)
+    if match is None:
+        return False
+    year, month, day = match.groups()
+    try:
+        date(int(year), int(month), int(day or "1"))
+    except ValueError:
+        return False
+    return start <= value[:7] <= end
+
+
+def _getter(where: tuple[str, ...]) -> Callable[[Any], Any]:
+    if not where:
+        return lambda row: row
+    if len(where) == 1:
+        (name,) = where
+        return lambda row: row.get(name) if isinstance(row, dict) else None
+
+    def get(row: Any) -> Any:
+        for name in where:
+            if not isinstance(row, dict):
+                return None
+            row = row.get(name)
+        return row
+
+    return get
+
+
+def _predicate(spec: RowFilterSpec) -> _Predicate:
+    """``test(row, context)``: True keeps the row. Non-string values fail every filter."""
+    get = _getter(spec.where)
+    values = spec.values
+    if spec.op == "not_in":
+
+        def not_in(row: Any, context: ScopeContext) -> bool:
+            value = get(row)
+            return isinstance(value, str) and value not in values
+
+        return not_in
+    if spec.op == "within_period":
+
+        def within_period(row: Any, context: ScopeContext) -> bool:
+            value = get(row)
+            return isinstance(value, str) and _month_in_period(value, context)
+
+        return within_period
+
+    def is_in(row: Any, context: ScopeContext) -> bool:  # "in", "in_file", "equals"
+        value = get(row)
+        return isinstance(value, str) and value in values
+
+    return is_in
+
+
+def _all_of(tests: list[_Predicate]) -> _Predicate | None:
+    if not tests:
+        return None
+    if len(tests) == 1:
+        return tests[0]
+
+    def all_of(row: Any, context: ScopeContext) -> bool:
+        for test in tests:  # noqa: SIM110 - a plain loop is faster than all(<genexpr>)
+            if not test(row, context):
+                return False
+        return True
+
+    return all_of
+
+
+class _Node:
+    """Build-time tree node."""
+
+    __slots__ = ("each", "filters", "full", "members", "path")
+
+    def __init__(self, *, full: bool = False) -> None:
+        self.full = full
+        self.path: str | None = None
+        self.members: dict[str, _Node] = {}
+        self.each: _Node | None = None
+        self.filters: list[_Predicate] = []
+
+    def child(self, step: Step) -> _Node | None:
+        return self.each if step is EACH else self.members.get(step)
+
+    def add_child(self, step: Step, node: _Node) -> _Node:
+        if step is EACH:
+            self.each = node
+        else:
+            self.members[step] = node
+        return node
+
+    def has_filters(self) -> bool:
+        return bool(self.filters) or any(
+            child.has_filters() for child in (*self.members.values(), self.each) if child
+        )
+
+
+def compile_package(spec: PackageSpec, key_path: str) -> Walk:
+    """Build the tree for ``spec`` and compile it into the root closure.
+
+    :raises ConfigError: a row filter whose rows no field reaches
+        (``<key_path>.rows[i].path``).
+    """
+    root = _Node()
+    for text, steps in spec.fields:
+        node = root
+        for step in steps:
+            node = node.child(step) or node.add_child(step, _Node(full=node.full))
+        if not node.full:  # else absorbed by a released ancestor
+            node.full = True
+            node.path = text
+    for index, row in enumerate(spec.rows):
+        node = array = root
+        for step in row.array:
+            found = node.child(step)
+            if found is None:
+                if not node.full:
+                    raise ConfigError(
+                        f"{key_path}.rows[{index}].path",
+                        f"{row.path!r}: no field reaches these rows",
+                    )
+                found = node.add_child(step, _Node(full=True))
+            array, node = node, found
+        array.filters.append(_predicate(row))
+    walk = _compile(root, False)
+    if isinstance(walk, str):  # pragma: no cover - paths are never empty
+        raise ConfigError(f"{key_path}.fields", "cannot release the whole document")
+    return walk
+
+
+def _compile(node: _Node, inherited_full: bool) -> _Entry:
+    full = node.full or inherited_full
+    path = node.path if node.full and not inherited_full else None
+    # under a released path only the ways to row filters need walking: the rest is copied
+    members = {
+        name: _compile(child, full)
+        for name, child in node.members.items()
+        if not full or child.has_filters()
+    }
+    each = None
+    if node.each is not None and (not full or node.each.has_filters()):
+        each = _compile(node.each, full)
+    test = _all_of(node.filters)
+    if full and not members and each is None and test is None:
+        return path or ""  # "" only for absorbed nodes, which the parent never keeps
+    if not full and each is None:
+        return _object_walk(members)
+    if not full and not members:
+        return _array_walk(each, test)
+    return _general_walk(full, path, members or None, each, test)
+
+
+def _object_walk(plan: dict[str, _Entry]) -> Walk:
+    def walk_object(value: Any, context: ScopeContext, released: set[str]) -> Any:
+        if not isinstance(value, dict):
+            return DROP
+        out = {}
+        for name, item in value.items():
+            entry = plan.get(name)
+            if entry is None:
+                continue
+            if entry.__class__ is str:
+                out[name] = item
+                released.add(entry)
+            else:
+                result = entry(item, context, released)  # type: ignore[operator]
+                if result is not DROP:
+                    out[name] = result
+        return out
+
+    return walk_object
+
+
+def _array_walk(each: _Entry | None, test: _Predicate | None) -> Walk:
+    if isinstance(each, str):
+        path = each
+
+        def walk_rows_whole(value: Any, context: ScopeContext, released: set[str]) -> Any:
+            if not isinstance(value, list):
+                return DROP
+            rows = value if test is None else [row for row in value if test(row, context)]
+            if rows:
+                released.add(path)
+            return list(rows) if rows is value else rows
+
+        return walk_rows_whole
+    if each is None:  # pragma: no cover - a filter's rows are always reached
+        raise ValueError("array node without elements")
+    walk_each = each
+
+    def walk_rows(value: Any, context: ScopeContext, released: set[str]) -> Any:
+        if not isinstance(value, list):
+            return DROP
+        out = []
+        for row in value:
+            if test is not None and not test(row, context):
+                continue
+            result = walk_each(row, context, released)
+            if result is not DROP:
+                out.append(result)
+        return out
+
+    return walk_rows
+
+
+def _general_walk(
+    full: bool,
+    path: str | None,
+    members: dict[str, _Entry] | None,
+    each: _Entry | None,
+    test: _Predicate | None,
+) -> Walk:
+    """Released whole with row filters inside, or a member used as both object and array."""
+    takes_lists = each is not None or (full and test is not None)
+    walk_object = _object_walk(members) if members is not None and not full else None
+    walk_array = _array_walk(each, test) if each is not None else None
+
+    def walk(value: Any, context: ScopeContext, released: set[str]) -> Any:
+        out: Any
+        if isinstance(value, dict):
+            if members is None:
+                return DROP
+            if walk_object is not None:
+                return walk_object(value, context, released)
+            out = dict(value)
+            for name, entry in members.items():  # full: entries are closures
+                if name in value:
+                    result = entry(value[name], context, released)  # type: ignore[operator]
+                    if result is DROP:
+                        del out[name]
+                    else:
+                        out[name] = result
+        elif isinstance(value, list):
+            if not takes_lists:
+                return DROP
+            if walk_array is not None:
+                out = walk_array(value, context, released)
+            else:
+                out = [row for row in value if test(row, context)]  # type: ignore[misc]
+        elif full:  # a scalar holds no rows: the released path releases it
+            out = value
+        else:
+            return DROP
+        if path is not None:
+            released.add(path)
+        return out
+
+    return walk
