@@ -265,7 +265,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--concurrency", type=int, default=48)
     parser.add_argument("--redis", default=os.environ.get("SAMTYKKE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    parser.add_argument("--one-time-pool", type=int, default=4000, help="one-time consents minted up front")
+    parser.add_argument("--one-time-pool", type=int, default=6000, help="one-time consents minted up front")
     parser.add_argument("--json", default=None, help="write the summary here")
     args = parser.parse_args()
     if not 1 <= args.duration <= 600 or not 1 <= args.concurrency <= 512:
