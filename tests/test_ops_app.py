@@ -109,6 +109,9 @@ async def test_probe_paths_are_configurable(issuer_url: str) -> None:
 
 async def test_correlation_id_is_kept_passed_upstream_and_logged(dev_issuer: DevIssuer, issuer_url: str) -> None:
     stream = io.StringIO()
+    names = ["", "uvicorn", "uvicorn.error", "uvicorn.access", "httpx", "httpcore", "aiohttp.access", "aiohttp.client"]
+    saved = {n: (logging.getLogger(n).level, list(logging.getLogger(n).handlers), logging.getLogger(n).propagate)
+             for n in names}
     configure_logging("INFO", stream=stream)
     try:
         async with sidecar(state_config(issuer_url, "http://x.invalid")) as (client, app, upstream):
@@ -129,8 +132,12 @@ async def test_correlation_id_is_kept_passed_upstream_and_logged(dev_issuer: Dev
             assert INCOME_PERSON not in new and len(new) == 32
             assert dict((k.lower(), v) for k, v in upstream.requests[-1]["headers"])["x-correlation-id"] == new
             await client.get(INCOME_PATH + "?fraOgMed=2018-09", headers=a2_headers(dev_issuer))  # a denial
-    finally:
-        logging.getLogger().handlers.clear()
+    finally:  # leave logging as we found it (other tests capture records)
+        for n, (level, handlers, propagate) in saved.items():
+            lg = logging.getLogger(n)
+            lg.setLevel(level)
+            lg.handlers[:] = handlers
+            lg.propagate = propagate
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     decisions = [ln for ln in lines if ln.get("event") == "decision"]
     assert [d["decision"] for d in decisions] == ["allow", "allow", "deny"]
