@@ -72,18 +72,22 @@ _EXACT_INTS: Final = json.JSONDecoder(
 _NEGATIVE_ZERO: Final = re.compile(r"-0(?![0-9.eE])")
 
 # Depth pre-check on the raw bytes: drop escaped backslashes and quotes, keep only '"' and
-# brackets, drop string contents, then peel innermost bracket pairs once per nesting level.
+# brackets ({} -> []), drop string contents, then peel innermost pairs once per level.
 _DEPTH_TABLE: Final = bytes.maketrans(b"{}", b"[]")
 _DEPTH_DELETE: Final = bytes(c for c in range(256) if c not in b'"[]{}')
 
 
 def _nesting_exceeds(body: bytes, max_depth: int) -> bool:
     """True when ``body`` nests deeper than ``max_depth`` (or is not balanced JSON)."""
-    if body.count(b"[") + body.count(b"{") <= max_depth:
+    if b"\\" in body:  # rare: escapes; after this, every '"' delimits a string
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    structure = body.translate(_DEPTH_TABLE, _DEPTH_DELETE)
+    if structure.count(b"[") <= max_depth:
         return False
-    structure = body.replace(b"\\\\", b"").replace(b'\\"', b"")
-    structure = structure.translate(_DEPTH_TABLE, _DEPTH_DELETE)
-    brackets = b"".join(structure.split(b'"')[::2])
+    # Removing two adjacent quotes never changes which bytes are inside a string.
+    brackets = structure.replace(b'""', b"")
+    if b'"' in brackets:  # some strings hold brackets
+        brackets = b"".join(brackets.split(b'"')[::2])
     for _ in range(max_depth):
         if not brackets:
             return False
@@ -222,9 +226,10 @@ def _encode_text(value: Any, source: bytes | None, *, ascii_only: bool) -> str:
     if source is None:
         probe = _sentinel_encoder("", ascii_only)[0]
         source = "".join(probe(value, 0)).encode("utf-8", "surrogatepass")
+    no_escapes = b"\\" not in source  # memchr: much faster than searching for "\\u0000"
     for marker in _CANDIDATES:
         encode, escape, escape_bytes, pattern = _sentinel_encoder(marker, ascii_only)
-        if escape_bytes in source:
+        if not no_escapes and escape_bytes in source:
             continue
         out = "".join(encode(value, 0))
         return pattern.sub(r"\1", out) if escape in out else out

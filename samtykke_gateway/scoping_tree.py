@@ -188,12 +188,14 @@ def _compile(node: _Node, inherited_full: bool) -> _Entry:
 
 
 def _object_walk(plan: dict[str, _Entry]) -> Walk:
+    plan_get = plan.get
+
     def walk_object(value: Any, context: ScopeContext, released: set[str]) -> Any:
         if not isinstance(value, dict):
             return DROP
         out = {}
         for name, item in value.items():
-            entry = plan.get(name)
+            entry = plan_get(name)
             if entry is None:
                 continue
             if entry.__class__ is str:
