@@ -9,6 +9,7 @@ matched, re-encoded canonically (:func:`encode_path`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
@@ -20,6 +21,11 @@ __all__ = ["RouteMatch", "Router", "encode_path", "normalize_path"]
 
 _MAX_PATH_BYTES = 4096
 _SAFE = "!$&'()*+,;=:@-._~"
+# a decoded segment that needs no quoting (what quote(..., safe=_SAFE) leaves as is)
+_PLAIN = re.compile(r"[A-Za-z0-9!$&'()*+,;=:@._~-]*")
+# never inside a decoded segment: separators (an encoded / or \ means different things to
+# different servers) and control characters
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
 def normalize_path(raw_path: bytes | str) -> tuple[str, ...]:
@@ -43,11 +49,13 @@ def normalize_path(raw_path: bytes | str) -> tuple[str, ...]:
         raise BadRequestError("path must be absolute", reason="bad_path")
     out: list[str] = []
     for seg in raw.split("/")[1:]:
-        try:
-            decoded = unquote(seg, encoding="utf-8", errors="strict")
-        except UnicodeDecodeError:
-            raise BadRequestError("path is not valid UTF-8", reason="bad_path") from None
-        if "/" in decoded or "\\" in decoded or any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
+        decoded = seg
+        if "%" in seg:
+            try:
+                decoded = unquote(seg, encoding="utf-8", errors="strict")
+            except UnicodeDecodeError:
+                raise BadRequestError("path is not valid UTF-8", reason="bad_path") from None
+        if _FORBIDDEN.search(decoded):
             raise BadRequestError("path has an encoded separator or control character", reason="bad_path")
         if decoded in ("", "."):
             continue
@@ -62,7 +70,7 @@ def normalize_path(raw_path: bytes | str) -> tuple[str, ...]:
 
 def encode_path(segments: Sequence[str]) -> str:
     """Decoded segments → canonical percent-encoded path (``/`` for none)."""
-    return "/" + "/".join(quote(s, safe=_SAFE) for s in segments)
+    return "/" + "/".join(s if _PLAIN.fullmatch(s) else quote(s, safe=_SAFE) for s in segments)
 
 
 @dataclass(frozen=True, slots=True)

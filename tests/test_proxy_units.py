@@ -6,14 +6,22 @@ import gzip
 from pathlib import Path
 import zlib
 
+import re
+from urllib.parse import quote
+
 import brotli
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from samtykke_gateway.exceptions import BadRequestError, InvalidTokenError, UpstreamError
 from samtykke_gateway.headers import check_request_framing, claim_header_value, strip_hop_by_hop
+from samtykke_gateway.policy import encode_path, normalize_path
 from samtykke_gateway.responder import decode_body, scoped_release
 
 from .proxy_support import TAX_BASE_2022
+
+_BAD = re.compile(r"[\x00-\x1f\x7f/\\]|[\ud800-\udfff]")
 
 
 def test_strip_hop_by_hop_drops_nominated_and_fixed_set() -> None:
@@ -117,3 +125,37 @@ def test_scoped_release_never_keeps_representation_headers() -> None:
     assert dict(release.headers)[b"content-length"] == b"22"
     assert dict(release.headers)[b"x-correlation-id"] == b"cid-12345678"
     assert release.data_released and release.released_paths == ("inntektsaar",)
+
+
+@pytest.mark.parametrize(
+    ("raw", "segments"),
+    [
+        (b"/a//b/./c/../d%41", ("a", "b", "dA")),
+        (b"/", ()),
+        (b"/a/b/..", ("a",)),
+        (b"/%2e%2E/x".replace(b"/%2e%2E", b"/a/%2e%2E"), ("x",)),
+        (b"/x/%7e/%20/%C3%A6", ("x", "~", " ", "æ")),
+    ],
+)
+def test_normalize_path(raw: bytes, segments: tuple[str, ...]) -> None:
+    assert normalize_path(raw) == segments
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"/a%2fb", b"/a%2F", b"/a%5cb", b"/a\\b", b"/a%00", b"/a%1f", b"/a%7f", b"/%ff", b"/..", b"/a/../..",
+     "/æ".encode(), b"a/b", b"/" + b"a" * 5000],
+)
+def test_normalize_path_refuses(raw: bytes) -> None:
+    with pytest.raises(BadRequestError) as info:
+        normalize_path(raw)
+    assert info.value.reason == "bad_path"
+
+
+@given(st.lists(st.text(max_size=12), max_size=5))
+def test_encode_path_is_quote_and_round_trips(segments: list[str]) -> None:
+    encoded = encode_path(segments)
+    assert encoded == "/" + "/".join(quote(s, safe="!$&'()*+,;=:@-._~") for s in segments)
+    kept = [s for s in segments if s not in ("", ".", "..")]
+    if kept == segments and all(not _BAD.search(s) for s in segments):
+        assert normalize_path(encoded.encode("ascii")) == tuple(segments)
