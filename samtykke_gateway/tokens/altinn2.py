@@ -19,17 +19,24 @@ from zoneinfo import ZoneInfo
 
 from ..exceptions import InvalidTokenError
 from ..identifiers import is_org_number, party_from_digits
+from .memo import ClaimsMemo
 from .model import Consent, ConsentRight
 
 __all__ = ["consent_from_altinn2_claims", "parse_altinn_date", "parse_service_entry"]
 
 _OSLO = ZoneInfo("Europe/Oslo")
 _ENTRY = re.compile(r"([0-9]{1,10})[_,]([0-9]{1,10})(?:[_,](.+))?", re.S)
+# The common shapes in one match: no metadata, or one pair whose value has no separator (the
+# general path below would read such an entry the same way, in three regex calls).
+_SIMPLE_ENTRY = re.compile(
+    r"([0-9]{1,10})[_,]([0-9]{1,10})(?:[_,]([A-Za-z][A-Za-z0-9]{0,63})=([^\x00-\x1f_,]{0,256}))?"
+)
 _PAIR_SPLIT = re.compile(r"[_,](?=[A-Za-z][A-Za-z0-9]{0,63}=)")
 _PAIR = re.compile(r"([A-Za-z][A-Za-z0-9]{0,63})=([^\x00-\x1f]{0,256})")
 _LOCAL_FORMATS = ("%Y-%m-%d %H:%M:%S", "%d.%m.%Y %H:%M:%S", "%Y-%m-%dT%H:%M:%S")
 _MAX_SERVICES = 256
 _GUID = re.compile(r"[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}")
+_MEMO: ClaimsMemo[Consent] = ClaimsMemo()
 
 
 def _bad(detail: str) -> InvalidTokenError:
@@ -42,6 +49,15 @@ def parse_service_entry(entry: str) -> tuple[str, dict[str, str]]:
     Metadata keys are lower-cased (compared case-insensitively, as Altinn 3 migration does).
     :raises InvalidTokenError: (401, ``bad_consent_claims``) for an entry of any other shape.
     """
+    simple = _SIMPLE_ENTRY.fullmatch(entry)
+    if simple is not None:
+        code, edition, key, value = simple.groups()
+        return f"{code}_{edition}", {} if key is None else {key.lower(): value}
+    return _parse_entry(entry)
+
+
+def _parse_entry(entry: str) -> tuple[str, dict[str, str]]:
+    """:func:`parse_service_entry` for any shape (several pairs, separators in values)."""
     m = _ENTRY.fullmatch(entry)
     if m is None:
         raise _bad("a Services entry is not '<serviceCode>_<editionCode>[_key=value...]'")
@@ -114,10 +130,17 @@ def consent_from_altinn2_claims(
     Metadata of several entries for the same service is merged (``4804_210607_fraOgMed=..``
     and ``4804_210607_tilOgMed=..`` form one right).
 
+    The result is remembered for this ``claims`` object (see :mod:`.memo`): a token the
+    verifier's cache has seen before is not parsed again. Treat the result as read-only.
+
     :param allow_test_tokens: ``False`` in production profiles: a token with ``actual_iss``
         (Altinn test-generator marker) is refused.
     :raises InvalidTokenError: (401) missing/ill-typed identity claims or unparsable entries.
     """
+    options = (issuer, key_id, allow_test_tokens)
+    remembered = _MEMO.get(claims, options)
+    if remembered is not None:
+        return remembered
     if not allow_test_tokens and "actual_iss" in claims:
         raise InvalidTokenError(
             "test-generator consent tokens are not accepted in this profile",
@@ -154,7 +177,7 @@ def consent_from_altinn2_claims(
     rights = tuple(
         ConsentRight(service, {k: tuple(v) for k, v in md.items()}) for service, md in merged.items()
     )
-    return Consent(
+    consent = Consent(
         kind="altinn2",
         consent_id=code.lower(),
         subject=subject,
@@ -166,3 +189,5 @@ def consent_from_altinn2_claims(
         issuer=issuer,
         key_id=key_id,
     )
+    _MEMO.put(claims, options, consent)
+    return consent

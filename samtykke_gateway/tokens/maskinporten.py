@@ -8,11 +8,13 @@ from typing import Any
 from ..exceptions import InvalidTokenError
 from ..identifiers import org_from_iso6523
 from .altinn3 import consent_from_authorization_details
+from .memo import ClaimsMemo
 from .model import MaskinportenToken
 
 __all__ = ["maskinporten_from_claims"]
 
 _MAX_SCOPE_CHARS = 4096
+_MEMO: ClaimsMemo[MaskinportenToken] = ClaimsMemo()
 
 
 def _bad(detail: str) -> InvalidTokenError:
@@ -34,9 +36,16 @@ def maskinporten_from_claims(
     """Verified Maskinporten claims → :class:`MaskinportenToken`, with the Altinn 3 consent
     (``authorization_details``) parsed when present.
 
+    The result is remembered for this ``claims`` object (see :mod:`.memo`): a token the
+    verifier's cache has seen before is not parsed again. Treat the result as read-only.
+
     :raises InvalidTokenError: (401) ``consumer`` missing or not ISO 6523 ``0192:<orgno>``,
         ``scope`` not a string, ``supplier`` malformed, malformed consent entry.
     """
+    options = (issuer, key_id, expires_at)
+    remembered = _MEMO.get(claims, options)
+    if remembered is not None:
+        return remembered
     consumer = org_from_iso6523(claims.get("consumer"))
     if consumer is None:
         raise _bad("consumer is missing or not an ISO 6523 organisation")
@@ -51,7 +60,7 @@ def maskinporten_from_claims(
     consent = consent_from_authorization_details(
         claims.get("authorization_details"), issuer=issuer, key_id=key_id
     )
-    return MaskinportenToken(
+    token = MaskinportenToken(
         issuer=issuer,
         key_id=key_id,
         consumer=consumer,
@@ -63,3 +72,5 @@ def maskinporten_from_claims(
         jti=_opt_str(claims, "jti"),
         consent=consent,
     )
+    _MEMO.put(claims, options, token)
+    return token

@@ -1,0 +1,139 @@
+"""The claim parsers' fast paths read every input exactly as the general paths do, and the
+claims memo serves only the very claims object it parsed (issue 3, speed)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from samtykke_gateway.exceptions import InvalidTokenError
+from samtykke_gateway.jose import parse_compact
+from samtykke_gateway.testing import DevIssuer
+from samtykke_gateway.tokens import altinn2, altinn3
+from samtykke_gateway.tokens.altinn2 import consent_from_altinn2_claims, parse_service_entry
+from samtykke_gateway.tokens.altinn3 import parse_iso_instant
+from samtykke_gateway.tokens.maskinporten import maskinporten_from_claims
+from samtykke_gateway.tokens.memo import ClaimsMemo
+
+_ENTRY_PIECES = st.sampled_from(
+    [
+        "4804",
+        "210607",
+        "1",
+        "_",
+        ",",
+        "=",
+        "k",
+        "fraOgMed",
+        "K9",
+        "2018-06",
+        "a b",
+        "é",
+        "\x1f",
+        "x" * 70,
+    ]
+)
+
+
+def _outcome(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except InvalidTokenError as exc:
+        return ("refused", exc.reason)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_ENTRY_PIECES, max_size=8).map("".join))
+def test_service_entry_fast_path_agrees_with_general_path(entry: str) -> None:
+    assert _outcome(parse_service_entry, entry) == _outcome(altinn2._parse_entry, entry)
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("4804_210607", ("4804_210607", {})),
+        ("4629,2,inntektsaar=2015", ("4629_2", {"inntektsaar": "2015"})),
+        (
+            "4630,2,fraOgMed=2017-06,tilOgMed=2017-08",
+            ("4630_2", {"fraogmed": "2017-06", "tilogmed": "2017-08"}),
+        ),
+        ("1_2_k=a_b", ("1_2", {"k": "a_b"})),
+    ],
+)
+def test_service_entry_shapes(entry: str, expected: tuple[str, dict[str, str]]) -> None:
+    assert parse_service_entry(entry) == expected
+
+
+def _iso_reference(value: str) -> float:
+    """The construction used before the fast path: pad/truncate the fraction to 6 digits."""
+    m = altinn3._ISO.fullmatch(value)
+    assert m is not None
+    frac = (m.group(2) or "")[:6].ljust(6, "0")
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    return datetime.fromisoformat(f"{m.group(1)}.{frac}{zone}").timestamp()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(9998, 12, 31)),
+    st.integers(min_value=0, max_value=7),
+    st.sampled_from(["Z", "+00:00", "+01:00", "-02:30", "+14:00"]),
+    st.integers(min_value=0, max_value=9_999_999),
+)
+def test_iso_instant_matches_reference(moment: datetime, digits: int, zone: str, frac: int) -> None:
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if digits:
+        text += "." + str(frac).zfill(7)[:digits]
+    text += zone
+    assert parse_iso_instant(text, claim="v") == _iso_reference(text)
+
+
+def test_memo_serves_only_the_same_claims_object() -> None:
+    memo: ClaimsMemo[str] = ClaimsMemo(max_entries=2)
+    claims: dict[str, Any] = {"a": 1}
+    memo.put(claims, ("x",), "parsed")
+    assert memo.get(claims, ("x",)) == "parsed"
+    assert memo.get(dict(claims), ("x",)) is None  # equal but another object
+    assert memo.get(claims, ("y",)) is None  # other options
+    memo.put({"b": 1}, (), "b")
+    memo.put({"c": 1}, (), "c")  # full: cleared first
+    assert memo.get(claims, ("x",)) is None
+
+
+def test_parsers_reuse_results_for_the_same_verified_claims() -> None:
+    dev = DevIssuer()
+    details = [
+        DevIssuer.altinn3_consent(subject="12879397780", consumer="999999999", rights=[("r1", {})])
+    ]
+    mp = parse_compact(
+        dev.mint_maskinporten(consumer="999999999", scope="s", authorization_details=details)
+    ).payload
+    first = maskinporten_from_claims(mp, issuer="maskinporten", key_id="k", expires_at=1.0)
+    assert maskinporten_from_claims(mp, issuer="maskinporten", key_id="k", expires_at=1.0) is first
+    other = maskinporten_from_claims(mp, issuer="maskinporten", key_id="k2", expires_at=1.0)
+    assert other is not first and other.key_id == "k2"
+    # A new verification yields a new claims object: parsed again, never served from the memo.
+    changed = dict(mp, consumer={"authority": "iso6523-actorid-upis", "ID": "0192:888888888"})
+    assert (
+        maskinporten_from_claims(
+            changed, issuer="maskinporten", key_id="k", expires_at=1.0
+        ).consumer
+        == "888888888"
+    )
+
+    a2 = parse_compact(
+        dev.mint_altinn2(subject="01029413157", consumer="999999999", services=["1_2"])
+    ).payload
+    consent = consent_from_altinn2_claims(a2, issuer="altinn", key_id="k")
+    assert consent_from_altinn2_claims(a2, issuer="altinn", key_id="k") is consent
+    test_claims = dict(a2, actual_iss="altinn-test-tools")
+    consent_from_altinn2_claims(test_claims, issuer="altinn", key_id="k")
+    with pytest.raises(InvalidTokenError) as refused:  # options are part of the key
+        consent_from_altinn2_claims(
+            test_claims, issuer="altinn", key_id="k", allow_test_tokens=False
+        )
+    assert refused.value.reason == "test_token_refused"
