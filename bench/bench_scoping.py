@@ -9,7 +9,8 @@ Run: ``python bench/bench_scoping.py [--seconds 0.5]``. For each body in
   package), plus ``scope/base`` = the ratio;
 - a 1 MB body made of repeated income rows, the size where per-call overhead stops mattering.
 
-Best of 5 runs of ``--seconds`` each, measured in the same process.
+Each figure is the best of 50 short rounds (about ``--seconds`` in all), so that load from
+other processes disturbs it as little as possible; baseline and scope run in the same process.
 """
 
 from __future__ import annotations
@@ -58,30 +59,31 @@ def package_for(name: str, available: dict[str, RightsPackage]) -> RightsPackage
 
 
 def rate(function: Callable[[], object], size: int, seconds: float) -> float:
-    """Best-of-5 MB/s of ``function`` processing ``size`` bytes per call."""
+    """MB/s of ``function`` processing ``size`` bytes per call: the best of 50 short rounds
+    spread over about ``seconds`` (the best round is the least disturbed by other load)."""
     calls = 1
-    while True:  # calibrate
+    while True:  # calibrate one round to about seconds / 50
         start = time.perf_counter()
         for _ in range(calls):
             function()
         elapsed = time.perf_counter() - start
-        if elapsed > seconds / 10:
+        if elapsed > seconds / 500:
             break
         calls *= 2
-    calls = max(1, int(calls * seconds / 10 / elapsed * 10))
-    best = 0.0
-    for _ in range(5):
+    calls = max(1, round(calls * seconds / 50 / elapsed))
+    best = float("inf")
+    for _ in range(50):
         start = time.perf_counter()
         for _ in range(calls):
             function()
-        best = max(best, size * calls / (time.perf_counter() - start) / 1e6)
-    return best
+        best = min(best, (time.perf_counter() - start) / calls)
+    return size / best / 1e6
 
 
 def large_income_body() -> bytes:
     document = json.loads((DATA / "inntekt-2018-07.json").read_bytes())
     month = document["oppgaveInntektsmottaker"][0]
-    months = []
+    months: list[object] = []
     while len(json.dumps(months)) < 1_000_000:
         months.append(month)
     return json.dumps({"oppgaveInntektsmottaker": months}, indent=2).encode()
@@ -89,7 +91,7 @@ def large_income_body() -> bytes:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=0.5, help="per measurement run")
+    parser.add_argument("--seconds", type=float, default=1.0, help="per measurement")
     args = parser.parse_args()
     available = packages()
     bodies = [(path.name, path.read_bytes()) for path in sorted(DATA.glob("*.json"))]

@@ -428,3 +428,27 @@ def test_apply_matches_the_reference(
     table, document = case
     out, _ = compile_package(table).apply(document, context)
     assert out == reference_apply(table, document, context)
+
+
+def depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(depth, value), default=0)
+    return 0
+
+
+tricky_strings = st.text(alphabet='[]{}"\\ab', max_size=8).map(json.dumps)
+
+
+@SETTINGS
+@given(json_texts(), st.lists(tricky_strings, max_size=3), st.integers(min_value=1, max_value=8))
+def test_max_depth_is_exact(text: str, strings: list[str], max_depth: int) -> None:
+    body = ("[" + ",".join([*strings, text]) + "]").encode()
+    expected = depth(json.loads(body))
+    try:
+        scope_body(body, compile_package({"fields": ["[]"]}), ScopeContext(), max_depth=max_depth)
+    except UpstreamError:
+        assert expected > max_depth
+    else:
+        assert expected <= max_depth
