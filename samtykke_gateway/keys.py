@@ -302,6 +302,8 @@ class KeySet:
         self._inflight: asyncio.Task[str | None] | None = None
         #: Number of fetch attempts started (for metrics and tests).
         self.fetch_count = 0
+        #: Fetch attempts that failed (exported as ``samtykke_jwks_fetch_failures_total``).
+        self.failure_count = 0
         #: JWKS entries skipped in the last loaded document (wrong ``use``, symmetric,
         #: private, too small, unparsable, inconsistent ``x5t``/``x5c``).
         self.skipped_keys = 0
@@ -405,8 +407,10 @@ class KeySet:
     def _fetch_done(self, task: asyncio.Task[str | None]) -> None:
         if self._inflight is task:
             self._inflight = None
-        if not task.cancelled():
-            task.exception()  # mark retrieved; _fetch never raises by design
+        if task.cancelled():
+            self.failure_count += 1
+        elif task.exception() is not None or task.result() is not None:  # _fetch returns its error
+            self.failure_count += 1
 
     async def _fetch(self) -> str | None:
         """One refresh attempt; never raises (except cancellation). Returns an error phrase."""

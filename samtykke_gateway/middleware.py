@@ -180,6 +180,7 @@ class _Exchange:
             upstream_scope = self._upstream_scope(self.grant)
             await self.gateway.state.before_forward(self.grant)
         except GatewayError as exc:
+            self.gate_seconds = time.perf_counter() - self.started_at
             await self._deny(exc)
             return
         except Exception:  # a bug in our own code: fail closed, no traceback to the client

@@ -1,0 +1,20 @@
+"""KeySet counts failed fetches (exported as samtykke_jwks_fetch_failures_total)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from samtykke_gateway.exceptions import KeysUnavailableError
+from samtykke_gateway.keys import KeySet
+
+
+@pytest.mark.anyio
+async def test_failed_fetches_are_counted() -> None:
+    async with httpx.AsyncClient() as http:
+        keys = KeySet(name="altinn", http=http, jwks_url="http://127.0.0.1:9/jwk", fetch_timeout_seconds=1,
+                      refetch_cooldown_seconds=0)
+        with pytest.raises(KeysUnavailableError):
+            await keys.get(kid="k", x5t=None)
+        assert keys.fetch_count >= 1
+        assert keys.failure_count == keys.fetch_count
