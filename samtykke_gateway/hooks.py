@@ -1,6 +1,7 @@
 """Extension points the enforcement path calls: consent state (SPEC §4 step 9, §8) and
-observation (metrics). The defaults do nothing; :mod:`samtykke_gateway.state` and
-:mod:`samtykke_gateway.metrics` provide the real ones.
+observation (metrics). :class:`~samtykke_gateway.gateway.Gateway` builds the real ones from the
+config (:mod:`samtykke_gateway.state`, :mod:`samtykke_gateway.metrics`); the ``Null*`` classes
+here are for callers that inject their own and want nothing.
 """
 
 from __future__ import annotations
