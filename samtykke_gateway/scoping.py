@@ -38,7 +38,8 @@ names cannot contain ``.``, ``[`` or ``]`` and have no surrounding whitespace.
   :attr:`ScopeContext.period_from` .. :attr:`ScopeContext.period_to`, inclusive; a missing
   bound removes the row: fail closed).
 
-A row failing a filter is removed whole. A row whose ``where`` value is missing or not a
+Values compare as exact strings (case-sensitive, no Unicode normalisation). A row failing a
+filter is removed whole. A row whose ``where`` value is missing or not a
 string fails every filter (also ``not_in``). Several filters on the same array all apply
 (AND). Filters read the input row, so a ``where`` field need not be released; scoping is
 idempotent only when it is. Under a wholly released path, a filter still applies, and an

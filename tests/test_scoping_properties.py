@@ -24,7 +24,7 @@ from samtykke_gateway.scoping_paths import EACH, Step, parse_path
 
 NAMES = ("a", "b", "k", "æ")
 VALUES = ("x", "y", "2018-07", "2018-08-15")
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # --- documents --------------------------------------------------------------------------
 
