@@ -9,8 +9,8 @@ Run: ``python bench/bench_scoping.py [--seconds 0.5]``. For each body in
   package), plus ``scope/base`` = the ratio;
 - a 1 MB body made of repeated income rows, the size where per-call overhead stops mattering.
 
-Each figure is the best of 50 short rounds (about ``--seconds`` in all), so that load from
-other processes disturbs it as little as possible; baseline and scope run in the same process.
+Baseline and scope run interleaved in short rounds (about ``--seconds`` per body in all); each
+figure is the best round, the one least disturbed by other load on the machine.
 """
 
 from __future__ import annotations
@@ -58,26 +58,33 @@ def package_for(name: str, available: dict[str, RightsPackage]) -> RightsPackage
     return available["all"]
 
 
-def rate(function: Callable[[], object], size: int, seconds: float) -> float:
-    """MB/s of ``function`` processing ``size`` bytes per call: the best of 50 short rounds
-    spread over about ``seconds`` (the best round is the least disturbed by other load)."""
+def _calls_per_round(function: Callable[[], object], round_seconds: float) -> int:
     calls = 1
-    while True:  # calibrate one round to about seconds / 50
+    while True:
         start = time.perf_counter()
         for _ in range(calls):
             function()
         elapsed = time.perf_counter() - start
-        if elapsed > seconds / 500:
-            break
+        if elapsed > round_seconds / 10:
+            return max(1, round(calls * round_seconds / elapsed))
         calls *= 2
-    calls = max(1, round(calls * seconds / 50 / elapsed))
-    best = float("inf")
-    for _ in range(50):
-        start = time.perf_counter()
-        for _ in range(calls):
-            function()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return size / best / 1e6
+
+
+def rates(
+    functions: dict[str, Callable[[], object]], size: int, seconds: float, rounds: int = 60
+) -> dict[str, float]:
+    """MB/s per function (``size`` bytes per call): rounds of about ``seconds / rounds`` per
+    function, interleaved, best round kept: the least disturbed by other load on the machine."""
+    round_seconds = seconds / rounds / len(functions)
+    calls = {name: _calls_per_round(f, round_seconds) for name, f in functions.items()}
+    best = dict.fromkeys(functions, float("inf"))
+    for _ in range(rounds):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                function()
+            best[name] = min(best[name], (time.perf_counter() - start) / calls[name])
+    return {name: size / per_call / 1e6 for name, per_call in best.items()}
 
 
 def large_income_body() -> bytes:
@@ -91,7 +98,7 @@ def large_income_body() -> bytes:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=1.0, help="per measurement")
+    parser.add_argument("--seconds", type=float, default=2.0, help="per body")
     args = parser.parse_args()
     available = packages()
     bodies = [(path.name, path.read_bytes()) for path in sorted(DATA.glob("*.json"))]
@@ -106,8 +113,8 @@ def main() -> None:
         def scoped(body: bytes = body, package: RightsPackage = package) -> object:
             return scope_body(body, package, CONTEXT)
 
-        base = rate(baseline, len(body), args.seconds)
-        scope = rate(scoped, len(body), args.seconds)
+        measured = rates({"base": baseline, "scope": scoped}, len(body), args.seconds)
+        base, scope = measured["base"], measured["scope"]
         print(
             f"{name:48} {len(body):9} {base:7.1f}MB/s {scope:5.1f}MB/s {scope / base:9.2f}x",
             flush=True,
