@@ -2,9 +2,10 @@
 
 :func:`decode_json` turns an upstream body into Python values with the stdlib C scanner:
 objects -> ``dict``, arrays -> ``list``, strings -> ``str``, ``true``/``false``/``null`` ->
-``bool``/``None``, integers -> ``int`` (exact), and every number whose ``int`` would not print
-back identically (any fraction or exponent, ``-0``, integers over 40 digits) -> a
-:class:`JsonNumber` holding the source literal. :func:`encode_json` writes compact UTF-8
+``bool``/``None``, integers -> ``int`` (exact), and every other number -> a
+:class:`JsonNumber` holding the source literal: any fraction or exponent (``1.10``,
+``1e400``, ``-0.0``), ``-0``, and integers past :func:`sys.get_int_max_str_digits` (when
+``-0`` forces the slower exact path, every integer over 40 digits). :func:`encode_json` writes compact UTF-8
 (``,`` and ``:`` separators, non-ASCII as is) and each :class:`JsonNumber` verbatim.
 
 How the verbatim write works: the C encoder cannot emit raw text, so a :class:`JsonNumber` is
