@@ -233,7 +233,11 @@ class _Exchange:
     async def _call_app(self, scope: Scope) -> None:
         try:
             await self.app(scope, self.receive, self._send_from_app)
+        except _Abandoned:
+            return
         except GatewayError as exc:
+            if self.failure is not None:
+                return  # already answered; this is the app stopping
             if self.start_message is None:
                 self.gateway.observer.upstream(time.perf_counter() - self.forward_started, status=None)
             if not self.response_started:
@@ -241,6 +245,9 @@ class _Exchange:
                 return
             raise
         except Exception:
+            if self.failure is not None:
+                log.debug("protected app stopped after the gateway answered", exc_info=True)
+                return
             if not self.response_started:
                 log.exception("protected app failed (correlation_id=%s)", self.correlation_id)
                 await self._deny(UpstreamError("the data API failed", reason="upstream_error"), after_grant=True)
@@ -281,7 +288,9 @@ class _Exchange:
     # ------------------------------------------------------------------ response side
     async def _send_from_app(self, message: Message) -> None:
         if self.failure is not None:
-            return  # we already answered; swallow the rest of the app's response
+            # We already answered (fail closed). Tell the app the client is gone, as an ASGI
+            # server does (send raises OSError), so the proxy stops reading the upstream.
+            raise _Abandoned("the gateway already answered this request")
         kind = message["type"]
         grant = self.grant
         assert grant is not None  # noqa: S101
@@ -423,6 +432,10 @@ class _Exchange:
             raise
         self.gateway.observer.audit_write(time.perf_counter() - started, ok=True)
         self.gateway.observer.decision(self.record, self.gate_seconds)
+
+
+class _Abandoned(OSError):
+    """Raised from ``send`` to the protected app once the gateway has answered by itself."""
 
 
 def _as_dict(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:

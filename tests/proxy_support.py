@@ -71,6 +71,8 @@ class LabUpstream:
         self.requests: list[dict[str, Any]] = []
         self.release = threading.Event()
         self.last_part_sent = threading.Event()
+        self.chunks_sent = 0
+        self.aborted = False
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -214,9 +216,14 @@ class LabUpstream:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/octet-stream"),
                                 (b"content-length", str(total).encode())]})
-        for _ in range(319):
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": chunk, "more_body": False})
+        try:
+            for _ in range(319):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self.chunks_sent += 1
+            await send({"type": "http.response.body", "body": chunk, "more_body": False})
+            self.chunks_sent += 1
+        except OSError:  # ASGI: send raises OSError once the receiver is gone
+            self.aborted = True
 
 
 @dataclass

@@ -99,6 +99,19 @@ async def test_body_over_configured_size_is_502(mode: str, dev_issuer: DevIssuer
 
 
 @pytest.mark.parametrize("mode", MODES)
+async def test_oversized_scoped_body_stops_the_upstream(mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """20 MiB declared on a scoped route with a 5 MB bound: 502 at once, and the app is told to
+    stop (its send raises OSError, as when a client disconnects) instead of being read to the end."""
+    async with served(mode, issuer_url) as gw:
+        response = await gw.client.get(SCOPED_PATH + "?case=large", headers=a3_headers(dev_issuer))
+        assert response.status_code == 502
+        assert response.json()["reason"] == "upstream_body_too_large"
+        assert gw.record_for(response).released_bytes == 0
+        if mode == "middleware":
+            assert gw.lab.aborted and gw.lab.chunks_sent == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("status", [400, 404, 409, 500, 502, 503])
 async def test_upstream_error_body_replaced_on_scoped(mode: str, status: int, dev_issuer: DevIssuer,
                                                       issuer_url: str) -> None:
