@@ -108,7 +108,10 @@ def free_port() -> int:
 def wait_port(port: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.2),
+        ):
             return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listening on {port}")
@@ -118,9 +121,27 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 def uvicorn_process(factory: str, env: dict[str, str]) -> Iterator[tuple[int, int]]:
     """``(port, pid)`` of ``uvicorn bench/proxy_apps.py:<factory>``; stopped on exit."""
     port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", f"proxy_apps:{factory}", "--factory", "--app-dir", str(ROOT / "bench"),
-           "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
-           "--log-level", "warning", "--no-access-log", "--no-proxy-headers"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        f"proxy_apps:{factory}",
+        "--factory",
+        "--app-dir",
+        str(ROOT / "bench"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "--no-proxy-headers",
+    ]
     proc = subprocess.Popen(cmd, env={**os.environ, **env, "PYTHONPATH": str(ROOT)})
     try:
         wait_port(port)
@@ -207,10 +228,22 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[m.group(2)]
 
 
-def wrk(url: str, script: Path, *, duration: int, connections: int, threads: int) -> tuple[float, float, float, str]:
+def wrk(
+    url: str, script: Path, *, duration: int, connections: int, threads: int
+) -> tuple[float, float, float, str]:
     """(requests/s, p50 ms, p99 ms, error summary) of one bounded wrk run."""
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "5s", "--latency",
-           "-s", str(script), url]
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--timeout",
+        "5s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
@@ -272,30 +305,52 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def run_rounds(targets: list[Target], *, rounds: int, duration: int, connections: int, threads: int) -> None:
+def run_rounds(
+    targets: list[Target], *, rounds: int, duration: int, connections: int, threads: int
+) -> None:
     """Round-robin: every target once per round, so background load hits all alike."""
     for t in targets:  # warm-up: pools, caches, allocator
-        wrk(f"http://127.0.0.1:{t.port}{PATH}", t.script, duration=2, connections=connections, threads=threads)
+        wrk(
+            f"http://127.0.0.1:{t.port}{PATH}",
+            t.script,
+            duration=2,
+            connections=connections,
+            threads=threads,
+        )
     for n in range(rounds):
         for t in targets:
             with RssSampler(t.pid) as rss:
-                run = wrk(f"http://127.0.0.1:{t.port}{PATH}", t.script, duration=duration,
-                          connections=connections, threads=threads)
+                run = wrk(
+                    f"http://127.0.0.1:{t.port}{PATH}",
+                    t.script,
+                    duration=duration,
+                    connections=connections,
+                    threads=threads,
+                )
             t.runs.append(run)
             t.rss_kb = max(t.rss_kb, rss.peak)
-            print(f"round {n + 1} {t.name:28s} {run[0]:9.0f} req/s  p50 {run[1]:6.2f} ms  p99 {run[2]:7.2f} ms  "
-                  f"RSS {rss.peak / 1024:5.1f} MB  errors {run[3]}", file=sys.stderr)
+            print(
+                f"round {n + 1} {t.name:28s} {run[0]:9.0f} req/s  p50 {run[1]:6.2f} ms  p99 {run[2]:7.2f} ms  "
+                f"RSS {rss.peak / 1024:5.1f} MB  errors {run[3]}",
+                file=sys.stderr,
+            )
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the table shows medians")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds; the table shows medians"
+    )
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--pool", type=int, default=6000, help="distinct token pairs for the *-pool runs")
+    ap.add_argument(
+        "--pool", type=int, default=6000, help="distinct token pairs for the *-pool runs"
+    )
     ap.add_argument("--only", default="", help="comma-separated target names (prefix match)")
-    ap.add_argument("--skip-extra", action="store_true", help="no 1-connection / 256-connection / scoping runs")
+    ap.add_argument(
+        "--skip-extra", action="store_true", help="no 1-connection / 256-connection / scoping runs"
+    )
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -313,7 +368,9 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         issuer = stack.enter_context(ThreadedServer(dev.asgi_app()))
         bearer = dev.mint_maskinporten(consumer=BANK, scope=SCOPE, lifetime_seconds=LIFETIME)
-        consent = dev.mint_altinn2(subject=PERSON, consumer=BANK, services=SERVICES, lifetime_seconds=LIFETIME)
+        consent = dev.mint_altinn2(
+            subject=PERSON, consumer=BANK, services=SERVICES, lifetime_seconds=LIFETIME
+        )
         headers = {"Authorization": f"Bearer {bearer}", "AltinnSamtykke": consent}
         static = tmp / "static.lua"
         static.write_text(STATIC_LUA.format(bearer=bearer, consent=consent))
@@ -322,9 +379,13 @@ def main() -> int:
         with pool_file.open("w") as f:
             for _ in range(args.pool):
                 b = dev.mint_maskinporten(consumer=BANK, scope=SCOPE, lifetime_seconds=LIFETIME)
-                c = dev.mint_altinn2(subject=PERSON, consumer=BANK, services=SERVICES, lifetime_seconds=LIFETIME)
+                c = dev.mint_altinn2(
+                    subject=PERSON, consumer=BANK, services=SERVICES, lifetime_seconds=LIFETIME
+                )
                 f.write(f"{b} {c}\n")
-        print(f"minted {args.pool} token pairs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        print(
+            f"minted {args.pool} token pairs in {time.perf_counter() - t0:.1f} s", file=sys.stderr
+        )
         pool = tmp / "pool.lua"
         pool.write_text(POOL_LUA % {"file": pool_file, "threads": args.threads})
 
@@ -358,18 +419,36 @@ def main() -> int:
                 add(f"sidecar {audit} {label}", "sidecar", script, url)
         add("bare app (middleware form)", "bare_app", static)
         for label, script in (("same", static), ("pool", pool)):
-            add(f"middleware sqlite {label}", "middleware_app", script, f"sqlite:///{tmp}/middleware-{label}.db")
-        run_rounds(targets, rounds=args.rounds, duration=args.duration, connections=args.connections,
-                   threads=args.threads)
+            add(
+                f"middleware sqlite {label}",
+                "middleware_app",
+                script,
+                f"sqlite:///{tmp}/middleware-{label}.db",
+            )
+        run_rounds(
+            targets,
+            rounds=args.rounds,
+            duration=args.duration,
+            connections=args.connections,
+            threads=args.threads,
+        )
 
         if not args.skip_extra:
-            one = [t for t in targets if t.name in ("direct", "sidecar sqlite same", "sidecar sqlite pool")]
+            one = [
+                t
+                for t in targets
+                if t.name
+                in ("direct", "sidecar sqlite same", "sidecar sqlite pool", "sidecar memory same")
+            ]
             one = [Target(t.name + " @1", t.port, t.pid, t.script, []) for t in one]
             print("\n1 connection, 1 thread (no queueing)", file=sys.stderr)
             run_rounds(one, rounds=args.rounds, duration=args.duration, connections=1, threads=1)
             lat = {t.name: t for t in one}
-            big = [Target(t.name + " @256", t.port, t.pid, t.script, []) for t in targets
-                   if t.name in ("sidecar sqlite pool", "aiohttp")]
+            big = [
+                Target(t.name + " @256", t.port, t.pid, t.script, [])
+                for t in targets
+                if t.name in ("sidecar sqlite pool", "aiohttp")
+            ]
             print("\n256 connections", file=sys.stderr)
             run_rounds(big, rounds=1, duration=args.duration, connections=256, threads=args.threads)
             targets += big
@@ -381,9 +460,13 @@ def main() -> int:
         return _median([r[i] for r in t.runs])
 
     by_name = {t.name: t for t in targets}
-    print(f"\nload average before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
-          f"{args.rounds} rounds × {args.duration} s, medians; wrk -t{args.threads} -c{args.connections}")
-    print("\n| target | req/s | × direct | × aiohttp | × httpx | p50 ms | p99 ms | peak RSS MB | errors |")
+    print(
+        f"\nload average before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
+        f"{args.rounds} rounds × {args.duration} s, medians; wrk -t{args.threads} -c{args.connections}"
+    )
+    print(
+        "\n| target | req/s | × direct | × aiohttp | × httpx | p50 ms | p99 ms | peak RSS MB | errors |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for t in targets:
         rps = med(t, 0)
@@ -393,8 +476,10 @@ def main() -> int:
             return f"{rps / med(b, 0):.2f}" if b else "-"
 
         errors = "; ".join(sorted({r[3] for r in t.runs if r[3] != "-"})) or "-"
-        print(f"| {t.name} | {rps:,.0f} | {ratio('direct')} | {ratio('aiohttp')} | {ratio('httpx')} | "
-              f"{med(t, 1):.2f} | {med(t, 2):.2f} | {t.rss_kb / 1024:.1f} | {errors} |")
+        print(
+            f"| {t.name} | {rps:,.0f} | {ratio('direct')} | {ratio('aiohttp')} | {ratio('httpx')} | "
+            f"{med(t, 1):.2f} | {med(t, 2):.2f} | {t.rss_kb / 1024:.1f} | {errors} |"
+        )
     bare = by_name.get("bare app (middleware form)")
     if bare:
         for t in targets:
@@ -404,10 +489,14 @@ def main() -> int:
         d = med(lat["direct @1"], 2)
         print()
         for name, t in lat.items():
-            print(f"{name}: p50 {med(t, 1):.2f} ms, p99 {med(t, 2):.2f} ms, "
-                  f"p99 added over direct {med(t, 2) - d:+.2f} ms (target ≤ 5 ms)")
+            print(
+                f"{name}: p50 {med(t, 1):.2f} ms, p99 {med(t, 2):.2f} ms, "
+                f"p99 added over direct {med(t, 2) - d:+.2f} ms (target ≤ 5 ms)"
+            )
     if scoping:
-        print("\n| scoping alone (decode, apply, exact encode) | best MB/s | median MB/s |\n|---|---:|---:|")
+        print(
+            "\n| scoping alone (decode, apply, exact encode) | best MB/s | median MB/s |\n|---|---:|---:|"
+        )
         for name, best, median in scoping:
             print(f"| {name} | {best:.0f} | {median:.0f} |")
     return 0

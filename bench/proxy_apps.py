@@ -31,14 +31,26 @@ from samtykke_gateway.examples import example_body
 
 BODY = example_body("spesifisertsummertskattegrunnlag-2022.json")
 TAX_BASE_ROUTE = "/api/formueinntekt/spesifisertsummertskattegrunnlag/{rettighetspakke}/{inntektsaar}/{personidentifikator}"
-_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-        "transfer-encoding", "upgrade", "host"}
+_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+}
 
 
 def upstream() -> Any:
     """Raw ASGI: the same 3.5 KB JSON for every request (the cheapest honest data API)."""
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode()),
-               (b"etag", b'"ssg-2022"')]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(BODY)).encode()),
+        (b"etag", b'"ssg-2022"'),
+    ]
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -67,15 +79,21 @@ def httpx_proxy() -> Any:
     """Starlette + httpx (default transport, httpcore), no checks."""
     import httpx
 
-    client = httpx.AsyncClient(limits=httpx.Limits(max_connections=256, max_keepalive_connections=256))
+    client = httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    )
 
     async def forward(request: Request) -> Response:
         headers = [(k, v) for k, v in request.headers.items() if k not in _HOP]
         req = client.build_request(request.method, _target(request), headers=headers)
         resp = await client.send(req, stream=True)
         out = {k: v for k, v in resp.headers.items() if k not in _HOP}
-        return StreamingResponse(resp.aiter_raw(), status_code=resp.status_code, headers=out,
-                                 background=BackgroundTask(resp.aclose))
+        return StreamingResponse(
+            resp.aiter_raw(),
+            status_code=resp.status_code,
+            headers=out,
+            background=BackgroundTask(resp.aclose),
+        )
 
     return Starlette(routes=[Route("/{path:path}", forward)], lifespan=_closing(client.aclose))
 
@@ -92,8 +110,12 @@ def httpx_aiohttp_proxy() -> Any:
         req = client.build_request(request.method, _target(request), headers=headers)
         resp = await client.send(req, stream=True)
         out = {k: v for k, v in resp.headers.items() if k not in _HOP}
-        return StreamingResponse(resp.aiter_raw(), status_code=resp.status_code, headers=out,
-                                 background=BackgroundTask(resp.aclose))
+        return StreamingResponse(
+            resp.aiter_raw(),
+            status_code=resp.status_code,
+            headers=out,
+            background=BackgroundTask(resp.aclose),
+        )
 
     return Starlette(routes=[Route("/{path:path}", forward)], lifespan=_closing(client.aclose))
 
@@ -106,7 +128,9 @@ def aiohttp_proxy() -> Any:
 
     def session() -> aiohttp.ClientSession:
         if "s" not in state:
-            state["s"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), auto_decompress=False)
+            state["s"] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256), auto_decompress=False
+            )
         return state["s"]
 
     async def forward(request: Request) -> Response:
@@ -117,8 +141,12 @@ def aiohttp_proxy() -> Any:
         async def release() -> None:  # async: a sync callable would go through a thread pool
             resp.release()
 
-        return StreamingResponse(resp.content.iter_any(), status_code=resp.status, headers=out,
-                                 background=BackgroundTask(release))
+        return StreamingResponse(
+            resp.content.iter_any(),
+            status_code=resp.status,
+            headers=out,
+            background=BackgroundTask(release),
+        )
 
     async def close() -> None:
         if "s" in state:
@@ -130,8 +158,11 @@ def aiohttp_proxy() -> Any:
 def _config() -> Any:
     from samtykke_gateway.demo import demo_config
 
-    return demo_config(issuer_url=os.environ["BENCH_ISSUER"], upstream_url=os.environ.get("BENCH_UPSTREAM", "http://x"),
-                       audit_url=os.environ["BENCH_AUDIT"])
+    return demo_config(
+        issuer_url=os.environ["BENCH_ISSUER"],
+        upstream_url=os.environ.get("BENCH_UPSTREAM", "http://x"),
+        audit_url=os.environ["BENCH_AUDIT"],
+    )
 
 
 def sidecar() -> Any:
@@ -153,5 +184,7 @@ def middleware_app() -> Any:
 
     from samtykke_gateway.middleware import ConsentMiddleware
 
-    return Starlette(routes=[Route(TAX_BASE_ROUTE, _body)],
-                     middleware=[Middleware(ConsentMiddleware, config=_config())])
+    return Starlette(
+        routes=[Route(TAX_BASE_ROUTE, _body)],
+        middleware=[Middleware(ConsentMiddleware, config=_config())],
+    )
