@@ -3,15 +3,23 @@
 ``app.add_middleware(ConsentMiddleware, config=load_config("config/x.toml"))`` on any Starlette
 or FastAPI app. Per request (an :class:`_Exchange` holds all per-request state):
 
-1. framing and path checks, route match (unmatched → 404 unless ``gateway.unmatched = "pass"``);
+1. framing (:func:`~samtykke_gateway.headers.check_request_framing`, RFC 9112 §6) and path
+   normalisation, once (:func:`~samtykke_gateway.policy.normalize_path`), then route match
+   (unmatched → 404 unless ``gateway.unmatched = "pass"``; passed requests also get the
+   canonical path);
 2. :meth:`Gate.authorize` (tokens → policy → binding); the verified :class:`Grant` is put in
-   ``scope["samtykke.consent"]`` and the canonical path / effective query into the scope;
-3. the wrapped app answers; on scoped routes the body is buffered (bounded), decoded
-   (gzip/deflate/br), scoped by the rights package, and re-labelled (``Content-Length``
-   recomputed, ``ETag`` dropped, ``Cache-Control: no-store``); upstream error bodies are
-   replaced by a generic body; unscoped routes stream through;
+   ``scope["samtykke.consent"]``, the canonical matched path / effective query into the scope,
+   the tokens and any client ``X-Samtykke-*`` removed and the verified claims added as headers
+   (validated first: a claim unfit for a header is refused, 401);
+3. the wrapped app answers; on scoped routes the body is buffered (bounded by
+   ``max_body_bytes``, also by a declared ``Content-Length``) and handed to
+   :func:`~samtykke_gateway.responder.scoped_release` (decode, scope, re-label; generic body for
+   upstream errors; 502 for anything unscopable); unscoped routes stream through with only the
+   hop-by-hop headers removed;
 4. the disclosure record is appended durably **before** the first body byte leaves; if the
-   store cannot take it the client gets 503 and nothing else (fail closed).
+   store cannot take it the client gets 503 and nothing else (fail closed). Once the gateway has
+   answered by itself, the app's ``send`` raises :class:`OSError` (ASGI's "client gone"), so
+   the app stops producing.
 """
 
 from __future__ import annotations
