@@ -24,7 +24,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from .config import GatewayConfig
-from .exceptions import GatewayError
+from .exceptions import ConfigError, GatewayError
 from .gateway import Gateway
 from .logs import correlation_id
 from .metrics import GatewayMetrics
@@ -55,6 +55,18 @@ def _correlation_of(headers: list[tuple[bytes, bytes]]) -> tuple[str, list[tuple
     return value, rest
 
 
+def check_sidecar_config(config: GatewayConfig) -> None:
+    """What the sidecar needs beyond a valid config.
+
+    :raises ConfigError: no ``upstream.url``; ``gateway.unmatched = "pass"`` (that would make the
+        sidecar an open proxy for every path no route names: it is for the middleware form).
+    """
+    if not config.upstream_url:
+        raise ConfigError("upstream.url", "is required for the sidecar")
+    if config.unmatched != "deny":
+        raise ConfigError("gateway.unmatched", "'pass' is for the middleware form; the sidecar denies unmatched paths")
+
+
 class SidecarApp:
     """ASGI app of the standalone reverse proxy.
 
@@ -69,8 +81,7 @@ class SidecarApp:
 
     def __init__(self, config: GatewayConfig, *, gateway: Gateway | None = None,
                  metrics: GatewayMetrics | None = None, tracer: Any = None) -> None:
-        if not config.upstream_url:
-            raise ValueError("upstream.url is required for the sidecar")
+        check_sidecar_config(config)
         self.config = config
         self._own_gateway = gateway is None
         self.gateway = gateway or Gateway(config)

@@ -23,6 +23,7 @@ __all__ = [
     "apply_constraints",
     "bind_consent",
     "check_consumer",
+    "check_governed_params",
     "request_subject",
 ]
 
@@ -137,6 +138,33 @@ def bind_consent(
     raise _deny("resource_not_consented", "the consent does not cover this resource")
 
 
+def check_governed_params(route: RouteConfig, query: Sequence[tuple[str, str]]) -> None:
+    """Refuse query parameters an upstream could read as a governed one (subject, period,
+    year): the same name repeated, or a variant that differs only in case or carries array
+    syntax (``FNR``, ``fnr[]``, ``tilOgMed[0]``). Many frameworks bind such names to the same
+    parameter (ASP.NET Core binds case-insensitively), so forwarding them would let the
+    request name another person or period than the one checked.
+
+    :raises BadRequestError: (400, ``duplicate_parameter`` / ``ambiguous_parameter``).
+    """
+    governed = {name.lower(): name for name in route.governed_params}
+    if not governed:
+        return
+    seen: set[str] = set()
+    for name, _ in query:
+        canonical = governed.get(name.split("[", 1)[0].strip().lower())
+        if canonical is None:
+            continue
+        if name != canonical:
+            raise BadRequestError(
+                "a query parameter differs from a governed parameter only in case or array syntax",
+                reason="ambiguous_parameter",
+            )
+        if name in seen:
+            raise BadRequestError(f"query parameter {canonical} is repeated", reason="duplicate_parameter")
+        seen.add(name)
+
+
 def _single(query: Sequence[tuple[str, str]], name: str) -> str | None:
     values = [v for k, v in query if k == name]
     if len(values) > 1:
@@ -157,8 +185,7 @@ def apply_constraints(
     :raises InsufficientConsentError: (403) ``metadata_missing`` (no parsable consented value)
         or ``metadata_out_of_range`` (the request asks for more than the consent covers).
     """
-    for name in route.governed_params:
-        _single(query, name)
+    check_governed_params(route, query)
     effective = list(query)
     context = ScopeContext()
     if route.year is not None:

@@ -18,8 +18,10 @@ Exit codes: 0 ok, 1 a check failed, 2 usage or configuration error.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 from .exceptions import ConfigError
 
@@ -38,7 +40,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     for name, issuer in config.issuers.items():
         where = issuer.jwks_url or issuer.metadata_url
         print(f"  issuer {name:<13} iss={issuer.issuer}  keys={where}  algs={','.join(issuer.algorithms)}")
-    print(f"  upstream           {config.upstream_url or '(none: middleware only)'}")
+    print(f"  upstream           {_without_password(config.upstream_url) or '(none: middleware only)'}")
+    if config.unmatched == "pass":
+        print("  note: gateway.unmatched = 'pass' works in the middleware form only; `serve` refuses it")
     from .audit import open_store
 
     print(f"  disclosure log     {open_store(config.audit_url).url_for_display}")
@@ -64,6 +68,28 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             print("      unscoped (body streams through)")
         if route.one_time:
             print("      one-time consent")
+        if route.daily_limit:
+            print(f"      at most {route.daily_limit} deliveries per consent per day")
+    return 0
+
+
+def _without_password(url: str | None) -> str | None:
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _cmd_example_upstream(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .examples import ExampleUpstream
+
+    print(f"example upstream (published example data) on http://{args.host}:{args.port}", file=sys.stderr)
+    uvicorn.run(ExampleUpstream(compress=args.compress).app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
@@ -74,8 +100,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .demo import run_demo
 
+    if args.audit_path is not None and not Path(args.audit_path).resolve().parent.is_dir():
+        print(f"--audit-path: directory {Path(args.audit_path).resolve().parent} does not exist", file=sys.stderr)
+        return 2
     return run_demo(audit_path=args.audit_path, body_lines=args.body_lines)
 
 
@@ -116,6 +147,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--body-lines", type=int, default=40, help="lines of each scoped body to print")
     p.set_defaults(func=_cmd_demo)
 
+    p = sub.add_parser("example-upstream", help="serve the published example data as a data API (for trials)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8081)
+    p.add_argument("--compress", choices=["gzip", "deflate", "br"], default=None)
+    p.set_defaults(func=_cmd_example_upstream)
+
     from .devkit import add_dev_parsers
 
     add_dev_parsers(sub, mint=_cmd_mint, dev_issuer=_cmd_dev_issuer)
@@ -147,7 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "audit":
         from .audit.admin import run_audit
 
-        return run_audit(args)
+        try:
+            return run_audit(args)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     try:
         return int(args.func(args))
     except ConfigError as exc:
@@ -155,6 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -343,6 +343,8 @@ def _issuer(name: str, data: Mapping[str, Any], path: str) -> IssuerConfig:
     for k, url in (("jwks_url", jwks_url), ("metadata_url", metadata_url)):
         if url is not None and not url.startswith(("https://", "http://")):
             raise ConfigError(t.key(k), "must be an http(s) URL")
+    if "algorithms" in t.data and not t.data["algorithms"]:
+        raise ConfigError(t.key("algorithms"), "must name at least one algorithm")
     algs = t.str_list("algorithms") or ("RS256",)
     for i, alg in enumerate(algs):
         if alg not in _ALLOWED_ALGS:
@@ -618,7 +620,7 @@ def parse_config(
         audit_url=audit_url,
         consent_header=consent_header.lower(),
         error_style=error_style,  # type: ignore[arg-type]
-        leeway_seconds=gw.number("leeway_seconds", 30.0),
+        leeway_seconds=_leeway(gw),
         max_token_bytes=int(gw.number("max_token_bytes", 16384, minimum=256)),
         altinn3_delegation_sources=delegation_sources,
         unmatched=unmatched,  # type: ignore[arg-type]
@@ -686,6 +688,13 @@ def _feed(data: Any, routes: tuple[RouteConfig, ...], base_dir: Path) -> FeedCon
     )
     t.finish()
     return cfg
+
+
+def _leeway(gw: _Table) -> float:
+    value = gw.number("leeway_seconds", 30.0)
+    if value > 300:
+        raise ConfigError("gateway.leeway_seconds", "must be within 0..300 (clock skew, not a grace period)")
+    return value
 
 
 def _resolve_store_url(url: str, base_dir: Path, key: str) -> str:

@@ -11,6 +11,7 @@
     ├── InsufficientConsentError      403  authenticated, but the consent does not cover the request
     │   └── ConsentSpentError         403  one-time consent already delivered / revoked
     ├── NotFoundError                 404  no route (or unknown rights package)
+    ├── MethodNotAllowedError         405  the path is a route, the method is not
     ├── UsageLimitError               429  per-consent daily usage limit reached
     ├── UpstreamError                 502  upstream refused / unparsable / oversized / unknown encoding
     │   └── UpstreamTimeoutError      504
@@ -38,6 +39,7 @@ __all__ = [
     "InsufficientConsentError",
     "InvalidTokenError",
     "KeysUnavailableError",
+    "MethodNotAllowedError",
     "MissingTokenError",
     "NotFoundError",
     "StateUnavailableError",
@@ -127,6 +129,12 @@ class NotFoundError(GatewayError):
     status_code = 404
     default_reason = "no_route"
     kode = "SG-404"
+
+
+class MethodNotAllowedError(GatewayError):
+    status_code = 405
+    default_reason = "method_not_allowed"
+    kode = "SG-405"
 
 
 class UsageLimitError(GatewayError):

@@ -11,8 +11,8 @@ reason code; the decoded claims with personal identifiers masked unless
     samtykke-gateway explain MASKINPORTEN_TOKEN [--consent A2_CONSENT_TOKEN]
         [--config FILE] [--path '/api/...?fraOgMed=2018-07'] [--method GET] [--show-personal-data]
 
-Without ``--config`` only the structure and the time claims are checked (no keys, no
-signature). Tokens may be given as ``-`` to read them from standard input (one per line), so
+Without ``--config`` only the structure and the time claims are shown (no keys, no
+signature): the result is then always "NOT VERIFIED" (exit 1), never a pass. Tokens may be given as ``-`` to read them from standard input (one per line), so
 they do not end up in shell history.
 """
 
@@ -140,7 +140,10 @@ async def explain(
             for line in json.dumps(view, indent=2, ensure_ascii=False).splitlines():
                 report.out("    " + line)
     if config_path is None:
-        report.out("\nNo --config: keys and signatures not checked; time claims only.")
+        report.out("\nNo --config: NOT VERIFIED. Without the issuers' keys nothing here says the token is")
+        report.out("genuine (signature, issuer and key were not checked); only the time claims are shown.")
+        if path is not None:
+            report.out("--path ignored: binding to a request needs --config (routes and keys).")
         for title, token in (("Maskinporten access token", bearer), ("Altinn 2 consent token", consent)):
             if token is None:
                 continue
@@ -148,12 +151,11 @@ async def explain(
                 claims = parse_compact(token, max_bytes=1 << 20).payload
             except GatewayError as exc:
                 report.out(f"  [FAIL] {title}: {exc.detail}")
-                report.ok = False
                 continue
             exp = claims.get("exp")
             live = isinstance(exp, int | float) and not isinstance(exp, bool) and exp > clock()
             report.out(f"  [{'pass' if live else 'FAIL'}] {title}: exp {'in the future' if live else 'missing or past'}")
-            report.ok = report.ok and live
+        report.ok = False  # unverified is never a pass
         return report.ok, report.lines
 
     from .config import load_config
@@ -248,6 +250,9 @@ def explain_command(args: argparse.Namespace) -> int:
         print(f"invalid config: {exc}", file=sys.stderr)
         return 2
     print("\n".join(lines))
+    if args.config is None:
+        print("\nResult: NOT VERIFIED (give --config to check keys, signature and the request)")
+        return 1
     print("\nResult: " + ("every check passed" if ok else "refused"))
     return 0 if ok else 1
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import httpx
 
 from .audit.record import DisclosureRecord
-from .binding import Binding, apply_constraints, bind_consent, request_subject
+from .binding import Binding, apply_constraints, bind_consent, check_governed_params, request_subject
 from .config import GatewayConfig, IssuerConfig
 from .exceptions import (
     BadRequestError,
@@ -213,6 +213,7 @@ class Gate:
             record.consent_issuer, record.consent_key_id = consent.issuer, consent.key_id
         record.consent_id = consent.consent_id
 
+        check_governed_params(route, facts.query)
         subject = request_subject(route, match.params, facts.query, facts.headers)
         record.subject = subject
         binding = bind_consent(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from .config import RouteConfig
-from .exceptions import BadRequestError, NotFoundError
+from .exceptions import BadRequestError, MethodNotAllowedError
 
 __all__ = ["RouteMatch", "Router", "encode_path", "normalize_path"]
 
@@ -91,7 +91,7 @@ class Router:
     def match(self, method: str, segments: Sequence[str]) -> RouteMatch | None:
         """:returns: the first route whose template and method match, else ``None``.
 
-        :raises NotFoundError: (404, ``method_not_allowed``) path matches but method does not.
+        :raises MethodNotAllowedError: (405) the path matches a route but the method does not.
         """
         decoded = "/" + "/".join(segments)
         path_hit = False
@@ -104,5 +104,5 @@ class Router:
                 continue
             return RouteMatch(route, m.groupdict(), encode_path(segments))
         if path_hit:
-            raise NotFoundError("method not allowed on this route", reason="method_not_allowed")
+            raise MethodNotAllowedError("method not allowed on this route")
         return None

@@ -23,9 +23,9 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
-from .app import SidecarApp
+from .app import SidecarApp, check_sidecar_config
 from .config import GatewayConfig, load_config
-from .exceptions import ConfigError
+from .exceptions import ConfigError, GatewayError
 from .gateway import Gateway
 from .logs import DecisionLog, configure_logging
 from .metrics import GatewayMetrics
@@ -101,8 +101,7 @@ class ReloadingApp:
             old = self.current
             try:
                 config = load_config(self.config_path)
-                if not config.upstream_url:
-                    raise ConfigError("upstream.url", "is required for the sidecar")
+                check_sidecar_config(config)
             except ConfigError as exc:
                 self.metrics.reload(ok=False)
                 log.error("config reload refused: %s", exc, extra={"event": "reload", "result": "refused"})
@@ -112,7 +111,7 @@ class ReloadingApp:
                 new = await self._build(config, old.state if keep_state and old is not None else None)
             except Exception as exc:  # noqa: BLE001 - any start failure refuses the reload
                 self.metrics.reload(ok=False)
-                log.error("config reload refused: the new gateway did not start (%s)", type(exc).__name__,
+                log.error("config reload refused: the new gateway did not start (%s)", _why(exc),
                           extra={"event": "reload", "result": "refused"})
                 return False
             self.current = new
@@ -165,7 +164,7 @@ class ReloadingApp:
                 try:
                     await self.start()
                 except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
-                    log.error("gateway did not start: %s", type(exc).__name__)
+                    log.error("gateway did not start: %s", _why(exc))
                     await send({"type": "lifespan.startup.failed", "message": type(exc).__name__})
                     return
                 self._install_sighup()
@@ -202,8 +201,7 @@ def serve(config_path: str, *, host: str, port: int, workers_note: bool = False)
     configure_logging(os.environ.get("SAMTYKKE_GATEWAY_LOG_LEVEL", "INFO").upper())
     try:
         config = load_config(config_path)
-        if not config.upstream_url:
-            raise ConfigError("upstream.url", "is required for the sidecar")
+        check_sidecar_config(config)
     except ConfigError as exc:
         print(f"invalid config: {exc}", file=sys.stderr)
         return 2
@@ -220,3 +218,11 @@ def serve(config_path: str, *, host: str, port: int, workers_note: bool = False)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
                 server_header=False, proxy_headers=False, log_config=None)
     return 0
+
+
+def _why(exc: BaseException) -> str:
+    """A start failure for the log: our own messages (config key paths, store reasons) and OS
+    errors (file paths) in full; anything else by class only (its text could quote data)."""
+    if isinstance(exc, ConfigError | GatewayError | OSError):
+        return f"{type(exc).__name__}: {exc}"
+    return type(exc).__name__

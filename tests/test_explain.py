@@ -84,3 +84,16 @@ def test_explain_bad_signature_and_year(capsys, dev_issuer: DevIssuer, config_fi
 def test_explain_without_config_and_garbage(capsys) -> None:  # type: ignore[no-untyped-def]
     code, out = _run(capsys, "not-a-token")
     assert code == 1 and "not a decodable compact JWS" in out
+
+
+def test_explain_without_config_never_passes(capsys, dev_issuer: DevIssuer) -> None:  # type: ignore[no-untyped-def]
+    from samtykke_gateway.testing import encode_token
+
+    forged = encode_token({"alg": "none"}, {"exp": 9_999_999_999, "consumer": "x"}, None, alg="none")
+    code, out = _run(capsys, forged, "--path", INCOME_PATH)
+    assert code == 1
+    assert "NOT VERIFIED" in out and "every check passed" not in out
+    assert "--path ignored" in out
+    genuine = a3_headers(dev_issuer)["Authorization"][7:]
+    code, out = _run(capsys, genuine)
+    assert code == 1 and "NOT VERIFIED" in out

@@ -400,8 +400,22 @@ class SqliteStore:
     def _migrate(self) -> None:
         # The log holds personal data: owner-only from the first byte. SQLite gives the
         # -wal and -shm files the main file's permissions.
-        with contextlib.suppress(FileExistsError):
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise AuditUnavailableError(
+                f"disclosure store directory {directory} does not exist (create it, owned by the"
+                " gateway's user, mode 0700)",
+                reason="audit_unavailable",
+            )
+        try:
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        else:
+            # A new, empty log: normal on first start, a red flag on a restart (a lost or moved
+            # log is otherwise indistinguishable from a fresh one). Pin the head elsewhere
+            # (`audit head`) to detect it.
+            logger.warning("audit store: created a NEW, empty disclosure log at %s", self.url_for_display)
         conn = self._connect(create=True)
         try:
             conn.execute("BEGIN IMMEDIATE")

@@ -109,9 +109,7 @@ def consent_from_authorization_details(
     """
     if details is None:
         return None
-    if isinstance(details, dict):
-        details = [details]
-    if not isinstance(details, list):
+    if not isinstance(details, list):  # RFC 9396 §2: a JSON array
         raise _bad("authorization_details is not a list")
     entries = [d for d in details if isinstance(d, dict) and d.get("type") == CONSENT_TYPE]
     if not entries:
