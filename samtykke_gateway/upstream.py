@@ -239,11 +239,11 @@ class UpstreamPool:
     :param host: upstream host name or address.
     :param port: TCP port.
     :param tls: an :class:`ssl.SSLContext` for ``https`` (``None`` = plain TCP).
-    :param max_connections: most connections open at once; more requests wait (counted in
+    :param max_connections: most connections open at once; more requests wait (at most
         ``connect_timeout_seconds``).
     :param keepalive_seconds: an idle connection older than this is closed, not reused (keep it
         below the upstream's own idle timeout; uvicorn's is 5 s).
-    :param connect_timeout_seconds: bound on waiting for a free slot plus the TCP/TLS connect.
+    :param connect_timeout_seconds: bound on waiting for a free slot, and on the TCP/TLS connect.
     :param read_timeout_seconds: bound on the wait for the response head and for each body read.
     """
 
@@ -282,16 +282,15 @@ class UpstreamPool:
         return conn
 
     async def _acquire(self) -> _Connection:
+        """A slot, then a fresh pooled connection or a new one; each wait is bounded by
+        ``connect_timeout_seconds`` (raises :class:`TimeoutError`)."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max)
-        if self._slots.locked() or not self._idle:
+        if self._slots.locked():
             async with asyncio.timeout(self.connect_timeout_seconds):
                 await self._slots.acquire()
-                return await self._pooled_or_new()
-        await self._slots.acquire()  # free slot: does not block
-        return await self._pooled_or_new()
-
-    async def _pooled_or_new(self) -> _Connection:
+        else:
+            await self._slots.acquire()  # a slot is free: returns at once
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
@@ -300,9 +299,10 @@ class UpstreamPool:
                 return conn
             conn.close()
         try:
-            conn = await self._connect()
+            async with asyncio.timeout(self.connect_timeout_seconds):
+                conn = await self._connect()
         except BaseException:
-            self._slots.release()  # type: ignore[union-attr]
+            self._slots.release()
             raise
         conn.reused = False
         return conn
