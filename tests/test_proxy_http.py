@@ -230,7 +230,7 @@ async def test_ambiguous_paths_refused(mode: str, path: str, dev_issuer: DevIssu
         assert [r.reason for r in gw.records] == ["bad_path"]
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ["middleware"])  # the sidecar refuses unmatched = "pass" (test_hardening)
 async def test_unmatched_pass_forwards_canonical_path(mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
     """With ``unmatched = "pass"`` the app still gets the normalised path (never the raw one)."""
     async with served(mode, issuer_url, gateway={"unmatched": "pass"}) as gw:
