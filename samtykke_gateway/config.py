@@ -234,6 +234,7 @@ class GatewayConfig:
     upstream_timeout_seconds: float = 10.0
     upstream_connect_timeout_seconds: float = 3.0
     max_body_bytes: int = 10 * 1024 * 1024
+    release_headers: frozenset[bytes] = frozenset()
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     health_path: str = "/healthz"
     ready_path: str = "/readyz"
@@ -552,6 +553,7 @@ def parse_config(
     upstream_timeout = up.number("timeout_seconds", 10.0, minimum=0.01)
     connect_timeout = up.number("connect_timeout_seconds", 3.0, minimum=0.01)
     max_body = int(up.number("max_body_bytes", 10 * 1024 * 1024, minimum=1))
+    release_headers = frozenset(h.lower().encode("ascii") for h in up.str_list("release_headers", _HEADER_NAME))
     up.finish()
 
     au = _Table(top.get("audit", dict, {}), "audit")
@@ -627,6 +629,7 @@ def parse_config(
         upstream_timeout_seconds=upstream_timeout,
         upstream_connect_timeout_seconds=connect_timeout,
         max_body_bytes=max_body,
+        release_headers=release_headers,
         trusted_proxies=tuple(proxies),
         state_url=state_url,
         revocation_file=revocation_file,

@@ -276,7 +276,16 @@ class _Exchange:
         scoped = grant.rights_package is not None
         if scoped:
             drop |= _CONDITIONAL
-        headers = [(k, v) for k, v in self.scope.get("headers", ())
+        # ``Connection`` and what it nominates go first (RFC 9110 §7.6.1): a client's
+        # ``Connection: x-samtykke-consumer`` must not nominate away the headers the gateway
+        # adds below. (Transfer-Encoding stays for the proxy, which re-frames the body.)
+        incoming = list(self.scope.get("headers", ()))
+        for name, value in incoming:
+            if name.lower() == b"connection":
+                drop |= {b"connection"} | {t.strip().lower() for t in value.split(b",") if t.strip()}
+        drop.discard(b"transfer-encoding")
+        drop.discard(b"content-length")
+        headers = [(k, v) for k, v in incoming
                    if (lk := k.lower()) not in drop and not lk.startswith(_GATEWAY_PREFIX)]
         if scoped:
             headers.append((b"accept-encoding", b"gzip, deflate, br"))
@@ -371,6 +380,7 @@ class _Exchange:
                 max_body_bytes=self.config.max_body_bytes,
                 correlation_id=self.correlation_id,
                 error_style=self.config.error_style,
+                release_headers=self.config.release_headers,
             )
         except UpstreamError as exc:
             await self._fail_after_grant(exc)

@@ -47,6 +47,13 @@ _REPRESENTATION = frozenset(
         b"x-correlation-id",
     }
 )
+#: Upstream response headers that may reach the client on a scoped route: an allow-list,
+#: since any other header (Set-Cookie, Link, Content-Disposition, debug headers) can carry
+#: personal data or internals the rights package never released. Extend per deployment with
+#: ``[upstream] release_headers``.
+SCOPED_HEADER_ALLOW = frozenset({b"content-type", b"content-language", b"vary"})
+#: Set by the server that answers the client (uvicorn / the host app), never copied upstream's.
+_SERVER_OWNED = frozenset({b"date", b"server"})
 _BODYLESS = frozenset({204, 205, 304})
 _TOO_LARGE = "upstream_body_too_large"
 
@@ -129,9 +136,18 @@ def declared_length(headers: Headers) -> int | None:
     return None
 
 
+def _scoped_headers(headers: Headers, allow: frozenset[bytes]) -> Headers:
+    return [(n, v) for n, v in headers if n.lower() in allow and n.lower() not in _REPRESENTATION]
+
+
 def streaming_headers(headers: Headers, correlation_id: bytes) -> Headers:
-    """Headers of an unscoped (streamed) response: hop-by-hop dropped, our correlation id."""
-    out = [(n, v) for n, v in strip_hop_by_hop(headers) if n.lower() != b"x-correlation-id"]
+    """Headers of an unscoped (streamed) response: hop-by-hop and server-owned (``Date``,
+    ``Server``) dropped, our correlation id."""
+    out = [
+        (n, v)
+        for n, v in strip_hop_by_hop(headers)
+        if n.lower() != b"x-correlation-id" and n.lower() not in _SERVER_OWNED
+    ]
     out.append((b"x-correlation-id", correlation_id))
     return out
 
@@ -147,6 +163,7 @@ def scoped_release(
     max_body_bytes: int,
     correlation_id: str,
     error_style: str = "problem",
+    release_headers: frozenset[bytes] = frozenset(),
 ) -> Release:
     """Turn a buffered upstream response on a scoped route into what the client may see.
 
@@ -154,13 +171,17 @@ def scoped_release(
     :param headers: upstream response headers (ASGI form).
     :param body: the upstream body as received (possibly content-encoded).
     :param method: request method (``HEAD`` releases headers only).
+    :param release_headers: lower-cased upstream header names released besides
+        :data:`SCOPED_HEADER_ALLOW`; every other upstream header is dropped.
     :raises UpstreamError: (502) not JSON (by ``Content-Type`` or by parse), unknown or corrupt
-        encoding, decoded body over ``max_body_bytes``.
+        encoding, decoded body over ``max_body_bytes``, a body whose top-level value fits no
+        path of the package (``upstream_body_unexpected_shape``).
     """
     cid = correlation_id.encode()
+    allow = SCOPED_HEADER_ALLOW | release_headers
     if not 200 <= status < 300 or status in _BODYLESS or method == "HEAD":
         if status in _BODYLESS or (method == "HEAD" and 200 <= status < 300):
-            kept = [(n, v) for n, v in strip_hop_by_hop(headers) if n.lower() not in _REPRESENTATION]
+            kept = _scoped_headers(headers, allow)
             kept += [(b"cache-control", b"no-store"), (b"x-correlation-id", cid)]
             return Release(status, kept, b"", reason="ok")
         out_headers, generic = generic_body(status, correlation_id=correlation_id, style=error_style)
@@ -179,7 +200,10 @@ def scoped_release(
     if encodings:
         body = decode_body(body, b", ".join(encodings).decode("latin-1"), max_bytes=max_body_bytes)
     scoped = scope_body(body, package, context)
-    out = [(n, v) for n, v in strip_hop_by_hop(headers) if n.lower() not in _REPRESENTATION]
+    if scoped.body == b"null":
+        raise UpstreamError("upstream body does not have the shape the rights package describes",
+                            reason="upstream_body_unexpected_shape")
+    out = _scoped_headers(headers, allow)
     out += [
         (b"content-length", str(len(scoped.body)).encode()),
         (b"cache-control", b"no-store"),

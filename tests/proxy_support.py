@@ -136,6 +136,21 @@ class LabUpstream:
         ]
         await self._json(scope, send, TAX_BASE_2022, extra=extra)
 
+    async def case_leaky_headers(self, scope: dict[str, Any], send: Any) -> None:
+        extra = [
+            (b"set-cookie", b"session=upstream-secret"),
+            (b"x-internal-secret", b"token-abc"),
+            (b"x-person-id", b"01029413157"),
+            (b"content-disposition", b"attachment; filename=01029413157.json"),
+            (b"link", b"</api/x/12345678901>; rel=next"),
+            (b"date", b"Mon, 01 Jan 2024 00:00:00 GMT"),
+            (b"content-language", b"nb"),
+        ]
+        await self._json(scope, send, TAX_BASE_2022, extra=extra)
+
+    async def case_top_level_array(self, scope: dict[str, Any], send: Any) -> None:
+        await self._json(scope, send, b'[{"personidentifikator": "12879397780"}]')
+
     async def case_gzip(self, scope: dict[str, Any], send: Any) -> None:
         await self._json(scope, send, gzip.compress(TAX_BASE_2022), "gzip")
 
