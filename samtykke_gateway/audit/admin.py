@@ -20,6 +20,7 @@ import asyncio
 import csv
 import io
 import json
+import re
 import os
 import sys
 import tomllib
@@ -73,7 +74,12 @@ def add_audit_parser(subparsers: Any) -> None:
         where.add_argument("--config", metavar="FILE", help="gateway config; uses [audit] url")
         return p
 
-    common("verify", "walk the hash chain; exit 1 when a link is broken")
+    p = common("verify", "walk the hash chain; exit 1 when a link is broken")
+    p.add_argument(
+        "--anchor", metavar="SEQ:HASH", action="append", default=[],
+        help="a head printed by an earlier verify and kept outside the database: the chain must "
+             "still hold that record with that hash (detects a rewound or replaced log)",
+    )
     p = common("export", "every disclosure about one subject (GDPR Art. 15)")
     p.add_argument("--subject", required=True, help="person id or organisation number")
     p.add_argument("--since", metavar="ISO", help="from this time (inclusive, UTC if no offset)")
@@ -150,17 +156,47 @@ def _relative_to(url: str, base: Path) -> str:
     return url
 
 
+def _anchors(values: list[str]) -> dict[int, str]:
+    anchors: dict[int, str] = {}
+    for value in values:
+        seq, sep, digest = value.partition(":")
+        if not sep or not seq.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError(f"--anchor wants SEQ:HASH (64 hex digits), got {value!r}")
+        anchors[int(seq)] = digest
+    return anchors
+
+
 async def _verify(store: DisclosureStore, args: argparse.Namespace, out: TextIO) -> int:
-    result = await store.verify()
-    if result.ok:
-        print(f"chain OK: {result.checked} records checked ({store.url_for_display})", file=out)
-        return 0
-    print(
-        f"chain BROKEN at seq {result.first_broken_seq}: {result.problem}"
-        f" ({result.checked} records read, {store.url_for_display})",
-        file=out,
-    )
-    return 1
+    anchors = _anchors(getattr(args, "anchor", []) or [])
+    result = await store.verify(watch=anchors.keys())
+    if not result.ok:
+        print(
+            f"chain BROKEN at seq {result.first_broken_seq}: {result.problem}"
+            f" ({result.checked} records read, {store.url_for_display})",
+            file=out,
+        )
+        return 1
+    failed = 0
+    for seq, digest in sorted(anchors.items()):
+        seen = result.watched.get(seq)
+        if seen == digest:
+            print(f"anchor {seq}: held", file=out)
+        elif seen is not None:
+            print(f"anchor {seq}: BROKEN: the record now has another hash (the log was rewritten)", file=out)
+            failed += 1
+        elif result.head_seq is not None and result.head_seq < seq:
+            print(f"anchor {seq}: BROKEN: the chain ends at {result.head_seq}, before the anchor"
+                  " (records deleted and the head rewound, or the log replaced)", file=out)
+            failed += 1
+        else:
+            print(f"anchor {seq}: not checkable (purged before the checkpoint)", file=out)
+    if failed:
+        return 1
+    print(f"chain OK: {result.checked} records checked ({store.url_for_display})", file=out)
+    if result.head_seq:
+        print(f"head: {result.head_seq}:{result.head_hash}  (keep outside the database; pass as --anchor)",
+              file=out)
+    return 0
 
 
 async def _export(store: DisclosureStore, args: argparse.Namespace, out: TextIO) -> int:

@@ -12,7 +12,8 @@ which may quote row values (a PostgreSQL ``DETAIL`` line does).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from .record import DisclosureRecord
@@ -33,6 +34,13 @@ class VerifyResult:
     checked: int
     first_broken_seq: int | None
     problem: str | None
+    #: When ``ok``: the head the walk ended at (pin it outside the database, e.g. in the
+    #: platform's log store, and pass it back as an anchor to detect a rewound tail).
+    #: (Not part of equality: two walks agree when their verdicts agree.)
+    head_seq: int | None = field(default=None, compare=False)
+    head_hash: str | None = field(default=None, compare=False)
+    #: Hashes of the seqs asked for with ``verify(watch=...)`` that the walk passed.
+    watched: dict[int, str] = field(default_factory=dict, compare=False)
 
 
 @runtime_checkable
@@ -64,8 +72,10 @@ class DisclosureStore(Protocol):
         """Finish pending appends and release connections/threads. Idempotent."""
         ...
 
-    async def verify(self) -> VerifyResult:
+    async def verify(self, *, watch: Collection[int] = ()) -> VerifyResult:
         """Walk the chain from the purge checkpoint to the head.
+
+        :param watch: seqs whose hashes to report in :attr:`VerifyResult.watched` (anchors).
 
         :raises AuditUnavailableError: store unreachable.
         """

@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -270,8 +270,10 @@ class ChainVerifier:
     :param base_hash: hash of the checkpoint record (:data:`GENESIS_HASH` when never purged).
     """
 
-    def __init__(self, *, base_seq: int = 0, base_hash: str = GENESIS_HASH) -> None:
+    def __init__(self, *, base_seq: int = 0, base_hash: str = GENESIS_HASH, watch: Collection[int] = ()) -> None:
         self.checked = 0
+        self._watch = frozenset(watch)
+        self.watched: dict[int, str] = {}
         self._seq = base_seq
         self._hash = base_hash
         self._prev_hash: str | None = None
@@ -291,6 +293,8 @@ class ChainVerifier:
             return
         if row.seq == self._seq + 1 and row.prev_hash == self._hash and row.self_consistent():
             self._prev_hash, self._seq, self._hash = self._hash, row.seq, row.hash
+            if row.seq in self._watch:
+                self.watched[row.seq] = row.hash
             return
         self._suspect = _Suspect(row, self._seq, self._hash, self._prev_hash)
 
@@ -316,7 +320,8 @@ class ChainVerifier:
             return self._broken(
                 self._seq, f"edited: record {self._seq} was altered and re-hashed (head differs)"
             )
-        return VerifyResult(ok=True, checked=self.checked, first_broken_seq=None, problem=None)
+        return VerifyResult(ok=True, checked=self.checked, first_broken_seq=None, problem=None,
+                            head_seq=self._seq, head_hash=self._hash, watched=dict(self.watched))
 
     def _broken(self, seq: int, problem: str) -> VerifyResult:
         return VerifyResult(ok=False, checked=self.checked, first_broken_seq=seq, problem=problem)

@@ -7,6 +7,7 @@ makes ``append``/``ping`` raise :class:`AuditUnavailableError`, for testing fail
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 
 from ..exceptions import AuditUnavailableError
 from .base import VerifyResult
@@ -75,11 +76,11 @@ class MemoryStore:
             )
             self.head = (seq, digest)
 
-    async def verify(self) -> VerifyResult:
+    async def verify(self, *, watch: Collection[int] = ()) -> VerifyResult:
         with self._lock:
             rows = sorted(self.rows, key=lambda r: r.seq)
             base, head = self.checkpoint, self.head
-        verifier = ChainVerifier(base_seq=base[0], base_hash=base[1])
+        verifier = ChainVerifier(base_seq=base[0], base_hash=base[1], watch=watch)
         for row in rows:
             verifier.feed(row)
         return verifier.finish(head_seq=head[0], head_hash=head[1])

@@ -31,7 +31,7 @@ import asyncio
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -392,7 +392,7 @@ class PostgresStore:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    async def verify(self) -> VerifyResult:
+    async def verify(self, *, watch: Collection[int] = ()) -> VerifyResult:
         async def walk(conn: psycopg.AsyncConnection[Any]) -> VerifyResult:
             async with conn.transaction():
                 await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -400,7 +400,7 @@ class PostgresStore:
                 base = _pair(await cur.fetchone(), "chain_checkpoint")
                 cur = await conn.execute("SELECT seq, hash FROM chain_head WHERE id = 1")
                 head = _pair(await cur.fetchone(), "chain_head")
-                verifier = ChainVerifier(base_seq=base[0], base_hash=base[1])
+                verifier = ChainVerifier(base_seq=base[0], base_hash=base[1], watch=watch)
                 async with conn.cursor(name="samtykke_audit_verify") as rows:
                     rows.itersize = 2_000
                     await rows.execute(f"{_SELECT_ROWS} ORDER BY seq")

@@ -36,7 +36,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -218,8 +218,8 @@ class SqliteStore:
 
     # -- reads (own connection, worker thread) -------------------------------------------------
 
-    async def verify(self) -> VerifyResult:
-        return await self._read(self._verify_sync)
+    async def verify(self, *, watch: Collection[int] = ()) -> VerifyResult:
+        return await self._read(lambda conn: self._verify_sync(conn, watch))
 
     async def export(
         self, *, subject: str, since: str | None = None, until: str | None = None
@@ -250,10 +250,10 @@ class SqliteStore:
         return await asyncio.to_thread(run)
 
     @staticmethod
-    def _verify_sync(conn: sqlite3.Connection) -> VerifyResult:
+    def _verify_sync(conn: sqlite3.Connection, watch: Collection[int] = ()) -> VerifyResult:
         base_seq, base_hash = _single(conn, "chain_checkpoint")
         head_seq, head_hash = _single(conn, "chain_head")
-        verifier = ChainVerifier(base_seq=base_seq, base_hash=base_hash)
+        verifier = ChainVerifier(base_seq=base_seq, base_hash=base_hash, watch=watch)
         for row in conn.execute(f"{_SELECT_ROWS} ORDER BY seq"):
             verifier.feed(_row(row))
         return verifier.finish(head_seq=head_seq, head_hash=head_hash)
