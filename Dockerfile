@@ -6,6 +6,7 @@
 # Config:  mounted at /etc/samtykke-gateway/gateway.toml (a Kubernetes ConfigMap/Secret volume);
 #          relative paths in it (revocation_file, rights-package value lists) resolve against
 #          /etc/samtykke-gateway/. Reload after changing it: kill -HUP 1 (or restart the pod).
+# Data:    /var/lib/samtykke-gateway (volume, owned by uid 10001): the SQLite disclosure log.
 # Probes:  GET /healthz (liveness), GET /readyz (readiness), GET /metrics (Prometheus) on 8080.
 # Logs:    JSON lines on stderr (SAMTYKKE_GATEWAY_LOG_LEVEL, default INFO).
 # tests/test_ops_serve.py runs this file's ENTRYPOINT + CMD and HEALTHCHECK command outside Docker.
@@ -19,9 +20,13 @@ COPY samtykke_gateway ./samtykke_gateway
 RUN pip install '.[postgres,redis,fast]' \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin samtykke \
     && mkdir -p /etc/samtykke-gateway \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/samtykke-gateway \
     && rm -rf /opt/samtykke-gateway/samtykke_gateway
 
 USER 10001
+# The SQLite disclosure log (config/skatteetaten-tt02.toml: sqlite:////var/lib/samtykke-gateway/
+# disclosures.db) must outlive the container: mount a persistent volume here.
+VOLUME ["/var/lib/samtykke-gateway"]
 EXPOSE 8080
 
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
