@@ -407,9 +407,8 @@ class KeySet:
     def _fetch_done(self, task: asyncio.Task[str | None]) -> None:
         if self._inflight is task:
             self._inflight = None
-        if task.cancelled():
-            self.failure_count += 1
-        elif task.exception() is not None or task.result() is not None:  # _fetch returns its error
+        # _fetch returns its error phrase (never raises); a cancelled fetch failed too.
+        if task.cancelled() or task.exception() is not None or task.result() is not None:
             self.failure_count += 1
 
     async def _fetch(self) -> str | None:
