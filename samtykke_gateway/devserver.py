@@ -35,7 +35,10 @@ class ThreadedServer:
         start_timeout_seconds: float = 10.0,
         **uvicorn_options: Any,
     ) -> None:
-        options: dict[str, Any] = {"log_level": "warning", "access_log": False, "lifespan": "on"}
+        # proxy_headers off: uvicorn would otherwise trust X-Forwarded-For from 127.0.0.1 and
+        # rewrite the client address the gateway's own X-Forwarded-* logic must see (as `serve`).
+        options: dict[str, Any] = {"log_level": "warning", "access_log": False, "lifespan": "on",
+                                   "proxy_headers": False}
         options.update(uvicorn_options)
         self._config = uvicorn.Config(app, host=host, port=port, **options)
         self._server = uvicorn.Server(self._config)
