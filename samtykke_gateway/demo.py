@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import tempfile
 import tomllib
 from collections.abc import Callable, Mapping
@@ -149,6 +150,9 @@ async def _play(base_url: str, issuer: DevIssuer, out: Callable[[str], None], bo
 
 def run_demo(*, audit_path: str | None = None, body_lines: int = 40, out: Callable[[str], None] = print) -> int:
     """Run the demo; returns the process exit code (0 = every answer as expected)."""
+    # The demo's disclosure log is new by design: the store's "new, empty log" warning is for
+    # production restarts, not for this.
+    logging.getLogger("samtykke_gateway.audit.sqlite").setLevel(logging.ERROR)
     issuer = DevIssuer()
     upstream = ExampleUpstream()
     with tempfile.TemporaryDirectory(prefix="samtykke-demo-") as tmp:
