@@ -55,8 +55,8 @@ def _correlation_of(headers: list[tuple[bytes, bytes]]) -> tuple[str, list[tuple
     return value, rest
 
 
-def check_sidecar_config(config: GatewayConfig) -> None:
-    """What the sidecar needs beyond a valid config.
+def check_sidecar_config(config: GatewayConfig) -> str:
+    """What the sidecar needs beyond a valid config; returns the upstream URL.
 
     :raises ConfigError: no ``upstream.url``; ``gateway.unmatched = "pass"`` (that would make the
         sidecar an open proxy for every path no route names: it is for the middleware form).
@@ -65,6 +65,7 @@ def check_sidecar_config(config: GatewayConfig) -> None:
         raise ConfigError("upstream.url", "is required for the sidecar")
     if config.unmatched != "deny":
         raise ConfigError("gateway.unmatched", "'pass' is for the middleware form; the sidecar denies unmatched paths")
+    return config.upstream_url
 
 
 class SidecarApp:
@@ -81,7 +82,7 @@ class SidecarApp:
 
     def __init__(self, config: GatewayConfig, *, gateway: Gateway | None = None,
                  metrics: GatewayMetrics | None = None, tracer: Any = None) -> None:
-        check_sidecar_config(config)
+        upstream_url = check_sidecar_config(config)
         self.config = config
         self._own_gateway = gateway is None
         self.gateway = gateway or Gateway(config)
@@ -89,7 +90,7 @@ class SidecarApp:
         self.metrics = metrics or (observer if isinstance(observer, GatewayMetrics) else None)
         self.tracer = tracer
         self.proxy = UpstreamProxy(
-            config.upstream_url,
+            upstream_url,
             timeout_seconds=config.upstream_timeout_seconds,
             connect_timeout_seconds=config.upstream_connect_timeout_seconds,
             trusted_proxies=config.trusted_proxies,

@@ -516,13 +516,13 @@ def parse_config(
     if "maskinporten" not in issuers:
         raise ConfigError("issuers.maskinporten", "is required (or set gateway.profile)")
     if profile == "prod":
-        for name, cfg in issuers.items():
-            for url in (cfg.jwks_url, cfg.metadata_url, cfg.issuer):
+        for name, issuer_cfg in issuers.items():
+            for url in (issuer_cfg.jwks_url, issuer_cfg.metadata_url, issuer_cfg.issuer):
                 if url and any(marker in url for marker in _TEST_MARKERS):
                     raise ConfigError(f"issuers.{name}", "a prod profile never trusts test keys")
     if profile == "tt02":
-        for name, cfg in issuers.items():
-            for url in (cfg.jwks_url, cfg.metadata_url):
+        for name, issuer_cfg in issuers.items():
+            for url in (issuer_cfg.jwks_url, issuer_cfg.metadata_url):
                 if url and url.startswith(("https://www.altinn.no", "https://maskinporten.no")):
                     raise ConfigError(
                         f"issuers.{name}", "a tt02 profile never trusts production keys"
