@@ -228,7 +228,8 @@ class _Exchange:
 
     async def _forward(self, scope: Scope) -> None:
         grant = self.grant
-        assert grant is not None  # noqa: S101 - set by run() just before
+        if grant is None:  # set by run() just before; never assert (gone under -O)
+            raise RuntimeError("forward without a grant")
         self.forward_started = time.perf_counter()
         try:
             await self._call_app(scope)
@@ -310,7 +311,8 @@ class _Exchange:
             raise _Abandoned("the gateway already answered this request")
         kind = message["type"]
         grant = self.grant
-        assert grant is not None  # noqa: S101
+        if grant is None:
+            raise RuntimeError("response without a grant")
         if kind == "http.response.start":
             self.start_message = message
             status = int(message["status"])
@@ -345,7 +347,8 @@ class _Exchange:
 
     async def _start_streaming(self) -> None:
         start = self.start_message
-        assert start is not None  # noqa: S101
+        if start is None:
+            raise RuntimeError("body before response start")
         status = int(start["status"])
         self.record.decision = "allow"
         self.record.reason = "ok" if status < 400 else "upstream_status"
@@ -364,7 +367,8 @@ class _Exchange:
 
     async def _finish_scoped(self) -> None:
         grant, start = self.grant, self.start_message
-        assert grant is not None and grant.rights_package is not None and start is not None  # noqa: S101
+        if grant is None or grant.rights_package is None or start is None:
+            raise RuntimeError("scoped finish without grant, package or start")
         status = int(start["status"])
         self.record.upstream_status = status
         raw = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)

@@ -94,7 +94,8 @@ class MemoryBackend:
             mine = held is not None and held[0] == claim.token
             if released:
                 if mine:
-                    assert held is not None  # noqa: S101 - narrowed above
+                    if held is None:  # narrowed above
+                        raise RuntimeError("claim vanished under the lock")
                     self._once[cid] = ("spent", held[1])
                 return
             if mine:
