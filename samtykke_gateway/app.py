@@ -18,12 +18,11 @@ With ``tracer`` set (OpenTelemetry, :mod:`samtykke_gateway.tracing`) each reques
 from __future__ import annotations
 
 import json
-import re
-import uuid
 from collections.abc import MutableMapping
 from typing import Any
 
 from .config import GatewayConfig
+from .ids import accept_correlation_id, new_id
 from .exceptions import ConfigError, GatewayError
 from .gateway import Gateway
 from .logs import correlation_id
@@ -33,23 +32,15 @@ from .proxy import UpstreamProxy
 
 __all__ = ["SidecarApp", "create_sidecar", "new_correlation_id"]
 
-_CORRELATION = re.compile(r"[A-Za-z0-9._-]{8,64}")
-_DIGIT_RUN = re.compile(r"[0-9]{9,}")  # could be an org number or a person id: never echo it
-
-
 def new_correlation_id() -> str:
-    """A fresh id: 32 hex digits, never a run of 9+ decimal digits."""
-    while True:
-        value = uuid.uuid4().hex
-        if _DIGIT_RUN.search(value) is None:
-            return value
+    """A fresh correlation id (:func:`samtykke_gateway.ids.new_id`): never a 9+ digit run."""
+    return new_id()
 
 
 def _correlation_of(headers: list[tuple[bytes, bytes]]) -> tuple[str, list[tuple[bytes, bytes]]]:
     supplied = [v for k, v in headers if k.lower() == b"x-correlation-id"]
     value = supplied[0].decode("latin-1") if len(supplied) == 1 else ""
-    if _CORRELATION.fullmatch(value) is None or _DIGIT_RUN.search(value) is not None:
-        value = new_correlation_id()
+    value = accept_correlation_id(value) or new_id()
     rest = [(k, v) for k, v in headers if k.lower() != b"x-correlation-id"]
     rest.append((b"x-correlation-id", value.encode("ascii")))
     return value, rest

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +42,7 @@ from .exceptions import (
     NotFoundError,
     UpstreamError,
 )
+from .ids import accept_correlation_id, new_id
 from .gate import Grant, RequestFacts
 from .gateway import Gateway
 from .headers import check_request_framing, claim_header_value
@@ -61,10 +60,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 CONSENT_SCOPE_KEY = "samtykke.consent"
 log = logging.getLogger("samtykke_gateway")
 
-_CORRELATION = re.compile(r"[A-Za-z0-9._-]{8,64}")
-# A client-chosen correlation id goes to application logs: refuse any that could carry an
-# identifier (a run of 9+ digits = an org number or a person id), and mint our own instead.
-_DIGIT_RUN = re.compile(r"[0-9]{9,}")
 # Request headers never forwarded on scoped routes: the gateway must receive the whole current
 # representation to scope it (RFC 9110 §13.1 conditionals, §14.2 Range), in a coding it decodes.
 _CONDITIONAL = frozenset({b"if-none-match", b"if-modified-since", b"if-range", b"if-match",
@@ -140,8 +135,7 @@ class _Exchange:
             name = raw_name.decode("latin-1").lower()
             self.headers.setdefault(name, []).append(raw_value.decode("latin-1"))
         supplied = self.headers.get("x-correlation-id", [""])[0]
-        acceptable = _CORRELATION.fullmatch(supplied) and not _DIGIT_RUN.search(supplied)
-        self.correlation_id = supplied if acceptable else str(uuid.uuid4())
+        self.correlation_id = accept_correlation_id(supplied) or new_id()
         self.record = DisclosureRecord(
             time=_utc_now(),
             correlation_id=self.correlation_id,

@@ -33,12 +33,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
+from ..ids import new_id
 from ..exceptions import (
     ConsentSpentError,
     InvalidTokenError,
@@ -147,7 +147,7 @@ class ConsentStateService:
             one_time_ttl_seconds=min(_MAX_CLAIM_TTL, max(60.0, consent.valid_to - now + _ONE_DAY)),
             usage_key=usage_key,
             daily_limit=route.daily_limit or 0,
-            token=uuid.uuid4().hex,
+            token=new_id(),
         )
 
     async def before_forward(self, grant: Grant) -> None:
