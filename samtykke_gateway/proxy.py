@@ -1,65 +1,85 @@
 """Upstream forwarding for the sidecar: an ASGI app (the consent middleware wraps it) that sends
-each request to the data API over :class:`~samtykke_gateway.upstream.UpstreamPool` and streams
-the answer back.
+each request to the data API with aiohttp's client and streams the answer back.
 
 HTTP/1.1 proxy semantics (RFC 9110 §7.6): hop-by-hop headers and every header nominated by
 ``Connection`` are dropped both ways (§7.6.1), and ``Expect`` (the body is already flowing; an
-interim 100 from the upstream is skipped); ``Host`` is rewritten for the upstream (§7.2);
-``X-Forwarded-For/-Proto/-Host`` are set by the gateway — a client's own values, and
-``Forwarded``, are dropped unless the peer is a configured trusted proxy, whose values are kept
-and extended. No header is added on the gateway's own account (no ``User-Agent``, no
-``Accept-Encoding``: on unscoped routes the upstream must answer in a coding the *client* asked
-for); bodies are never decompressed here and redirects never followed. Bodies stream in both
-directions; the consent middleware decides whether to buffer (scoped routes) or not.
+interim 1xx from the upstream is skipped by the client); ``Host`` is rewritten for the upstream
+(§7.2); ``X-Forwarded-For/-Proto/-Host`` are set by the gateway — a client's own values, and
+``Forwarded``, are dropped unless the peer is a configured trusted proxy, whose
+``X-Forwarded-*`` values are kept and extended (``Forwarded`` is never passed on). No header is
+added on the gateway's own account (no ``User-Agent``, ``Accept``, ``Accept-Encoding``,
+``Content-Type``, no cookies: on unscoped routes the upstream must answer in a coding the
+*client* asked for); bodies are never decompressed here and redirects never followed; proxy
+settings from the environment are ignored. Bodies stream in both directions (a request the
+client sent chunked is re-framed chunked); the consent middleware decides whether to buffer
+(scoped routes) or not. When the middleware's ``send`` raises :class:`OSError` (the client, or
+the gateway, is done with the answer) the upstream response is closed, not read to its end.
 
 The path is forwarded exactly as the middleware put it in ``scope["raw_path"]`` (the canonical
 matched path, :func:`~samtykke_gateway.policy.encode_path`): no re-quoting, no normalisation.
 
-Upstream failures before the response starts raise, so the middleware renders and logs them:
-refused/unreachable/broken → :class:`UpstreamError` (502), connect or read timeout →
-:class:`UpstreamTimeoutError` (504).
+Upstream failures raise, so the middleware renders and logs them: refused / unreachable / TLS
+failure / closed before answering → :class:`UpstreamError` (502, ``upstream_unreachable``);
+reset or cut off mid-exchange → ``upstream_broken``; unparsable answer or a protocol switch →
+``upstream_bad_response``; no connection, no response head, or no body data within its bound →
+:class:`UpstreamTimeoutError` (504, ``upstream_timeout``). aiohttp's exceptions never leave this
+module, and aiohttp is imported only here.
 
-Transport choice (measured, ``BENCHMARKS.md``): a minimal no-check Starlette proxy was fastest
-over aiohttp's client (≈1.6× httpx over the httpx-aiohttp transport, ≈5× httpx's default
-transport), but in the sidecar aiohttp's per-request client work (request object, auto headers,
-three writes) cost more than all the gateway's checks; the sidecar therefore speaks HTTP/1.1 to
-its one upstream itself (:mod:`samtykke_gateway.upstream`, llhttp via httptools).
+Retries are aiohttp's (RFC 9112 §9.3.1.1): a request with an idempotent method whose connection
+fails after it was obtained (typically a pooled connection the upstream had just closed) is
+sent once more; a request body that has begun to be read from the client is never replayed, so
+a request with a body fails instead (502).
+
+Transport choice (``BENCHMARKS.md``): aiohttp's client directly. It beat httpx (default and
+httpx-aiohttp transports) as a no-check proxy; a hand-rolled HTTP/1.1 client tried in its place
+gained nothing measurable with distinct tokens per request (the realistic case), so the
+library is used.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import ssl
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
-from .exceptions import UpstreamError
+import aiohttp
+from yarl import URL
+
+from .exceptions import UpstreamError, UpstreamTimeoutError
 from .headers import HOP_BY_HOP, strip_hop_by_hop
-from .upstream import StaleConnection, UpstreamPool, UpstreamResponse
 
 __all__ = ["HOP_BY_HOP", "UpstreamProxy", "strip_hop_by_hop"]
+
+log = logging.getLogger("samtykke_gateway.proxy")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _NOT_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"host",
                             b"expect"})
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+# Headers aiohttp would otherwise add (ClientRequest defaults, payload Content-Type).
+_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+# Bytes kept as they are in a forwarded query: printable ASCII (anything else is %-encoded).
+_QUERY_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))
 
 
 class UpstreamProxy:
     """ASGI app forwarding every request to ``upstream_url``.
 
     :param upstream_url: ``http(s)://host[:port][/base]``; the request path is appended to
-        ``/base``.
-    :param pool: the connection pool to use (its owner closes it); by default one is created
-        and closed by :meth:`aclose`.
-    :param timeout_seconds: most seconds to wait for the upstream's response head and between
-        two body reads (504 when exceeded).
-    :param connect_timeout_seconds: most seconds to get a connection (from the pool or new).
+        ``/base``. ``https`` verifies the certificate against the system trust store.
+    :param session: an ``aiohttp.ClientSession`` to use (its owner sets it up and closes it;
+        without ``auto_decompress=False``, ``skip_auto_headers`` and a ``DummyCookieJar`` the
+        rules above do not hold); by default one is created on the first request, inside the
+        server's event loop, and closed by :meth:`aclose`.
+    :param timeout_seconds: most seconds to wait for the upstream's response head (counted
+        from the end of the request body) and between two body reads (504 when exceeded).
+    :param connect_timeout_seconds: most seconds to get a connection: waiting for a free slot
+        plus the TCP/TLS connect, also when a slot is free at once (504 when exceeded).
     :param trusted_proxies: peers whose ``X-Forwarded-*`` values are kept and extended.
-    :param max_connections: pool size towards the upstream.
-    :param keepalive_seconds: idle connections older than this are not reused (below the
-        upstream's own idle timeout; uvicorn's is 5 s).
+    :param max_connections: most connections open to the upstream at once.
+    :param keepalive_seconds: an idle pooled connection is closed after this long; keep it
+        below the upstream server's own idle timeout (uvicorn: 5 s).
     :raises ValueError: ``upstream_url`` is not ``http(s)://host[:port][/base]``.
     """
 
@@ -67,7 +87,7 @@ class UpstreamProxy:
         self,
         upstream_url: str,
         *,
-        pool: UpstreamPool | None = None,
+        session: aiohttp.ClientSession | None = None,
         timeout_seconds: float = 10.0,
         connect_timeout_seconds: float = 3.0,
         trusted_proxies: Sequence[Network] = (),
@@ -77,25 +97,35 @@ class UpstreamProxy:
         parts = urlsplit(upstream_url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
             raise ValueError("upstream_url must be http(s)://host[:port][/base]")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._base_path = parts.path.rstrip("/").encode("ascii")
-        self._host_header = parts.netloc.rsplit("@", 1)[-1].encode("ascii")
-        self._own_pool = pool is None
-        self.pool = pool or UpstreamPool(
-            parts.hostname,
-            port,
-            tls=ssl.create_default_context() if parts.scheme == "https" else None,
-            max_connections=max_connections,
-            keepalive_seconds=keepalive_seconds,
-            connect_timeout_seconds=connect_timeout_seconds,
-            read_timeout_seconds=timeout_seconds,
-        )
+        authority = parts.netloc.rsplit("@", 1)[-1]  # credentials in the URL are never sent
+        self._origin = f"{parts.scheme}://{authority}"
+        self._base_path = parts.path.rstrip("/")
+        self._host_header = authority
+        self._session = session
+        self._own_session = session is None
+        self._max_connections = max_connections
+        self._keepalive_seconds = keepalive_seconds
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_seconds,
+                                              sock_connect=connect_timeout_seconds, sock_read=timeout_seconds)
         self.trusted_proxies = tuple(trusted_proxies)
 
+    def _create_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=self._keepalive_seconds)
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            auto_decompress=False,
+            skip_auto_headers=_NO_AUTO_HEADERS,
+            cookie_jar=aiohttp.DummyCookieJar(),  # never carry one client's cookies to another
+            trust_env=False,
+        )
+
     async def aclose(self) -> None:
-        """Close the pool this proxy created (idempotent)."""
-        if self._own_pool:
-            await self.pool.aclose()
+        """Close the session this proxy created, if any (idempotent; a later request opens a
+        new one)."""
+        if self._own_session and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
 
     def _peer_trusted(self, scope: dict[str, Any]) -> bool:
         client = scope.get("client")
@@ -107,43 +137,48 @@ class UpstreamProxy:
             return False
         return any(addr in net for net in self.trusted_proxies)
 
-    def _request_head(self, scope: dict[str, Any], *, chunked: bool) -> bytes:
-        """Request line and header block for the upstream (RFC 9112 §3, §5)."""
-        incoming = strip_hop_by_hop(scope.get("headers", []))
-        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
-        query = scope.get("query_string", b"")
-        parts = [scope["method"].encode("ascii"), b" ", self._base_path, raw_path]
-        if query:
-            parts += (b"?", query)
-        parts += (b" HTTP/1.1\r\nhost: ", self._host_header, b"\r\n")
-        prior_for: list[bytes] = []
+    def _request_headers(self, scope: dict[str, Any]) -> list[tuple[str, str]]:
+        """The upstream request's header fields, in order.
+
+        Values are passed to aiohttp as ``str`` and written by it as UTF-8: a value that is
+        valid UTF-8 (ASCII included) arrives byte for byte; other obs-text (RFC 9110 §5.5) is
+        read as Latin-1 and so arrives UTF-8 encoded.
+        """
+        out = [("host", self._host_header)]
+        prior_for: list[str] = []
         client_host = proto = fwd_host = None
-        for name, value in incoming:
+        for name, value in strip_hop_by_hop(scope.get("headers", ())):
             lname = name.lower()
+            text = _text(value)
             if lname not in _NOT_FORWARDED:
-                parts += (name, b": ", value, b"\r\n")
+                out.append((name.decode("latin-1"), text))
             elif lname == b"x-forwarded-for":
-                prior_for.append(value)
+                prior_for.append(text)
             elif lname == b"x-forwarded-proto":
-                proto = value
+                proto = text
             elif lname == b"x-forwarded-host":
-                fwd_host = value
+                fwd_host = text
             elif lname == b"host":
-                client_host = value
+                client_host = text
         client = scope.get("client")
-        peer = client[0].encode("ascii", "replace") if client else b"unknown"
+        peer = str(client[0]) if client else "unknown"
         if self._peer_trusted(scope):
-            xff = b", ".join([*prior_for, peer])
+            xff = ", ".join([*prior_for, peer])
         else:
             xff, proto, fwd_host = peer, None, None
-        parts += (b"x-forwarded-for: ", xff, b"\r\nx-forwarded-proto: ",
-                  proto or scope.get("scheme", "http").encode("ascii"), b"\r\n")
+        out.append(("x-forwarded-for", xff))
+        out.append(("x-forwarded-proto", proto or scope.get("scheme", "http")))
         if fwd_host or client_host:
-            parts += (b"x-forwarded-host: ", fwd_host or client_host, b"\r\n")  # type: ignore[arg-type]
-        if chunked:
-            parts.append(b"transfer-encoding: chunked\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
+            out.append(("x-forwarded-host", fwd_host or client_host))  # type: ignore[arg-type]
+        return out
+
+    def _url(self, scope: dict[str, Any]) -> URL:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        query: bytes = scope.get("query_string", b"")
+        target = self._base_path + raw_path.decode("latin-1")
+        if query:
+            target += "?" + (query.decode("ascii") if query.isascii() else quote(query, safe=_QUERY_SAFE))
+        return URL(self._origin + target, encoded=True)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -151,33 +186,48 @@ class UpstreamProxy:
             return
         if scope["type"] != "http":
             raise RuntimeError(f"unsupported ASGI scope type {scope['type']!r}")
-        method = scope["method"]
-        framing = {n.lower() for n, _ in scope.get("headers", ())} & {b"content-length", b"transfer-encoding"}
-        chunked = b"transfer-encoding" in framing  # the server de-chunked it; we re-frame it
-        head = self._request_head(scope, chunked=chunked)
-        response = await self._open(head, method, receive if framing else None, chunked=chunked)
+        has_body = any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in scope.get("headers", ()))
+        response = await self._open(scope["method"], self._url(scope), self._request_headers(scope),
+                                    _body(receive) if has_body else None)
         try:
             await send({"type": "http.response.start", "status": response.status,
-                        "headers": strip_hop_by_hop(response.headers)})
-            more = True
-            async for chunk in response.chunks():
-                more = not response.at_end
+                        "headers": strip_hop_by_hop(response.raw_headers)})
+            content = response.content
+            while True:
+                chunk = await _read(content)
+                more = bool(chunk) and not content.at_eof()
                 await send({"type": "http.response.body", "body": chunk, "more_body": more})
-            if more:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            response.release()
+                if not more:
+                    break
+        except BaseException:
+            response.close()  # stop reading; the connection is not reused
+            raise
+        response.release()
 
-    async def _open(self, head: bytes, method: str, receive: Any, *, chunked: bool) -> UpstreamResponse:
-        """Send the request and wait for the response head; retry once on a fresh connection
-        when a pooled one was already closed and the request is idempotent without a body."""
+    async def _open(self, method: str, url: URL, headers: list[tuple[str, str]],
+                    body: AsyncIterator[bytes] | None) -> aiohttp.ClientResponse:
+        """Send the request; return once the response head has arrived.
+
+        :raises UpstreamError: (502) refused, unreachable, TLS failure, closed or reset before
+            answering, malformed answer, protocol switch.
+        :raises UpstreamTimeoutError: (504) no connection or no response head in time.
+        """
+        if self._session is None:
+            self._session = self._create_session()
         try:
-            return await self.pool.request(head, method=method, body=_body(receive) if receive else None,
-                                           chunked=chunked)
-        except StaleConnection:
-            if receive is not None or method not in _IDEMPOTENT:
-                raise UpstreamError("the data API closed the connection", reason="upstream_unreachable") from None
-        return await self.pool.request(head, method=method)
+            response = await self._session.request(method, url, headers=headers, data=body, allow_redirects=False)
+        except TimeoutError:  # aiohttp's connect and read timeouts are TimeoutError subclasses
+            raise UpstreamTimeoutError("the data API did not answer in time", reason="upstream_timeout") from None
+        except aiohttp.ClientResponseError as exc:
+            raise _failure(exc, "malformed response from the data API", "upstream_bad_response") from None
+        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
+            raise _failure(exc, "the data API is unreachable", "upstream_unreachable") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _failure(exc, "the data API broke off", "upstream_broken") from None
+        if response.status == 101:
+            response.close()
+            raise UpstreamError("the data API switched protocols", reason="upstream_bad_response")
+        return response
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -188,6 +238,33 @@ class UpstreamProxy:
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _text(value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
+def _failure(exc: BaseException, detail: str, reason: str) -> UpstreamError:
+    # The exception's text names the upstream URL (with a person id in the path): type only.
+    log.debug("upstream request failed: %s", type(exc).__name__)
+    return UpstreamError(detail, reason=reason)
+
+
+async def _read(content: aiohttp.StreamReader) -> bytes:
+    """The next part of the response body (``b""`` at its end).
+
+    :raises UpstreamTimeoutError: (504) no data for ``timeout_seconds``.
+    :raises UpstreamError: (502, ``upstream_broken``) cut off, or a malformed body framing.
+    """
+    try:
+        return await content.readany()
+    except TimeoutError:
+        raise UpstreamTimeoutError("the data API stalled", reason="upstream_timeout") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise _failure(exc, "the data API broke off", "upstream_broken") from None
 
 
 async def _body(receive: Any) -> AsyncIterator[bytes]:
