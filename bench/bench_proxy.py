@@ -486,12 +486,13 @@ def main() -> int:
             if t.name.startswith("middleware"):
                 print(f"\n{t.name}: {med(t, 0) / med(bare, 0):.2f}× the bare app (target ≥ 0.85×)")
     if lat:
-        d = med(lat["direct @1"], 2)
+        direct = lat.get("direct @1")  # absent when --only leaves out direct
         print()
         for name, t in lat.items():
+            added = f"{med(t, 2) - med(direct, 2):+.2f} ms" if direct else "- (no direct run)"
             print(
                 f"{name}: p50 {med(t, 1):.2f} ms, p99 {med(t, 2):.2f} ms, "
-                f"p99 added over direct {med(t, 2) - d:+.2f} ms (target ≤ 5 ms)"
+                f"p99 added over direct {added} (target ≤ 5 ms)"
             )
     if scoping:
         print(
