@@ -23,6 +23,7 @@ __all__ = [
     "apply_constraints",
     "bind_consent",
     "check_consumer",
+    "check_governed_headers",
     "check_governed_params",
     "request_subject",
 ]
@@ -138,31 +139,74 @@ def bind_consent(
     raise _deny("resource_not_consented", "the consent does not cover this resource")
 
 
+_ARRAY_SUFFIX = re.compile(r"\[[^\]]*\]")
+
+
+def _name_parts(name: str) -> set[str]:
+    """How frameworks may read a query parameter name: case-folded, array syntax removed, and
+    each dotted component (ASP.NET model binding reads ``model.fnr`` as ``fnr``)."""
+    base = _ARRAY_SUFFIX.sub("", name).strip().lower()
+    return {base, *base.split(".")}
+
+
 def check_governed_params(route: RouteConfig, query: Sequence[tuple[str, str]]) -> None:
     """Refuse query parameters an upstream could read as a governed one (subject, period,
-    year): the same name repeated, or a variant that differs only in case or carries array
-    syntax (``FNR``, ``fnr[]``, ``tilOgMed[0]``). Many frameworks bind such names to the same
-    parameter (ASP.NET Core binds case-insensitively), so forwarding them would let the
-    request name another person or period than the one checked.
+    year) or as a path parameter: a governed name repeated; a variant that differs only in
+    case, array syntax or a dotted prefix/suffix (``FNR``, ``fnr[]``, ``tilOgMed[0]``,
+    ``model.fnr``); any query parameter naming a path parameter (``?personidentifikator=``,
+    ``?inntektsaar=``: frameworks that merge route and query values could let it win); names
+    with control characters. Forwarding such names could let the request name another person,
+    year or rights package than the one checked.
 
-    :raises BadRequestError: (400, ``duplicate_parameter`` / ``ambiguous_parameter``).
+    :raises BadRequestError: (400, ``duplicate_parameter`` / ``ambiguous_parameter`` /
+        ``bad_query``).
     """
     governed = {name.lower(): name for name in route.governed_params}
-    if not governed:
-        return
+    path_params = {name.lower() for name in route.path_params} - set(governed)
     seen: set[str] = set()
     for name, _ in query:
-        canonical = governed.get(name.split("[", 1)[0].strip().lower())
-        if canonical is None:
-            continue
-        if name != canonical:
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+            raise BadRequestError("a query parameter name has control characters", reason="bad_query")
+        parts = _name_parts(name)
+        if parts & path_params:
             raise BadRequestError(
-                "a query parameter differs from a governed parameter only in case or array syntax",
+                "a query parameter names a path parameter of this route", reason="ambiguous_parameter"
+            )
+        hits = [governed[p] for p in parts if p in governed]
+        if not hits:
+            continue
+        if len(hits) > 1 or name != hits[0]:
+            raise BadRequestError(
+                "a query parameter differs from a governed parameter only in case, array syntax"
+                " or a dotted prefix",
                 reason="ambiguous_parameter",
             )
         if name in seen:
-            raise BadRequestError(f"query parameter {canonical} is repeated", reason="duplicate_parameter")
+            raise BadRequestError(f"query parameter {name} is repeated", reason="duplicate_parameter")
         seen.add(name)
+
+
+def check_governed_headers(route: RouteConfig, headers: Mapping[str, list[str]], consent_header: str) -> None:
+    """Refuse requests where headers the gateway reads could differ from what the upstream sees:
+    ``Connection`` nominating the subject, ``Authorization`` or consent header (it would be
+    dropped before the upstream, RFC 9110 §7.6.1), or a header whose name differs from the
+    subject header only by ``_``/``-`` (CGI, PHP and nginx with ``underscores_in_headers`` read
+    ``NAV_PersonIdent`` as ``NAV-PersonIdent``).
+
+    :param headers: lower-cased name → values. :raises BadRequestError: (400).
+    """
+    read = {"authorization", consent_header}
+    if route.subject.source == "header":
+        read.add(route.subject.name)
+        folded = route.subject.name.replace("_", "-")
+        for name in headers:
+            if name != route.subject.name and name.replace("_", "-") == folded:
+                raise BadRequestError("a header differs from the subject header only by '_'/'-'",
+                                      reason="ambiguous_header")
+    for value in headers.get("connection", []):
+        nominated = {t.strip().lower() for t in value.split(",")}
+        if nominated & read:
+            raise BadRequestError("Connection nominates a header the gateway checks", reason="ambiguous_header")
 
 
 def _single(query: Sequence[tuple[str, str]], name: str) -> str | None:

@@ -178,6 +178,11 @@ class RouteConfig:
             names.add(self.subject.name)
         return frozenset(names)
 
+    @property
+    def path_params(self) -> frozenset[str]:
+        """Names of the path template's parameters (never accepted in the query: 400)."""
+        return frozenset(self.pattern.groupindex)
+
 
 @dataclass(frozen=True, slots=True)
 class FeedAuthConfig:
@@ -433,6 +438,12 @@ def _route(index: int, data: Any, packages: Mapping[str, RightsPackage]) -> Rout
         pt.finish()
 
     package = t.get("rights_package", (str, dict))
+    unscoped = t.get("unscoped", bool, False)
+    if package is None and not unscoped:
+        raise ConfigError(t.key("rights_package"),
+                          "is required (scoping is deny-by-default); set unscoped = true to stream bodies as they are")
+    if package is not None and unscoped:
+        raise ConfigError(t.key("unscoped"), "contradicts rights_package")
     fixed, param_name, mapping = None, None, {}
     if isinstance(package, str):
         if package not in packages:
@@ -520,6 +531,11 @@ def parse_config(
             for url in (issuer_cfg.jwks_url, issuer_cfg.metadata_url, issuer_cfg.issuer):
                 if url and any(marker in url for marker in _TEST_MARKERS):
                     raise ConfigError(f"issuers.{name}", "a prod profile never trusts test keys")
+    if profile in ("tt02", "prod"):
+        for name, issuer_cfg in issuers.items():
+            for url in (issuer_cfg.jwks_url, issuer_cfg.metadata_url):
+                if url and not url.startswith("https://"):
+                    raise ConfigError(f"issuers.{name}", "keys are trusted only over https:// in tt02/prod")
     if profile == "tt02":
         for name, issuer_cfg in issuers.items():
             for url in (issuer_cfg.jwks_url, issuer_cfg.metadata_url):
@@ -561,6 +577,8 @@ def parse_config(
         au.get("url", str, "sqlite:///samtykke-audit.db"), base_dir, "audit.url"
     )
     au.finish()
+    if profile in ("tt02", "prod") and audit_url.startswith("memory://"):
+        raise ConfigError("audit.url", "memory:// is not durable: use sqlite or postgresql in tt02/prod")
 
     st = _Table(top.get("state", dict, {}), "state")
     state_url = st.get("url", str, "memory://")

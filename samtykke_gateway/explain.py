@@ -253,8 +253,16 @@ def explain_command(args: argparse.Namespace) -> int:
     if args.config is None:
         print("\nResult: NOT VERIFIED (give --config to check keys, signature and the request)")
         return 1
-    print("\nResult: " + ("every check passed" if ok else "refused"))
-    return 0 if ok else 1
+    if not ok:
+        print("\nResult: refused")
+        return 1
+    if args.path is None:
+        print("\nResult: tokens verified; NOT bound to a request (give --path to check consumer, subject,"
+              " resource and metadata)")
+        return 0
+    print("\nResult: every check passed (revocation, one-time use and usage limits are live state,"
+          " not checked here)")
+    return 0
 
 
 def add_explain_parser(sub: Any, handler: Callable[[argparse.Namespace], int]) -> None:

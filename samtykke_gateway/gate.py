@@ -15,7 +15,14 @@ from dataclasses import dataclass
 import httpx
 
 from .audit.record import DisclosureRecord
-from .binding import Binding, apply_constraints, bind_consent, check_governed_params, request_subject
+from .binding import (
+    Binding,
+    apply_constraints,
+    bind_consent,
+    check_governed_headers,
+    check_governed_params,
+    request_subject,
+)
 from .config import GatewayConfig, IssuerConfig
 from .exceptions import (
     BadRequestError,
@@ -214,6 +221,7 @@ class Gate:
         record.consent_id = consent.consent_id
 
         check_governed_params(route, facts.query)
+        check_governed_headers(route, facts.headers, self.config.consent_header)
         subject = request_subject(route, match.params, facts.query, facts.headers)
         record.subject = subject
         binding = bind_consent(

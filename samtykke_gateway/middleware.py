@@ -154,6 +154,8 @@ class _Exchange:
         self.gate_seconds = 0.0
         self.released = False
         self.forward_started = 0.0
+        self.root_segments: tuple[str, ...] = ()
+        self.app_segments: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ request side
     async def run(self) -> None:
@@ -167,12 +169,17 @@ class _Exchange:
             if isinstance(raw_path, bytes | bytearray):
                 raw_path = bytes(raw_path).split(b"?", 1)[0]
             segments = normalize_path(raw_path)  # once; the app gets exactly what was matched
+            # Routes are app-relative: a mount prefix / --root-path (ASGI ``root_path``, which
+            # ``raw_path`` includes) is not part of them, as Starlette routes without it too.
+            root = self.scope.get("root_path") or ""
+            self.root_segments = normalize_path(root) if root else ()
+            if segments[: len(self.root_segments)] != self.root_segments:
+                raise NotFoundError("path is outside the application's root path", reason="no_route")
+            segments = self.app_segments = segments[len(self.root_segments):]
             match = self.gateway.router.match(self.record.method, segments)
             if match is None:
                 if self.config.unmatched == "pass":
-                    canonical = encode_path(segments)
-                    passed = dict(self.scope, path=unquote(canonical), raw_path=canonical.encode("ascii"))
-                    await self.app(passed, self.receive, self.send)
+                    await self._pass(segments)
                     return
                 raise NotFoundError("no such route", reason="no_route")
             self.record.path = match.path
@@ -185,11 +192,27 @@ class _Exchange:
             self.gate_seconds = time.perf_counter() - self.started_at
             await self._deny(exc)
             return
-        except Exception:  # a bug in our own code: fail closed, no traceback to the client
-            log.exception("unexpected error while deciding (correlation_id=%s)", self.correlation_id)
+        except Exception as exc:  # a bug in our own code: fail closed, no traceback to the client
+            # class and location only: an exception's text may quote a header or token
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+            log.error("unexpected error while deciding: %s at %s (correlation_id=%s)",
+                      type(exc).__name__, where, self.correlation_id)
             await self._deny(GatewayError("internal error", reason="internal_error"))
             return
         await self._forward(upstream_scope)
+
+    async def _pass(self, segments: tuple[str, ...]) -> None:
+        """``unmatched = "pass"`` (middleware form only): the app answers a path no route names,
+        with the canonical path, and without the tokens or any ``X-Samtykke-*`` header."""
+        canonical = encode_path(self.root_segments + segments)
+        drop = {b"authorization", self.config.consent_header.encode()}
+        headers = [(k, v) for k, v in self.scope.get("headers", ())
+                   if (lk := k.lower()) not in drop and not lk.startswith(_GATEWAY_PREFIX)]
+        passed = dict(self.scope, path=unquote(canonical), raw_path=canonical.encode("ascii"), headers=headers)
+        await self.app(passed, self.receive, self.send)
 
     def _query(self) -> list[tuple[str, str]]:
         raw = self.scope.get("query_string", b"")
@@ -209,8 +232,9 @@ class _Exchange:
         """
         scope = dict(self.scope)
         scope[CONSENT_SCOPE_KEY] = grant
-        scope["path"] = unquote(grant.match.path)
-        scope["raw_path"] = grant.match.path.encode("ascii")
+        full = encode_path(self.root_segments + self.app_segments)
+        scope["path"] = unquote(full)
+        scope["raw_path"] = full.encode("ascii")
         scope["query_string"] = urlencode(grant.effective_query).encode("ascii")
         scope["headers"] = self._upstream_headers(grant)
         scope["samtykke.correlation_id"] = self.correlation_id
@@ -247,12 +271,13 @@ class _Exchange:
                 await self._deny(exc, after_grant=True)
                 return
             raise
-        except Exception:
+        except Exception as exc:
             if self.failure is not None:
-                log.debug("protected app stopped after the gateway answered", exc_info=True)
+                log.debug("protected app stopped after the gateway answered: %s", type(exc).__name__)
                 return
             if not self.response_started:
-                log.exception("protected app failed (correlation_id=%s)", self.correlation_id)
+                # the class only: an app's exception text or traceback may quote personal data
+                log.error("protected app failed: %s (correlation_id=%s)", type(exc).__name__, self.correlation_id)
                 await self._deny(UpstreamError("the data API failed", reason="upstream_error"), after_grant=True)
                 return
             raise
@@ -356,7 +381,7 @@ class _Exchange:
             return
         headers = streaming_headers(start.get("headers", []), self.correlation_id.encode("ascii"))
         self.response_started = True
-        self.released = 200 <= status < 300
+        self.released = 200 <= status < 300 and self.record.method != "HEAD"
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def _finish_scoped(self) -> None:

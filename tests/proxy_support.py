@@ -46,6 +46,7 @@ UNSCOPED_ROUTE = {
     "scope": TAX_BASE_SCOPE,
     "subject": {"path": "personidentifikator"},
     "altinn3_resources": [TAX_BASE_RESOURCE],
+    "unscoped": True,
 }
 
 

@@ -97,3 +97,10 @@ def test_explain_without_config_never_passes(capsys, dev_issuer: DevIssuer) -> N
     genuine = a3_headers(dev_issuer)["Authorization"][7:]
     code, out = _run(capsys, genuine)
     assert code == 1 and "NOT VERIFIED" in out
+
+
+def test_explain_without_path_does_not_claim_a_pass(capsys, dev_issuer: DevIssuer, config_file: str) -> None:  # type: ignore[no-untyped-def]
+    token = dev_issuer.mint_maskinporten(consumer=BANK, scope="skatteetaten:inntekt")
+    code, out = _run(capsys, token, "--config", config_file)
+    assert code == 0
+    assert "NOT bound to a request" in out and "every check passed" not in out

@@ -5,8 +5,13 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import httpx
 import pytest
+from fastapi import FastAPI, Request
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
+from samtykke_gateway import ConsentMiddleware
 from samtykke_gateway.app import SidecarApp
 from samtykke_gateway.cli import main
 from samtykke_gateway.config import parse_config
@@ -120,3 +125,113 @@ async def test_authorization_details_must_be_an_array(dev_issuer: DevIssuer, iss
     async with running_gateway("middleware", issuer_url) as gw:
         response = await gw.client.get(tax_base_path("2022"), headers={"Authorization": f"Bearer {bearer}"})
         assert response.status_code == 401 and response.json()["reason"] == "bad_consent_claims"
+
+
+# ----------------------------------------------------------------------------- second review
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("unmatched", ["deny", "pass"])
+async def test_mounted_under_a_prefix_routes_are_still_enforced(unmatched: str, dev_issuer: DevIssuer,
+                                                                issuer_url: str) -> None:
+    """Starlette Mount / --root-path put the prefix in raw_path; routes are app-relative."""
+    inner = FastAPI()
+    inner.add_middleware(ConsentMiddleware, config=make_config(issuer_url, "http://unused.invalid",
+                                                               gateway={"unmatched": unmatched}))
+
+    @inner.get("/api/formueinntekt/spesifisertsummertskattegrunnlag/{pakke}/{aar}/{fnr}")
+    async def tax_base(request: Request, pakke: str, aar: str, fnr: str) -> dict[str, object]:
+        return {"personidentifikator": fnr, "inntektsaar": aar,
+                "granted": "samtykke.consent" in request.scope}
+
+    outer = Starlette(routes=[Mount("/skatt", app=inner)])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=outer), base_url="http://t") as client:
+        bare = await client.get("/skatt" + tax_base_path("2022"))
+        assert bare.status_code == 401, bare.text  # never served without a token
+        ok = await client.get("/skatt" + tax_base_path("2022"), headers=_a3(dev_issuer))
+        assert ok.status_code == 200, ok.text
+        assert ok.json() == {"personidentifikator": TAX_BASE_PERSON, "inntektsaar": "2022"}  # scoped
+
+
+def _a3(dev_issuer: DevIssuer) -> dict[str, str]:
+    details = [DevIssuer.altinn3_consent(subject=TAX_BASE_PERSON, consumer=BANK,
+                                         rights=[(TAX_BASE_RESOURCE, {"inntektsaar": "2022"})])]
+    return {"Authorization": "Bearer " + dev_issuer.mint_maskinporten(
+        consumer=BANK, scope=TAX_BASE_SCOPE, authorization_details=details)}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "query",
+    ["?inntektsaar=2021", "?personidentifikator=01029413157", "?rettighetspakke=full",
+     "?model.personidentifikator=01029413157", "?Inntektsaar[]=2021", "?x%01y=1"],
+)
+async def test_path_parameters_cannot_be_repeated_in_the_query(query: str, dev_issuer: DevIssuer,
+                                                               issuer_url: str) -> None:
+    async with running_gateway("middleware", issuer_url) as gw:
+        response = await gw.client.get(tax_base_path("2022") + query, headers=_a3(dev_issuer))
+        assert response.status_code == 400, response.text
+        assert gw.upstream.requests == []
+
+
+@pytest.mark.anyio
+async def test_header_subject_cannot_be_nominated_away_or_shadowed(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    routes = tomllib.loads((Path(__file__).parent.parent / "samtykke_gateway/data/demo.toml").read_text())["routes"]
+    route = dict(routes[1])
+    route.update(name="ssg-header", path="/api/h/{rettighetspakke}/{inntektsaar}", subject={"header": "NAV-PersonIdent"})
+    async with running_gateway("middleware", issuer_url, routes=[*routes, route]) as gw:
+        base = {**_a3(dev_issuer), "NAV-PersonIdent": TAX_BASE_PERSON}
+        ok = await gw.client.get("/api/h/sbl/2022", headers=base)
+        assert ok.status_code == 404  # checked, forwarded; the example upstream has no such path
+        for extra in ({"Connection": "NAV-PersonIdent"}, {"NAV_PersonIdent": "01029413157"},
+                      {"Connection": "close, Authorization"}):
+            response = await gw.client.get("/api/h/sbl/2022", headers={**base, **extra})
+            assert response.status_code == 400, (extra, response.text)
+            assert response.json()["reason"] == "ambiguous_header"
+        assert gw.records[0].upstream_status == 404  # the first one was checked and forwarded
+        assert [r.reason for r in gw.records[1:]] == ["ambiguous_header"] * 3
+
+
+def test_route_without_rights_package_must_say_unscoped() -> None:
+    data = tomllib.loads(TT02.read_text())
+    del data["routes"][0]["rights_package"]
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=CONFIG_DIR)
+    assert info.value.key_path == "routes[0].rights_package"
+    data["routes"][0]["unscoped"] = True
+    assert not parse_config(data, base_dir=CONFIG_DIR).routes[0].scoped
+
+
+@pytest.mark.parametrize("profile", ["tt02", "prod"])
+def test_production_profiles_need_https_keys_and_a_durable_log(profile: str) -> None:
+    data = tomllib.loads(TT02.read_text())
+    data["gateway"]["profile"] = profile
+    host = "test.maskinporten.no" if profile == "tt02" else "maskinporten.no"
+    data["issuers"] = {"maskinporten": {"jwks_url": f"http://{host}/jwk"}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=CONFIG_DIR)
+    assert info.value.key_path == "issuers.maskinporten"
+    data = tomllib.loads(TT02.read_text())
+    data["gateway"]["profile"] = profile
+    data["audit"]["url"] = "memory://"
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=CONFIG_DIR)
+    assert info.value.key_path == "audit.url"
+
+
+@pytest.mark.anyio
+async def test_passed_requests_lose_tokens_and_forged_claim_headers(issuer_url: str) -> None:
+    seen: list[dict[bytes, bytes]] = []
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        seen.append(dict(scope["headers"]))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"public"})
+
+    mw = ConsentMiddleware(app, config=make_config(issuer_url, "http://unused.invalid", gateway={"unmatched": "pass"}))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=mw), base_url="http://t") as client:
+        response = await client.get("/public/docs", headers={"X-Samtykke-Consumer": "999999999",
+                                                             "Authorization": "Bearer abc", "AltinnSamtykke": "x"})
+        assert response.status_code == 200
+    await mw.gateway.close()
+    assert b"x-samtykke-consumer" not in seen[0] and b"authorization" not in seen[0] and b"altinnsamtykke" not in seen[0]
