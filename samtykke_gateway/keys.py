@@ -451,6 +451,8 @@ class KeySet:
             uri = self._decode(body, "metadata").get("jwks_uri")
             if type(uri) is not str or not uri.startswith(("https://", "http://")):
                 raise _DocumentError("metadata has no absolute jwks_uri")
+            if (self._metadata_url or "").startswith("https://") and not uri.startswith("https://"):
+                raise _DocumentError("metadata served over https points to a jwks_uri without https")
             self._discovered_jwks_url = uri
         return self._discovered_jwks_url
 
