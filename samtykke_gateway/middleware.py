@@ -65,6 +65,10 @@ log = logging.getLogger("samtykke_gateway")
 _CONDITIONAL = frozenset({b"if-none-match", b"if-modified-since", b"if-range", b"if-match",
                           b"if-unmodified-since", b"range", b"accept-encoding"})
 _GATEWAY_PREFIX = b"x-samtykke-"  # our claim headers: a client's own copies never pass
+#: Request headers some servers and frameworks honour to change the method or the path after
+#: the gateway matched and checked them: never forwarded.
+_OVERRIDES = frozenset({b"x-original-url", b"x-rewrite-url", b"x-http-method-override", b"x-http-method",
+                        b"x-method-override", b"x-forwarded-prefix", b"x-forwarded-path"})
 _MAX_QUERY_BYTES = 8192
 
 
@@ -165,6 +169,11 @@ class _Exchange:
             facts = RequestFacts(method=self.record.method, query=query, headers=self.headers)
             self.record.requested_params = _as_dict(query)
             check_request_framing(self.scope.get("headers", ()))
+            if self.record.method in ("GET", "HEAD") and (
+                "transfer-encoding" in self.headers
+                or any(v.strip() not in ("", "0") for v in self.headers.get("content-length", []))
+            ):  # nothing governs a body here, so none is forwarded
+                raise BadRequestError("a GET or HEAD request must not carry a body", reason="unexpected_body")
             raw_path = self.scope.get("raw_path") or self.scope.get("path", "/").encode("utf-8")
             if isinstance(raw_path, bytes | bytearray):
                 raw_path = bytes(raw_path).split(b"?", 1)[0]
@@ -292,7 +301,7 @@ class _Exchange:
 
         :raises InvalidTokenError: (401, ``unforwardable_claim``) a claim is not printable ASCII.
         """
-        drop = {b"authorization", self.config.consent_header.encode(), b"x-correlation-id"}
+        drop = {b"authorization", self.config.consent_header.encode(), b"x-correlation-id", *_OVERRIDES}
         scoped = grant.rights_package is not None
         if scoped:
             drop |= _CONDITIONAL

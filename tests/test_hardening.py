@@ -235,3 +235,26 @@ async def test_passed_requests_lose_tokens_and_forged_claim_headers(issuer_url: 
         assert response.status_code == 200
     await mw.gateway.close()
     assert b"x-samtykke-consumer" not in seen[0] and b"authorization" not in seen[0] and b"altinnsamtykke" not in seen[0]
+
+
+@pytest.mark.anyio
+async def test_override_headers_and_get_bodies_never_reach_the_upstream(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    async with running_gateway("middleware", issuer_url) as gw:
+        headers = {**_a3(dev_issuer), "X-Original-URL": "/admin", "X-HTTP-Method-Override": "DELETE",
+                   "X-Forwarded-Prefix": "/other"}
+        ok = await gw.client.get(tax_base_path("2022"), headers=headers)
+        assert ok.status_code == 200
+        seen = {k.lower() for k, _ in gw.upstream.requests[-1]["headers"]}
+        assert not seen & {"x-original-url", "x-http-method-override", "x-forwarded-prefix"}
+        with_body = await gw.client.request("GET", tax_base_path("2022"), headers=_a3(dev_issuer), content=b'{"fnr":"1"}')
+        assert with_body.status_code == 400 and with_body.json()["reason"] == "unexpected_body"
+
+
+def test_authorization_code_with_or_without_dashes_is_one_consent() -> None:
+    from samtykke_gateway.tokens.altinn2 import consent_from_altinn2_claims
+
+    base = {"Services": ["4804_210607"], "OfferedBy": "01029413157", "CoveredBy": "999999999",
+            "ValidToDate": 4_000_000_000}
+    ids = {consent_from_altinn2_claims({**base, "AuthorizationCode": code}, issuer="altinn.no", key_id=None).consent_id
+           for code in ("0A1B2C3D-4E5F-6071-8293-A4B5C6D7E8F9", "0a1b2c3d4e5f60718293a4b5c6d7e8f9")}
+    assert ids == {"0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9"}

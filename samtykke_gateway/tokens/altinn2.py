@@ -43,6 +43,13 @@ def _bad(detail: str) -> InvalidTokenError:
     return InvalidTokenError(detail, reason="bad_consent_claims")
 
 
+def _canonical_guid(code: str) -> str:
+    """``AuthorizationCode`` with or without dashes, any case → ``8-4-4-4-12`` lower case, so
+    revocation and one-time use compare one form."""
+    h = code.replace("-", "").lower()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def parse_service_entry(entry: str) -> tuple[str, dict[str, str]]:
     """``"4630,2,fraOgMed=2017-06,tilOgMed=2017-08"`` → (``"4630_2"``, {fraogmed: .., tilogmed: ..}).
 
@@ -179,7 +186,7 @@ def consent_from_altinn2_claims(
     )
     consent = Consent(
         kind="altinn2",
-        consent_id=code.lower(),
+        consent_id=_canonical_guid(code),
         subject=subject,
         consumer=consumer,  # type: ignore[arg-type]
         supplier=supplier,
