@@ -38,7 +38,18 @@ def store_url(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[tuple[str, str, str | None]]:
     """(kind, url, postgres schema)."""
-    kind = request.param
+    yield from _store_url(request.param, tmp_path)
+
+
+@pytest.fixture(params=[k for k in KINDS if k != "memory"])
+def durable_store_url(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, str, str | None]]:
+    """(kind, url, postgres schema) of the stores that persist across reopening."""
+    yield from _store_url(request.param, tmp_path)
+
+
+def _store_url(kind: str, tmp_path: Path) -> Iterator[tuple[str, str, str | None]]:
     if kind == "memory":
         yield kind, "memory://", None
     elif kind == "sqlite":
@@ -178,10 +189,8 @@ async def test_purge_everything_then_continue(store_url: tuple[str, str, str | N
         assert await store.verify() == VerifyResult(True, 1, None, None)
 
 
-async def test_reopen_continues_the_chain(store_url: tuple[str, str, str | None]) -> None:
-    kind, url, _ = store_url
-    if kind == "memory":
-        pytest.skip("memory store does not persist")
+async def test_reopen_continues_the_chain(durable_store_url: tuple[str, str, str | None]) -> None:
+    _, url, _ = durable_store_url
     async with opened(url) as store:
         await fill(store, 3)
     async with opened(url) as store:
