@@ -234,6 +234,7 @@ class GatewayConfig:
     error_style: Literal["problem", "skatteetaten"] = "problem"
     leeway_seconds: float = 30.0
     max_token_bytes: int = 16384
+    token_cache_entries: int = 4096
     altinn3_delegation_sources: tuple[str, ...] = ()
     unmatched: Literal["deny", "pass"] = "deny"
     upstream_timeout_seconds: float = 10.0
@@ -642,6 +643,7 @@ def parse_config(
         error_style=error_style,  # type: ignore[arg-type]
         leeway_seconds=_leeway(gw),
         max_token_bytes=int(gw.number("max_token_bytes", 16384, minimum=256)),
+        token_cache_entries=int(gw.number("token_cache_entries", 4096)),
         altinn3_delegation_sources=delegation_sources,
         unmatched=unmatched,  # type: ignore[arg-type]
         upstream_timeout_seconds=upstream_timeout,

@@ -56,7 +56,7 @@ class Gateway:
         )
         self._own_store = store is None
         self.store: DisclosureStore = store or open_store(config.audit_url)
-        self.verifier = verifier or TokenVerifier()
+        self.verifier = verifier or TokenVerifier(cache_size=config.token_cache_entries)
         self.observer: Observer = observer or GatewayMetrics()
         self._own_state = state is None
         self.state: ConsentState = state or open_state(

@@ -36,7 +36,7 @@ _PAIR = re.compile(r"([A-Za-z][A-Za-z0-9]{0,63})=([^\x00-\x1f]{0,256})")
 _LOCAL_FORMATS = ("%Y-%m-%d %H:%M:%S", "%d.%m.%Y %H:%M:%S", "%Y-%m-%dT%H:%M:%S")
 _MAX_SERVICES = 256
 _GUID = re.compile(r"[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}")
-_MEMO: ClaimsMemo[Consent] = ClaimsMemo()
+_MEMO: ClaimsMemo[Consent] = ClaimsMemo(max_entries=1024)
 
 
 def _bad(detail: str) -> InvalidTokenError:

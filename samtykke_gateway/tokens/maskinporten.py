@@ -14,7 +14,7 @@ from .model import MaskinportenToken
 __all__ = ["maskinporten_from_claims"]
 
 _MAX_SCOPE_CHARS = 4096
-_MEMO: ClaimsMemo[MaskinportenToken] = ClaimsMemo()
+_MEMO: ClaimsMemo[MaskinportenToken] = ClaimsMemo(max_entries=1024)
 
 
 def _bad(detail: str) -> InvalidTokenError:
