@@ -39,7 +39,7 @@ from .tokens.maskinporten import maskinporten_from_claims
 from .tokens.model import Consent, MaskinportenToken
 from .tokens.verify import IssuerPolicy, TokenVerifier
 
-__all__ = ["Gate", "Grant", "RequestFacts", "bearer_token", "build_issuer_policies"]
+__all__ = ["Gate", "Grant", "RequestFacts", "bearer_token", "build_issuer_policies", "params_as_dict"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +239,7 @@ class Gate:
         record.resource = binding.resource
         record.metadata = binding.metadata
         effective, context = apply_constraints(route, binding, match.params, facts.query)
-        record.effective_params = _as_dict(effective)
+        record.effective_params = params_as_dict(effective)
 
         package_name = route.rights_package
         if route.rights_package_param is not None:
@@ -261,7 +261,8 @@ class Gate:
         )
 
 
-def _as_dict(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+def params_as_dict(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """Query pairs → ``name → [values]`` (order kept), the disclosure record's form."""
     out: dict[str, list[str]] = {}
     for k, v in pairs:
         out.setdefault(k, []).append(v)

@@ -43,7 +43,7 @@ from .exceptions import (
     UpstreamError,
 )
 from .ids import accept_correlation_id, new_id
-from .gate import Grant, RequestFacts
+from .gate import Grant, RequestFacts, params_as_dict
 from .gateway import Gateway
 from .headers import check_request_framing, claim_header_value
 from .policy import encode_path, normalize_path
@@ -167,7 +167,7 @@ class _Exchange:
             await self.gateway.ensure_started()
             query = self._query()
             facts = RequestFacts(method=self.record.method, query=query, headers=self.headers)
-            self.record.requested_params = _as_dict(query)
+            self.record.requested_params = params_as_dict(query)
             check_request_framing(self.scope.get("headers", ()))
             if self.record.method in ("GET", "HEAD") and (
                 "transfer-encoding" in self.headers
@@ -486,10 +486,3 @@ class _Exchange:
 
 class _Abandoned(OSError):
     """Raised from ``send`` to the protected app once the gateway has answered by itself."""
-
-
-def _as_dict(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for k, v in pairs:
-        out.setdefault(k, []).append(v)
-    return out
