@@ -399,7 +399,10 @@ class ConsentFeedPoller:
             self.last_error = f"unexpected {type(exc).__name__}"
             if self.metrics is not None:
                 self.metrics.feed_poll(ok=False)
-            log.exception("consent feed poll failed unexpectedly")
+            # class only: the text or traceback of an unexpected error may quote feed content
+            # (offeredBy person ids)
+            log.error("consent feed poll failed unexpectedly: %s", type(exc).__name__,
+                      extra={"event": "feed_poll", "result": "error"})
             return 0
         if self.metrics is not None:
             self.metrics.feed_poll(ok=True, revocations=total)
