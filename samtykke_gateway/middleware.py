@@ -40,6 +40,7 @@ from .exceptions import (
     BadRequestError,
     GatewayError,
     NotFoundError,
+    UnavailableError,
     UpstreamError,
 )
 from .ids import accept_correlation_id, new_id
@@ -209,7 +210,8 @@ class _Exchange:
             where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
             log.error("unexpected error while deciding: %s at %s (correlation_id=%s)",
                       type(exc).__name__, where, self.correlation_id)
-            await self._deny(GatewayError("internal error", reason="internal_error"))
+            # the gateway cannot decide: 503 (SPEC §4), never a 500 that looks like the data API's
+            await self._deny(UnavailableError("the gateway could not decide", reason="internal_error"))
             return
         await self._forward(upstream_scope)
 

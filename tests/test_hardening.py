@@ -258,3 +258,19 @@ def test_authorization_code_with_or_without_dashes_is_one_consent() -> None:
     ids = {consent_from_altinn2_claims({**base, "AuthorizationCode": code}, issuer="altinn.no", key_id=None).consent_id
            for code in ("0A1B2C3D-4E5F-6071-8293-A4B5C6D7E8F9", "0a1b2c3d4e5f60718293a4b5c6d7e8f9")}
     assert ids == {"0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9"}
+
+
+@pytest.mark.anyio
+async def test_a_bug_in_the_gate_fails_closed_with_503(dev_issuer: DevIssuer, issuer_url: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyError("01029413157")
+
+    async with running_gateway("middleware", issuer_url) as gw:
+        from samtykke_gateway.gate import Gate
+
+        monkeypatch.setattr(Gate, "authorize", broken)
+        response = await gw.client.get(tax_base_path("2022"), headers=_a3(dev_issuer))
+        assert response.status_code == 503 and response.json()["reason"] == "internal_error"
+        assert "01029413157" not in response.text and "Traceback" not in response.text
+        assert gw.records[-1].decision == "deny" and gw.upstream.requests == []
