@@ -12,6 +12,12 @@ accept is refused, because two parsers that disagree about one token are an atta
 * ``NaN`` / ``Infinity`` literals refused (not JSON per RFC 8259 §6), unpaired surrogates refused;
 * nesting depth bounded before :func:`json.loads` can recurse.
 
+JSON is read by :mod:`orjson` first; its result is taken only when re-serialising it gives back
+exactly the input bytes (compact, canonical JSON as issuers write it). That equality proves
+everything the strict reference reader (:func:`json` with a duplicate-name hook) would check,
+so both read such input alike; anything else — whitespace, escapes, floats, errors — is read
+by the reference reader, which decides.
+
 Every failure raises :class:`~samtykke_gateway.exceptions.InvalidTokenError` with
 ``reason="malformed_token"``; the detail never quotes the token.
 """
@@ -21,9 +27,11 @@ from __future__ import annotations
 import binascii
 import json
 import re
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from samtykke_gateway.exceptions import InvalidTokenError
 
@@ -124,9 +132,31 @@ def strict_json_object(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> dict[
     Strict means: UTF-8 without BOM, an object at the top, no duplicate member names, no
     ``NaN``/``Infinity``, no unpaired surrogates, nesting at most ``max_depth``.
 
+    Fast path: :func:`orjson.loads`, kept only when :func:`orjson.dumps` of the result equals
+    ``data`` byte for byte. Then ``data`` is compact JSON whose members are exactly those of a
+    dict (no duplicate names: a dropped duplicate would make the output shorter), valid UTF-8
+    without escaped surrogates, with integers that fit 64 bits (larger ones come back as
+    floats and print differently) and floats in shortest round-trip form (read to the same
+    value by any correctly rounding reader); the bracket count bounds the depth. So the
+    reference reader would return an equal object. Everything else goes to the reference
+    reader, whose answer (value or error) is the answer.
+
     :raises ValueError: with a short reason, for anything else (also used for JWKS and
         RFC 8414 metadata documents by :mod:`samtykke_gateway.keys`).
     """
+    if data.count(b"{") + data.count(b"[") <= max_depth:
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if type(obj) is dict and orjson.dumps(obj) == data:
+                return obj
+    return _reference_json_object(data, max_depth=max_depth)
+
+
+def _reference_json_object(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
+    """:func:`strict_json_object` by the standard library's reader alone (the reference)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
