@@ -17,7 +17,7 @@ from samtykke_gateway.tokens import altinn2, altinn3
 from samtykke_gateway.tokens.altinn2 import consent_from_altinn2_claims, parse_service_entry
 from samtykke_gateway.tokens.altinn3 import parse_iso_instant
 from samtykke_gateway.tokens.maskinporten import maskinporten_from_claims
-from samtykke_gateway.tokens.memo import ClaimsMemo
+from samtykke_gateway.tokens.memo import VerifiedClaims, remember, remembered
 
 _ENTRY_PIECES = st.sampled_from(
     [
@@ -93,15 +93,17 @@ def test_iso_instant_matches_reference(moment: datetime, digits: int, zone: str,
 
 
 def test_memo_serves_only_the_same_claims_object() -> None:
-    memo: ClaimsMemo[str] = ClaimsMemo(max_entries=2)
-    claims: dict[str, Any] = {"a": 1}
-    memo.put(claims, ("x",), "parsed")
-    assert memo.get(claims, ("x",)) == "parsed"
-    assert memo.get(dict(claims), ("x",)) is None  # equal but another object
-    assert memo.get(claims, ("y",)) is None  # other options
-    memo.put({"b": 1}, (), "b")
-    memo.put({"c": 1}, (), "c")  # full: cleared first
-    assert memo.get(claims, ("x",)) is None
+    claims = VerifiedClaims({"a": 1})
+    assert remembered(claims, "p", ("x",)) is None
+    assert remember(claims, "p", ("x",), "parsed") == "parsed"
+    assert remembered(claims, "p", ("x",)) == "parsed"
+    assert remembered(VerifiedClaims(claims), "p", ("x",)) is None  # equal but another object
+    assert remembered(claims, "p", ("y",)) is None  # other options
+    assert remembered(claims, "q", ("x",)) is None  # another parser
+    plain = {"a": 1}  # not verified claims: nothing is remembered on it
+    remember(plain, "p", ("x",), "parsed")
+    assert remembered(plain, "p", ("x",)) is None
+    assert claims == plain and isinstance(claims, dict)
 
 
 def test_parsers_reuse_results_for_the_same_verified_claims() -> None:
@@ -109,15 +111,19 @@ def test_parsers_reuse_results_for_the_same_verified_claims() -> None:
     details = [
         DevIssuer.altinn3_consent(subject="12879397780", consumer="999999999", rights=[("r1", {})])
     ]
-    mp = parse_compact(
-        dev.mint_maskinporten(consumer="999999999", scope="s", authorization_details=details)
-    ).payload
+    mp = VerifiedClaims(
+        parse_compact(
+            dev.mint_maskinporten(consumer="999999999", scope="s", authorization_details=details)
+        ).payload
+    )
     first = maskinporten_from_claims(mp, issuer="maskinporten", key_id="k", expires_at=1.0)
     assert maskinporten_from_claims(mp, issuer="maskinporten", key_id="k", expires_at=1.0) is first
     other = maskinporten_from_claims(mp, issuer="maskinporten", key_id="k2", expires_at=1.0)
     assert other is not first and other.key_id == "k2"
     # A new verification yields a new claims object: parsed again, never served from the memo.
-    changed = dict(mp, consumer={"authority": "iso6523-actorid-upis", "ID": "0192:888888888"})
+    changed = VerifiedClaims(
+        mp, consumer={"authority": "iso6523-actorid-upis", "ID": "0192:888888888"}
+    )
     assert (
         maskinporten_from_claims(
             changed, issuer="maskinporten", key_id="k", expires_at=1.0
@@ -125,12 +131,14 @@ def test_parsers_reuse_results_for_the_same_verified_claims() -> None:
         == "888888888"
     )
 
-    a2 = parse_compact(
-        dev.mint_altinn2(subject="01029413157", consumer="999999999", services=["1_2"])
-    ).payload
+    a2 = VerifiedClaims(
+        parse_compact(
+            dev.mint_altinn2(subject="01029413157", consumer="999999999", services=["1_2"])
+        ).payload
+    )
     consent = consent_from_altinn2_claims(a2, issuer="altinn", key_id="k")
     assert consent_from_altinn2_claims(a2, issuer="altinn", key_id="k") is consent
-    test_claims = dict(a2, actual_iss="altinn-test-tools")
+    test_claims = VerifiedClaims(a2, actual_iss="altinn-test-tools")
     consent_from_altinn2_claims(test_claims, issuer="altinn", key_id="k")
     with pytest.raises(InvalidTokenError) as refused:  # options are part of the key
         consent_from_altinn2_claims(

@@ -22,6 +22,8 @@ from samtykke_gateway.exceptions import (
 from samtykke_gateway.jose import parse_compact
 from samtykke_gateway.keys import KeySet
 from samtykke_gateway.testing import DevIssuer, DevKey, b64url, encode_token
+from samtykke_gateway.tokens.altinn2 import consent_from_altinn2_claims
+from samtykke_gateway.tokens.memo import VerifiedClaims
 from samtykke_gateway.tokens.verify import (
     REASONS,
     IssuerPolicy,
@@ -319,6 +321,27 @@ async def test_cache_disabled(dev: DevIssuer, policies: dict[str, IssuerPolicy])
     token = a2(dev)
     first = await verifier.verify(token, policies["altinn"])
     assert (await verifier.verify(token, policies["altinn"])) is not first
+    # Nothing to remember parsed results on: a plain dict, which the parsers never memoise on.
+    assert type(first.claims) is dict
+
+
+async def test_parsed_consent_lives_on_the_cached_claims(
+    dev: DevIssuer, policies: dict[str, IssuerPolicy]
+) -> None:
+    verifier = TokenVerifier(cache_size=1)
+    token = a2(dev)
+    verified = await verifier.verify(token, policies["altinn"])
+    assert type(verified.claims) is VerifiedClaims
+    assert verified.claims == parse_compact(token).payload
+    consent = consent_from_altinn2_claims(verified.claims, issuer="altinn", key_id=verified.key_id)
+    again = await verifier.verify(token, policies["altinn"])
+    assert again is verified
+    assert consent_from_altinn2_claims(again.claims, issuer="altinn", key_id=again.key_id) is consent
+    await verifier.verify(a2(dev), policies["altinn"])  # evicts the first token (size 1)
+    fresh = await verifier.verify(token, policies["altinn"])
+    assert fresh is not verified and fresh.claims is not verified.claims
+    reparsed = consent_from_altinn2_claims(fresh.claims, issuer="altinn", key_id=fresh.key_id)
+    assert reparsed is not consent and reparsed == consent
 
 
 # -- configuration --------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from ..exceptions import InvalidTokenError
 from ..identifiers import is_org_number, party_from_digits
-from .memo import ClaimsMemo
+from .memo import remember, remembered
 from .model import Consent, ConsentRight
 
 __all__ = ["consent_from_altinn2_claims", "parse_altinn_date", "parse_service_entry"]
@@ -36,7 +36,6 @@ _PAIR = re.compile(r"([A-Za-z][A-Za-z0-9]{0,63})=([^\x00-\x1f]{0,256})")
 _LOCAL_FORMATS = ("%Y-%m-%d %H:%M:%S", "%d.%m.%Y %H:%M:%S", "%Y-%m-%dT%H:%M:%S")
 _MAX_SERVICES = 256
 _GUID = re.compile(r"[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}")
-_MEMO: ClaimsMemo[Consent] = ClaimsMemo(max_entries=1024)
 
 
 def _bad(detail: str) -> InvalidTokenError:
@@ -137,17 +136,17 @@ def consent_from_altinn2_claims(
     Metadata of several entries for the same service is merged (``4804_210607_fraOgMed=..``
     and ``4804_210607_tilOgMed=..`` form one right).
 
-    The result is remembered for this ``claims`` object (see :mod:`.memo`): a token the
-    verifier's cache has seen before is not parsed again. Treat the result as read-only.
+    The result is remembered on verified ``claims`` (see :mod:`.memo`): a token the verifier's
+    cache has seen before is not parsed again.
 
     :param allow_test_tokens: ``False`` in production profiles: a token with ``actual_iss``
         (Altinn test-generator marker) is refused.
     :raises InvalidTokenError: (401) missing/ill-typed identity claims or unparsable entries.
     """
     options = (issuer, key_id, allow_test_tokens)
-    remembered = _MEMO.get(claims, options)
-    if remembered is not None:
-        return remembered
+    known = remembered(claims, "altinn2", options)
+    if known is not None:
+        return known
     if not allow_test_tokens and "actual_iss" in claims:
         raise InvalidTokenError(
             "test-generator consent tokens are not accepted in this profile",
@@ -196,5 +195,4 @@ def consent_from_altinn2_claims(
         issuer=issuer,
         key_id=key_id,
     )
-    _MEMO.put(claims, options, consent)
-    return consent
+    return remember(claims, "altinn2", options, consent)

@@ -8,13 +8,12 @@ from typing import Any
 from ..exceptions import InvalidTokenError
 from ..identifiers import org_from_iso6523
 from .altinn3 import consent_from_authorization_details
-from .memo import ClaimsMemo
+from .memo import remember, remembered
 from .model import MaskinportenToken
 
 __all__ = ["maskinporten_from_claims"]
 
 _MAX_SCOPE_CHARS = 4096
-_MEMO: ClaimsMemo[MaskinportenToken] = ClaimsMemo(max_entries=1024)
 
 
 def _bad(detail: str) -> InvalidTokenError:
@@ -36,16 +35,16 @@ def maskinporten_from_claims(
     """Verified Maskinporten claims → :class:`MaskinportenToken`, with the Altinn 3 consent
     (``authorization_details``) parsed when present.
 
-    The result is remembered for this ``claims`` object (see :mod:`.memo`): a token the
-    verifier's cache has seen before is not parsed again. Treat the result as read-only.
+    The result is remembered on verified ``claims`` (see :mod:`.memo`): a token the verifier's
+    cache has seen before is not parsed again.
 
     :raises InvalidTokenError: (401) ``consumer`` missing or not ISO 6523 ``0192:<orgno>``,
         ``scope`` not a string, ``supplier`` malformed, malformed consent entry.
     """
     options = (issuer, key_id, expires_at)
-    remembered = _MEMO.get(claims, options)
-    if remembered is not None:
-        return remembered
+    known = remembered(claims, "maskinporten", options)
+    if known is not None:
+        return known
     consumer = org_from_iso6523(claims.get("consumer"))
     if consumer is None:
         raise _bad("consumer is missing or not an ISO 6523 organisation")
@@ -72,5 +71,4 @@ def maskinporten_from_claims(
         jti=_opt_str(claims, "jti"),
         consent=consent,
     )
-    _MEMO.put(claims, options, token)
-    return token
+    return remember(claims, "maskinporten", options, token)

@@ -1,47 +1,51 @@
-"""Claims → model results remembered per verified claims *object* (the seen-before fast path).
+"""Claims → model results remembered on the verified claims *object* (the seen-before path).
 
 :class:`~samtykke_gateway.tokens.verify.TokenVerifier` hands out the same
-:class:`~samtykke_gateway.tokens.verify.VerifiedToken` — and so the same ``claims`` dict — for
-the same token bytes while the token is valid (its cache never outlives ``exp``). Parsing
-those claims into a :class:`~samtykke_gateway.tokens.model.Consent` /
+:class:`~samtykke_gateway.tokens.verify.VerifiedToken` — and so the same ``claims`` object — for
+the same token bytes while the token is valid (its cache never outlives ``exp``). Parsing those
+claims into a :class:`~samtykke_gateway.tokens.model.Consent` /
 :class:`~samtykke_gateway.tokens.model.MaskinportenToken` again would cost more than the cache
-hit itself, so the parsers remember their result for that dict object.
+hit itself, so the parsers keep their result *on* that object: a :class:`VerifiedClaims` (a
+``dict`` subclass with one slot), made by the verifier only when its cache is on.
 
-Keyed by ``id(claims)``, and each entry holds a strong reference to its dict, checked with
-``is``: an id cannot be reused while its entry exists, so a hit is the very object that was
-parsed. A new verification (cache miss, cache disabled) makes a new dict and so a miss. Time
-checks on the model (``valid_to``, ``expires_at``) are made by the caller per request and are
-not affected. Bounded by clearing when full (an attacker can only cost us the saving).
+The result lives exactly as long as the cached claims, so nothing is held for tokens the cache
+has dropped, and nothing at all when the cache is disabled (a plain ``dict`` is never
+remembered on). A new verification makes a new object and so a new parse. Time checks on the
+model (``valid_to``, ``expires_at``) are made by the caller per request and are not affected.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["ClaimsMemo"]
+__all__ = ["VerifiedClaims", "remember", "remembered"]
 
 _T = TypeVar("_T")
 
 
-class ClaimsMemo(Generic[_T]):
-    """Results of one pure ``claims, **options -> model`` parser, per claims object.
+class VerifiedClaims(dict[str, Any]):
+    """A verified JWT claims set (a ``dict``) with room for one parsed result.
 
-    :param max_entries: entries kept before the memo is cleared.
+    Treat as read-only, like every verified claims set.
     """
 
-    def __init__(self, *, max_entries: int = 4096) -> None:
-        self._max_entries = max_entries
-        self._entries: dict[int, tuple[dict[str, Any], Hashable, _T]] = {}
+    __slots__ = ("_parsed",)
+    _parsed: tuple[str, Hashable, Any]  # (parser, options, result); unset until parsed
 
-    def get(self, claims: dict[str, Any], options: Hashable) -> _T | None:
-        """The result remembered for this very ``claims`` object and equal ``options``."""
-        entry = self._entries.get(id(claims))
-        if entry is not None and entry[0] is claims and entry[1] == options:
+
+def remembered(claims: dict[str, Any], parser: str, options: Hashable) -> Any:
+    """The result ``parser`` remembered on this very ``claims`` object for equal ``options``,
+    else ``None`` (always for a plain ``dict``)."""
+    if type(claims) is VerifiedClaims:
+        entry = getattr(claims, "_parsed", None)
+        if entry is not None and entry[0] == parser and entry[1] == options:
             return entry[2]
-        return None
+    return None
 
-    def put(self, claims: dict[str, Any], options: Hashable, result: _T) -> None:
-        if len(self._entries) >= self._max_entries:
-            self._entries.clear()
-        self._entries[id(claims)] = (claims, options, result)
+
+def remember(claims: dict[str, Any], parser: str, options: Hashable, result: _T) -> _T:
+    """Keep ``result`` on ``claims`` when it is a :class:`VerifiedClaims`; returns ``result``."""
+    if type(claims) is VerifiedClaims:
+        claims._parsed = (parser, options, result)
+    return result

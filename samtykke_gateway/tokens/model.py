@@ -3,13 +3,19 @@
 An Altinn 2 consent token and an Altinn 3 ``authorization_details`` entry both become a
 :class:`Consent`; the Maskinporten access token that identifies the caller becomes a
 :class:`MaskinportenToken`.
+
+The models are frozen :class:`msgspec.Struct` classes: immutable like frozen dataclasses, same
+attributes, keyword or positional construction, equality and ``repr``, but built in C (about a
+tenth of a frozen dataclass's ``__init__``, which is on every first-sight request) and not
+tracked by the garbage collector (``gc=False``: they never form reference cycles).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Literal
+
+import msgspec
 
 from ..identifiers import Party
 
@@ -18,8 +24,7 @@ __all__ = ["Consent", "ConsentKind", "ConsentRight", "MaskinportenToken"]
 ConsentKind = Literal["altinn2", "altinn3"]
 
 
-@dataclass(frozen=True, slots=True)
-class ConsentRight:
+class ConsentRight(msgspec.Struct, frozen=True, gc=False):
     """One consented resource with its metadata.
 
     ``resource``: Altinn 2 service ``"{serviceCode}_{editionCode}"`` or Altinn 3 resource id.
@@ -28,11 +33,10 @@ class ConsentRight:
     """
 
     resource: str
-    metadata: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    metadata: Mapping[str, tuple[str, ...]] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Consent:
+class Consent(msgspec.Struct, frozen=True, gc=False):
     """A verified consent.
 
     ``valid_to`` / ``delegated``: epoch seconds (UTC). ``consumer``/``supplier``: 9-digit org
@@ -57,8 +61,7 @@ class Consent:
         return tuple(r for r in self.rights if r.resource in wanted)
 
 
-@dataclass(frozen=True, slots=True)
-class MaskinportenToken:
+class MaskinportenToken(msgspec.Struct, frozen=True, gc=False):
     """A verified Maskinporten access token (Digdir ``maskinporten_protocol_token``).
 
     ``scopes``: the space-separated ``scope`` claim as a set. ``client_id`` is for the log
