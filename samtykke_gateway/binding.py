@@ -161,6 +161,8 @@ def check_governed_params(route: RouteConfig, query: Sequence[tuple[str, str]]) 
     :raises BadRequestError: (400, ``duplicate_parameter`` / ``ambiguous_parameter`` /
         ``bad_query``).
     """
+    if not query:
+        return
     governed = {name.lower(): name for name in route.governed_params}
     path_params = {name.lower() for name in route.path_params} - set(governed)
     seen: set[str] = set()

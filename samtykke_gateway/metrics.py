@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -115,6 +115,16 @@ class GatewayMetrics:
         self._reloads = Counter("samtykke_config_reloads", "Configuration reloads", ["result"], registry=r)
         self._keys = _KeySetCollector()
         r.register(self._keys)
+        # labelled children by label values: ``labels()`` validates and locks on every call
+        # (~2 µs); the label sets are bounded (route names, reason codes, status classes)
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (metric, *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     # -- wiring --------------------------------------------------------------------------------
     def bind_issuers(self, issuers: Mapping[str, IssuerPolicy]) -> None:
@@ -129,22 +139,22 @@ class GatewayMetrics:
     def decision(self, record: DisclosureRecord, gate_seconds: float) -> None:
         try:
             route = record.route or "none"
-            self._decisions.labels(route, record.decision or "none", record.reason or "none",
-                                   status_class(record.status)).inc()
+            self._child(self._decisions, route, record.decision or "none", record.reason or "none",
+                        status_class(record.status)).inc()
             if gate_seconds > 0:
-                self._gate.labels(route).observe(gate_seconds)
+                self._child(self._gate, route).observe(gate_seconds)
         except Exception:  # noqa: BLE001 - metrics must never break a request
             log.debug("metrics: decision not recorded")
 
     def audit_write(self, seconds: float, *, ok: bool) -> None:
         try:
-            self._audit.labels("true" if ok else "false").observe(seconds)
+            self._child(self._audit, "true" if ok else "false").observe(seconds)
         except Exception:  # noqa: BLE001
             log.debug("metrics: audit write not recorded")
 
     def upstream(self, seconds: float, *, status: int | None) -> None:
         try:
-            self._upstream.labels(status_class(status)).observe(seconds)
+            self._child(self._upstream, status_class(status)).observe(seconds)
             if status is None:
                 self._upstream_errors.inc()
         except Exception:  # noqa: BLE001
