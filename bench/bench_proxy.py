@@ -418,13 +418,10 @@ def main() -> int:
                 url = f"sqlite:///{tmp}/sidecar-{label}.db" if audit == "sqlite" else "memory://"
                 add(f"sidecar {audit} {label}", "sidecar", script, url)
         add("bare app (middleware form)", "bare_app", static)
-        for label, script in (("same", static), ("pool", pool)):
-            add(
-                f"middleware sqlite {label}",
-                "middleware_app",
-                script,
-                f"sqlite:///{tmp}/middleware-{label}.db",
-            )
+        for audit in ("sqlite", "memory"):
+            for label, script in (("same", static), ("pool", pool)):
+                url = f"sqlite:///{tmp}/middleware-{label}.db" if audit == "sqlite" else "memory://"
+                add(f"middleware {audit} {label}", "middleware_app", script, url)
         run_rounds(
             targets,
             rounds=args.rounds,
