@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import os
 import queue
 import sqlite3
@@ -102,6 +103,7 @@ _INSERT = (
     f"INSERT INTO disclosure ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 )
 _SELECT_ROWS = f"SELECT {', '.join(_COLUMNS)} FROM disclosure"
+_projected = operator.itemgetter(*PROJECTED)
 _PURGE_CHUNK_ROWS = 5_000
 
 
@@ -329,8 +331,7 @@ class SqliteStore:
                 for rec in (job.record for job in batch if job.record is not None):
                     seq += 1
                     digest = chain_hash_text(rec.record_json, seq=seq, prev_hash=prev)
-                    cols = tuple(rec.columns[k] for k in PROJECTED)
-                    rows.append((seq, prev, digest, rec.at, *cols, rec.record_json))
+                    rows.append((seq, prev, digest, rec.at, *_projected(rec.columns), rec.record_json))
                     prev = digest
                 conn.executemany(_INSERT, rows)
                 conn.execute("UPDATE chain_head SET seq = ?, hash = ? WHERE id = 1", (seq, prev))
@@ -344,8 +345,7 @@ class SqliteStore:
             for job in batch:
                 _settle(job, AuditUnavailableError(error.detail, reason=error.reason))
         else:
-            for job in batch:
-                _settle(job, None)
+            _settle_all(batch)
 
     def _connect(self, *, create: bool) -> sqlite3.Connection:
         mode = "rwc" if create else "rw"
@@ -510,6 +510,23 @@ def _unavailable(operation: str, exc: BaseException) -> AuditUnavailableError:
     code = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
     logger.warning("audit store %s failed: %s", operation, code)
     return AuditUnavailableError(f"disclosure store {operation} failed ({code})")
+
+
+def _settle_all(jobs: list[_Job]) -> None:
+    """Resolve every job of a committed batch: one wake-up per event loop, not per job
+    (each ``call_soon_threadsafe`` writes the loop's self-pipe)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[Any]]] = {}
+    for job in jobs:
+        by_loop.setdefault(job.loop, []).append(job.future)
+    for loop, futures in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the caller's loop is closed; nobody waits
+            loop.call_soon_threadsafe(_resolve_all, futures)
+
+
+def _resolve_all(futures: list[asyncio.Future[Any]]) -> None:
+    for future in futures:
+        if not future.done():  # cancelled while waiting
+            future.set_result(None)
 
 
 def _settle(job: _Job, error: BaseException | None, result: Any = None) -> None:
