@@ -15,6 +15,10 @@ from .backend import BeginResult, Claim
 
 __all__ = ["MemoryBackend"]
 
+# BeginResult is frozen: the common outcomes are shared instances, not built per request.
+_REVOKED = BeginResult("revoked")
+_OK = {(r, m): BeginResult("ok", jti_reused=r, jti_marked=m) for r in (False, True) for m in (False, True)}
+
 
 class MemoryBackend:
     """Dict-backed :class:`~.backend.StateBackend`. ``clock``: epoch seconds (tests)."""
@@ -50,7 +54,7 @@ class MemoryBackend:
         with self._lock:
             self._sweep(now)
             if claim.check_revocation and cid in self._revoked:
-                return BeginResult("revoked")
+                return _REVOKED
             reused = marked = False
             if claim.jti_mode != "off" and claim.jti_key is not None:
                 exp = self._jti.get(claim.jti_key)
@@ -78,7 +82,7 @@ class MemoryBackend:
                     self._undo_jti(claim, marked)
                     return BeginResult("limit", jti_reused=reused)
                 self._usage[key] = (count + 1, exp)
-            return BeginResult("ok", jti_reused=reused, jti_marked=marked)
+            return _OK[reused, marked]
 
     def _undo_jti(self, claim: Claim, marked: bool) -> None:
         if marked and claim.jti_mode == "refuse" and claim.jti_key is not None:

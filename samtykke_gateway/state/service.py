@@ -34,7 +34,8 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
+from datetime import time as dt_time
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
@@ -58,6 +59,7 @@ _OSLO = ZoneInfo("Europe/Oslo")
 _ONE_DAY = 86400.0
 _MAX_CLAIM_TTL = 400 * _ONE_DAY
 _JTI_BREAKER_SECONDS = 5.0
+_JTI_KEY_CACHE = 4096
 
 
 class StateMetrics(Protocol):
@@ -114,6 +116,10 @@ class ConsentStateService:
         self.clock = clock
         self._pending: dict[int, tuple[Grant, Claim, BeginResult]] = {}
         self._jti_skip_until = 0.0
+        # A token is reused for its lifetime (Maskinporten: ~2 minutes), so its jti key is
+        # asked for again and again; so is the day, until Oslo midnight.
+        self._jti_keys: dict[str, str] = {}
+        self._day: tuple[float, float, str] = (0.0, -1.0, "")  # [start, end) epoch, "YYYY-MM-DD"
 
     async def start(self) -> None:
         """Load the revocation file and start the feed poller. Idempotent."""
@@ -127,18 +133,39 @@ class ConsentStateService:
         return (self.check_revocation or route.one_time or route.daily_limit is not None
                 or (self.jti_replay != "off" and grant.maskinporten.jti is not None))
 
-    def _claim(self, grant: Grant, *, jti_mode: Literal["off", "log", "refuse"]) -> Claim:
+    def _jti_key(self, jti: str) -> str:
+        key = self._jti_keys.get(jti)
+        if key is None:
+            if len(self._jti_keys) >= _JTI_KEY_CACHE:
+                self._jti_keys.clear()
+            key = self._jti_keys[jti] = hashlib.sha256(jti.encode()).hexdigest()[:32]
+        return key
+
+    def _oslo_day(self, now: float) -> str:
+        start, end, day = self._day
+        if start <= now < end:
+            return day
+        local = datetime.fromtimestamp(now, _OSLO)
+        day = local.strftime("%Y-%m-%d")
+        midnight = datetime.combine(local.date(), dt_time(0), tzinfo=_OSLO)
+        start = midnight.timestamp()
+        end = datetime.combine(local.date() + timedelta(days=1), dt_time(0), tzinfo=_OSLO).timestamp()
+        if start <= now < end:  # (always; a clock that jumps just misses the memo)
+            self._day = (start, end, day)
+        return day
+
+    def _claim(self, grant: Grant, *, jti_mode: Literal["off", "log", "refuse"],
+               consent_id: str | None = None) -> Claim:
         now = self.clock()
         route = grant.match.route
         consent = grant.consent
         jti = grant.maskinporten.jti
-        jti_key = hashlib.sha256(jti.encode()).hexdigest()[:32] if (jti and jti_mode != "off") else None
+        jti_key = self._jti_key(jti) if (jti and jti_mode != "off") else None
         usage_key = None
         if route.daily_limit is not None:
-            day = datetime.fromtimestamp(now, _OSLO).strftime("%Y-%m-%d")
-            usage_key = f"{route.name}:{day}"
+            usage_key = f"{route.name}:{self._oslo_day(now)}"
         return Claim(
-            consent_id=consent.consent_id.strip().lower(),
+            consent_id=consent.consent_id.strip().lower() if consent_id is None else consent_id,
             check_revocation=self.check_revocation,
             jti_key=jti_key,
             jti_mode=jti_mode,
@@ -172,7 +199,7 @@ class ConsentStateService:
                              or jti_mode == "refuse")
         if optional_only and self.clock() < self._jti_skip_until:
             return
-        claim = self._claim(grant, jti_mode=jti_mode)
+        claim = self._claim(grant, jti_mode=jti_mode, consent_id=cid)
         try:
             result = await self.backend.begin(claim)
         except StateUnavailableError:
