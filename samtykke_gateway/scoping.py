@@ -4,7 +4,8 @@ A *rights package* is deny-by-default field projection plus whole-row filters. I
 from the TOML table ``[rights_packages.<name>]`` (see ``config/rights_packages.example.toml``)
 and compiled once into a tree; :meth:`RightsPackage.apply` is then one recursive walk over
 the decoded document, and :func:`scope_body` wraps it with an exact decode/encode
-(:mod:`samtykke_gateway.scoping_json`: numbers leave with the exact text they came with).
+(:mod:`samtykke_gateway.scoping_json`: numbers leave with the exact text they came with;
+orjson when a guard proves it exact, the stdlib with exact numbers otherwise).
 
 Path language
 -------------
@@ -58,7 +59,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from samtykke_gateway.scoping_json import JsonNumber, decode_json, encode_json
+from samtykke_gateway.scoping_json import (
+    INEXACT,
+    JsonNumber,
+    decode_fast,
+    decode_json,
+    encode_fast,
+    encode_json,
+)
 from samtykke_gateway.scoping_paths import parse_package
 from samtykke_gateway.scoping_tree import DROP, Walk, compile_package
 
@@ -164,8 +172,12 @@ def scope_body(
     :raises UpstreamError: ``reason="upstream_body_not_json"`` when ``body`` is not UTF-8
         JSON or nests deeper than ``max_depth``.
     """
-    if not isinstance(body, bytes):
+    if body.__class__ is not bytes:
         body = bytes(body)
-    document = decode_json(body, max_depth=max_depth)
+    document = decode_fast(body, max_depth=max_depth)
+    if document is INEXACT:  # numbers orjson would change, or a body it refuses
+        document = decode_json(body, max_depth=max_depth)
+        scoped, released = package.apply(document, context)
+        return ScopedBody(encode_json(scoped, source=body), released)
     scoped, released = package.apply(document, context)
-    return ScopedBody(encode_json(scoped, source=body), released)
+    return ScopedBody(encode_fast(scoped), released)
