@@ -52,9 +52,12 @@ def parse_iso_instant(value: Any, *, claim: str) -> float:
 
 
 def _metadata(right: dict[str, Any]) -> dict[str, str]:
-    if "metadata" in right and "metaData" in right:
-        raise _bad("consentRights entry has both metadata and metaData")
-    raw = right.get("metadata", right.get("metaData"))
+    if "metadata" in right:
+        if "metaData" in right:
+            raise _bad("consentRights entry has both metadata and metaData")
+        raw = right["metadata"]
+    else:
+        raw = right.get("metaData")
     if raw is None:
         return {}
     if not isinstance(raw, dict) or len(raw) > _MAX_META:
@@ -91,12 +94,19 @@ def _rights(entry: dict[str, Any]) -> tuple[ConsentRight, ...]:
             value = res.get("value")
             if not isinstance(value, str) or _RESOURCE.fullmatch(value) is None:
                 raise _bad("consentRights resource value is not a resource id")
-            target = merged.setdefault(value, {})
+            target = merged.get(value)
+            if target is None:
+                merged[value] = {key: [val] for key, val in metadata.items()}
+                continue
             for key, val in metadata.items():
-                vals = target.setdefault(key, [])
-                if val not in vals:
+                vals = target.get(key)
+                if vals is None:
+                    target[key] = [val]
+                elif val not in vals:
                     vals.append(val)
-    return tuple(ConsentRight(res, {k: tuple(v) for k, v in md.items()}) for res, md in merged.items())
+    return tuple(
+        [ConsentRight(res, {k: tuple(v) for k, v in md.items()}) for res, md in merged.items()]
+    )
 
 
 def consent_from_authorization_details(
@@ -111,12 +121,14 @@ def consent_from_authorization_details(
         return None
     if not isinstance(details, list):  # RFC 9396 §2: a JSON array
         raise _bad("authorization_details is not a list")
-    entries = [d for d in details if isinstance(d, dict) and d.get("type") == CONSENT_TYPE]
-    if not entries:
+    entry = None
+    for d in details:
+        if isinstance(d, dict) and d.get("type") == CONSENT_TYPE:
+            if entry is not None:
+                raise _bad("more than one urn:altinn:consent entry")
+            entry = d
+    if entry is None:
         return None
-    if len(entries) > 1:
-        raise _bad("more than one urn:altinn:consent entry")
-    entry = entries[0]
     consent_id = entry.get("id")
     if not isinstance(consent_id, str) or _ID.fullmatch(consent_id) is None:
         raise _bad("consent id is missing or malformed")
