@@ -21,6 +21,7 @@ from samtykke_gateway.identifiers import (
 from samtykke_gateway.tokens import altinn2, altinn3
 from samtykke_gateway.tokens.altinn2 import consent_from_altinn2_claims, parse_altinn_date
 from samtykke_gateway.tokens.altinn3 import consent_from_authorization_details, parse_iso_instant
+from samtykke_gateway.tokens.maskinporten import maskinporten_from_claims
 from samtykke_gateway.tokens.model import Consent, ConsentRight
 
 # -- the references -------------------------------------------------------------------------------
@@ -397,3 +398,14 @@ def test_references_accept_the_usual_tokens() -> None:
     assert consent == ref_altinn2(claims, issuer="altinn", key_id="k")
     assert consent.rights[0].metadata == {"fraogmed": ("2018-06",), "tilogmed": ("2018-08",)}
     assert datetime.fromtimestamp(consent.valid_to).year >= 2026
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["", " ", "a:b", "skatteetaten:inntekt", "\t", "é"]), max_size=6))
+def test_maskinporten_scopes_read_as_by_the_reference(pieces: list[str]) -> None:
+    scope = " ".join(pieces)
+    claims = {"consumer": {"authority": "iso6523-actorid-upis", "ID": "0192:999999999"}}
+    token = maskinporten_from_claims(
+        {**claims, "scope": scope}, issuer="maskinporten", key_id="k", expires_at=1.0
+    )
+    assert token.scopes == frozenset(scope.split(" ")) - {""}

@@ -59,11 +59,14 @@ def maskinporten_from_claims(
     consent = consent_from_authorization_details(
         claims.get("authorization_details"), issuer=issuer, key_id=key_id
     )
+    scopes = frozenset(scope.split(" "))
+    if "" in scopes:  # doubled, leading or trailing spaces
+        scopes = scopes - {""}
     token = MaskinportenToken(
         issuer=issuer,
         key_id=key_id,
         consumer=consumer,
-        scopes=frozenset(scope.split(" ")) - {""},
+        scopes=scopes,
         expires_at=expires_at,
         supplier=supplier,
         delegation_source=_opt_str(claims, "delegation_source"),
