@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from datetime import datetime
 from itertools import repeat
 from typing import Any
@@ -182,25 +183,30 @@ def consent_from_altinn2_claims(
         else None
     )
     merged: dict[str, dict[str, list[str]]] = {}
+    pairs: Iterable[tuple[str, str]]
     for entry in _services(claims):
         simple = _SIMPLE_ENTRY.fullmatch(entry)  # parse_service_entry's fast path, inlined
         if simple is None:
             service, metadata = _parse_entry(entry)
+            pairs = metadata.items()
         else:
             service_code, edition, key, value = simple.groups()
             service = f"{service_code}_{edition}"
-            metadata = {} if key is None else {key.lower(): value}
+            pairs = () if key is None else ((key.lower(), value),)
         target = merged.get(service)
         if target is None:
             target = merged[service] = {}
-        for key, value in metadata.items():
+        for key, value in pairs:
             values = target.get(key)
             if values is None:
                 target[key] = [value]
             elif value not in values:
                 values.append(value)
     rights = tuple(
-        ConsentRight(service, {k: tuple(v) for k, v in md.items()}) for service, md in merged.items()
+        [
+            ConsentRight(service, {k: tuple(v) for k, v in md.items()})
+            for service, md in merged.items()
+        ]
     )
     consent = Consent(
         kind="altinn2",
