@@ -445,7 +445,8 @@ tricky_strings = st.text(alphabet='[]{}"\\ab', max_size=8).map(json.dumps)
 @given(json_texts(), st.lists(tricky_strings, max_size=3), st.integers(min_value=1, max_value=8))
 def test_max_depth_is_exact(text: str, strings: list[str], max_depth: int) -> None:
     body = ("[" + ",".join([*strings, text]) + "]").encode()
-    expected = depth(json.loads(body))
+    # the nesting of the text: a member overwritten by a duplicate name still counts
+    expected = depth(json.loads(body, object_pairs_hook=lambda pairs: [v for _, v in pairs]))
     try:
         scope_body(body, compile_package({"fields": ["[]"]}), ScopeContext(), max_depth=max_depth)
     except UpstreamError:
