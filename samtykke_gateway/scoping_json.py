@@ -19,7 +19,7 @@ Fast path: :func:`decode_fast` decodes with :mod:`orjson` (about 3x faster) only
 provably exact, and :func:`encode_fast` encodes its results. orjson turns every number with a
 fraction or exponent into a ``float``, ``-0`` into ``0`` and integers past 64 bits into a
 ``float``, and rejects lone surrogate escapes; a guard over the raw bytes
-(:func:`_exact_with_orjson`) finds every number token that could be affected (string contents
+(in :func:`decode_fast`) finds every number token that could be affected (string contents
 that merely look like one only send the body to the exact path), and any body orjson refuses
 also goes to the exact path, which then decides (and raises) exactly as before.
 """
@@ -91,8 +91,17 @@ _DEPTH_DELETE: Final = bytes(c for c in range(256) if c not in b'"[]{}')
 def _nesting_exceeds(body: bytes, max_depth: int) -> bool:
     """True when ``body`` nests deeper than ``max_depth`` (or is not balanced JSON)."""
     if b"\\" in body:  # rare: escapes; after this, every '"' delimits a string
-        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
-    structure = body.translate(_DEPTH_TABLE, _DEPTH_DELETE)
+        body = _drop_escaped_quotes(body)
+    return _structure_exceeds(body.translate(_DEPTH_TABLE, _DEPTH_DELETE), max_depth)
+
+
+def _drop_escaped_quotes(body: bytes) -> bytes:
+    """Remove ``\\\\`` and ``\\"`` pairs (only ever inside strings in JSON)."""
+    return body.replace(b"\\\\", b"").replace(b'\\"', b"")
+
+
+def _structure_exceeds(structure: bytes, max_depth: int) -> bool:
+    """The depth check on ``structure``: only '"' and '[' / ']' of an escape-free body."""
     if structure.count(b"[") <= max_depth:
         return False
     # Removing two adjacent quotes never changes which bytes are inside a string.
@@ -153,58 +162,59 @@ def decode_json(body: bytes, *, max_depth: int = 64) -> Any:
 #: Returned by :func:`decode_fast` when the body needs the exact path.
 INEXACT: Final = object()
 
-# Guard translation: digits -> "0", the fraction / exponent marks ".eE" -> ".", the bytes that
-# can end a number token (",]}") -> ","; "-" and other ASCII punctuation stay; letters other
-# than e/E, whitespace and non-ASCII bytes are deleted. Deleting can only make bytes adjacent
-# that were not (more hits, never fewer), and nothing it deletes can sit inside a number token
-# or between a number token and the "," / "]" / "}" (after whitespace) or end that follows it.
+# Guard translation: digits -> "0" and the fraction / exponent marks ".eE" -> "."; ASCII
+# punctuation (brackets, quotes, ",", "-", "+", ...) stays; letters other than e/E,
+# whitespace and non-ASCII bytes are deleted. Deleting can only make bytes adjacent that were
+# not (more hits, never fewer): nothing it deletes can sit inside a number token or between a
+# number token and the "," / "]" / "}" (after whitespace) or end of text that follows it.
 _GUARD_MAP = bytearray(range(256))
 _GUARD_MAP[ord("1") : ord("9") + 1] = b"0" * 9
 for _mark in b".eE":
     _GUARD_MAP[_mark] = ord(".")
-for _end in b"]}":
-    _GUARD_MAP[_end] = ord(",")
 _GUARD_TABLE: Final = bytes(_GUARD_MAP)
 _GUARD_DELETE: Final = bytes(
     c for c in range(256) if c >= 0x80 or c in b" \t\n\r" or (chr(c).isalpha() and c not in b"eE")
 )
-del _GUARD_MAP, _mark, _end
+del _GUARD_MAP, _mark
 # Searched in the translated body. A number token with a fraction or exponent is a digit, a
-# mark, digits (with a sign after an exponent mark) and then the end of the token: "," or the
-# end of the text (string contents end at '"' or continue, so a date-time's "12:53:05.985"
-# does not match). "-0," also matches one-digit negative integers: a second look at the body
-# tells them apart.
-_FLOAT_TOKEN: Final = re.compile(rb"0\.[-+]?0+(?:\.[-+]?0+)?(?:,|\Z)")
-_MINUS_DIGIT_TOKEN: Final = re.compile(rb"-0(?:,|\Z)")
+# mark, digits (with a sign after an exponent mark) and then the end of the token: ",", "]",
+# "}" or the end of the text (string contents end at '"' or go on, so a date-time's
+# "12:53:05.985" does not match). "-0" at the end of a token also matches one-digit negative
+# integers: a second look at the body tells them apart.
+_FLOAT_TOKEN: Final = re.compile(rb"0\.[-+]?0+(?:\.[-+]?0+)?(?:[,\]}]|\Z)")
+_MINUS_DIGIT_TOKEN: Final = re.compile(rb"-0(?:[,\]}]|\Z)")
 _LONG_INTEGER: Final = b"0" * 19  # 19 digits: at least 10**18, near the 64-bit limits
 _NEGATIVE_ZERO_BYTES: Final = re.compile(rb"-0(?![0-9.eE])")
-
-
-def _exact_with_orjson(body: bytes) -> bool:
-    """True when :func:`orjson.loads` keeps every number of ``body`` exactly (as an ``int``
-    equal to its literal, with the same text when written back).
-
-    False when ``body`` may hold a number token with a fraction or exponent, ``-0``, or 19
-    or more digits; also for some bodies that only hold such text inside strings.
-    """
-    guard = body.translate(_GUARD_TABLE, _GUARD_DELETE)
-    if _FLOAT_TOKEN.search(guard) is not None or _LONG_INTEGER in guard:
-        return False
-    return _MINUS_DIGIT_TOKEN.search(guard) is None or _NEGATIVE_ZERO_BYTES.search(body) is None
 
 
 def decode_fast(body: bytes, *, max_depth: int = 64) -> Any:
     """Decode with orjson when that is exact, else return :data:`INEXACT`.
 
     The result (when not :data:`INEXACT`) equals :func:`decode_json`'s for the same body: it
-    holds no :class:`JsonNumber` and no ``float``. :data:`INEXACT` also for every body
-    :func:`decode_json` would refuse, so that the exact path raises its usual error.
+    holds no :class:`JsonNumber` and no ``float``. :data:`INEXACT` when ``body`` may hold a
+    number token with a fraction or exponent, ``-0`` or 19 or more digits (also for some
+    bodies that only hold such text in strings), and for every body :func:`decode_json` would
+    refuse, so that the exact path raises its usual error.
     """
-    if max_depth < 1 or _nesting_exceeds(body, max_depth) or not _exact_with_orjson(body):
+    if max_depth < 1:
+        return INEXACT
+    # Dropping escaped quotes and backslashes (inside strings only) serves the depth check
+    # and cannot hide a number token from the guard.
+    stripped = _drop_escaped_quotes(body) if b"\\" in body else body
+    guard = stripped.translate(_GUARD_TABLE, _GUARD_DELETE)
+    if (
+        _FLOAT_TOKEN.search(guard) is not None
+        or _LONG_INTEGER in guard
+        or (
+            _MINUS_DIGIT_TOKEN.search(guard) is not None
+            and _NEGATIVE_ZERO_BYTES.search(body) is not None
+        )
+        or _structure_exceeds(guard.translate(_DEPTH_TABLE, _DEPTH_DELETE), max_depth)
+    ):
         return INEXACT
     try:
         return orjson.loads(body)
-    except orjson.JSONDecodeError:  # not JSON, a lone surrogate, 1e400, ...: the exact path
+    except orjson.JSONDecodeError:  # not JSON, a lone surrogate, ...: the exact path decides
         return INEXACT
 
 
