@@ -110,7 +110,7 @@ class _Node:
         self.path: str | None = None
         self.members: dict[str, _Node] = {}
         self.each: _Node | None = None
-        self.filters: list[_Predicate] = []
+        self.filters: list[RowFilterSpec] = []
 
     def child(self, step: Step) -> _Node | None:
         return self.each if step is EACH else self.members.get(step)
@@ -154,7 +154,7 @@ def compile_package(spec: PackageSpec, key_path: str) -> Walk:
                     )
                 found = node.add_child(step, _Node(full=True))
             array, node = node, found
-        array.filters.append(_predicate(row))
+        array.filters.append(row)
     walk = _compile(root, False)
     if isinstance(walk, str):  # pragma: no cover - paths are never empty
         raise ConfigError(f"{key_path}.fields", "cannot release the whole document")
@@ -173,7 +173,7 @@ def _compile(node: _Node, inherited_full: bool) -> _Entry:
     each = None
     if node.each is not None and (not full or node.each.has_filters()):
         each = _compile(node.each, full)
-    test = _all_of(node.filters)
+    test = _all_of([_predicate(spec) for spec in node.filters])
     if full and not members and each is None and test is None:
         return path or ""  # "" only for absorbed nodes, which the parent never keeps
     if not full and each is None:
@@ -183,6 +183,9 @@ def _compile(node: _Node, inherited_full: bool) -> _Entry:
         if element is not None and not element.full and element.each is None:
             # rows that are objects (the common case): one closure for the array and its rows
             plan = {name: _compile(child, False) for name, child in element.members.items()}
+            (spec,) = node.filters if len(node.filters) == 1 else (None,)
+            if spec is not None and len(spec.where) == 1 and spec.op != "within_period":
+                return _rows_of_objects(plan, None, (spec.where[0], spec.values, spec.op))
             return _rows_of_objects(plan, test)
         return _array_walk(each, test)
     return _general_walk(full, path, members or None, each, test)
@@ -230,9 +233,47 @@ def _object_walk(plan: dict[str, _Entry]) -> Walk:
     return walk_object
 
 
-def _rows_of_objects(plan: dict[str, _Entry], test: _Predicate | None) -> Walk:
-    """``_array_walk(_object_walk(plan), test)`` in one closure (a call less per row)."""
+def _rows_of_objects(
+    plan: dict[str, _Entry],
+    test: _Predicate | None,
+    member_filter: tuple[str, frozenset[str], str] | None = None,
+) -> Walk:
+    """``_array_walk(_object_walk(plan), test)`` in one closure (a call less per row).
+
+    :param member_filter: ``(member, values, op)``, the common row filter (one member, ``in``
+        / ``not_in`` / ``equals``) done inline instead of ``test``.
+    """
     plan_get = plan.get
+    member, values, op = member_filter or ("", frozenset(), "")
+    keep_if_in = op != "not_in"
+    if member_filter is not None:
+
+        def walk_filtered_rows(value: Any, context: ScopeContext, released: set[str]) -> Any:
+            if not isinstance(value, list):
+                return DROP
+            rows = []
+            for row in value:
+                if not isinstance(row, dict):
+                    continue
+                kept = row.get(member)
+                if not isinstance(kept, str) or (kept in values) is not keep_if_in:
+                    continue
+                out = {}
+                for name, item in row.items():
+                    entry = plan_get(name)
+                    if entry is None:
+                        continue
+                    if entry.__class__ is str:
+                        out[name] = item
+                        released.add(entry)
+                    else:
+                        result = entry(item, context, released)  # type: ignore[operator]
+                        if result is not DROP:
+                            out[name] = result
+                rows.append(out)
+            return rows
+
+        return walk_filtered_rows
     if _only_leaves(plan):
 
         def walk_rows_of_leaves(value: Any, context: ScopeContext, released: set[str]) -> Any:
