@@ -252,6 +252,7 @@ def _rows_of_objects(
             if not isinstance(value, list):
                 return DROP
             rows = []
+            add = released.add
             for row in value:
                 if not isinstance(row, dict):
                     continue
@@ -265,7 +266,7 @@ def _rows_of_objects(
                         continue
                     if entry.__class__ is str:
                         out[name] = item
-                        released.add(entry)
+                        add(entry)  # type: ignore[arg-type]
                     else:
                         result = entry(item, context, released)  # type: ignore[operator]
                         if result is not DROP:
@@ -299,6 +300,7 @@ def _rows_of_objects(
         if not isinstance(value, list):
             return DROP
         rows = []
+        add = released.add
         for row in value:
             if not isinstance(row, dict) or (test is not None and not test(row, context)):
                 continue
@@ -309,7 +311,7 @@ def _rows_of_objects(
                     continue
                 if entry.__class__ is str:
                     out[name] = item
-                    released.add(entry)
+                    add(entry)  # type: ignore[arg-type]
                 else:
                     result = entry(item, context, released)  # type: ignore[operator]
                     if result is not DROP:
