@@ -282,3 +282,10 @@ def test_deep_output_past_orjson_encode_limit_falls_back() -> None:
     result = scope_body(body, ALL, ScopeContext(), max_depth=400)
     assert result.body == body
     assert decode_fast(body, max_depth=400) is not INEXACT
+
+
+def test_orjson_writes_every_character_like_the_exact_encoder() -> None:
+    """Byte-identical output needs orjson's string escaping to be the stdlib's
+    (``ensure_ascii=False``) for every code point a decoded body can hold."""
+    text = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000)
+    assert encode_fast([text, {text: text}]) == encode_json([text, {text: text}])
