@@ -37,7 +37,9 @@ _PAIR_SPLIT = re.compile(r"[_,](?=[A-Za-z][A-Za-z0-9]{0,63}=)")
 _PAIR = re.compile(r"([A-Za-z][A-Za-z0-9]{0,63})=([^\x00-\x1f]{0,256})")
 _LOCAL_FORMATS = ("%Y-%m-%d %H:%M:%S", "%d.%m.%Y %H:%M:%S", "%Y-%m-%dT%H:%M:%S")
 _MAX_SERVICES = 256
-_GUID = re.compile(r"[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}")
+_GUID = re.compile(
+    r"[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}"
+)
 # Already in the canonical form _canonical_guid makes (the usual case): kept as it is.
 _CANONICAL_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -121,19 +123,6 @@ def parse_altinn_date(value: Any, *, claim: str) -> float:
     return parsed.timestamp()
 
 
-def _services(claims: dict[str, Any]) -> list[str]:
-    raw = claims.get("Services", claims.get("ServiceCodes"))
-    if "Services" in claims and "ServiceCodes" in claims:
-        raise _bad("both Services and ServiceCodes are present")
-    if isinstance(raw, str):
-        return [raw]
-    if not isinstance(raw, list) or not raw or len(raw) > _MAX_SERVICES:
-        raise _bad("Services is missing or not a list of strings")
-    if not all(map(isinstance, raw, repeat(str))):
-        raise _bad("Services is missing or not a list of strings")
-    return raw
-
-
 def consent_from_altinn2_claims(
     claims: dict[str, Any], *, issuer: str, key_id: str | None, allow_test_tokens: bool = True
 ) -> Consent:
@@ -182,32 +171,47 @@ def consent_from_altinn2_claims(
         if claims.get("DelegatedDate") is not None
         else None
     )
-    merged: dict[str, dict[str, list[str]]] = {}
+    services = claims.get("Services", claims.get("ServiceCodes"))
+    if "Services" in claims and "ServiceCodes" in claims:
+        raise _bad("both Services and ServiceCodes are present")
+    if isinstance(services, str):
+        services = [services]
+    elif not isinstance(services, list) or not services or len(services) > _MAX_SERVICES:
+        raise _bad("Services is missing or not a list of strings")
+    # service -> lower-cased key -> values (tuples: a right's metadata is used as is).
+    merged: dict[str, dict[str, tuple[str, ...]]] = {}
     pairs: Iterable[tuple[str, str]]
-    for entry in _services(claims):
+    for entry in services:
+        if not isinstance(entry, str):
+            raise _bad("Services is missing or not a list of strings")
         simple = _SIMPLE_ENTRY.fullmatch(entry)  # parse_service_entry's fast path, inlined
         if simple is None:
+            # Every entry must be a string before any is refused for its shape.
+            if not all(map(isinstance, services, repeat(str))):
+                raise _bad("Services is missing or not a list of strings")
             service, metadata = _parse_entry(entry)
             pairs = metadata.items()
         else:
             service_code, edition, key, value = simple.groups()
             service = f"{service_code}_{edition}"
-            pairs = () if key is None else ((key.lower(), value),)
+            if key is None:
+                pairs = ()
+            else:
+                target = merged.get(service)
+                if target is None:
+                    merged[service] = {key.lower(): (value,)}
+                    continue
+                pairs = ((key.lower(), value),)
         target = merged.get(service)
         if target is None:
             target = merged[service] = {}
         for key, value in pairs:
             values = target.get(key)
             if values is None:
-                target[key] = [value]
+                target[key] = (value,)
             elif value not in values:
-                values.append(value)
-    rights = tuple(
-        [
-            ConsentRight(service, {k: tuple(v) for k, v in md.items()})
-            for service, md in merged.items()
-        ]
-    )
+                target[key] = (*values, value)
+    rights = tuple([ConsentRight(service, md) for service, md in merged.items()])
     consent = Consent(
         kind="altinn2",
         consent_id=consent_id,

@@ -26,6 +26,7 @@ _ISO = re.compile(
 )
 _ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._:-]{0,127}")
 _RESOURCE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._:-]{0,127}")
+_RESOURCE_TYPE = "urn:altinn:resource"
 _MAX_RIGHTS = 64
 _MAX_META = 64
 
@@ -77,7 +78,8 @@ def _rights(entry: dict[str, Any]) -> tuple[ConsentRight, ...]:
     raw = entry.get("consentRights")
     if not isinstance(raw, list) or not raw or len(raw) > _MAX_RIGHTS:
         raise _bad("consentRights is missing or not a list")
-    merged: dict[str, dict[str, list[str]]] = {}
+    # resource -> lower-cased key -> values (tuples, so a right's metadata is used as is)
+    merged: dict[str, dict[str, tuple[str, ...]]] = {}
     for right in raw:
         if not isinstance(right, dict):
             raise _bad("consentRights entry is not an object")
@@ -89,24 +91,22 @@ def _rights(entry: dict[str, Any]) -> tuple[ConsentRight, ...]:
             raise _bad("consentRights resource is missing")
         metadata = _metadata(right)
         for res in resources:
-            if not isinstance(res, dict) or res.get("type") != "urn:altinn:resource":
+            if not isinstance(res, dict) or res.get("type") != _RESOURCE_TYPE:
                 raise _bad("consentRights resource is not a urn:altinn:resource")
             value = res.get("value")
             if not isinstance(value, str) or _RESOURCE.fullmatch(value) is None:
                 raise _bad("consentRights resource value is not a resource id")
             target = merged.get(value)
             if target is None:
-                merged[value] = {key: [val] for key, val in metadata.items()}
+                merged[value] = {key: (val,) for key, val in metadata.items()}
                 continue
             for key, val in metadata.items():
                 vals = target.get(key)
                 if vals is None:
-                    target[key] = [val]
+                    target[key] = (val,)
                 elif val not in vals:
-                    vals.append(val)
-    return tuple(
-        [ConsentRight(res, {k: tuple(v) for k, v in md.items()}) for res, md in merged.items()]
-    )
+                    target[key] = (*vals, val)
+    return tuple([ConsentRight(res, md) for res, md in merged.items()])
 
 
 def consent_from_authorization_details(
@@ -138,18 +138,34 @@ def consent_from_authorization_details(
     consumer = org_from_iso6523(entry.get("to"))
     if consumer is None:
         raise _bad("consent 'to' is not an organisation")
-    valid_to = parse_iso_instant(entry.get("validTo"), claim="validTo")
-    consented = (
-        parse_iso_instant(entry["consented"], claim="consented") if "consented" in entry else None
-    )
+    # parse_iso_instant inline for a well-formed instant; it names the failure otherwise.
+    valid_to: Any = entry.get("validTo")
+    if type(valid_to) is str and len(valid_to) <= 40 and _ISO.fullmatch(valid_to) is not None:
+        try:
+            valid_to = datetime.fromisoformat(valid_to).timestamp()
+        except ValueError:
+            valid_to = parse_iso_instant(valid_to, claim="validTo")
+    else:
+        valid_to = parse_iso_instant(valid_to, claim="validTo")
+    consented: Any = None
+    if "consented" in entry:
+        consented = entry["consented"]
+        if type(consented) is str and len(consented) <= 40 and _ISO.fullmatch(consented):
+            try:
+                consented = datetime.fromisoformat(consented).timestamp()
+            except ValueError:
+                consented = parse_iso_instant(consented, claim="consented")
+        else:
+            consented = parse_iso_instant(consented, claim="consented")
     return Consent(
-        kind="altinn3",
-        consent_id=consent_id.lower(),
-        subject=subject,
-        consumer=consumer,
-        valid_to=valid_to,
-        delegated=consented,
-        rights=_rights(entry),
-        issuer=issuer,
-        key_id=key_id,
+        "altinn3",
+        consent_id.lower(),
+        subject,
+        consumer,
+        valid_to,
+        _rights(entry),
+        issuer,
+        key_id,
+        None,
+        consented,
     )

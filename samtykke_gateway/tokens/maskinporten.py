@@ -56,22 +56,37 @@ def maskinporten_from_claims(
         supplier = org_from_iso6523(claims["supplier"])
         if supplier is None:
             raise _bad("supplier is not an ISO 6523 organisation")
-    consent = consent_from_authorization_details(
-        claims.get("authorization_details"), issuer=issuer, key_id=key_id
+    details = claims.get("authorization_details")
+    consent = (
+        None
+        if details is None
+        else consent_from_authorization_details(details, issuer=issuer, key_id=key_id)
     )
     scopes = frozenset(scope.split(" "))
     if "" in scopes:  # doubled, leading or trailing spaces
         scopes = scopes - {""}
+    # Plain short strings (or absent) inline; _opt_str decides anything else, in this order.
+    delegation_source = claims.get("delegation_source")
+    if delegation_source is not None and (
+        type(delegation_source) is not str or len(delegation_source) > 512
+    ):
+        delegation_source = _opt_str(claims, "delegation_source")
+    client_id = claims.get("client_id")
+    if client_id is not None and (type(client_id) is not str or len(client_id) > 512):
+        client_id = _opt_str(claims, "client_id")
+    jti = claims.get("jti")
+    if jti is not None and (type(jti) is not str or len(jti) > 512):
+        jti = _opt_str(claims, "jti")
     token = MaskinportenToken(
-        issuer=issuer,
-        key_id=key_id,
-        consumer=consumer,
-        scopes=scopes,
-        expires_at=expires_at,
-        supplier=supplier,
-        delegation_source=_opt_str(claims, "delegation_source"),
-        client_id=_opt_str(claims, "client_id"),
-        jti=_opt_str(claims, "jti"),
-        consent=consent,
+        issuer,
+        key_id,
+        consumer,
+        scopes,
+        expires_at,
+        supplier,
+        delegation_source,
+        client_id,
+        jti,
+        consent,
     )
     return remember(claims, "maskinporten", options, token)

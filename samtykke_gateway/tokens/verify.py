@@ -246,11 +246,20 @@ class TokenVerifier:
         iss = claims.get("iss")
         if type(iss) is not str or iss != issuer.issuer:
             raise _invalid("wrong_issuer", f"The token was not issued by the {issuer.name} issuer.")
-        exp = _numeric_date(claims, "exp")
-        if exp is None:
-            raise _invalid("bad_time_claim", "The token has no exp claim.")
-        nbf = _numeric_date(claims, "nbf") if "nbf" in claims else None
-        iat = _numeric_date(claims, "iat") if "iat" in claims else None
+        # Integer NumericDates in range (what issuers write) inline; _numeric_date decides the rest.
+        exp: Any = claims.get("exp")
+        if type(exp) is int and 0 <= exp <= MAX_NUMERIC_DATE:
+            exp = float(exp)
+        else:
+            exp = _numeric_date(claims, "exp")
+            if exp is None:
+                raise _invalid("bad_time_claim", "The token has no exp claim.")
+        nbf: Any = claims.get("nbf")
+        if type(nbf) is not int or not 0 <= nbf <= MAX_NUMERIC_DATE:
+            nbf = _numeric_date(claims, "nbf") if "nbf" in claims else None
+        iat: Any = claims.get("iat")
+        if type(iat) is not int or not 0 <= iat <= MAX_NUMERIC_DATE:
+            iat = _numeric_date(claims, "iat") if "iat" in claims else None
         now = self._clock()
         leeway = issuer.leeway_seconds
         if exp <= now - leeway:
