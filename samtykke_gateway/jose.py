@@ -275,9 +275,10 @@ def _parse_compact_fast(
         or (signature_rest and raw[-1] not in _CANONICAL_LAST[signature_rest])
     ):
         return None
-    if b"+" in raw or b"/" in raw or raw[second - 1] == 61 or raw[-1] == 61:
+    if 43 in raw or 47 in raw or raw[second - 1] == 61 or raw[-1] == 61:
         # "+" / "/" would be read as "-" / "_"; "=" ending a segment as padding (inside one,
-        # or after one whose length is not a multiple of 4, pybase64 refuses it).
+        # or after one whose length is not a multiple of 4, pybase64 refuses it). An int
+        # operand makes ``in`` one memchr (a bytes operand takes the general search).
         return None
     try:
         payload = pybase64.b64decode(

@@ -52,7 +52,8 @@ def parse_iso_instant(value: Any, *, claim: str) -> float:
         raise _bad(f"{claim} is not a valid date") from None
 
 
-def _metadata(right: dict[str, Any]) -> dict[str, str]:
+def _metadata(right: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """A right's metadata, keys lower-cased, each value as a one-value tuple (a new dict)."""
     if "metadata" in right:
         if "metaData" in right:
             raise _bad("consentRights entry has both metadata and metaData")
@@ -63,14 +64,14 @@ def _metadata(right: dict[str, Any]) -> dict[str, str]:
         return {}
     if not isinstance(raw, dict) or len(raw) > _MAX_META:
         raise _bad("consentRights metadata is not an object")
-    out: dict[str, str] = {}
+    out: dict[str, tuple[str, ...]] = {}
     for key, value in raw.items():
         if not isinstance(key, str) or not isinstance(value, str) or len(value) > 256:
             raise _bad("consentRights metadata values must be strings")
         lower = key.lower()
         if lower in out:
             raise _bad("consentRights metadata repeats a key (case-insensitively)")
-        out[lower] = value
+        out[lower] = (value,)
     return out
 
 
@@ -98,14 +99,15 @@ def _rights(entry: dict[str, Any]) -> tuple[ConsentRight, ...]:
                 raise _bad("consentRights resource value is not a resource id")
             target = merged.get(value)
             if target is None:
-                merged[value] = {key: (val,) for key, val in metadata.items()}
+                # A copy: merging another right into this resource must not reach the others.
+                merged[value] = metadata.copy() if len(resources) > 1 else metadata
                 continue
-            for key, val in metadata.items():
+            for key, one in metadata.items():
                 vals = target.get(key)
                 if vals is None:
-                    target[key] = (val,)
-                elif val not in vals:
-                    target[key] = (*vals, val)
+                    target[key] = one
+                elif one[0] not in vals:
+                    target[key] = (*vals, one[0])
     return tuple([ConsentRight(res, md) for res, md in merged.items()])
 
 
