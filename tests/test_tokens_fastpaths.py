@@ -3,6 +3,7 @@ claims memo serves only the very claims object it parsed (issue 3, speed)."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from samtykke_gateway.exceptions import InvalidTokenError
+from samtykke_gateway.identifiers import Party, is_org_number, is_person_id, party_from_digits
 from samtykke_gateway.jose import parse_compact
 from samtykke_gateway.testing import DevIssuer
 from samtykke_gateway.tokens import altinn2, altinn3
@@ -145,3 +147,31 @@ def test_parsers_reuse_results_for_the_same_verified_claims() -> None:
             test_claims, issuer="altinn", key_id="k", allow_test_tokens=False
         )
     assert refused.value.reason == "test_token_refused"
+
+
+_DIGITS_LIKE = st.one_of(
+    st.text(
+        alphabet=st.sampled_from([*"0123456789", "٣", "０", "²", " ", "\n", "_", "a"]),
+        max_size=13,
+    ),
+    st.integers(),
+    st.none(),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_DIGITS_LIKE)
+def test_identifier_checks_are_exactly_ascii_digit_regexes(value: Any) -> None:
+    text = isinstance(value, str)
+    assert is_person_id(value) == (text and re.fullmatch(r"[0-9]{11}", value) is not None)
+    assert is_org_number(value) == (text and re.fullmatch(r"[0-9]{9}", value) is not None)
+
+
+def test_party_is_a_frozen_hashable_value() -> None:
+    person = party_from_digits("01029413157")
+    assert person == Party("person", "01029413157") == Party(kind="person", id="01029413157")
+    assert person != Party("organization", "01029413157")
+    assert {person: 1}[Party("person", "01029413157")] == 1
+    assert (person.kind, person.id) == ("person", "01029413157")
+    with pytest.raises(AttributeError):
+        person.id = "999999999"  # type: ignore[misc]
