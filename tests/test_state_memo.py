@@ -28,6 +28,14 @@ def test_oslo_day_memo_matches_the_calendar(times: list[float]) -> None:
         assert service._oslo_day(now) == datetime.fromtimestamp(now, OSLO).strftime("%Y-%m-%d")
 
 
+def test_oslo_day_memo_rounds_like_fromtimestamp() -> None:
+    # found by hypothesis: 0.2 µs before Oslo midnight fromtimestamp() has already rounded
+    # to the next day
+    service = ConsentStateService(MemoryBackend())
+    for now in (1792879200.0, 1792969199.9999998, 1792969199.9999994, 1792969200.0):
+        assert service._oslo_day(now) == datetime.fromtimestamp(now, OSLO).strftime("%Y-%m-%d")
+
+
 def test_oslo_day_memo_at_the_edges() -> None:
     service = ConsentStateService(MemoryBackend())
     for edge in EDGES:

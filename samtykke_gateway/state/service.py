@@ -143,7 +143,9 @@ class ConsentStateService:
 
     def _oslo_day(self, now: float) -> str:
         start, end, day = self._day
-        if start <= now < end:
+        # the last microsecond before midnight goes the long way: fromtimestamp() rounds to the
+        # microsecond, so 23:59:59.9999998 is already the next day there
+        if start <= now < end - 1e-6:
             return day
         local = datetime.fromtimestamp(now, _OSLO)
         day = local.strftime("%Y-%m-%d")
