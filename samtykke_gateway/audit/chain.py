@@ -192,7 +192,12 @@ def normalise_time(value: str) -> str:
     return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-_NORMALISED = re.compile(r"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
+# Hours 00-23 only: a parser that reads "T24:00:00" as the next midnight (ISO 8601 end of
+# day; newer CPython) would pass the per-second check, but the reference refuses 24:00 with
+# a fraction and rewrites it to the next day without one.
+_NORMALISED = re.compile(
+    r"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-9]{2}:[0-9]{2}\.[0-9]{6}Z"
+)
 #: The last ``YYYY-MM-DDTHH:MM:SS`` the parser accepted (rebinding a str is atomic).
 _valid_second = ""
 
