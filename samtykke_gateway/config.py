@@ -101,6 +101,8 @@ class IssuerConfig:
     default_ttl_seconds: float = 3600.0
     refetch_cooldown_seconds: float = 30.0
     fetch_timeout_seconds: float = 5.0
+    #: ``aud`` values (RFC 7519 §4.1.3) of which the token must carry one; empty: not checked
+    audiences: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,11 +369,25 @@ def _issuer(name: str, data: Mapping[str, Any], path: str) -> IssuerConfig:
         default_ttl_seconds=t.number("default_ttl_seconds", 3600.0),
         refetch_cooldown_seconds=t.number("refetch_cooldown_seconds", 30.0),
         fetch_timeout_seconds=t.number("fetch_timeout_seconds", 5.0, minimum=0.01),
+        audiences=_audiences(t),
     )
     t.finish()
     if cfg.min_ttl_seconds > cfg.max_ttl_seconds:
         raise ConfigError(t.key("min_ttl_seconds"), "must not exceed max_ttl_seconds")
     return cfg
+
+
+def _audiences(t: _Table) -> tuple[str, ...]:
+    """``audience``: one string or a list (the data source's audience URIs, e.g. the resource
+    indicator a Maskinporten client asks for); an empty list is refused rather than read as
+    "no check"."""
+    if "audience" in t.data and not t.data["audience"]:
+        raise ConfigError(t.key("audience"), "give at least one audience, or leave the key out")
+    values = t.str_list("audience")
+    for i, value in enumerate(values):
+        if not value.strip() or value != value.strip() or len(value) > 512 or value == "unspecified":
+            raise ConfigError(f"{t.key('audience')}[{i}]", "is not a usable audience")
+    return values
 
 
 def _subject(value: Any, key: str, path_params: set[str]) -> SubjectSource:

@@ -47,6 +47,7 @@ TOKEN_STEPS: tuple[tuple[str, frozenset[str]], ...] = (
     ("key found in the issuer's JWKS by kid / x5t / x5c thumbprint", frozenset({"unknown_key", "keys_unavailable"})),
     ("signature", frozenset({"bad_signature"})),
     ("iss exactly the configured issuer", frozenset({"wrong_issuer"})),
+    ("aud names this data source (when an audience is configured)", frozenset({"wrong_audience"})),
     ("exp / nbf / iat (with leeway)", frozenset({"token_expired", "token_not_yet_valid", "bad_time_claim"})),
 )
 BINDING_STEPS: tuple[tuple[str, frozenset[str]], ...] = (

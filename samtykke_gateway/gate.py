@@ -131,6 +131,7 @@ def build_issuer_policies(
             algorithms=cfg.algorithms,
             keys=keys,
             leeway_seconds=config.leeway_seconds,
+            audiences=cfg.audiences,
         )
 
     return {name: policy(cfg) for name, cfg in config.issuers.items()}

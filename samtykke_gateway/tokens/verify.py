@@ -49,6 +49,7 @@ REASONS = (
     "unknown_key",
     "bad_signature",
     "wrong_issuer",
+    "wrong_audience",
     "token_expired",
     "token_not_yet_valid",
     "bad_time_claim",
@@ -120,6 +121,10 @@ class IssuerPolicy:
     :ivar algorithms: allow-list, e.g. ``("RS256",)``; subset of :data:`SUPPORTED_ALGORITHMS`.
     :ivar keys: the issuer's key set.
     :ivar leeway_seconds: clock skew tolerated on ``exp``/``nbf``/``iat`` (SPEC §4 step 4).
+    :ivar audiences: when not empty, the token's ``aud`` (a string, or an array of strings;
+        RFC 7519 §4.1.3) must name one of them, else ``wrong_audience`` (401). Maskinporten
+        sets ``aud`` only when the client asked for an audience (SPEC §3.2); a data source that
+        requires audience-restricted tokens configures ``[issuers.maskinporten] audience``.
     :raises ConfigError: empty or unsupported algorithm list, negative/non-finite leeway.
     """
 
@@ -128,6 +133,7 @@ class IssuerPolicy:
     algorithms: tuple[str, ...]
     keys: KeySet
     leeway_seconds: float = 30
+    audiences: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if type(self.algorithms) is not tuple or not self.algorithms:
@@ -246,6 +252,8 @@ class TokenVerifier:
         iss = claims.get("iss")
         if type(iss) is not str or iss != issuer.issuer:
             raise _invalid("wrong_issuer", f"The token was not issued by the {issuer.name} issuer.")
+        if issuer.audiences and not _audience_matches(claims.get("aud"), issuer.audiences):
+            raise _invalid("wrong_audience", "The token's aud does not name this data source.")
         # Integer NumericDates in range (what issuers write) inline; _numeric_date decides the rest.
         exp: Any = claims.get("exp")
         if type(exp) is int and 0 <= exp <= MAX_NUMERIC_DATE:
@@ -269,6 +277,19 @@ class TokenVerifier:
         if iat is not None and iat > now + leeway:
             raise _invalid("token_not_yet_valid", "The token was issued in the future (iat).")
         return exp
+
+
+_MAX_AUDIENCES = 32
+
+
+def _audience_matches(aud: Any, audiences: tuple[str, ...]) -> bool:
+    """RFC 7519 §4.1.3: ``aud`` is one string or an array of strings; exact string comparison.
+    Any other shape (absent, ``null``, number, nested array, over 32 entries) does not match."""
+    if type(aud) is str:
+        return aud in audiences
+    if type(aud) is list and 0 < len(aud) <= _MAX_AUDIENCES:
+        return all(type(a) is str for a in aud) and any(a in audiences for a in aud)
+    return False
 
 
 def _checked_alg(header: dict[str, Any], issuer: IssuerPolicy) -> str:
