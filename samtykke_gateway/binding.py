@@ -12,16 +12,20 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .config import RouteConfig
-from .exceptions import BadRequestError, InsufficientConsentError
+from .config import RouteConfig, SubjectSource
+from .exceptions import BadRequestError, GatewayError, InsufficientConsentError
 from .identifiers import Party, party_from_digits
+from .jose import MAX_JSON_DEPTH, strict_json_object
 from .scoping import ScopeContext
 from .tokens.model import Consent, ConsentRight, MaskinportenToken
 
 __all__ = [
     "Binding",
+    "RequestBodyTooLargeError",
+    "UnsupportedMediaTypeError",
     "apply_constraints",
     "bind_consent",
+    "body_subject",
     "check_consumer",
     "check_governed_headers",
     "check_governed_params",
@@ -60,28 +64,109 @@ class Binding:
         return out
 
 
+class RequestBodyTooLargeError(GatewayError):
+    """413: a request body the gateway must read is larger than ``max_request_body_bytes``."""
+
+    status_code = 413
+    default_reason = "request_body_too_large"
+    kode = "SG-413"
+
+
+class UnsupportedMediaTypeError(GatewayError):
+    """415: a body subject needs ``Content-Type: application/json`` without a content coding."""
+
+    status_code = 415
+    default_reason = "unsupported_media_type"
+    kode = "SG-415"
+
+
 def request_subject(
     route: RouteConfig,
     path_params: Mapping[str, str],
     query: Sequence[tuple[str, str]],
     headers: Mapping[str, list[str]],
+    body: bytes | None = None,
 ) -> str:
     """The data subject as the request names it (raw string, not yet validated).
 
+    :param body: the whole request body, read by the caller, on a route whose subject is in
+        the body (see :func:`body_subject`); ``None`` otherwise.
     :raises BadRequestError: (400) the subject is missing, repeated or absurdly long.
+    :raises UnsupportedMediaTypeError: (415) a body subject in anything but JSON.
     """
     source, name = route.subject.source, route.subject.name
     if source == "path":
         values = [path_params.get(name, "")]
     elif source == "query":
         values = [v for k, v in query if k == name]
-    else:
+    elif source == "header":
         values = headers.get(name, [])
+    else:
+        values = [body_subject(route.subject, headers, body)]
     if len(values) != 1 or not values[0]:
         raise BadRequestError("the request must name exactly one data subject", reason="subject_missing")
     if len(values[0]) > _MAX_SUBJECT_CHARS:
         raise BadRequestError("the data subject is malformed", reason="subject_malformed")
     return values[0]
+
+
+def _json_content_type(headers: Mapping[str, list[str]]) -> None:
+    """``Content-Type: application/json`` (parameters allowed; a charset only ``utf-8``), once,
+    and no content coding other than ``identity``: the upstream must read the same text."""
+    values = headers.get("content-type", [])
+    if len(values) != 1:
+        raise UnsupportedMediaTypeError("the request body must be sent as application/json")
+    media, _, params = values[0].partition(";")
+    if media.strip().lower() != "application/json":
+        raise UnsupportedMediaTypeError("the request body must be sent as application/json")
+    for param in params.split(";"):
+        pname, _, pvalue = param.partition("=")
+        if pname.strip().lower() == "charset" and pvalue.strip().strip('"').lower() != "utf-8":
+            raise UnsupportedMediaTypeError("the request body must be UTF-8 JSON")
+    for coding in headers.get("content-encoding", []):
+        if coding.strip().lower() not in ("", "identity"):
+            raise UnsupportedMediaTypeError("a request body with a content coding is not read here")
+
+
+def _same_ignoring_case(a: str, b: str) -> bool:
+    # Frameworks fold case differently (.NET: per-character upper case; Python: casefold):
+    # any of them calling two names equal makes them one name to some reader.
+    return a.lower() == b.lower() or a.upper() == b.upper() or a.casefold() == b.casefold()
+
+
+def body_subject(subject: SubjectSource, headers: Mapping[str, list[str]], body: bytes | None) -> str:
+    """The subject member of a JSON request body (``subject = { body = "person.ident" }``).
+
+    Strict: ``application/json`` (UTF-8), a JSON object with no duplicate member names at any
+    depth (:func:`~samtykke_gateway.jose.strict_json_object`, nesting bounded), the member a
+    JSON string, and no sibling of any member on the path whose name differs only in case
+    (ASP.NET Core binds JSON case-insensitively: it could read the other one). The body itself
+    is never changed: the caller forwards the bytes that were checked.
+
+    :raises UnsupportedMediaTypeError: (415, ``unsupported_media_type``).
+    :raises BadRequestError: (400) ``body_not_json``, ``duplicate_member``,
+        ``ambiguous_parameter``, ``subject_missing``, ``subject_malformed``.
+    """
+    if body is None:
+        raise BadRequestError("the request body must name the data subject", reason="subject_missing")
+    _json_content_type(headers)
+    try:
+        node: object = strict_json_object(body, max_depth=MAX_JSON_DEPTH)
+    except ValueError as exc:
+        if str(exc) == "duplicate member name":
+            raise BadRequestError("a member name is repeated in the request body", reason="duplicate_member") from None
+        raise BadRequestError("the request body is not a JSON object (UTF-8, bounded nesting)",
+                              reason="body_not_json") from None
+    for part in subject.field_path:
+        if type(node) is not dict or part not in node:
+            raise BadRequestError("the request body does not name the data subject", reason="subject_missing")
+        if any(key != part and _same_ignoring_case(key, part) for key in node):
+            raise BadRequestError("a request body member differs from the subject field only in case",
+                                  reason="ambiguous_parameter")
+        node = node[part]
+    if type(node) is not str:  # a number would lose leading zeros
+        raise BadRequestError("the data subject must be a JSON string", reason="subject_malformed")
+    return node
 
 
 def check_consumer(consent: Consent, mp: MaskinportenToken, delegation_sources: Sequence[str]) -> None:
@@ -155,8 +240,10 @@ def check_governed_params(route: RouteConfig, query: Sequence[tuple[str, str]]) 
     case, array syntax or a dotted prefix/suffix (``FNR``, ``fnr[]``, ``tilOgMed[0]``,
     ``model.fnr``); any query parameter naming a path parameter (``?personidentifikator=``,
     ``?inntektsaar=``: frameworks that merge route and query values could let it win); names
-    with control characters. Forwarding such names could let the request name another person,
-    year or rights package than the one checked.
+    with control characters; on a route whose subject is a JSON body field, a query parameter
+    naming that field (its dotted path or last name, in any case: frameworks merge query and
+    body values). Forwarding such names could let the request name another person, year or
+    rights package than the one checked.
 
     :raises BadRequestError: (400, ``duplicate_parameter`` / ``ambiguous_parameter`` /
         ``bad_query``).
@@ -165,6 +252,7 @@ def check_governed_params(route: RouteConfig, query: Sequence[tuple[str, str]]) 
         return
     governed = {name.lower(): name for name in route.governed_params}
     path_params = {name.lower() for name in route.path_params} - set(governed)
+    body_names = route.subject.shadows  # empty unless the subject is in the JSON body
     seen: set[str] = set()
     for name, _ in query:
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
@@ -173,6 +261,10 @@ def check_governed_params(route: RouteConfig, query: Sequence[tuple[str, str]]) 
         if parts & path_params:
             raise BadRequestError(
                 "a query parameter names a path parameter of this route", reason="ambiguous_parameter"
+            )
+        if body_names and parts & body_names:
+            raise BadRequestError(
+                "a query parameter names the body field that carries the subject", reason="ambiguous_parameter"
             )
         hits = [governed[p] for p in parts if p in governed]
         if not hits:

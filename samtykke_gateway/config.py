@@ -85,6 +85,13 @@ _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _SERVICE = re.compile(r"[0-9]{1,10}_[0-9]{1,10}")
 _RESOURCE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._:-]{0,127}")
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+#: Methods whose request body a body subject can be read from.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_BODY_MEMBER = re.compile(r"[\w$@-]{1,128}")
+_MAX_BODY_FIELD_DEPTH = 8
+#: ``gateway.max_request_body_bytes``: default and upper bound (a body route buffers the body).
+DEFAULT_MAX_REQUEST_BODY_BYTES = 64 * 1024
+_MAX_REQUEST_BODY_LIMIT = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +114,18 @@ class IssuerConfig:
 
 @dataclass(frozen=True, slots=True)
 class SubjectSource:
-    """Where the request names its data subject: ``source`` is path, header or query."""
+    """Where the request names its data subject: ``source`` is path, header, query or body.
 
-    source: Literal["path", "header", "query"]
+    ``body``: ``name`` is a member name or a dotted path into nested objects
+    (``person.ident``) of the JSON request body; ``field_path`` holds its components and
+    ``shadows`` the lower-cased names a query parameter must not carry (the whole path and its
+    last component: frameworks merge query and body values).
+    """
+
+    source: Literal["path", "header", "query", "body"]
     name: str
+    field_path: tuple[str, ...] = ()
+    shadows: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +257,8 @@ class GatewayConfig:
     upstream_timeout_seconds: float = 10.0
     upstream_connect_timeout_seconds: float = 3.0
     max_body_bytes: int = 10 * 1024 * 1024
+    #: most request-body bytes read on a route whose subject is in the JSON body (413 beyond)
+    max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
     release_headers: frozenset[bytes] = frozenset()
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     health_path: str = "/healthz"
@@ -392,17 +409,33 @@ def _audiences(t: _Table) -> tuple[str, ...]:
 
 def _subject(value: Any, key: str, path_params: set[str]) -> SubjectSource:
     t = _Table(value, key)
-    given = [(s, t.get(s, str)) for s in ("path", "header", "query")]
+    given = [(s, t.get(s, str)) for s in ("path", "header", "query", "body")]
     given = [(s, v) for s, v in given if v is not None]
     t.finish()
     if len(given) != 1:
-        raise ConfigError(key, "give exactly one of path, header or query")
+        raise ConfigError(key, "give exactly one of path, header, query or body")
     source, name = given[0]
+    if source == "body":
+        return _body_subject(name, f"{key}.body", path_params)
     if source == "path" and name not in path_params:
         raise ConfigError(f"{key}.path", f"{{{name}}} is not a parameter of the route path")
     if source == "header" and not _HEADER_NAME.fullmatch(name):
         raise ConfigError(f"{key}.header", "is not a valid header name")
     return SubjectSource(source, name.lower() if source == "header" else name)  # type: ignore[arg-type]
+
+
+def _body_subject(name: str, key: str, path_params: set[str]) -> SubjectSource:
+    """``subject = { body = "fnr" }`` or ``{ body = "person.ident" }``."""
+    parts = tuple(name.split("."))
+    if len(parts) > _MAX_BODY_FIELD_DEPTH or not all(_BODY_MEMBER.fullmatch(p) for p in parts):
+        raise ConfigError(key, f"must be a member name or a dotted path of at most {_MAX_BODY_FIELD_DEPTH}"
+                               " names (letters, digits, _ $ @ -)")
+    leaf = parts[-1].lower()
+    for param in path_params:
+        if param.lower() in (leaf, name.lower()):
+            raise ConfigError(key, f"{{{param}}} is also a path parameter: frameworks that merge route and"
+                                   " body values could read the other one")
+    return SubjectSource("body", name, parts, frozenset({name.lower(), leaf}))
 
 
 def _route(index: int, data: Any, packages: Mapping[str, RightsPackage]) -> RouteConfig:
@@ -422,6 +455,9 @@ def _route(index: int, data: Any, packages: Mapping[str, RightsPackage]) -> Rout
     if not scope or " " in scope:
         raise ConfigError(t.key("scope"), "must be one Maskinporten scope")
     subject = _subject(t.get("subject", dict, required=True), t.key("subject"), params)
+    if subject.source == "body" and not methods_set <= _BODY_METHODS:
+        raise ConfigError(t.key("method"), "a body subject needs POST, PUT or PATCH only"
+                                           " (GET, HEAD, DELETE and OPTIONS carry no body the gateway reads)")
     services = t.str_list("altinn2_service", _SERVICE)
     resources = t.str_list("altinn3_resources", _RESOURCE)
     migrated_org = t.get("altinn3_migrated_org", str)
@@ -453,6 +489,13 @@ def _route(index: int, data: Any, packages: Mapping[str, RightsPackage]) -> Rout
             to_metadata=pt.get("to_metadata", str, "tilOgMed").lower(),
         )
         pt.finish()
+
+    if subject.source == "body":
+        governed = {period.from_param.lower(), period.to_param.lower()} if period is not None else set()
+        if year is not None and year.source == "query":
+            governed.add(year.param.lower())
+        if governed & subject.shadows:
+            raise ConfigError(t.key("subject.body"), "is also a governed query parameter of the route")
 
     package = t.get("rights_package", (str, dict))
     unscoped = t.get("unscoped", bool, False)
@@ -659,6 +702,7 @@ def parse_config(
         error_style=error_style,  # type: ignore[arg-type]
         leeway_seconds=_leeway(gw),
         max_token_bytes=int(gw.number("max_token_bytes", 16384, minimum=256)),
+        max_request_body_bytes=_max_request_body(gw),
         token_cache_entries=int(gw.number("token_cache_entries", 4096)),
         altinn3_delegation_sources=delegation_sources,
         unmatched=unmatched,  # type: ignore[arg-type]
@@ -727,6 +771,13 @@ def _feed(data: Any, routes: tuple[RouteConfig, ...], base_dir: Path) -> FeedCon
     )
     t.finish()
     return cfg
+
+
+def _max_request_body(gw: _Table) -> int:
+    value = gw.get("max_request_body_bytes", int, DEFAULT_MAX_REQUEST_BODY_BYTES)
+    if not 1 <= value <= _MAX_REQUEST_BODY_LIMIT:
+        raise ConfigError("gateway.max_request_body_bytes", f"must be within 1..{_MAX_REQUEST_BODY_LIMIT}")
+    return int(value)
 
 
 def _leeway(gw: _Table) -> float:

@@ -47,12 +47,14 @@ class RequestFacts:
     """What the gate needs from an HTTP request.
 
     ``headers``: lower-cased name → list of values (repeats kept). ``query``: decoded
-    ``(name, value)`` pairs in order.
+    ``(name, value)`` pairs in order. ``body``: the whole request body, read only on a route
+    whose subject is a JSON body field (``None`` elsewhere: bodies stream through).
     """
 
     method: str
     query: Sequence[tuple[str, str]]
     headers: Mapping[str, list[str]]
+    body: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +225,7 @@ class Gate:
 
         check_governed_params(route, facts.query)
         check_governed_headers(route, facts.headers, self.config.consent_header)
-        subject = request_subject(route, match.params, facts.query, facts.headers)
+        subject = request_subject(route, match.params, facts.query, facts.headers, facts.body)
         record.subject = subject
         binding = bind_consent(
             route,

@@ -7,7 +7,12 @@ or FastAPI app. Per request (an :class:`_Exchange` holds all per-request state):
    normalisation, once (:func:`~samtykke_gateway.policy.normalize_path`), then route match
    (unmatched → 404 unless ``gateway.unmatched = "pass"``; passed requests also get the
    canonical path);
-2. :meth:`Gate.authorize` (tokens → policy → binding); the verified :class:`Grant` is put in
+2. on a route whose subject is a JSON body field, the whole request body is read first
+   (bounded by ``gateway.max_request_body_bytes``, also by a declared ``Content-Length``: 413;
+   a client gone while sending: no forward, record written) and handed to the gate; the app
+   then receives exactly those bytes, replayed, with a ``Content-Length`` that matches them.
+   Other routes never touch the body: it streams to the app;
+   :meth:`Gate.authorize` (tokens → policy → binding); the verified :class:`Grant` is put in
    ``scope["samtykke.consent"]``, the canonical matched path / effective query into the scope,
    the tokens and any client ``X-Samtykke-*`` removed and the verified claims added as headers
    (validated first: a claim unfit for a header is refused, 401);
@@ -33,6 +38,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode
 
 from .audit.record import DisclosureRecord
+from .binding import RequestBodyTooLargeError
 from .config import GatewayConfig
 from .errors import render_error
 from .exceptions import (
@@ -162,6 +168,7 @@ class _Exchange:
         self.forward_started = 0.0
         self.root_segments: tuple[str, ...] = ()
         self.app_segments: tuple[str, ...] = ()
+        self.body: bytes | None = None  # read only on body-subject routes
 
     # ------------------------------------------------------------------ request side
     async def run(self) -> None:
@@ -195,6 +202,9 @@ class _Exchange:
                 raise NotFoundError("no such route", reason="no_route")
             self.record.path = match.path
             self.record.route = match.route.name
+            if match.route.subject.source == "body":
+                self.body = await self._read_body()
+                facts = RequestFacts(method=facts.method, query=query, headers=self.headers, body=self.body)
             self.grant = await self.gateway.gate.authorize(facts, match, self.record)
             self.gate_seconds = time.perf_counter() - self.started_at
             upstream_scope = self._upstream_scope(self.grant)
@@ -226,6 +236,56 @@ class _Exchange:
         passed = dict(self.scope, path=unquote(canonical), raw_path=canonical.encode("ascii"), headers=headers)
         await self.app(passed, self.receive, self.send)
 
+    async def _read_body(self) -> bytes:
+        """The whole request body, for a route whose subject is in it.
+
+        :raises RequestBodyTooLargeError: (413) ``Content-Length`` or the bytes received exceed
+            ``max_request_body_bytes`` (nothing more is read).
+        :raises BadRequestError: (400, ``ambiguous_framing``) fewer or more bytes than
+            ``Content-Length`` said.
+        :raises _ClientGoneError: the client disconnected before the body ended.
+        """
+        limit = self.config.max_request_body_bytes
+        lengths = self.headers.get("content-length")
+        declared = int(lengths[0]) if lengths else None  # framing checked: one 1-15 digit value
+        if declared is not None and declared > limit:
+            raise RequestBodyTooLargeError("the request body is larger than this route accepts")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            kind = message["type"]
+            if kind == "http.disconnect":
+                raise _ClientGoneError("the client disconnected while sending the body")
+            if kind != "http.request":
+                raise BadRequestError("unexpected request message", reason="bad_request_body")
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise RequestBodyTooLargeError("the request body is larger than this route accepts")
+                chunks.append(bytes(chunk))
+            if not message.get("more_body", False):
+                break
+        if declared is not None and size != declared:
+            raise BadRequestError("the request body does not match Content-Length", reason="ambiguous_framing")
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _replay_receive(self, body: bytes) -> Receive:
+        """``receive`` for the app: the checked body as one message, then the client's own
+        messages (``http.disconnect``)."""
+        original = self.receive
+        pending = True
+
+        async def receive() -> Message:
+            nonlocal pending
+            if pending:
+                pending = False
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await original()
+
+        return receive
+
     def _query(self) -> list[tuple[str, str]]:
         raw = self.scope.get("query_string", b"")
         if not raw:
@@ -251,7 +311,11 @@ class _Exchange:
         scope["path"] = unquote(full) if "%" in full else full
         scope["raw_path"] = full.encode("ascii")
         scope["query_string"] = urlencode(grant.effective_query).encode("ascii")
-        scope["headers"] = self._upstream_headers(grant)
+        headers = self._upstream_headers(grant)
+        if self.body is not None:  # the body was read and checked: framed by its real length
+            headers = [(k, v) for k, v in headers if k.lower() not in (b"content-length", b"transfer-encoding")]
+            headers.append((b"content-length", str(len(self.body)).encode("ascii")))
+        scope["headers"] = headers
         scope["samtykke.correlation_id"] = self.correlation_id
         if grant.rights_package is not None and "extensions" in scope:
             # the body must come as http.response.body messages, to be scoped
@@ -273,8 +337,9 @@ class _Exchange:
                 log.warning("consent state update failed after response: %s", exc.reason)
 
     async def _call_app(self, scope: Scope) -> None:
+        receive = self.receive if self.body is None else self._replay_receive(self.body)
         try:
-            await self.app(scope, self.receive, self._send_from_app)
+            await self.app(scope, receive, self._send_from_app)
         except _Abandoned:
             return
         except GatewayError as exc:
@@ -488,6 +553,15 @@ class _Exchange:
             raise
         self.gateway.observer.audit_write(time.perf_counter() - started, ok=True)
         self.gateway.observer.decision(self.record, self.gate_seconds)
+
+
+class _ClientGoneError(GatewayError):
+    """The client disconnected before its request body ended: nothing is forwarded; the
+    disclosure record says so (status 499, nginx's "client closed request")."""
+
+    status_code = 499
+    default_reason = "client_disconnected"
+    kode = "SG-499"
 
 
 class _Abandoned(OSError):

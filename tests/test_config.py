@@ -113,3 +113,70 @@ def test_serve_refuses_invalid_config_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "gateway.profile" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- body subject
+
+
+def _body_route(data: dict, **changes: object) -> dict:
+    """Route 0 (income) as a POST route whose subject is a JSON body field."""
+    route = data["routes"][0]
+    route.update(method="POST", subject={"body": "fnr"})
+    route.update(changes)
+    return data
+
+
+def test_body_subject_parses() -> None:
+    config = parse_config(_body_route(_data(), subject={"body": "person.ident"}, method=["POST", "PUT", "PATCH"]),
+                          base_dir=CONFIG_DIR)
+    subject = config.routes[0].subject
+    assert (subject.source, subject.name, subject.field_path) == ("body", "person.ident", ("person", "ident"))
+    assert subject.shadows == frozenset({"person.ident", "ident"})
+    assert config.max_request_body_bytes == 64 * 1024
+    assert config.routes[1].subject.shadows == frozenset()  # other sources: nothing extra per request
+    data = _body_route(_data())
+    data["gateway"]["max_request_body_bytes"] = 4096
+    assert parse_config(data, base_dir=CONFIG_DIR).max_request_body_bytes == 4096
+
+
+@pytest.mark.parametrize(
+    ("changes", "gateway", "key_path"),
+    [
+        ({"method": "GET"}, {}, "routes[0].method"),
+        ({"method": ["GET", "POST"]}, {}, "routes[0].method"),  # GET implies HEAD: neither has a body
+        ({"method": "DELETE"}, {}, "routes[0].method"),
+        ({"method": ["POST", "OPTIONS"]}, {}, "routes[0].method"),
+        ({"subject": {"body": "person..ident"}}, {}, "routes[0].subject.body"),
+        ({"subject": {"body": ""}}, {}, "routes[0].subject.body"),
+        ({"subject": {"body": "fnr "}}, {}, "routes[0].subject.body"),
+        ({"subject": {"body": "a.b.c.d.e.f.g.h.i"}}, {}, "routes[0].subject.body"),
+        ({"subject": {"body": "Personidentifikator"}}, {}, "routes[0].subject.body"),  # a path parameter
+        ({"subject": {"body": "x.personidentifikator"}}, {}, "routes[0].subject.body"),
+        ({"subject": {"body": "filter.fraOgMed"}}, {}, "routes[0].subject.body"),  # governed query parameter
+        ({"subject": {"body": "fnr", "query": "fnr"}}, {}, "routes[0].subject"),
+        ({"subject": {"body": 11}}, {}, "routes[0].subject.body"),
+        ({}, {"max_request_body_bytes": 0}, "gateway.max_request_body_bytes"),
+        ({}, {"max_request_body_bytes": 1 << 30}, "gateway.max_request_body_bytes"),
+        ({}, {"max_request_body_bytes": "64k"}, "gateway.max_request_body_bytes"),
+        ({}, {"max_request_body_bytes": True}, "gateway.max_request_body_bytes"),
+    ],
+)
+def test_body_subject_config_errors(changes: dict, gateway: dict, key_path: str) -> None:
+    data = _body_route(_data(), **changes)
+    data["gateway"].update(gateway)
+    with pytest.raises(ConfigError) as info:
+        _parse(data)
+    assert info.value.key_path == key_path, info.value
+
+
+def test_check_config_prints_a_body_subject(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copy(CONFIG_DIR / "inntekt-sbl-loennsinntekt-beskrivelse.txt", tmp_path)
+    cfg = tmp_path / "body.toml"
+    text = TT02.read_text()
+    assert text.count('subject = { path = "personidentifikator" }') == 2
+    text = text.replace('method = "GET"\n', 'method = "POST"\n', 1)
+    cfg.write_text(text.replace('subject = { path = "personidentifikator" }', 'subject = { body = "person.ident" }', 1))
+    assert main(["check-config", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "inntekt: POST /api/innrapportert" in out
+    assert "subject from body 'person.ident'" in out
