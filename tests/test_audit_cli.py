@@ -122,9 +122,24 @@ def test_export_neutralises_spreadsheet_formulas(tmp_path: Path) -> None:
 
 
 def test_purge_then_verify(db: str) -> None:
-    code, out = _cli("audit", "purge", "--store", db, "--older-than", "0")
-    assert (code, out.strip()) == (0, "purged 4 records older than 0 days")
+    code, out = _cli("audit", "purge", "--store", db, "--older-than", "1")
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[0] == "purged 4 records older than 1 days"
+    assert lines[1].startswith("checkpoint: 4; head: 4:")  # the head to pin after a purge
     assert _cli("audit", "verify", "--store", db)[0] == 0
+
+
+@pytest.mark.parametrize("days", ["0", "0.5", "-5", "1e9", "99999999999", "nan", "inf"])
+def test_purge_refuses_unusable_ages_without_a_traceback(
+    db: str, days: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 0 would wipe the log that answers Art. 15 requests; 1e9 overflowed timedelta (traceback)
+    code, out = _cli("audit", "purge", "--store", db, "--older-than", days)
+    err = capsys.readouterr().err
+    assert code == 2 and "purged" not in out
+    assert "Traceback" not in err
+    export_code, export_out = _cli("audit", "export", "--store", db, "--subject", PERSON)
+    assert export_code == 0 and json.loads(export_out)["disclosures"]  # nothing was removed
 
 
 def test_config_with_a_relative_sqlite_path(

@@ -20,6 +20,7 @@ import asyncio
 import csv
 import io
 import json
+import math
 import re
 import os
 import sys
@@ -32,6 +33,7 @@ from typing import Any, TextIO
 from ..exceptions import AuditUnavailableError, ConfigError
 from . import open_store
 from .base import DisclosureStore
+from .chain import MAX_PURGE_DAYS
 from .record import DisclosureRecord
 
 __all__ = ["add_audit_parser", "export_document", "run_audit"]
@@ -86,7 +88,8 @@ def add_audit_parser(subparsers: Any) -> None:
     p.add_argument("--until", metavar="ISO", help="up to this time (exclusive)")
     p.add_argument("--format", choices=("json", "csv"), default="json")
     p = common("purge", "remove records older than DAYS, keeping the chain verifiable")
-    p.add_argument("--older-than", metavar="DAYS", type=float, required=True)
+    p.add_argument("--older-than", metavar="DAYS", type=float, required=True,
+                   help="1 to 36500; records younger than a day are never purged")
 
 
 def run_audit(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
@@ -189,7 +192,11 @@ async def _verify(store: DisclosureStore, args: argparse.Namespace, out: TextIO)
                   " (records deleted and the head rewound, or the log replaced)", file=out)
             failed += 1
         else:
-            print(f"anchor {seq}: not checkable (purged before the checkpoint)", file=out)
+            # Purged, so the log can no longer show it held this record: not a pass. A purge
+            # (or a log emptied and given a forged checkpoint) must not silence an anchor.
+            print(f"anchor {seq}: NOT CONFIRMED: records up to {result.checkpoint_seq} were purged;"
+                  " pin the head printed after each purge and check against that", file=out)
+            failed += 1
     if failed:
         return 1
     print(f"chain OK: {result.checked} records checked ({store.url_for_display})", file=out)
@@ -211,8 +218,18 @@ async def _export(store: DisclosureStore, args: argparse.Namespace, out: TextIO)
 
 
 async def _purge(store: DisclosureStore, args: argparse.Namespace, out: TextIO) -> int:
-    removed = await store.purge(older_than_days=args.older_than)
-    print(f"purged {removed} records older than {args.older_than:g} days", file=out)
+    days = args.older_than
+    if not (math.isfinite(days) and 1 <= days <= MAX_PURGE_DAYS):
+        # the log answers Art. 15 requests: a typo must not wipe it (--older-than 0 would)
+        print(f"audit purge: --older-than must be within 1..{MAX_PURGE_DAYS} days", file=sys.stderr)
+        return 2
+    removed = await store.purge(older_than_days=days)
+    print(f"purged {removed} records older than {days:g} days", file=out)
+    result = await store.verify()
+    if result.ok and result.head_seq is not None:
+        print(f"checkpoint: {result.checkpoint_seq}; head: {result.head_seq}:{result.head_hash}"
+              "  (anchors at or before the checkpoint can no longer be confirmed: pin this head)",
+              file=out)
     return 0
 
 

@@ -41,6 +41,8 @@ class VerifyResult:
     head_hash: str | None = field(default=None, compare=False)
     #: Hashes of the seqs asked for with ``verify(watch=...)`` that the walk passed.
     watched: dict[int, str] = field(default_factory=dict, compare=False)
+    #: seq of the purge checkpoint the walk started from (0: never purged).
+    checkpoint_seq: int = field(default=0, compare=False)
 
 
 @runtime_checkable

@@ -202,13 +202,17 @@ _NORMALISED = re.compile(
 _valid_second = ""
 
 
+#: Most days ``purge`` looks back (100 years): beyond it ``timedelta`` leaves the calendar.
+MAX_PURGE_DAYS = 36_500
+
+
 def purge_cutoff(older_than_days: float, *, now: datetime | None = None) -> str:
     """Normalised time ``older_than_days`` before ``now`` (default: the current UTC time).
 
     :raises ValueError: negative, NaN or infinite.
     """
-    if not math.isfinite(older_than_days) or older_than_days < 0:
-        raise ValueError("older_than_days must be a finite number >= 0")
+    if not math.isfinite(older_than_days) or not 0 <= older_than_days <= MAX_PURGE_DAYS:
+        raise ValueError(f"older_than_days must be a number within 0..{MAX_PURGE_DAYS}")
     moment = (now or datetime.now(UTC)) - timedelta(days=older_than_days)
     return normalise_time(moment.isoformat())
 
@@ -382,6 +386,9 @@ class ChainVerifier:
         self.checked = 0
         self._watch = frozenset(watch)
         self.watched: dict[int, str] = {}
+        if base_seq in self._watch:  # the checkpoint keeps the hash of the last purged record
+            self.watched[base_seq] = base_hash
+        self._base_seq = base_seq
         self._seq = base_seq
         self._hash = base_hash
         self._prev_hash: str | None = None
@@ -429,7 +436,8 @@ class ChainVerifier:
                 self._seq, f"edited: record {self._seq} was altered and re-hashed (head differs)"
             )
         return VerifyResult(ok=True, checked=self.checked, first_broken_seq=None, problem=None,
-                            head_seq=self._seq, head_hash=self._hash, watched=dict(self.watched))
+                            head_seq=self._seq, head_hash=self._hash, watched=dict(self.watched),
+                            checkpoint_seq=self._base_seq)
 
     def _broken(self, seq: int, problem: str) -> VerifyResult:
         return VerifyResult(ok=False, checked=self.checked, first_broken_seq=seq, problem=problem)
