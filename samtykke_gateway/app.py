@@ -84,6 +84,7 @@ class SidecarApp:
             upstream_url,
             timeout_seconds=config.upstream_timeout_seconds,
             connect_timeout_seconds=config.upstream_connect_timeout_seconds,
+            deadline_seconds=config.upstream_deadline_seconds,
             trusted_proxies=config.trusted_proxies,
         )
         self.protected = ConsentMiddleware(self.proxy, gateway=self.gateway)  # type: ignore[arg-type]

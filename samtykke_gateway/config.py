@@ -256,6 +256,8 @@ class GatewayConfig:
     unmatched: Literal["deny", "pass"] = "deny"
     upstream_timeout_seconds: float = 10.0
     upstream_connect_timeout_seconds: float = 3.0
+    #: most seconds for one whole upstream exchange, body included (504 / stream cut beyond)
+    upstream_deadline_seconds: float = 60.0
     max_body_bytes: int = 10 * 1024 * 1024
     #: most request-body bytes read on a route whose subject is in the JSON body (413 beyond)
     max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
@@ -628,6 +630,9 @@ def parse_config(
         raise ConfigError("upstream.url", "must be an http(s) URL")
     upstream_timeout = up.number("timeout_seconds", 10.0, minimum=0.01)
     connect_timeout = up.number("connect_timeout_seconds", 3.0, minimum=0.01)
+    deadline = up.number("deadline_seconds", 60.0, minimum=0.01)
+    if deadline < upstream_timeout:
+        raise ConfigError("upstream.deadline_seconds", "must not be below timeout_seconds")
     max_body = int(up.number("max_body_bytes", 10 * 1024 * 1024, minimum=1))
     release_headers = frozenset(h.lower().encode("ascii") for h in up.str_list("release_headers", _HEADER_NAME))
     up.finish()
@@ -708,6 +713,7 @@ def parse_config(
         unmatched=unmatched,  # type: ignore[arg-type]
         upstream_timeout_seconds=upstream_timeout,
         upstream_connect_timeout_seconds=connect_timeout,
+        upstream_deadline_seconds=deadline,
         max_body_bytes=max_body,
         release_headers=release_headers,
         trusted_proxies=tuple(proxies),

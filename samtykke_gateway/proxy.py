@@ -76,6 +76,10 @@ class UpstreamProxy:
         from the end of the request body) and between two body reads (504 when exceeded).
     :param connect_timeout_seconds: most seconds to get a connection: waiting for a free slot
         plus the TCP/TLS connect, also when a slot is free at once (504 when exceeded).
+    :param deadline_seconds: most seconds for the whole exchange, from asking for a connection
+        to the last body byte (aiohttp's ``total``): an upstream that trickles its body stays
+        under ``timeout_seconds`` per read but not under this. Before the answer has started
+        (scoped routes buffer it all) → 504; on a streamed answer the stream is cut.
     :param trusted_proxies: peers whose ``X-Forwarded-*`` values are kept and extended.
     :param max_connections: most connections open to the upstream at once.
     :param keepalive_seconds: an idle pooled connection is closed after this long; keep it
@@ -90,6 +94,7 @@ class UpstreamProxy:
         session: aiohttp.ClientSession | None = None,
         timeout_seconds: float = 10.0,
         connect_timeout_seconds: float = 3.0,
+        deadline_seconds: float | None = 60.0,
         trusted_proxies: Sequence[Network] = (),
         max_connections: int = 256,
         keepalive_seconds: float = 4.0,
@@ -105,7 +110,7 @@ class UpstreamProxy:
         self._own_session = session is None
         self._max_connections = max_connections
         self._keepalive_seconds = keepalive_seconds
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_seconds,
+        self._timeout = aiohttp.ClientTimeout(total=deadline_seconds, connect=connect_timeout_seconds,
                                               sock_connect=connect_timeout_seconds, sock_read=timeout_seconds)
         self.trusted_proxies = tuple(trusted_proxies)
 

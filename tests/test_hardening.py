@@ -25,6 +25,7 @@ from .support import (
     TAX_BASE_RESOURCE,
     TAX_BASE_SCOPE,
     a2_headers,
+    a3_headers,
     make_config,
     running_gateway,
     tax_base_path,
@@ -274,3 +275,42 @@ async def test_a_bug_in_the_gate_fails_closed_with_503(dev_issuer: DevIssuer, is
         assert response.status_code == 503 and response.json()["reason"] == "internal_error"
         assert "01029413157" not in response.text and "Traceback" not in response.text
         assert gw.records[-1].decision == "deny" and gw.upstream.requests == []
+
+
+@pytest.mark.anyio
+async def test_sidecar_trickling_upstream_is_504_at_the_deadline(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """Found by a fresh user: ``timeout_seconds`` is per read, so an upstream sending one byte
+    a second held the bank's request for minutes. ``deadline_seconds`` bounds the exchange."""
+    import asyncio
+    import time
+
+    from samtykke_gateway.examples import example_body
+
+    body = example_body("spesifisertsummertskattegrunnlag-2022.json")
+
+    async def trickling(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200,  # type: ignore[operator]
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        for i in range(0, len(body), 64):
+            await send({"type": "http.response.body", "body": body[i:i + 64], "more_body": True})  # type: ignore[operator]
+            await asyncio.sleep(0.1)
+        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+    upstream = {"timeout_seconds": 0.5, "deadline_seconds": 1.0}
+    async with running_gateway("sidecar", issuer_url, upstream_app=trickling, upstream=upstream) as gw:
+        started = time.monotonic()
+        response = await gw.client.get(tax_base_path("2022"), headers=a3_headers(dev_issuer))
+        elapsed = time.monotonic() - started
+        assert response.status_code == 504, response.text
+        assert elapsed < 4.0  # not the 6 s the trickle takes
+        assert "personidentifikator" not in response.text
+        record = gw.records[-1]
+        assert (record.decision, record.reason, record.status) == ("error", "upstream_timeout", 504)
+
+
+def test_deadline_below_the_read_timeout_is_a_config_error(issuer_url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config(issuer_url, "http://127.0.0.1:9", upstream={"timeout_seconds": 10, "deadline_seconds": 5})
+    assert "upstream.deadline_seconds" in str(info.value)

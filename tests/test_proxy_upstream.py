@@ -225,6 +225,32 @@ async def test_timeouts_are_504() -> None:
         await proxy.aclose()
 
 
+async def test_trickling_body_hits_the_deadline() -> None:
+    # every read arrives within timeout_seconds, the whole body does not: 504 at the deadline
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n")
+        try:
+            for _ in range(100):
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+        except (ConnectionError, OSError):
+            pass
+        writer.close()
+
+    async with listening(trickle) as port:
+        proxy = UpstreamProxy(f"http://127.0.0.1:{port}", timeout_seconds=0.3, deadline_seconds=0.6)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UpstreamTimeoutError) as info:
+            await call(proxy)
+        elapsed = asyncio.get_running_loop().time() - started
+        assert info.value.status_code == 504 and info.value.reason == "upstream_timeout"
+        assert 0.5 < elapsed < 3.0  # the deadline, not 100 reads x 0.05 s (5 s)
+        _no_leak(info.value)
+        await proxy.aclose()
+
+
 async def _no_body() -> dict[str, Any]:
     return {"type": "http.request", "body": b"", "more_body": False}
 
