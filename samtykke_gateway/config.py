@@ -15,6 +15,7 @@ trusts the other environment's keys, and ``prod`` refuses Altinn test-generator 
 from __future__ import annotations
 
 import ipaddress
+import difflib
 import re
 import tomllib
 from collections.abc import Mapping
@@ -308,7 +309,9 @@ class _Table:
         self.used.add(name)
         if name not in self.data:
             if required:
-                raise ConfigError(self.key(name), "is required")
+                near = difflib.get_close_matches(name, [k for k in self.data if isinstance(k, str)], n=1)
+                hint = f" (the table has {near[0]!r}: a typo?)" if near else ""
+                raise ConfigError(self.key(name), "is required" + hint)
             return default
         value = self.data[name]
         if isinstance(value, bool) and kind in (int, float, (int, float)):

@@ -215,7 +215,7 @@ class Gate:
         else:
             if consent_token is None:
                 raise MissingTokenError(
-                    f"no consent: neither authorization_details nor a {self.config.consent_header} header",
+                    f"no consent: neither authorization_details nor the {self.config.consent_header} header",
                     reason="missing_consent_token",
                 )
             consent = await self.altinn2(consent_token)

@@ -547,6 +547,7 @@ class _Exchange:
             await self.gateway.store.append(self.record)
         except AuditUnavailableError:
             self.gateway.observer.audit_write(time.perf_counter() - started, ok=False)
+            self.record.decision = "error"  # nothing was released (logs and metrics say so)
             self.record.reason = "audit_unavailable"
             self.record.status = 503
             self.gateway.observer.decision(self.record, self.gate_seconds)

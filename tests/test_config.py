@@ -180,3 +180,14 @@ def test_check_config_prints_a_body_subject(tmp_path: Path, capsys: pytest.Captu
     out = capsys.readouterr().out
     assert "inntekt: POST /api/innrapportert" in out
     assert "subject from body 'person.ident'" in out
+
+
+def test_missing_required_key_names_a_likely_typo() -> None:
+    # found by a fresh user: 'scoope' was reported only as 'routes[0].scope: is required'
+    text = (Path(__file__).resolve().parent.parent / "config" / "skatteetaten-tt02.toml").read_text()
+    data = tomllib.loads(text)
+    route = data["routes"][0]
+    route["scoope"] = route.pop("scope")
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=Path(__file__).resolve().parent.parent / "config")
+    assert "routes[0].scope" in str(info.value) and "'scoope'" in str(info.value)
