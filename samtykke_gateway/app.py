@@ -100,11 +100,12 @@ class SidecarApp:
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """(ready, JSON-able detail): every issuer's keys loaded, the store and the consent
-        state reachable. Details name the failing part, never a token or an id."""
+        state reachable. Details name the failing part, never a token or an id. Keys not
+        loaded are fetched here (at most once per refetch cooldown after a failure)."""
         checks: dict[str, Any] = {}
         ok = True
         for name, policy in self.gateway.issuers.items():
-            ready = policy.keys.ready
+            ready = policy.keys.ready or await policy.keys.ensure_loaded()
             checks[f"keys.{name}"] = "ok" if ready else "not loaded"
             ok = ok and ready
         try:

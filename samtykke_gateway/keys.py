@@ -23,6 +23,8 @@ httpx, JSON and key-parsing exceptions are translated here; none leaves this mod
 
 from __future__ import annotations
 
+import contextlib
+
 import asyncio
 import base64
 import hashlib
@@ -351,6 +353,20 @@ class KeySet:
             f"The {self.name} key named in the token header is unknown or ambiguous.",
             reason="unknown_key",
         )
+
+    async def ensure_loaded(self) -> bool:
+        """Load the JWKS if nothing is loaded or the cache expired, as a request would: a failed
+        fetch is retried only after ``refetch_cooldown_seconds``. For readiness probes, so a
+        replica whose issuer was unreachable at start-up becomes ready without waiting for a
+        request (which a not-ready replica does not get).
+
+        :returns: :attr:`ready` afterwards; never raises for an unreachable issuer.
+        """
+        now = self._clock()
+        if self._index is None or now >= self._expires_at:
+            with contextlib.suppress(KeysUnavailableError):  # ready stays False; the probe says so
+                await self._refresh_due(now)
+        return self.ready
 
     async def refresh(self, *, force: bool = False) -> None:
         """Fetch the JWKS when the cached copy expired (or always with ``force``).

@@ -190,3 +190,27 @@ def test_tracing_without_the_extra_says_how_to_install(monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "opentelemetry", None)
     with pytest.raises(RuntimeError, match=r"samtykke-gateway\[otel\]"):
         get_tracer()
+
+
+async def test_readyz_loads_keys_once_the_issuer_is_up(dev_issuer: DevIssuer) -> None:
+    """A replica started while its JWKS endpoint was unreachable must become ready by itself:
+    a not-ready replica gets no requests, so only the probe can trigger the fetch."""
+    import asyncio
+
+    from .state_support import free_port
+    from .support import make_config
+
+    port = free_port()
+    fast = {"refetch_cooldown_seconds": 0.2}
+    config = make_config(f"http://127.0.0.1:{port}", "http://x.invalid",
+                         issuers={"altinn": fast, "maskinporten": fast})
+    async with sidecar(config) as (client, _, _u):
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["keys.maskinporten"] == "not loaded"
+        with ThreadedServer(dev_issuer.asgi_app(), port=port):
+            await asyncio.sleep(0.3)  # past the cooldown after the failed start-up fetch
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200, ready.json()
+            assert ready.json()["checks"]["keys.maskinporten"] == "ok"
+            response = await client.get(tax_base_path("2022"), headers=a3(dev_issuer, "ready-1"))
+            assert response.status_code == 200
