@@ -5,6 +5,7 @@
     samtykke-gateway serve --config FILE [--host 127.0.0.1] [--port 8080]
     samtykke-gateway check-config --config FILE
     samtykke-gateway demo
+    samtykke-gateway dev-config > dev.toml  (a config for dev-issuer + example-upstream)
     samtykke-gateway mint altinn2|maskinporten|altinn3 ... (dev keys in --keys-dir)
     samtykke-gateway dev-issuer [--port 8790]  (serves the dev keys' JWKS)
     samtykke-gateway explain TOKEN [--consent TOKEN] [--config FILE] [--path PATH]
@@ -83,6 +84,14 @@ def _without_password(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _cmd_dev_config(args: argparse.Namespace) -> int:
+    from .demo import demo_config_text
+
+    sys.stdout.write(demo_config_text(issuer_url=args.issuer_url.rstrip("/"), upstream_url=args.upstream_url,
+                                      audit_url=args.audit_url, absolute_files=True))
+    return 0
+
+
 def _cmd_example_upstream(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -146,6 +155,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--audit-path", default=None, help="keep the disclosure log in this SQLite file")
     p.add_argument("--body-lines", type=int, default=40, help="lines of each scoped body to print")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "dev-config",
+        help="print a config for dev-issuer + example-upstream (profile custom), to try serve by hand",
+    )
+    p.add_argument("--issuer-url", default="http://127.0.0.1:8790", help="where dev-issuer listens")
+    p.add_argument("--upstream-url", default="http://127.0.0.1:8081", help="where example-upstream listens")
+    p.add_argument("--audit-url", default="sqlite:///dev-disclosures.db",
+                   help="disclosure log (a relative SQLite path is relative to the config file)")
+    p.set_defaults(func=_cmd_dev_config)
 
     p = sub.add_parser("example-upstream", help="serve the published example data as a data API (for trials)")
     p.add_argument("--host", default="127.0.0.1")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import tempfile
 import tomllib
 from collections.abc import Callable, Mapping
@@ -28,7 +29,7 @@ from .devserver import ThreadedServer
 from .examples import ExampleUpstream
 from .testing import DevIssuer
 
-__all__ = ["demo_config", "run_demo"]
+__all__ = ["demo_config", "demo_config_text", "run_demo"]
 
 BANK = "999999999"
 OTHER_BANK = "888888888"
@@ -55,6 +56,17 @@ def demo_config(
 
     :param overrides: nested tables deep-merged over the TOML (``{"gateway": {"error_style": ...}}``).
     """
+    text = demo_config_text(issuer_url=issuer_url, upstream_url=upstream_url, audit_url=audit_url)
+    data = _merge(tomllib.loads(text), overrides or {})
+    return parse_config(data, base_dir=Path(str(resources.files("samtykke_gateway.data"))))
+
+
+def demo_config_text(*, issuer_url: str, upstream_url: str, audit_url: str, absolute_files: bool = False) -> str:
+    """``data/demo.toml`` as TOML text with its ``${...}`` placeholders filled.
+
+    :param absolute_files: name the packaged value-list files by absolute path, so the text
+        works as a config file anywhere (``samtykke-gateway dev-config``).
+    """
     data_dir = resources.files("samtykke_gateway.data")
     text = data_dir.joinpath("demo.toml").read_text(encoding="utf-8")
     text = (
@@ -62,8 +74,13 @@ def demo_config(
         .replace("${UPSTREAM_URL}", upstream_url)
         .replace("${AUDIT_URL}", audit_url)
     )
-    data = _merge(tomllib.loads(text), overrides or {})
-    return parse_config(data, base_dir=Path(str(data_dir)))
+    if absolute_files:
+        text = re.sub(
+            r'(?m)^(\s*in_file\s*=\s*)"([^"/]+)"',
+            lambda m: m.group(1) + json.dumps(str(Path(str(data_dir)) / m.group(2))),
+            text,
+        )
+    return text
 
 
 @dataclass(frozen=True)

@@ -69,3 +69,31 @@ async def test_mint_then_dev_issuer_then_gateway(dev_issuer_process, tmp_path: P
         for headers in (first, second):
             response = await gw.client.get(INCOME_PATH + "?fraOgMed=2018-07", headers=headers)
             assert response.status_code == 200, response.text
+
+
+async def test_dev_config_serves_by_hand(dev_issuer_process, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """README "Trying it by hand": `dev-config > dev.toml` is a working config for dev-issuer +
+    example-upstream (found by a fresh user: hand-editing the tt02 config took several steps)."""
+    from samtykke_gateway.app import SidecarApp
+    from samtykke_gateway.config import load_config
+    from samtykke_gateway.devserver import ThreadedServer
+    from samtykke_gateway.examples import ExampleUpstream
+
+    url, keys = dev_issuer_process
+    with ThreadedServer(ExampleUpstream().app) as upstream:
+        text = _cli("dev-config", "--issuer-url", url, "--upstream-url", upstream.url, cwd=tmp_path)
+        elsewhere = tmp_path / "somewhere" / "else"
+        elsewhere.mkdir(parents=True)
+        (elsewhere / "dev.toml").write_text(text)  # value-list files are named by absolute path
+        assert _cli("check-config", "--config", str(elsewhere / "dev.toml"), cwd=tmp_path).startswith("config OK")
+        config = load_config(elsewhere / "dev.toml")
+        assert config.profile == "custom" and config.audit_url == f"sqlite:///{elsewhere}/dev-disclosures.db"
+        app = SidecarApp(config)
+        await app.startup()
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as client:
+                response = await client.get(INCOME_PATH + "?fraOgMed=2018-07", headers=_pair(keys, tmp_path))
+                assert response.status_code == 200, response.text
+        finally:
+            await app.shutdown()
