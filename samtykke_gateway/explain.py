@@ -24,6 +24,7 @@ import json
 import re
 import sys
 import time
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,7 +57,9 @@ BINDING_STEPS: tuple[tuple[str, frozenset[str]], ...] = (
     ("route scope in the token's scope", frozenset({"scope_missing"})),
     ("a consent present (authorization_details or consent header)", frozenset({"missing_consent_token", "ambiguous_consent", "altinn2_not_accepted"})),
     ("consent claims well formed", frozenset({"bad_consent_claims", "test_token_refused"})),
-    ("subject named by the request", frozenset({"subject_missing", "subject_malformed"})),
+    ("subject named by the request (path, header, query or JSON body field)",
+     frozenset({"subject_missing", "subject_malformed", "body_not_json", "duplicate_member", "ambiguous_parameter",
+                "ambiguous_header", "unsupported_media_type"})),
     ("consent valid now (ValidToDate / validTo, DelegatedDate)", frozenset({"consent_expired", "consent_not_yet_valid"})),
     ("consent given to the calling consumer (CoveredBy / to)", frozenset({"consumer_mismatch"})),
     ("supplier (HandledBy / delegation_source)", frozenset({"supplier_mismatch"})),
@@ -122,10 +125,13 @@ async def explain(
     config_path: str | None = None,
     path: str | None = None,
     method: str = "GET",
+    body: bytes | None = None,
     show_personal_data: bool = False,
     clock: Callable[[], float] = time.time,
 ) -> tuple[bool, list[str]]:
     """Run every check; returns (all passed, report lines). Never raises for bad tokens.
+
+    :param body: the JSON request body, for a route whose subject is a body field.
 
     :raises ConfigError: the ``config_path`` file is invalid.
     """
@@ -192,13 +198,16 @@ async def explain(
         headers: dict[str, list[str]] = {"authorization": [f"Bearer {bearer}"]}
         if consent is not None:
             headers[config.consent_header] = [consent]
+        if body is not None:
+            headers["content-type"] = ["application/json"]
         record = DisclosureRecord(time="", correlation_id="explain", decision="deny", reason="", status=0,
                                   method=method, path=parts.path)
         try:
             match = gateway.router.match(method, normalize_path(parts.path or "/"))
             if match is None:
                 raise NotFoundError("no route matches this path and method", reason="no_route")
-            facts = RequestFacts(method=method, query=parse_qsl(parts.query, keep_blank_values=True), headers=headers)
+            facts = RequestFacts(method=method, query=parse_qsl(parts.query, keep_blank_values=True), headers=headers,
+                                 body=body if match.route.subject.source == "body" else None)
             grant = await gateway.gate.authorize(facts, match, record)
         except GatewayError as exc:
             report.steps(BINDING_STEPS, exc)
@@ -242,10 +251,17 @@ def explain_command(args: argparse.Namespace) -> int:
         bearer = bearer[7:].strip()
     if consent and len(consent) >= 2 and consent[0] == consent[-1] == '"':
         consent = consent[1:-1]
+    body = None
+    if args.body is not None:
+        try:
+            body = Path(args.body).read_bytes()
+        except OSError as exc:
+            print(f"--body: {exc.strerror}", file=sys.stderr)
+            return 2
     try:
         ok, lines = asyncio.run(
             explain(bearer, consent=consent, config_path=args.config, path=args.path, method=args.method.upper(),
-                    show_personal_data=args.show_personal_data)
+                    body=body, show_personal_data=args.show_personal_data)
         )
     except ConfigError as exc:
         print(f"invalid config: {exc}", file=sys.stderr)
@@ -273,5 +289,7 @@ def add_explain_parser(sub: Any, handler: Callable[[argparse.Namespace], int]) -
     p.add_argument("--config", default=None, help="gateway config (needed for keys and routes)")
     p.add_argument("--path", default=None, help="request path with query, e.g. '/api/...?fraOgMed=2018-07'")
     p.add_argument("--method", default="GET")
+    p.add_argument("--body", default=None, metavar="FILE",
+                   help="JSON request body, for a route whose subject is a body field")
     p.add_argument("--show-personal-data", action="store_true", help="do not mask person identifiers")
     p.set_defaults(func=handler)

@@ -104,3 +104,34 @@ def test_explain_without_path_does_not_claim_a_pass(capsys, dev_issuer: DevIssue
     code, out = _run(capsys, token, "--config", config_file)
     assert code == 0
     assert "NOT bound to a request" in out and "every check passed" not in out
+
+
+def test_explain_body_subject_route(capsys, dev_issuer: DevIssuer, config_file: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    route = """
+[[routes]]
+name = "ssg-body"
+method = "POST"
+path = "/api/b/{inntektsaar}"
+scope = "skatteetaten:spesifisertsummertskattegrunnlag"
+subject = { body = "fnr" }
+altinn3_resources = ["ske-spesifisert-summert-skattegrunnlag"]
+year = { source = "path", param = "inntektsaar", metadata = "inntektsaar" }
+unscoped = true
+"""
+    Path(config_file).write_text(Path(config_file).read_text() + route)
+    token = a3_headers(dev_issuer)["Authorization"][7:]
+    body = tmp_path / "body.json"
+    body.write_text('{"fnr": "12879397780"}')
+    args = (token, "--config", config_file, "--path", "/api/b/2022", "--method", "POST")
+    code, out = _run(capsys, *args, "--body", str(body))
+    assert code == 0, out
+    assert "[pass] subject named by the request" in out
+    body.write_text('{"fnr": "01029413157"}')
+    code, out = _run(capsys, *args, "--body", str(body))
+    assert code == 1 and "[FAIL] consent given by the data subject asked about" in out
+    body.write_text('{"fnr": "12879397780", "fnr": "01029413157"}')
+    code, out = _run(capsys, *args, "--body", str(body))
+    assert code == 1 and "[FAIL] subject named by the request" in out and "duplicate_member" in out
+    code, out = _run(capsys, *args)  # no body given
+    assert code == 1 and "subject_missing" in out
+    assert main(["explain", token, "--config", config_file, "--path", "/api/b/2022", "--body", str(tmp_path / "nope")]) == 2
