@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from samtykke_gateway.config import parse_config
-from samtykke_gateway.devserver import ThreadedServer
 from samtykke_gateway.exceptions import ConfigError, InvalidTokenError
 from samtykke_gateway.testing import DevIssuer
 from samtykke_gateway.tokens.verify import REASONS, IssuerPolicy, TokenVerifier
@@ -24,17 +23,6 @@ CONSUMER = "910000001"
 AUD = "https://api.example-datakilde.no/inntekt"
 
 
-@pytest.fixture(scope="module")
-def dev() -> DevIssuer:
-    return DevIssuer()
-
-
-@pytest.fixture(scope="module")
-def server(dev: DevIssuer) -> Iterator[ThreadedServer]:
-    with ThreadedServer(dev.asgi_app()) as srv:
-        yield srv
-
-
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient() as client:
@@ -42,8 +30,13 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def policy(dev: DevIssuer, server: ThreadedServer, http: httpx.AsyncClient) -> IssuerPolicy:
-    plain = dev.issuer_policies(http=http, base_url=server.url)["maskinporten"]
+def dev(dev_issuer: DevIssuer) -> DevIssuer:
+    return dev_issuer
+
+
+@pytest.fixture
+def policy(dev: DevIssuer, issuer_url: str, http: httpx.AsyncClient) -> IssuerPolicy:
+    plain = dev.issuer_policies(http=http, base_url=issuer_url)["maskinporten"]
     return dataclasses.replace(plain, audiences=(AUD, "https://other.example/"))
 
 
@@ -89,9 +82,9 @@ async def test_missing_aud_is_refused_when_configured(dev: DevIssuer, policy: Is
 
 
 async def test_without_configured_audience_aud_is_not_checked(
-    dev: DevIssuer, server: ThreadedServer, http: httpx.AsyncClient
+    dev: DevIssuer, issuer_url: str, http: httpx.AsyncClient
 ) -> None:
-    plain = dev.issuer_policies(http=http, base_url=server.url)["maskinporten"]
+    plain = dev.issuer_policies(http=http, base_url=issuer_url)["maskinporten"]
     assert plain.audiences == ()
     for aud in ("unspecified", "https://somewhere.else/"):
         await TokenVerifier().verify(token(dev, aud), plain)
@@ -99,11 +92,11 @@ async def test_without_configured_audience_aud_is_not_checked(
 
 
 async def test_cached_token_is_not_accepted_under_a_policy_with_an_audience(
-    dev: DevIssuer, server: ThreadedServer, http: httpx.AsyncClient, policy: IssuerPolicy
+    dev: DevIssuer, issuer_url: str, http: httpx.AsyncClient, policy: IssuerPolicy
 ) -> None:
     # a reload that adds an audience builds new policies: the cache must not carry the old
     # verdict over
-    plain = dev.issuer_policies(http=http, base_url=server.url)["maskinporten"]
+    plain = dev.issuer_policies(http=http, base_url=issuer_url)["maskinporten"]
     verifier = TokenVerifier()
     wrong = token(dev, "https://somewhere.else/")
     await verifier.verify(wrong, plain)
