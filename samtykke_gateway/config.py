@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .exceptions import ConfigError
+from .identifiers import is_org_number
 from .scoping import RightsPackage
 
 __all__ = [
@@ -248,6 +249,9 @@ class GatewayConfig:
     rights_packages: Mapping[str, RightsPackage]
     upstream_url: str | None
     audit_url: str
+    #: package name → the consumers (org numbers) that may use it; a package not named here
+    #: is open to every consumer whose consent and route reach it
+    package_consumers: Mapping[str, frozenset[str]] = field(default_factory=dict)
     consent_header: str = "AltinnSamtykke"
     error_style: Literal["problem", "skatteetaten"] = "problem"
     leeway_seconds: float = 30.0
@@ -397,6 +401,18 @@ def _issuer(name: str, data: Mapping[str, Any], path: str) -> IssuerConfig:
     if cfg.min_ttl_seconds > cfg.max_ttl_seconds:
         raise ConfigError(t.key("min_ttl_seconds"), "must not exceed max_ttl_seconds")
     return cfg
+
+
+def _package_consumers(value: Any, key: str) -> frozenset[str]:
+    """``consumers``: the organisation numbers (9 ASCII digits) whose requests may use the
+    package — the data source's agreements; an empty list is refused (it would lock everyone
+    out, and not listing the key means "any consumer")."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, "must be a non-empty list of organisation numbers")
+    for i, item in enumerate(value):
+        if not is_org_number(item):
+            raise ConfigError(f"{key}[{i}]", "is not an organisation number (9 digits)")
+    return frozenset(value)
 
 
 def _audiences(t: _Table) -> tuple[str, ...]:
@@ -611,9 +627,13 @@ def parse_config(
 
     packages_raw = top.get("rights_packages", dict, {})
     packages: dict[str, RightsPackage] = {}
+    package_consumers: dict[str, frozenset[str]] = {}
     for name, table in packages_raw.items():
         if not isinstance(table, dict):
             raise ConfigError(f"rights_packages.{name}", "must be a table")
+        if "consumers" in table:
+            table = dict(table)
+            package_consumers[name] = _package_consumers(table.pop("consumers"), f"rights_packages.{name}.consumers")
         packages[name] = RightsPackage.from_config(
             name, table, base_dir=base_dir, key_path=f"rights_packages.{name}"
         )
@@ -704,6 +724,7 @@ def parse_config(
         issuers=issuers,
         routes=routes,
         rights_packages=packages,
+        package_consumers=package_consumers,
         upstream_url=upstream_url.rstrip("/") if upstream_url else None,
         audit_url=audit_url,
         consent_header=consent_header.lower(),

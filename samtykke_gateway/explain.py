@@ -66,7 +66,7 @@ BINDING_STEPS: tuple[tuple[str, frozenset[str]], ...] = (
     ("consent given by the data subject asked about", frozenset({"subject_mismatch"})),
     ("service code / resource id consented", frozenset({"service_not_consented", "resource_not_consented"})),
     ("metadata constraints (income year, period)", frozenset({"metadata_missing", "metadata_out_of_range", "duplicate_parameter", "bad_parameter", "parameter_missing"})),
-    ("rights package known", frozenset({"unknown_rights_package"})),
+    ("rights package known and open to the consumer", frozenset({"unknown_rights_package", "rights_package_not_allowed"})),
 )
 
 

@@ -250,6 +250,11 @@ class Gate:
             if package_name is None:
                 raise NotFoundError("unknown rights package", reason="unknown_rights_package")
         record.rights_package = package_name
+        allowed = self.config.package_consumers.get(package_name) if package_name else None
+        if allowed is not None and mp.consumer not in allowed:
+            raise InsufficientConsentError(
+                "the consumer has no agreement for this rights package", reason="rights_package_not_allowed"
+            )
         package = self.config.rights_packages[package_name] if package_name else None
         return Grant(
             match=match,
