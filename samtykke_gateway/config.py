@@ -26,6 +26,7 @@ from typing import Any, Literal
 from .exceptions import ConfigError
 from .identifiers import is_org_number
 from .scoping import RightsPackage
+from .scoping_paths import parse_path
 
 __all__ = [
     "FeedAuthConfig",
@@ -120,8 +121,9 @@ class SubjectSource:
 
     ``body``: ``name`` is a member name or a dotted path into nested objects
     (``person.ident``) of the JSON request body; ``field_path`` holds its components and
-    ``shadows`` the lower-cased names a query parameter must not carry (the whole path and its
-    last component: frameworks merge query and body values).
+    ``shadows`` the lower-cased names a query parameter must not carry (the last component and
+    every leading path, ``person`` and ``person.ident``: frameworks merge query and body
+    values, some shallowly, so a query ``person`` replaces the whole object).
     """
 
     source: Literal["path", "header", "query", "body"]
@@ -180,6 +182,9 @@ class RouteConfig:
     rights_package_map: Mapping[str, str] = field(default_factory=dict)
     one_time: bool = False
     daily_limit: int | None = None
+    #: path (rights-package path language) to the data subject in the upstream's JSON answer;
+    #: every value found there must equal the request's subject, else 502 and nothing released
+    response_subject: tuple[str | None, ...] | None = None
 
     @property
     def scoped(self) -> bool:
@@ -452,11 +457,15 @@ def _body_subject(name: str, key: str, path_params: set[str]) -> SubjectSource:
         raise ConfigError(key, f"must be a member name or a dotted path of at most {_MAX_BODY_FIELD_DEPTH}"
                                " names (letters, digits, _ $ @ -)")
     leaf = parts[-1].lower()
+    # the leaf and every leading path (person, person.ident): a merged query or route value
+    # with one of these names can replace the field or an object holding it
+    lowered = [p.lower() for p in parts]
+    shadows = frozenset({leaf, *(".".join(lowered[:i]) for i in range(1, len(lowered) + 1))})
     for param in path_params:
-        if param.lower() in (leaf, name.lower()):
+        if param.lower() in shadows:
             raise ConfigError(key, f"{{{param}}} is also a path parameter: frameworks that merge route and"
                                    " body values could read the other one")
-    return SubjectSource("body", name, parts, frozenset({name.lower(), leaf}))
+    return SubjectSource("body", name, parts, shadows)
 
 
 def _route(index: int, data: Any, packages: Mapping[str, RightsPackage]) -> RouteConfig:
@@ -550,6 +559,11 @@ def _route(index: int, data: Any, packages: Mapping[str, RightsPackage]) -> Rout
     daily = t.get("daily_limit", int)
     if daily is not None and daily < 1:
         raise ConfigError(t.key("daily_limit"), "must be >= 1")
+    response_subject = None
+    if "response_subject" in t.data:
+        if unscoped:
+            raise ConfigError(t.key("response_subject"), "needs a rights package: unscoped bodies are not read")
+        response_subject = parse_path(t.get("response_subject", str), t.key("response_subject"))
     route = RouteConfig(
         name=name,
         methods=methods_set,
@@ -567,6 +581,7 @@ def _route(index: int, data: Any, packages: Mapping[str, RightsPackage]) -> Rout
         rights_package_map=mapping,
         one_time=t.get("one_time", bool, False),
         daily_limit=daily,
+        response_subject=response_subject,
     )
     t.finish()
     return route

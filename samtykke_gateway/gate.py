@@ -8,6 +8,8 @@ known, so a refusal is logged with everything learnt before it.
 
 from __future__ import annotations
 
+import dataclasses
+
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -242,6 +244,8 @@ class Gate:
         record.resource = binding.resource
         record.metadata = binding.metadata
         effective, context = apply_constraints(route, binding, match.params, facts.query)
+        if route.response_subject is not None:
+            context = dataclasses.replace(context, subject=subject, subject_path=route.response_subject)
         record.effective_params = params_as_dict(effective)
 
         package_name = route.rights_package

@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from samtykke_gateway.exceptions import UpstreamError
 from samtykke_gateway.scoping_json import (
     INEXACT,
     JsonNumber,
@@ -87,6 +88,10 @@ class ScopeContext:
 
     period_from: str | None = None
     period_to: str | None = None
+    #: the request's data subject and where the answer names it (route ``response_subject``):
+    #: every value at ``subject_path`` must be exactly ``subject``
+    subject: str | None = None
+    subject_path: tuple[str | None, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("period_from", "period_to"):
@@ -177,7 +182,41 @@ def scope_body(
     document = decode_fast(body, max_depth=max_depth)
     if document is INEXACT:  # numbers orjson would change, or a body it refuses
         document = decode_json(body, max_depth=max_depth)
+        if context.subject_path is not None:
+            check_response_subject(document, context.subject_path, context.subject)
         scoped, released = package.apply(document, context)
         return ScopedBody(encode_json(scoped, source=body), released)
+    if context.subject_path is not None:
+        check_response_subject(document, context.subject_path, context.subject)
     scoped, released = package.apply(document, context)
     return ScopedBody(encode_fast(scoped), released)
+
+
+def check_response_subject(document: Any, path: tuple[str | None, ...], subject: str | None) -> None:
+    """Defence in depth against an upstream that answers about someone else (a cache or
+    routing bug): every value ``path`` reaches in ``document`` must be the string ``subject``.
+    A member missing on the way, or a non-array where the path says ``[]``, is a mismatch; an
+    empty array is not (no rows, nobody named).
+
+    :raises UpstreamError: (502, ``upstream_subject_mismatch``); the body is not released.
+    """
+    nodes = [document]
+    for step in path:
+        following = []
+        for node in nodes:
+            if step is None:  # EACH
+                if not isinstance(node, list):
+                    raise _subject_mismatch()
+                following.extend(node)
+            elif isinstance(node, dict) and step in node:
+                following.append(node[step])
+            else:
+                raise _subject_mismatch()
+        nodes = following
+    for value in nodes:
+        if value.__class__ is not str or value != subject:
+            raise _subject_mismatch()
+
+
+def _subject_mismatch() -> UpstreamError:
+    return UpstreamError("the data API answered about another data subject", reason="upstream_subject_mismatch")

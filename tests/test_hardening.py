@@ -200,6 +200,10 @@ def test_route_without_rights_package_must_say_unscoped() -> None:
         parse_config(data, base_dir=CONFIG_DIR)
     assert info.value.key_path == "routes[0].rights_package"
     data["routes"][0]["unscoped"] = True
+    with pytest.raises(ConfigError) as info:  # an unscoped body is never read, so never checked
+        parse_config(data, base_dir=CONFIG_DIR)
+    assert info.value.key_path == "routes[0].response_subject"
+    del data["routes"][0]["response_subject"]
     assert not parse_config(data, base_dir=CONFIG_DIR).routes[0].scoped
 
 
