@@ -102,7 +102,8 @@ def request_subject(
     elif source == "header":
         values = headers.get(name, [])
     else:
-        values = [body_subject(route.subject, headers, body)]
+        reserved = frozenset(n.lower() for n in route.governed_params | route.path_params)
+        values = [body_subject(route.subject, headers, body, reserved=reserved)]
     if len(values) != 1 or not values[0]:
         raise BadRequestError("the request must name exactly one data subject", reason="subject_missing")
     if len(values[0]) > _MAX_SUBJECT_CHARS:
@@ -130,19 +131,27 @@ def _json_content_type(headers: Mapping[str, list[str]]) -> None:
 
 def _same_ignoring_case(a: str, b: str) -> bool:
     # Frameworks fold case differently (.NET: per-character upper case; Python: casefold):
-    # any of them calling two names equal makes them one name to some reader.
+    # any of them calling two names equal makes them one name to some reader. Readers that
+    # keep names as C strings (cJSON and the like) end a name at its first NUL.
+    a = a.split("\0", 1)[0]
     return a.lower() == b.lower() or a.upper() == b.upper() or a.casefold() == b.casefold()
 
 
-def body_subject(subject: SubjectSource, headers: Mapping[str, list[str]], body: bytes | None) -> str:
+def body_subject(subject: SubjectSource, headers: Mapping[str, list[str]], body: bytes | None,
+                 *, reserved: frozenset[str] = frozenset()) -> str:
     """The subject member of a JSON request body (``subject = { body = "person.ident" }``).
 
     Strict: ``application/json`` (UTF-8), a JSON object with no duplicate member names at any
     depth (:func:`~samtykke_gateway.jose.strict_json_object`, nesting bounded), the member a
-    JSON string, and no sibling of any member on the path whose name differs only in case
-    (ASP.NET Core binds JSON case-insensitively: it could read the other one). The body itself
+    JSON string, and no sibling of any member on the path whose name differs only in case or
+    by what follows a NUL (ASP.NET Core binds JSON case-insensitively, C-string readers end a
+    name at NUL: either could read the other one). The body itself
     is never changed: the caller forwards the bytes that were checked.
 
+    :param reserved: lower-cased names the body's top-level object must not carry in any case
+        (the route's governed query parameters and path parameters: frameworks that merge
+        body, query and route values, such as Laravel's ``input()`` or Rails' ``params``,
+        could read the body's value instead of the one the gateway checked).
     :raises UnsupportedMediaTypeError: (415, ``unsupported_media_type``).
     :raises BadRequestError: (400) ``body_not_json``, ``duplicate_member``,
         ``ambiguous_parameter``, ``subject_missing``, ``subject_malformed``.
@@ -151,12 +160,16 @@ def body_subject(subject: SubjectSource, headers: Mapping[str, list[str]], body:
         raise BadRequestError("the request body must name the data subject", reason="subject_missing")
     _json_content_type(headers)
     try:
-        node: object = strict_json_object(body, max_depth=MAX_JSON_DEPTH)
+        top = strict_json_object(body, max_depth=MAX_JSON_DEPTH)
     except ValueError as exc:
         if str(exc) == "duplicate member name":
             raise BadRequestError("a member name is repeated in the request body", reason="duplicate_member") from None
         raise BadRequestError("the request body is not a JSON object (UTF-8, bounded nesting)",
                               reason="body_not_json") from None
+    if any(_same_ignoring_case(key, name) for key in top for name in reserved):
+        raise BadRequestError("a request body member names a path or governed query parameter of the route",
+                              reason="ambiguous_parameter")
+    node: object = top
     for part in subject.field_path:
         if type(node) is not dict or part not in node:
             raise BadRequestError("the request body does not name the data subject", reason="subject_missing")
@@ -234,6 +247,18 @@ def _name_parts(name: str) -> set[str]:
     return {base, *base.split(".")}
 
 
+_BRACKET = re.compile(r"\[([^\]]*)\]")
+
+
+def _nested_name_parts(name: str) -> set[str]:
+    """A query parameter name as a nested path, for the body field check: bracket syntax as
+    Rails, PHP and ``qs`` read it (``person[ident]`` is ``person.ident``), each component and
+    each leading path (``person``, ``person.ident``): a query value merged over the body can
+    replace the field or any object holding it."""
+    components = [c for c in _BRACKET.sub(r".\1", name.strip().lower()).split(".") if c]
+    return {*components, *(".".join(components[:i]) for i in range(1, len(components) + 1))}
+
+
 def check_governed_params(route: RouteConfig, query: Sequence[tuple[str, str]]) -> None:
     """Refuse query parameters an upstream could read as a governed one (subject, period,
     year) or as a path parameter: a governed name repeated; a variant that differs only in
@@ -241,8 +266,8 @@ def check_governed_params(route: RouteConfig, query: Sequence[tuple[str, str]]) 
     ``model.fnr``); any query parameter naming a path parameter (``?personidentifikator=``,
     ``?inntektsaar=``: frameworks that merge route and query values could let it win); names
     with control characters; on a route whose subject is a JSON body field, a query parameter
-    naming that field (its dotted path or last name, in any case: frameworks merge query and
-    body values). Forwarding such names could let the request name another person, year or
+    naming that field (its dotted path, last name or a leading path, in any case, dotted or
+    bracket syntax such as ``person[ident]``: frameworks merge query and body values). Forwarding such names could let the request name another person, year or
     rights package than the one checked.
 
     :raises BadRequestError: (400, ``duplicate_parameter`` / ``ambiguous_parameter`` /
@@ -262,7 +287,7 @@ def check_governed_params(route: RouteConfig, query: Sequence[tuple[str, str]]) 
             raise BadRequestError(
                 "a query parameter names a path parameter of this route", reason="ambiguous_parameter"
             )
-        if body_names and parts & body_names:
+        if body_names and (parts | _nested_name_parts(name)) & body_names:
             raise BadRequestError(
                 "a query parameter names the body field that carries the subject", reason="ambiguous_parameter"
             )
@@ -283,13 +308,17 @@ def check_governed_params(route: RouteConfig, query: Sequence[tuple[str, str]]) 
 def check_governed_headers(route: RouteConfig, headers: Mapping[str, list[str]], consent_header: str) -> None:
     """Refuse requests where headers the gateway reads could differ from what the upstream sees:
     ``Connection`` nominating the subject, ``Authorization`` or consent header (it would be
-    dropped before the upstream, RFC 9110 §7.6.1), or a header whose name differs from the
+    dropped before the upstream, RFC 9110 §7.6.1; on a body-subject route also
+    ``Content-Type``/``Content-Encoding``, under which the body was checked), or a header whose
+    name differs from the
     subject header only by ``_``/``-`` (CGI, PHP and nginx with ``underscores_in_headers`` read
     ``NAV_PersonIdent`` as ``NAV-PersonIdent``).
 
     :param headers: lower-cased name → values. :raises BadRequestError: (400).
     """
     read = {"authorization", consent_header}
+    if route.subject.source == "body":  # the body was checked as read under these
+        read |= {"content-type", "content-encoding"}
     if route.subject.source == "header":
         read.add(route.subject.name)
         folded = route.subject.name.replace("_", "-")

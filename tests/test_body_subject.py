@@ -36,7 +36,7 @@ LIMIT = 1024
 def body_route(name: str = "ssg-body", field: str = "fnr", prefix: str = "/api/b") -> dict[str, Any]:
     """The tax base route (A3 resource, consented year in the path), POST, subject in the body,
     unscoped so the echo upstream's answer comes back as it is."""
-    route = {k: v for k, v in DEMO_ROUTES[1].items() if k != "rights_package"}
+    route = {k: v for k, v in DEMO_ROUTES[1].items() if k not in ("rights_package", "response_subject")}
     route.update(name=name, method=["POST", "PUT"], path=prefix + "/{rettighetspakke}/{inntektsaar}",
                  subject={"body": field}, unscoped=True)
     return route

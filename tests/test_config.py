@@ -131,7 +131,7 @@ def test_body_subject_parses() -> None:
                           base_dir=CONFIG_DIR)
     subject = config.routes[0].subject
     assert (subject.source, subject.name, subject.field_path) == ("body", "person.ident", ("person", "ident"))
-    assert subject.shadows == frozenset({"person.ident", "ident"})
+    assert subject.shadows == frozenset({"person", "person.ident", "ident"})
     assert config.max_request_body_bytes == 64 * 1024
     assert config.routes[1].subject.shadows == frozenset()  # other sources: nothing extra per request
     data = _body_route(_data())
