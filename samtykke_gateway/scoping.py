@@ -182,13 +182,13 @@ def scope_body(
     document = decode_fast(body, max_depth=max_depth)
     if document is INEXACT:  # numbers orjson would change, or a body it refuses
         document = decode_json(body, max_depth=max_depth)
-        if context.subject_path is not None:
-            check_response_subject(document, context.subject_path, context.subject)
         scoped, released = package.apply(document, context)
+        if context.subject_path is not None and scoped is not None:  # (None: wrong shape, said later)
+            check_response_subject(document, context.subject_path, context.subject)
         return ScopedBody(encode_json(scoped, source=body), released)
-    if context.subject_path is not None:
-        check_response_subject(document, context.subject_path, context.subject)
     scoped, released = package.apply(document, context)
+    if context.subject_path is not None and scoped is not None:  # (None: wrong shape, said later)
+        check_response_subject(document, context.subject_path, context.subject)
     return ScopedBody(encode_fast(scoped), released)
 
 
