@@ -21,6 +21,7 @@ from .tokens.model import Consent, ConsentRight, MaskinportenToken
 
 __all__ = [
     "Binding",
+    "RequestBodyTimeoutError",
     "RequestBodyTooLargeError",
     "UnsupportedMediaTypeError",
     "apply_constraints",
@@ -70,6 +71,15 @@ class RequestBodyTooLargeError(GatewayError):
     status_code = 413
     default_reason = "request_body_too_large"
     kode = "SG-413"
+
+
+class RequestBodyTimeoutError(GatewayError):
+    """408 (RFC 9110 §15.5.9): a request body the gateway must read did not arrive within
+    ``request_body_timeout_seconds`` (a slow upload would hold the request open)."""
+
+    status_code = 408
+    default_reason = "request_body_timeout"
+    kode = "SG-408"
 
 
 class UnsupportedMediaTypeError(GatewayError):

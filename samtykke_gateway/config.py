@@ -271,6 +271,8 @@ class GatewayConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     #: most request-body bytes read on a route whose subject is in the JSON body (413 beyond)
     max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
+    #: seconds the whole body of a body-subject request may take to arrive (408 beyond)
+    request_body_timeout_seconds: float = 10.0
     release_headers: frozenset[bytes] = frozenset()
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     health_path: str = "/healthz"
@@ -747,6 +749,7 @@ def parse_config(
         leeway_seconds=_leeway(gw),
         max_token_bytes=int(gw.number("max_token_bytes", 16384, minimum=256)),
         max_request_body_bytes=_max_request_body(gw),
+        request_body_timeout_seconds=gw.number("request_body_timeout_seconds", 10.0, minimum=0.01),
         token_cache_entries=int(gw.number("token_cache_entries", 4096)),
         altinn3_delegation_sources=delegation_sources,
         unmatched=unmatched,  # type: ignore[arg-type]

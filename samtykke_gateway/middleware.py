@@ -29,6 +29,7 @@ or FastAPI app. Per request (an :class:`_Exchange` holds all per-request state):
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -38,7 +39,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode
 
 from .audit.record import DisclosureRecord
-from .binding import RequestBodyTooLargeError
+from .binding import RequestBodyTimeoutError, RequestBodyTooLargeError
 from .config import GatewayConfig
 from .errors import render_error
 from .exceptions import (
@@ -244,7 +245,16 @@ class _Exchange:
         :raises BadRequestError: (400, ``ambiguous_framing``) fewer or more bytes than
             ``Content-Length`` said.
         :raises _ClientGoneError: the client disconnected before the body ended.
+        :raises RequestBodyTimeoutError: (408) the body took longer than
+            ``request_body_timeout_seconds``.
         """
+        try:
+            async with asyncio.timeout(self.config.request_body_timeout_seconds):
+                return await self._receive_body()
+        except TimeoutError:
+            raise RequestBodyTimeoutError("the request body did not arrive in time") from None
+
+    async def _receive_body(self) -> bytes:
         limit = self.config.max_request_body_bytes
         lengths = self.headers.get("content-length")
         declared = int(lengths[0]) if lengths else None  # framing checked: one 1-15 digit value
