@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from samtykke_gateway.middleware import ConsentMiddleware
 from samtykke_gateway.testing import DevIssuer
 
+from .proxy_support import answer_lifespan
 from .support import TAX_BASE_PERSON, a3_headers, make_config, running_gateway
 
 OTHER_PERSON = "01029413157"
@@ -54,13 +55,8 @@ class Echo:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
         body, more = b"", True
         while more:
             message = await receive()
