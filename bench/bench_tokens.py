@@ -14,7 +14,10 @@ Same process, same tokens (RS256 / RSA-2048 from the dev issuer), driven through
 * ``A2 pair first``— ``Gate.maskinporten`` + ``Gate.altinn2`` on a Maskinporten token and an
   Altinn 2 consent token, cache disabled: two signatures, compared with ``raw RSA x2``, so the
   ratio is *per token*;
-* ``... fresh``    — cache enabled but a never-seen token every call (miss + insert);
+* ``... fresh``    — cache enabled but a never-seen token every call (miss + insert), in a
+  cache large enough to keep every token of the run (16,010 entries, never evicting);
+* ``... fresh 4096`` — the same with the production default cache (``[gateway]
+  token_cache_entries`` = 4,096): a miss, an insert and, once full, an eviction per token;
 * ``... seen``     — cache enabled, the same token bytes again (still valid);
 * ``jwt.decode``   — PyJWT's ``jwt.decode`` of the A3 token (signature, ``iss``, ``exp``
   only: no claim parsing), for reference.
@@ -116,12 +119,17 @@ async def main(rounds: int, n: int, fresh: bool) -> int:
             return Gate(config, issuers=issuers, verifier=TokenVerifier(cache_size=cache_size))
 
         no_cache, cached = gate(0), gate(10_000)
-        fresh_gate = gate(2 * n * rounds + 10)
+        fresh_gate = gate(2 * n * rounds + 10)  # never evicts: every token stays cached
+        default_gate = gate(config.token_cache_entries)  # the production default (4,096), evicting
 
         a3 = minter.a3()
         mp, a2 = minter.a2_pair()
         fresh_a3: Iterator[str] = iter([minter.a3() for _ in range(n * rounds)] if fresh else [])
         fresh_a2: Iterator[tuple[str, str]] = iter(
+            [minter.a2_pair() for _ in range(n * rounds)] if fresh else []
+        )
+        default_a3: Iterator[str] = iter([minter.a3() for _ in range(n * rounds)] if fresh else [])
+        default_a2: Iterator[tuple[str, str]] = iter(
             [minter.a2_pair() for _ in range(n * rounds)] if fresh else []
         )
 
@@ -164,6 +172,14 @@ async def main(rounds: int, n: int, fresh: bool) -> int:
             await fresh_gate.maskinporten(bearer)
             return await fresh_gate.altinn2(consent)
 
+        async def a3_default() -> Any:
+            return await default_gate.maskinporten(next(default_a3))
+
+        async def a2_default() -> Any:
+            bearer, consent = next(default_a2)
+            await default_gate.maskinporten(bearer)
+            return await default_gate.altinn2(consent)
+
         async def a3_seen() -> Any:
             return await cached.maskinporten(a3)
 
@@ -181,6 +197,8 @@ async def main(rounds: int, n: int, fresh: bool) -> int:
         if fresh:
             variants["A3 fresh"] = (lambda: _time_async(a3_fresh, n), "raw RSA x1", 1)
             variants["A2 pair fresh"] = (lambda: _time_async(a2_fresh, n), "raw RSA x2", 2)
+            variants["A3 fresh 4096"] = (lambda: _time_async(a3_default, n), "raw RSA x1", 1)
+            variants["A2 pair fresh 4096"] = (lambda: _time_async(a2_default, n), "raw RSA x2", 2)
         variants["A3 seen"] = (lambda: _time_async(a3_seen, n * 10), None, 1)
         variants["A2 pair seen"] = (lambda: _time_async(a2_seen, n * 10), None, 2)
         variants["jwt.decode"] = (lambda: asyncio.sleep(0, _time_sync(pyjwt, n)), "raw RSA x1", 1)
