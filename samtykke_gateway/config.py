@@ -15,6 +15,7 @@ trusts the other environment's keys, and ``prod`` refuses Altinn test-generator 
 from __future__ import annotations
 
 import ipaddress
+import math
 import difflib
 import re
 import tomllib
@@ -296,6 +297,10 @@ class GatewayConfig:
 # ----------------------------------------------------------------------------- helpers
 
 
+#: Largest number a setting may hold (seconds, bytes, counts): ~3 years in seconds, 1 GB.
+_MAX_NUMBER = 1e9
+
+
 class _Table:
     """Read keys from one TOML table, remembering its key path and refusing unknown keys."""
 
@@ -334,6 +339,8 @@ class _Table:
 
     def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
         value = float(self.get(name, (int, float), default))
+        if not math.isfinite(value) or value > _MAX_NUMBER:  # nan passed every check, inf broke timers
+            raise ConfigError(self.key(name), f"must be a finite number up to {_MAX_NUMBER:g}")
         if value < minimum:
             raise ConfigError(self.key(name), f"must be >= {minimum}")
         return value

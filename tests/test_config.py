@@ -191,3 +191,27 @@ def test_missing_required_key_names_a_likely_typo() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(data, base_dir=Path(__file__).resolve().parent.parent / "config")
     assert "routes[0].scope" in str(info.value) and "'scoope'" in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "+nan", "1e300"])
+@pytest.mark.parametrize(
+    "table, key",
+    [
+        ("upstream", "deadline_seconds"),
+        ("upstream", "timeout_seconds"),
+        ("gateway", "request_body_timeout_seconds"),
+        ("gateway", "leeway_seconds"),
+        ("issuers.maskinporten", "refetch_cooldown_seconds"),
+    ],
+)
+def test_non_finite_numbers_are_config_errors(table: str, key: str, value: str) -> None:
+    # found by a fresh user: nan passed check-config and disabled the deadline or broke every
+    # request at runtime; inf overflowed the upstream client's timer
+    data = tomllib.loads((CONFIG_DIR / "skatteetaten-tt02.toml").read_text())
+    node = data
+    for part in table.split("."):
+        node = node.setdefault(part, {})
+    node[key] = tomllib.loads(f"v = {value}")["v"]
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=CONFIG_DIR)
+    assert f"{table}.{key}" in str(info.value)
