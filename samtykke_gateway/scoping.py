@@ -53,6 +53,7 @@ in the output; a path under another released path is absorbed by it.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -184,20 +185,27 @@ def scope_body(
         document = decode_json(body, max_depth=max_depth)
         scoped, released = package.apply(document, context)
         if context.subject_path is not None and scoped is not None:  # (None: wrong shape, said later)
-            check_response_subject(document, context.subject_path, context.subject)
+            check_response_subject(document, context.subject_path, context.subject, raw=body)
         return ScopedBody(encode_json(scoped, source=body), released)
     scoped, released = package.apply(document, context)
     if context.subject_path is not None and scoped is not None:  # (None: wrong shape, said later)
-        check_response_subject(document, context.subject_path, context.subject)
+        check_response_subject(document, context.subject_path, context.subject, raw=body)
     return ScopedBody(encode_fast(scoped), released)
 
 
-def check_response_subject(document: Any, path: tuple[str | None, ...], subject: str | None) -> None:
+def check_response_subject(
+    document: Any, path: tuple[str | None, ...], subject: str | None, *, raw: bytes | None = None
+) -> None:
     """Defence in depth against an upstream that answers about someone else (a cache or
     routing bug): every value ``path`` reaches in ``document`` must be the string ``subject``.
     A member missing on the way, or a non-array where the path says ``[]``, is a mismatch; an
     empty array is not (no rows, nobody named).
 
+    :param raw: the body ``document`` was decoded from. A JSON object that repeats a member
+        name keeps only the last value when decoded, so ``{"id": "other", "id": "asked"}``
+        would pass on the decoded value alone: with ``raw`` given, a body that could repeat a
+        member on the path (the member's quoted name occurs more often than values were found,
+        or the body has escapes) is read again strictly, and any repeated name is a mismatch.
     :raises UpstreamError: (502, ``upstream_subject_mismatch``); the body is not released.
     """
     nodes = [document]
@@ -216,6 +224,24 @@ def check_response_subject(document: Any, path: tuple[str | None, ...], subject:
     for value in nodes:
         if value.__class__ is not str or value != subject:
             raise _subject_mismatch()
+    if raw is not None:
+        names = [step for step in path if step is not None]
+        quoted = b'"' + names[-1].encode("utf-8") + b'"' if names else None
+        if quoted is None or b"\\" in raw or raw.count(quoted) != len(nodes):
+            _refuse_repeated_members(raw)
+
+
+def _refuse_repeated_members(raw: bytes) -> None:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(items)
+        if len(out) != len(items):
+            raise _subject_mismatch()
+        return out
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except ValueError:  # decoded once already; a second reader disagreeing is a mismatch too
+        raise _subject_mismatch() from None
 
 
 def _subject_mismatch() -> UpstreamError:

@@ -130,3 +130,50 @@ def test_config_errors() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(data, base_dir=config_dir)
     assert info.value.key_path.startswith("routes[1].response_subject")
+
+
+def _raw_check(raw: bytes, path: tuple[str | None, ...], subject: str) -> None:
+    check_response_subject(json.loads(raw), path, subject, raw=raw)
+
+
+def test_repeated_members_cannot_hide_another_subject() -> None:
+    # found by a fresh user: decoded, only the last value is left, and that one was checked
+    key = ("personidentifikator",)
+    for raw in (
+        b'{"personidentifikator":"%s","navn":"Else","personidentifikator":"%s"}' % (OTHER.encode(), TAX_BASE_PERSON.encode()),
+        b'{"person\\u0069dentifikator":"%s","personidentifikator":"%s"}' % (OTHER.encode(), TAX_BASE_PERSON.encode()),
+    ):
+        with pytest.raises(UpstreamError) as info:
+            _raw_check(raw, key, TAX_BASE_PERSON)
+        assert info.value.reason == "upstream_subject_mismatch"
+    rows = (b'{"oppgaveInntektsmottaker":[{"inntektsmottaker":{"personidentifikator":"%s"},'
+            b'"inntektsmottaker":{"personidentifikator":"%s"}}]}' % (OTHER.encode(), INCOME_PERSON.encode()))
+    with pytest.raises(UpstreamError):
+        _raw_check(rows, ROWS, INCOME_PERSON)
+
+
+def test_the_name_elsewhere_is_not_a_repeat() -> None:
+    # another person named off the path (a spouse, say) is not this check's business
+    spouse = b'{"ektefelle":{"personidentifikator":"%s"},"personidentifikator":"%s"}' % (OTHER.encode(), TAX_BASE_PERSON.encode())
+    _raw_check(spouse, ("personidentifikator",), TAX_BASE_PERSON)
+    raw = b'{"personidentifikator":"%s","felt":"personidentifikator","n":"a\\"b"}' % TAX_BASE_PERSON.encode()
+    _raw_check(raw, ("personidentifikator",), TAX_BASE_PERSON)  # read strictly, found no repeat
+    _raw_check(example_body("inntekt-2018-07.json"), ROWS, INCOME_PERSON)
+
+
+@pytest.mark.anyio
+async def test_repeated_subject_member_is_502_end_to_end(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    raw = example_body("spesifisertsummertskattegrunnlag-2022.json")
+    tampered = raw.replace(b'"personidentifikator"', b'"personidentifikator":"%s","personidentifikator"' % OTHER.encode(), 1)
+    assert json.loads(tampered)["personidentifikator"] == TAX_BASE_PERSON
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(tampered)).encode())]})
+        await send({"type": "http.response.body", "body": tampered})
+
+    async with running_gateway("middleware", issuer_url, upstream_app=app) as gw:
+        response = await gw.client.get(tax_base_path("2022"), headers=a3_headers(dev_issuer))
+        assert response.status_code == 502 and gw.records[-1].reason == "upstream_subject_mismatch"
