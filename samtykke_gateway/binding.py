@@ -189,6 +189,13 @@ def body_subject(subject: SubjectSource, headers: Mapping[str, list[str]], body:
         node = node[part]
     if type(node) is not str:  # a number would lose leading zeros
         raise BadRequestError("the data subject must be a JSON string", reason="subject_malformed")
+    path = subject.field_path
+    # besides the nested member, a top-level member literally named "person.ident": lookups
+    # such as lodash _.get or Laravel Arr::get read that one instead
+    dotted = [".".join(path[:i]) for i in range(2, len(path) + 1)]
+    if dotted and any(_same_ignoring_case(key, name) for key in top for name in dotted):
+        raise BadRequestError("a request body member is named like the dotted path to the subject",
+                              reason="ambiguous_parameter")
     return node
 
 
@@ -322,13 +329,23 @@ def check_governed_headers(route: RouteConfig, headers: Mapping[str, list[str]],
     ``Content-Type``/``Content-Encoding``, under which the body was checked), or a header whose
     name differs from the
     subject header only by ``_``/``-`` (CGI, PHP and nginx with ``underscores_in_headers`` read
-    ``NAV_PersonIdent`` as ``NAV-PersonIdent``).
+    ``NAV_PersonIdent`` as ``NAV-PersonIdent``), and likewise ``Content_Length`` /
+    ``Transfer_Encoding`` on any route and ``Content_Type`` / ``Content_Encoding`` on a
+    body-subject route.
 
     :param headers: lower-cased name → values. :raises BadRequestError: (400).
     """
     read = {"authorization", consent_header}
+    # framing, and on a body route the headers the body was checked under: a "_" variant
+    # (Content_Type, Transfer_Encoding) is the real header to a CGI-style upstream
+    underscored = {"content-length", "transfer-encoding"}
     if route.subject.source == "body":  # the body was checked as read under these
         read |= {"content-type", "content-encoding"}
+        underscored |= {"content-type", "content-encoding"}
+    for name in headers:
+        if "_" in name and name.replace("_", "-") in underscored:
+            raise BadRequestError("a header differs from a framing or content header only by '_'/'-'",
+                                  reason="ambiguous_header")
     if route.subject.source == "header":
         read.add(route.subject.name)
         folded = route.subject.name.replace("_", "-")

@@ -34,6 +34,7 @@ from .support import (
     a3_headers,
     make_config,
     running_gateway,
+    tax_base_path,
 )
 from .test_body_subject import Echo
 
@@ -442,3 +443,44 @@ async def test_deadline_cuts_a_streamed_answer_visibly(dev_issuer: DevIssuer, is
         assert b"transfer-encoding: chunked" in raw.lower()
         assert not raw.endswith(b"0\r\n\r\n"), raw[-50:]
         assert elapsed < 4, elapsed
+
+
+# -- second fresh-user pass ----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("literal", ["person.ident", "Person.Ident", "person.ident\u0000x"])
+async def test_literal_dotted_member_is_refused(literal: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """``{"person":{"ident":A},"person.ident":B}``: lodash ``_.get`` / Laravel ``Arr::get``
+    read the literal member B."""
+    from .test_body_subject import OVERRIDES
+
+    body = json.dumps({"person": {"ident": TAX_BASE_PERSON}, literal: "01017012345"}).encode()
+    async with running_gateway("middleware", issuer_url, **OVERRIDES) as gw:
+        response = await gw.client.post("/api/n/sbl/2022", content=body,
+                                        headers={**a3_headers(dev_issuer), "Content-Type": "application/json"})
+        assert response.status_code == 400, response.text
+        assert gw.records[-1].reason == "ambiguous_parameter"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("header", ["Content_Type", "Content_Encoding", "Content_Length", "Transfer_Encoding"])
+async def test_underscore_content_headers_are_refused_on_body_routes(
+    header: str, dev_issuer: DevIssuer, issuer_url: str
+) -> None:
+    from .test_body_subject import OVERRIDES
+
+    body = json.dumps({"fnr": TAX_BASE_PERSON}).encode()
+    headers = {**a3_headers(dev_issuer), "Content-Type": "application/json", header: "gzip"}
+    async with running_gateway("middleware", issuer_url, **OVERRIDES) as gw:
+        response = await gw.client.post("/api/b/sbl/2022", content=body, headers=headers)
+        assert response.status_code == 400, response.text
+        assert gw.records[-1].reason == "ambiguous_header"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("header", ["Content_Length", "Transfer_Encoding"])
+async def test_underscore_framing_headers_are_refused_everywhere(header: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    async with running_gateway("middleware", issuer_url) as gw:
+        response = await gw.client.get(tax_base_path("2022"), headers={**a3_headers(dev_issuer), header: "5"})
+        assert response.status_code == 400 and gw.records[-1].reason == "ambiguous_header"
