@@ -179,7 +179,7 @@ def test_store_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert _cli("audit", "verify", "--store", f"sqlite:///{tmp_path}/f/a.db")[0] == 2
     assert _cli("audit", "verify", "--config", f"{tmp_path}/missing.toml")[0] == 2
     _seed(f"sqlite:///{tmp_path}/b.db")
-    code, _ = _cli("audit", "export", "--store", f"sqlite:///{tmp_path}/b.db", "--subject", "1",
+    code, _ = _cli("audit", "export", "--store", f"sqlite:///{tmp_path}/b.db", "--subject", PERSON,
                    "--since", "soon")  # fmt: skip
     assert code == 2
     (tmp_path / "garbage.db").write_bytes(b"not a database at all" * 100)
@@ -193,3 +193,37 @@ def test_console_entry_point_routes_audit(db: str, capsys: pytest.CaptureFixture
     cli = pytest.importorskip("samtykke_gateway.cli")
     assert cli.main(["audit", "verify", "--store", db]) == 0
     assert "chain OK: 4 records checked" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--subject", "abc"], "--subject must be"),
+        (["--subject", ""], "--subject must be"),
+        (["--subject", "0102941315"], "--subject must be"),  # 10 digits: a typo
+        (["--subject", PERSON, "--since", "9999-12-31T23:59:59-05:00"], "audit:"),  # past year 9999 in UTC
+        (["--subject", PERSON, "--until", "0001-01-01T00:00:00+01:00"], "audit:"),
+        (["--subject", PERSON, "--since", "2026-05-01", "--until", "2026-04-01"], "--since must be before"),
+    ],
+)
+def test_export_refuses_what_would_answer_nothing(
+    db: str, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # found by a fresh user: a typo'd subject answered an Art. 15 request with "nothing", an
+    # out-of-range date raised a traceback
+    code, out = _cli("audit", "export", "--store", db, *args)
+    err = capsys.readouterr().err
+    assert code == 2 and out == "" and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("anchor", ["0:" + "a" * 64, "\u0661\u0662:" + "a" * 64, "12:" + "g" * 64, "12:" + "a" * 63])
+def test_anchor_argument_is_ascii_and_from_one(db: str, anchor: str) -> None:
+    value = anchor.encode().decode("unicode_escape")
+    assert _cli("audit", "verify", "--store", db, "--anchor", value)[0] == 2
+
+
+def test_anchor_hash_in_upper_case_is_read(db: str) -> None:
+    code, out = _cli("audit", "verify", "--store", db)
+    head = next(line.split()[1] for line in out.splitlines() if line.startswith("head: "))
+    code, out = _cli("audit", "verify", "--store", db, "--anchor", head.upper())
+    assert code == 0 and "held" in out

@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..exceptions import AuditUnavailableError, ConfigError
+from ..identifiers import is_org_number, is_person_id
 from . import open_store
 from .base import DisclosureStore
-from .chain import MAX_PURGE_DAYS
+from .chain import MAX_PURGE_DAYS, normalise_time
 from .record import DisclosureRecord
 
 __all__ = ["add_audit_parser", "export_document", "run_audit"]
@@ -121,7 +122,7 @@ def run_audit(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     except AuditUnavailableError as exc:
         print(f"audit: store {store.url_for_display} unavailable: {exc.detail}", file=sys.stderr)
         return 2
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # e.g. a --since the calendar cannot shift to UTC
         print(f"audit: {exc}", file=sys.stderr)
         return 2
 
@@ -162,9 +163,12 @@ def _relative_to(url: str, base: Path) -> str:
 def _anchors(values: list[str]) -> dict[int, str]:
     anchors: dict[int, str] = {}
     for value in values:
-        seq, sep, digest = value.partition(":")
-        if not sep or not seq.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        seq, sep, digest = value.strip().partition(":")
+        digest = digest.lower()  # hex in either case; seq in ASCII digits only (not "١٢")
+        if not sep or not re.fullmatch(r"[0-9]{1,18}", seq) or not re.fullmatch(r"[0-9a-f]{64}", digest):
             raise ValueError(f"--anchor wants SEQ:HASH (64 hex digits), got {value!r}")
+        if int(seq) < 1:
+            raise ValueError("--anchor: records are numbered from 1")
         anchors[int(seq)] = digest
     return anchors
 
@@ -207,6 +211,16 @@ async def _verify(store: DisclosureStore, args: argparse.Namespace, out: TextIO)
 
 
 async def _export(store: DisclosureStore, args: argparse.Namespace, out: TextIO) -> int:
+    if not (is_person_id(args.subject) or is_org_number(args.subject)):
+        # a typo would answer an Art. 15 request with "nothing disclosed"
+        print("audit export: --subject must be a person id (11 digits) or an organisation number (9)",
+              file=sys.stderr)
+        return 2
+    since = normalise_time(args.since) if args.since else None
+    until = normalise_time(args.until) if args.until else None
+    if since is not None and until is not None and since >= until:
+        print("audit export: --since must be before --until", file=sys.stderr)
+        return 2
     records = await store.export(subject=args.subject, since=args.since, until=args.until)
     document = export_document(args.subject, records, since=args.since, until=args.until)
     if args.format == "json":
