@@ -24,6 +24,7 @@ httpx, JSON and key-parsing exceptions are translated here; none leaves this mod
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import asyncio
 import base64
@@ -44,6 +45,8 @@ from samtykke_gateway.exceptions import ConfigError, InvalidTokenError, KeysUnav
 from samtykke_gateway.jose import strict_json_object
 
 __all__ = ["KeySet", "VerificationKey", "x5t_of_der"]
+
+log = logging.getLogger("samtykke_gateway.keys")
 
 #: Longest ``kid`` / ``x5t`` accepted from a token header or a JWKS.
 MAX_KEY_ID_LENGTH = 256
@@ -457,6 +460,10 @@ class KeySet:
             self._last_error = None
             return None
         self._last_error = error
+        # an operator sees why /readyz says "not loaded" (the error names no token or person;
+        # at most one fetch, so one line, per refetch cooldown)
+        log.warning("JWKS fetch for %s failed: %s%s", self.name, error,
+                    "" if self._index is None else " (the previous keys stay in use)")
         return error
 
     async def _jwks_location(self) -> str:

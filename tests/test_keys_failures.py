@@ -18,3 +18,16 @@ async def test_failed_fetches_are_counted() -> None:
             await keys.get(kid="k", x5t=None)
         assert keys.fetch_count >= 1
         assert keys.failure_count == keys.fetch_count
+
+
+@pytest.mark.anyio
+async def test_failed_fetch_is_logged_with_its_cause(caplog: pytest.LogCaptureFixture) -> None:
+    """Found by a fresh user: /readyz said "not loaded" and nothing said why."""
+    import logging
+
+    async with httpx.AsyncClient() as http:
+        keys = KeySet(name="maskinporten", http=http, jwks_url="http://127.0.0.1:9/jwk", fetch_timeout_seconds=1)
+        with caplog.at_level(logging.WARNING, logger="samtykke_gateway.keys"):
+            assert not await keys.ensure_loaded()
+    messages = [r.getMessage() for r in caplog.records if r.name == "samtykke_gateway.keys"]
+    assert messages == ["JWKS fetch for maskinporten failed: HTTP failure (ConnectError)"]
