@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .audit.record import DisclosureRecord
+from .binding import RequestBodyTooLargeError
 from .exceptions import ConfigError, GatewayError, NotFoundError
 from .gate import RequestFacts
 from .jose import parse_compact
@@ -38,6 +39,8 @@ from .policy import normalize_path
 
 __all__ = ["add_explain_parser", "explain", "explain_command", "mask_personal_data"]
 
+#: Most bytes ``--body`` reads (the largest ``max_request_body_bytes`` a config may set).
+_MAX_BODY_FILE = 16 * 1024 * 1024
 _PERSON = re.compile(r"(?<![0-9])([0-9]{6})([0-9]{5})(?![0-9])")
 
 #: (step title, reason codes that fail it), in the order the gateway checks them.
@@ -59,7 +62,7 @@ BINDING_STEPS: tuple[tuple[str, frozenset[str]], ...] = (
     ("consent claims well formed", frozenset({"bad_consent_claims", "test_token_refused"})),
     ("subject named by the request (path, header, query or JSON body field)",
      frozenset({"subject_missing", "subject_malformed", "body_not_json", "duplicate_member", "ambiguous_parameter",
-                "ambiguous_header", "unsupported_media_type"})),
+                "ambiguous_header", "unsupported_media_type", "request_body_too_large"})),
     ("consent valid now (ValidToDate / validTo, DelegatedDate)", frozenset({"consent_expired", "consent_not_yet_valid"})),
     ("consent given to the calling consumer (CoveredBy / to)", frozenset({"consumer_mismatch"})),
     ("supplier (HandledBy / delegation_source)", frozenset({"supplier_mismatch"})),
@@ -206,6 +209,8 @@ async def explain(
             match = gateway.router.match(method, normalize_path(parts.path or "/"))
             if match is None:
                 raise NotFoundError("no route matches this path and method", reason="no_route")
+            if body is not None and match.route.subject.source == "body" and len(body) > config.max_request_body_bytes:
+                raise RequestBodyTooLargeError("the request body is larger than this route accepts")
             facts = RequestFacts(method=method, query=parse_qsl(parts.query, keep_blank_values=True), headers=headers,
                                  body=body if match.route.subject.source == "body" else None)
             grant = await gateway.gate.authorize(facts, match, record)
@@ -254,9 +259,13 @@ def explain_command(args: argparse.Namespace) -> int:
     body = None
     if args.body is not None:
         try:
-            body = Path(args.body).read_bytes()
+            with Path(args.body).open("rb") as f:  # bounded: --body /dev/zero must not fill memory
+                body = f.read(_MAX_BODY_FILE + 1)
         except OSError as exc:
             print(f"--body: {exc.strerror}", file=sys.stderr)
+            return 2
+        if len(body) > _MAX_BODY_FILE:
+            print(f"--body: larger than {_MAX_BODY_FILE} bytes, more than any route reads", file=sys.stderr)
             return 2
     try:
         ok, lines = asyncio.run(

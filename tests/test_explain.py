@@ -135,3 +135,8 @@ unscoped = true
     code, out = _run(capsys, *args)  # no body given
     assert code == 1 and "subject_missing" in out
     assert main(["explain", token, "--config", config_file, "--path", "/api/b/2022", "--body", str(tmp_path / "nope")]) == 2
+    # found by a fresh user: a body the gateway answers with 413 was "allowed", /dev/zero filled memory
+    body.write_text('{"fnr": "12879397780", "pad": "%s"}' % ("x" * 70_000))
+    code, out = _run(capsys, *args, "--body", str(body))
+    assert code == 1 and "request_body_too_large" in out
+    assert main(["explain", token, "--config", config_file, "--path", "/api/b/2022", "--body", "/dev/zero"]) == 2
