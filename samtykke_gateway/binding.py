@@ -184,7 +184,7 @@ def body_subject(subject: SubjectSource, headers: Mapping[str, list[str]], body:
         if type(node) is not dict or part not in node:
             raise BadRequestError("the request body does not name the data subject", reason="subject_missing")
         if any(key != part and _same_ignoring_case(key, part) for key in node):
-            raise BadRequestError("a request body member differs from the subject field only in case",
+            raise BadRequestError("a request body member differs from the subject field only in case or after a NUL",
                                   reason="ambiguous_parameter")
         node = node[part]
     if type(node) is not str:  # a number would lose leading zeros

@@ -65,6 +65,7 @@ def mint_command(args: argparse.Namespace) -> int:
     """Print one token (or an A2 pair as two lines: bearer, consent)."""
     issuer = load_dev_issuer(args.keys_dir)
     metadata = _metadata_pairs(args.metadata or [])
+    aud = {"aud": args.audience} if getattr(args, "audience", None) else None
     if args.kind == "altinn2":
         suffix = "".join(f"_{k}={v}" for k, v in metadata.items())
         services = [f"{s}{suffix}" for s in args.service]
@@ -73,7 +74,7 @@ def mint_command(args: argparse.Namespace) -> int:
             lifetime_seconds=args.lifetime,
         )
         bearer = issuer.mint_maskinporten(consumer=args.consumer, scope=args.scope, supplier=args.supplier,
-                                          lifetime_seconds=max(args.lifetime, 120))
+                                          lifetime_seconds=max(args.lifetime, 120), claims=aud)
         if args.pair:
             print(f"Authorization: Bearer {bearer}")
             print(f"AltinnSamtykke: {consent}")
@@ -81,7 +82,7 @@ def mint_command(args: argparse.Namespace) -> int:
             print(consent)
     elif args.kind == "maskinporten":
         print(issuer.mint_maskinporten(consumer=args.consumer, scope=args.scope, supplier=args.supplier,
-                                       lifetime_seconds=args.lifetime))
+                                       lifetime_seconds=args.lifetime, claims=aud))
     else:
         details = [
             DevIssuer.altinn3_consent(
@@ -89,7 +90,7 @@ def mint_command(args: argparse.Namespace) -> int:
             )
         ]
         print(issuer.mint_maskinporten(consumer=args.consumer, scope=args.scope, supplier=args.supplier,
-                                       authorization_details=details, lifetime_seconds=args.lifetime))
+                                       authorization_details=details, lifetime_seconds=args.lifetime, claims=aud))
     return 0
 
 
@@ -106,11 +107,13 @@ def dev_issuer_command(args: argparse.Namespace) -> int:
 def add_dev_parsers(sub: Any, *, mint: Callable[..., int], dev_issuer: Callable[..., int]) -> None:
     p = sub.add_parser("mint", help="print dev-signed tokens (Altinn 2, Maskinporten, Altinn 3)")
     p.add_argument("kind", choices=["altinn2", "maskinporten", "altinn3"])
-    p.add_argument("--keys-dir", default=DEFAULT_KEYS_DIR)
+    p.add_argument("--keys-dir", default=DEFAULT_KEYS_DIR,
+                   help="where the dev keys live (created on first use; dev-issuer must use the same)")
     p.add_argument("--subject", default="01029413157", help="person id (11) or org number (9)")
     p.add_argument("--consumer", default="999999999", help="consumer org number")
-    p.add_argument("--supplier", default=None)
-    p.add_argument("--scope", default="skatteetaten:inntekt")
+    p.add_argument("--supplier", default=None, help="supplier org number (acting for the consumer)")
+    p.add_argument("--scope", default="skatteetaten:inntekt", help="Maskinporten scope")
+    p.add_argument("--audience", default=None, help="aud claim of the Maskinporten token (try [issuers.*] audience)")
     p.add_argument("--service", action="append", default=None, help="A2 service code_edition (repeatable)")
     p.add_argument("--resource", action="append", default=None, help="A3 resource id (repeatable)")
     p.add_argument("--metadata", action="append", help="key=value consent metadata (repeatable)")
