@@ -41,12 +41,19 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     for name, issuer in config.issuers.items():
         where = issuer.jwks_url or issuer.metadata_url
         print(f"  issuer {name:<13} iss={issuer.issuer}  keys={where}  algs={','.join(issuer.algorithms)}")
+        if issuer.audiences:
+            print(f"  {'':<20} aud must name one of: {', '.join(issuer.audiences)}")
     print(f"  upstream           {_without_password(config.upstream_url) or '(none: middleware only)'}")
+    if config.upstream_url:
+        print(f"  {'':<19}timeouts: {config.upstream_timeout_seconds:g} s per read, "
+              f"{config.upstream_deadline_seconds:g} s per exchange; scoped bodies up to {config.max_body_bytes} B")
     if config.unmatched == "pass":
         print("  note: gateway.unmatched = 'pass' works in the middleware form only; `serve` refuses it")
     from .audit import open_store
 
     print(f"  disclosure log     {open_store(config.audit_url).url_for_display}")
+    for package, consumers in sorted(config.package_consumers.items()):
+        print(f"  rights package {package}: only for {', '.join(sorted(consumers))}")
     print("  routes:")
     for route in config.routes:
         methods = ",".join(sorted(route.methods))
@@ -67,6 +74,12 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             print(f"      rights package by {{{route.rights_package_param}}}: {pairs}")
         else:
             print("      unscoped (body streams through)")
+        if route.response_subject is not None:
+            path = ".".join("[]" if step is None else step for step in route.response_subject).replace(".[]", "[]")
+            print(f"      the answer must name the subject at {path}")
+        if route.subject.source == "body":
+            print(f"      JSON body up to {config.max_request_body_bytes} B within "
+                  f"{config.request_body_timeout_seconds:g} s")
         if route.one_time:
             print("      one-time consent")
         if route.daily_limit:

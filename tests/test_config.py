@@ -215,3 +215,20 @@ def test_non_finite_numbers_are_config_errors(table: str, key: str, value: str) 
     with pytest.raises(ConfigError) as info:
         parse_config(data, base_dir=CONFIG_DIR)
     assert f"{table}.{key}" in str(info.value)
+
+
+def test_check_config_shows_the_newer_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = TT02.read_text() + '''
+[issuers.maskinporten]
+audience = "https://api.example.no/"
+'''
+    text = text.replace("[rights_packages.ssg-sbl]\n", '[rights_packages.ssg-sbl]\nconsumers = ["999999999"]\n')
+    config = tmp_path / "gw.toml"
+    config.write_text(text)
+    shutil.copy(CONFIG_DIR / "inntekt-sbl-loennsinntekt-beskrivelse.txt", tmp_path)
+    assert main(["check-config", "--config", str(config)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "aud must name one of: https://api.example.no/" in out
+    assert "rights package ssg-sbl: only for 999999999" in out
+    assert "the answer must name the subject at oppgaveInntektsmottaker[].inntektsmottaker.personidentifikator" in out
+    assert "10 s per read, 60 s per exchange" in out
