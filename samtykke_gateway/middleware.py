@@ -22,7 +22,12 @@ or FastAPI app. Per request (an :class:`_Exchange` holds all per-request state):
    upstream errors; 502 for anything unscopable); unscoped routes stream through with only the
    hop-by-hop headers removed;
 4. the disclosure record is appended durably **before** the first body byte leaves; if the
-   store cannot take it the client gets 503 and nothing else (fail closed). Once the gateway has
+   store cannot take it the client gets 503 and nothing else (fail closed). A streamed
+   (unscoped) answer cannot be counted before it leaves, so its end gets a second record with
+   the same correlation id (reason ``stream_end``, or ``stream_cut`` when the upstream, the
+   app or the client broke it off, with the cause in ``detail``) carrying the byte count and
+   SHA-256 of what was handed to the server; a cut stream ends without its last chunk (the
+   client sees it incomplete), and no traceback is logged. Once the gateway has
    answered by itself, the app's ``send`` raises :class:`OSError` (ASGI's "client gone"), so
    the app stops producing.
 """
@@ -30,6 +35,7 @@ or FastAPI app. Per request (an :class:`_Exchange` holds all per-request state):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -170,6 +176,10 @@ class _Exchange:
         self.root_segments: tuple[str, ...] = ()
         self.app_segments: tuple[str, ...] = ()
         self.body: bytes | None = None  # read only on body-subject routes
+        # streamed (unscoped) answers: what has been handed to the server so far
+        self.stream_open = False
+        self.stream_bytes = 0
+        self.stream_hash: Any = None  # hashlib sha256 object while the stream is open
 
     # ------------------------------------------------------------------ request side
     async def run(self) -> None:
@@ -360,6 +370,13 @@ class _Exchange:
             if not self.response_started:
                 await self._deny(exc, after_grant=True)
                 return
+            if self.stream_open:
+                await self._end_stream(exc.reason)
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.stream_open:  # server shutting down mid-stream: still say what left
+                await asyncio.shield(self._end_stream("cancelled"))
             raise
         except Exception as exc:
             if self.failure is not None:
@@ -370,7 +387,17 @@ class _Exchange:
                 log.error("protected app failed: %s (correlation_id=%s)", type(exc).__name__, self.correlation_id)
                 await self._deny(UpstreamError("the data API failed", reason="upstream_error"), after_grant=True)
                 return
+            if self.stream_open:
+                if isinstance(exc, OSError):  # the server's send failed: the client is gone
+                    await self._end_stream("client_disconnected")
+                    return
+                log.error("protected app failed mid-stream: %s (correlation_id=%s)", type(exc).__name__,
+                          self.correlation_id)
+                await self._end_stream("upstream_error")
+                return
             raise
+        if self.stream_open:  # the app returned without finishing its answer
+            await self._end_stream("upstream_error")
         if not self.response_started and self.failure is None:
             # the app returned without completing a response
             await self._deny(UpstreamError("the data API gave no response", reason="upstream_error"), after_grant=True)
@@ -443,6 +470,13 @@ class _Exchange:
             if not self.response_started:
                 return  # start was refused (store down); drop the body
             await self.send(message)
+            if self.stream_open:
+                body = message.get("body", b"")
+                if body and self.record.method != "HEAD":  # counted once the server has taken it
+                    self.stream_bytes += len(body)
+                    self.stream_hash.update(body)
+                if not message.get("more_body", False):
+                    await self._end_stream(None)
             return
         body = message.get("body", b"")
         if body:
@@ -472,7 +506,42 @@ class _Exchange:
         headers = streaming_headers(start.get("headers", []), self.correlation_id.encode("ascii"))
         self.response_started = True
         self.released = 200 <= status < 300 and self.record.method != "HEAD"
+        self.stream_open = True
+        self.stream_hash = hashlib.sha256()
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def _end_stream(self, cause: str | None) -> None:
+        """Append the streamed answer's end record: ``stream_end`` (complete) or ``stream_cut``
+        (``cause``: the reason code of what broke it off), with the bytes handed to the server
+        and their SHA-256. The start record already stands; a store failure here is logged
+        (the bytes have left) and the client's stream is not touched."""
+        if not self.stream_open:
+            return
+        self.stream_open = False
+        end = dataclasses.replace(
+            self.record,
+            time=_utc_now(),
+            reason="stream_end" if cause is None else "stream_cut",
+            detail=cause,
+            released_bytes=self.stream_bytes,
+            released_sha256=self.stream_hash.hexdigest(),
+            metadata=dict(self.record.metadata),
+            requested_params=dict(self.record.requested_params),
+            effective_params=dict(self.record.effective_params),
+            released_paths=list(self.record.released_paths),
+        )
+        if cause is not None:
+            log.warning("streamed answer cut off: %s after %d bytes (correlation_id=%s)", cause,
+                        self.stream_bytes, self.correlation_id)
+        started = time.perf_counter()
+        try:
+            await self.gateway.store.append(end)
+        except AuditUnavailableError:
+            self.gateway.observer.audit_write(time.perf_counter() - started, ok=False)
+            log.error("disclosure log unavailable for the end of a streamed answer; its start record stands "
+                      "(correlation_id=%s)", self.correlation_id)
+            return
+        self.gateway.observer.audit_write(time.perf_counter() - started, ok=True)
 
     async def _finish_scoped(self) -> None:
         grant, start = self.grant, self.start_message

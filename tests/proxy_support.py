@@ -57,6 +57,7 @@ def routes_with_unscoped() -> list[dict[str, Any]]:
 
 
 Headers = list[tuple[bytes, bytes]]
+STREAM_END_REASONS = ("stream_end", "stream_cut")
 
 
 class LabUpstream:
@@ -221,6 +222,23 @@ class LabUpstream:
         await send({"type": "http.response.body", "body": b"event: tick\ndata: 2\n\n", "more_body": False})
         self.last_part_sent.set()
 
+    async def case_cut(self, scope: dict[str, Any], send: Any) -> None:
+        """One part, then the data API fails mid-answer (its server drops the connection)."""
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream")]})
+        await send({"type": "http.response.body", "body": b"first-part;", "more_body": True})
+        await self._wait_release()
+        raise RuntimeError("the data API broke down mid-answer")
+
+    async def case_trickle(self, scope: dict[str, Any], send: Any) -> None:
+        """One byte every 50 ms for 5 s (past a short ``[upstream] deadline_seconds``)."""
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream")]})
+        for _ in range(100):
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+            await asyncio.sleep(0.05)
+        await send({"type": "http.response.body", "body": b""})
+
     async def case_large(self, scope: dict[str, Any], send: Any) -> None:
         chunk = b"x" * 65536
         total = 320 * len(chunk)  # 20 MiB: four times the demo's max_body_bytes
@@ -253,10 +271,22 @@ class Served:
         return self.store.records  # type: ignore[no-any-return]
 
     def record_for(self, response: httpx.Response) -> DisclosureRecord:
+        """The request's decision record (a streamed answer's end record is not one)."""
         cid = response.headers["x-correlation-id"]
-        mine = [r for r in self.records if r.correlation_id == cid]
+        mine = [r for r in self.records if r.correlation_id == cid and r.reason not in STREAM_END_REASONS]
         assert len(mine) == 1, f"expected exactly one disclosure record, got {len(mine)}"
         return mine[0]
+
+    async def stream_end_for(self, correlation_id: str, *, timeout_seconds: float = 5.0) -> DisclosureRecord:
+        """The end record of a streamed answer (written just after its last byte: polled)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_seconds
+        while True:
+            ends = [r for r in self.records if r.correlation_id == correlation_id and r.reason in STREAM_END_REASONS]
+            if ends or loop.time() > deadline:
+                assert len(ends) == 1, f"expected exactly one stream end record, got {len(ends)}"
+                return ends[0]
+            await asyncio.sleep(0.02)
 
 
 def free_port() -> int:

@@ -62,6 +62,8 @@ _CSV_COLUMNS = (
     "correlation_id",
     "released_bytes",
     "released_sha256",
+    "stream_end",
+    "stream_cut_reason",
 )
 
 
@@ -254,9 +256,29 @@ def export_document(
     since: str | None = None,
     until: str | None = None,
 ) -> dict[str, Any]:
-    """The Art. 15 answer: ``disclosures`` (allowed) and ``denied_attempts``, oldest first."""
-    disclosures, denied = [], []
+    """The Art. 15 answer: ``disclosures`` (allowed) and ``denied_attempts``, oldest first.
+
+    A streamed (unscoped) disclosure has two records (:mod:`samtykke_gateway.middleware`): the
+    decision, written before the first byte left, and its end (``stream_end`` / ``stream_cut``)
+    with the bytes and SHA-256 of what left. They are shown as one disclosure whose
+    ``stream_end`` is ``"complete"``, ``"cut"`` (``stream_cut_reason`` says why) or ``None``
+    (no end record: a gateway stopped mid-stream, or the end falls outside the period); an end
+    record without its start in ``records`` is shown on its own.
+    """
+    disclosures: list[dict[str, Any]] = []
+    denied: list[dict[str, Any]] = []
+    open_streams: dict[tuple[str, str, str], dict[str, Any]] = {}
     for r in records:
+        if r.decision == "allow" and r.reason in ("stream_end", "stream_cut"):
+            start = open_streams.pop((r.correlation_id, r.method, r.path), None)
+            if start is not None:
+                start |= {
+                    "released_bytes": r.released_bytes,
+                    "released_sha256": r.released_sha256,
+                    "stream_end": "complete" if r.reason == "stream_end" else "cut",
+                    "stream_cut_reason": r.detail if r.reason == "stream_cut" else None,
+                }
+                continue
         entry: dict[str, Any] = {
             "time": r.time,
             "consumer": r.consumer,
@@ -280,6 +302,12 @@ def export_document(
                 "released_bytes": r.released_bytes,
                 "released_sha256": r.released_sha256,
             }
+            if r.reason in ("stream_end", "stream_cut"):  # an end whose start is not in `records`
+                entry |= {"stream_end": "complete" if r.reason == "stream_end" else "cut",
+                          "stream_cut_reason": r.detail if r.reason == "stream_cut" else None}
+            elif r.rights_package is None:  # streamed: the end record fills in what left
+                entry |= {"stream_end": None, "stream_cut_reason": None}
+                open_streams[(r.correlation_id, r.method, r.path)] = entry
             disclosures.append(entry)
         else:
             entry |= {"decision": r.decision, "reason": r.reason, "status": r.status}

@@ -1,4 +1,6 @@
-"""The disclosure record (SPEC §7): one per request, allowed or denied.
+"""The disclosure record (SPEC §7): one per request, allowed or denied; a streamed (unscoped)
+answer has a second one for its end (reason ``stream_end`` or ``stream_cut``, same correlation
+id), because what leaves can only be counted after it left.
 
 A record answers "who received what about me, when, on which consent" (GDPR Art. 15). It is
 the only place where personal identifiers (``subject``) may be stored; it never holds a raw
@@ -26,7 +28,9 @@ class DisclosureRecord:
     ``metadata`` is the consent metadata that applied (JSON object of str → list[str]).
     ``requested_params``/``effective_params``: query parameters as received / as forwarded.
     ``released_paths``: field paths that left the gateway (rights-package path language).
-    ``released_bytes``/``released_sha256``: size and SHA-256 hex of the body released.
+    ``released_bytes``/``released_sha256``: size and SHA-256 hex of the body released (on a
+    streamed answer's decision record 0 / ``None``; its end record has the bytes handed to the
+    server, and ``detail`` = the reason code of what cut it off, for ``stream_cut``).
     """
 
     time: str
