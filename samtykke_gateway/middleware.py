@@ -180,6 +180,9 @@ class _Exchange:
         self.stream_open = False
         self.stream_bytes = 0
         self.stream_hash: Any = None  # hashlib sha256 object while the stream is open
+        self.request_body_done = False  # the app has had the whole request body (see _watch_disconnect)
+        self.client_gone = False
+        self.watcher: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ request side
     async def run(self) -> None:
@@ -291,6 +294,37 @@ class _Exchange:
             raise BadRequestError("the request body does not match Content-Length", reason="ambiguous_framing")
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
+    def _tracking_receive(self, inner: Receive) -> Receive:
+        """``inner``, noting when the app has had the last request body message."""
+
+        async def receive() -> Message:
+            message = await inner()
+            if message.get("type") != "http.request" or not message.get("more_body", False):
+                self.request_body_done = True
+            return message
+
+        return receive
+
+    async def _watch_disconnect(self) -> None:
+        """While a streamed answer is open: wait for the client's ``http.disconnect``, so the
+        next part is refused with :class:`OSError` (ASGI's "client gone") and the app — the
+        sidecar's upstream client — stops producing, instead of an ASGI server such as uvicorn
+        silently dropping parts nobody receives. Started only once the app has had the whole
+        request body, so it never takes a body message from the app."""
+        try:
+            for _ in range(4):  # a server's receive blocks until the client goes; never spin
+                message = await self.receive()
+                if message.get("type") == "http.disconnect":
+                    self.client_gone = True
+                    return
+        except Exception as exc:  # noqa: BLE001 - a watcher only: the stream goes on unwatched
+            log.debug("disconnect watch ended: %s", type(exc).__name__)
+
+    def _stop_watching(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+            self.watcher = None
+
     def _replay_receive(self, body: bytes) -> Receive:
         """``receive`` for the app: the checked body as one message, then the client's own
         messages (``http.disconnect``)."""
@@ -358,6 +392,10 @@ class _Exchange:
 
     async def _call_app(self, scope: Scope) -> None:
         receive = self.receive if self.body is None else self._replay_receive(self.body)
+        if self.grant is not None and self.grant.rights_package is None:  # may stream: track the body
+            framing = self.headers.get("content-length", ["0"]) != ["0"] or "transfer-encoding" in self.headers
+            self.request_body_done = self.body is None and not framing
+            receive = self._tracking_receive(receive)
         try:
             await self.app(scope, receive, self._send_from_app)
         except _Abandoned:
@@ -388,7 +426,7 @@ class _Exchange:
                 await self._deny(UpstreamError("the data API failed", reason="upstream_error"), after_grant=True)
                 return
             if self.stream_open:
-                if isinstance(exc, OSError):  # the server's send failed: the client is gone
+                if isinstance(exc, OSError) or self.client_gone:  # send failed: the client is gone
                     await self._end_stream("client_disconnected")
                     return
                 log.error("protected app failed mid-stream: %s (correlation_id=%s)", type(exc).__name__,
@@ -396,8 +434,10 @@ class _Exchange:
                 await self._end_stream("upstream_error")
                 return
             raise
+        finally:
+            self._stop_watching()
         if self.stream_open:  # the app returned without finishing its answer
-            await self._end_stream("upstream_error")
+            await self._end_stream("client_disconnected" if self.client_gone else "upstream_error")
         if not self.response_started and self.failure is None:
             # the app returned without completing a response
             await self._deny(UpstreamError("the data API gave no response", reason="upstream_error"), after_grant=True)
@@ -469,6 +509,8 @@ class _Exchange:
         if grant.rights_package is None:
             if not self.response_started:
                 return  # start was refused (store down); drop the body
+            if self.client_gone and self.stream_open:
+                raise OSError("the client disconnected")
             await self.send(message)
             if self.stream_open:
                 body = message.get("body", b"")
@@ -477,6 +519,10 @@ class _Exchange:
                     self.stream_hash.update(body)
                 if not message.get("more_body", False):
                     await self._end_stream(None)
+                elif self.watcher is not None:
+                    # A server may take parts for a gone client without suspending (uvicorn
+                    # drops them): let the watcher see the disconnect before the next part.
+                    await asyncio.sleep(0)
             return
         body = message.get("body", b"")
         if body:
@@ -509,6 +555,8 @@ class _Exchange:
         self.stream_open = True
         self.stream_hash = hashlib.sha256()
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        if self.request_body_done and self.record.method != "HEAD":
+            self.watcher = asyncio.get_running_loop().create_task(self._watch_disconnect())
 
     async def _end_stream(self, cause: str | None) -> None:
         """Append the streamed answer's end record: ``stream_end`` (complete) or ``stream_cut``
@@ -518,6 +566,7 @@ class _Exchange:
         if not self.stream_open:
             return
         self.stream_open = False
+        self._stop_watching()
         end = dataclasses.replace(
             self.record,
             time=_utc_now(),

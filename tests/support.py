@@ -73,6 +73,11 @@ def a3_headers(
     return {"Authorization": f"Bearer {bearer}"}
 
 
+def decisions(records: list[DisclosureRecord]) -> list[DisclosureRecord]:
+    """The decision records (one per request): without a streamed answer's end record."""
+    return [r for r in records if r.reason not in ("stream_end", "stream_cut")]
+
+
 @dataclass
 class GatewayUnderTest:
     """A running gateway: ``client`` talks to it, ``records`` are its disclosure records."""

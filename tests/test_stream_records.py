@@ -133,6 +133,38 @@ async def test_store_down_at_stream_end_is_logged_not_raised(mode: str, dev_issu
 
 
 @pytest.mark.parametrize("mode", MODES)
+async def test_client_gone_mid_stream_stops_the_answer(mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """The client leaves after the first part of a 20 MiB answer: the gateway stops passing it
+    on (the app's ``send`` raises ``OSError``; the sidecar closes the upstream response) and the
+    end record says ``stream_cut`` / ``client_disconnected`` with what had left by then."""
+    async with served(mode, issuer_url) as gw:
+        async with gw.client.stream("GET", STREAM_PATH + "?case=large", headers=a3_headers(dev_issuer)) as response:
+            assert response.status_code == 200
+            cid = response.headers["x-correlation-id"]
+            await asyncio.wait_for(anext(response.aiter_raw()), timeout=5)
+        # leaving the block closes the connection mid-body
+        end = await gw.stream_end_for(cid, timeout_seconds=10)
+        assert (end.reason, end.detail) == ("stream_cut", "client_disconnected")
+        assert 0 < end.released_bytes < 20 * 1024 * 1024
+        if mode == "middleware":  # the app itself was told (send raised OSError)
+            assert gw.lab.aborted and gw.lab.chunks_sent < 320
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_streamed_post_body_reaches_the_app_whole(mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """A request body on an unscoped route is still the app's alone (the disconnect watch only
+    starts once the app has had all of it)."""
+    async with served(mode, issuer_url) as gw:
+        body = b"z" * 300_000
+        response = await gw.client.post(STREAM_PATH + "?case=echo", content=body,
+                                        headers={**a3_headers(dev_issuer), "Content-Type": "application/octet-stream"})
+        assert response.status_code == 200
+        assert gw.lab.requests[-1]["body"] == body
+        end = await gw.stream_end_for(response.headers["x-correlation-id"])
+        assert end.reason == "stream_end" and end.released_bytes == len(response.content)
+
+
+@pytest.mark.parametrize("mode", MODES)
 async def test_head_on_unscoped_route_ends_with_zero_bytes(mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
     async with served(mode, issuer_url) as gw:
         response = await gw.client.head(STREAM_PATH + "?case=echo", headers=a3_headers(dev_issuer))
