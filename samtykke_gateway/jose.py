@@ -36,7 +36,13 @@ import pybase64
 
 from samtykke_gateway.exceptions import InvalidTokenError
 
-__all__ = ["CompactJWS", "parse_compact", "parse_compact_tuple", "strict_json_object"]
+__all__ = [
+    "CompactJWS",
+    "parse_compact",
+    "parse_compact_tuple",
+    "split_compact_fast",
+    "strict_json_object",
+]
 
 #: Default nesting bound for header/payload JSON (objects + arrays).
 MAX_JSON_DEPTH = 32
@@ -239,11 +245,17 @@ def parse_compact_tuple(
 _URLSAFE = b"-_"
 
 
-def _parse_compact_fast(
-    token: str, max_bytes: int
-) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes] | None:
-    """The checks of :func:`_parse_compact_reference` with fewer passes over the token and no
-    helper calls, or ``None`` when any of them fails (the reference then names the failure).
+def split_compact_fast(
+    token: str, max_bytes: int = 16384
+) -> tuple[dict[str, Any], bytes, bytes, bytes] | None:
+    """The checks of :func:`_parse_compact_reference` up to the payload JSON, with fewer passes
+    over the token and no helper calls: ``(header, payload bytes, signing_input, signature)``,
+    or ``None`` when any of them fails (the reference then names the failure).
+
+    ``header`` is the cached parse of a header segment the reference has accepted before
+    (``None`` on first sight): it is shared, so callers must not mutate it (copy it to hand
+    it on). The payload is base64url-decoded but not yet read as JSON: the caller must give
+    it to :func:`strict_json_object` (or prove its reading equal to it).
 
     The payload and signature are decoded by :mod:`pybase64` (SIMD C) with ``altchars=b"-_"``
     and ``validate=True``, after the padding the reference adds too: then it refuses every
@@ -253,7 +265,7 @@ def _parse_compact_fast(
     non-zero trailing bits by the last-character check, as in the reference. So it accepts
     exactly the segments the reference accepts, with the same bytes (pinned by property tests
     in ``tests/test_tokens_compact_fastpath.py``). The dots are found with ``find`` (exactly
-    two). The payload JSON takes :func:`strict_json_object`'s orjson path, inlined.
+    two).
     """
     if len(token) > max_bytes or not token.isascii():
         return None
@@ -288,6 +300,18 @@ def _parse_compact_fast(
         signature = pybase64.b64decode(raw[second + 1 :] + _PADDING[signature_rest], _URLSAFE, True)
     except binascii.Error:
         return None
+    return cached, payload, raw[:second], signature
+
+
+def _parse_compact_fast(
+    token: str, max_bytes: int
+) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes] | None:
+    """:func:`split_compact_fast`, then the payload JSON by :func:`strict_json_object`'s
+    orjson path, inlined; ``None`` when anything fails (the reference then decides)."""
+    parts = split_compact_fast(token, max_bytes)
+    if parts is None:
+        return None
+    cached, payload, signing_input, signature = parts
     claims: Any
     try:
         shallow = payload.count(b"{") + payload.count(b"[") <= MAX_JSON_DEPTH
@@ -299,7 +323,7 @@ def _parse_compact_fast(
             claims = _reference_json_object(payload)
         except ValueError:
             return None
-    return dict(cached), claims, raw[:second], signature
+    return dict(cached), claims, signing_input, signature
 
 
 def _parse_compact_reference(

@@ -357,6 +357,22 @@ class KeySet:
             reason="unknown_key",
         )
 
+    def peek(self, kid: object, x5t: object) -> VerificationKey | None:
+        """The key :meth:`get` would return at once, without awaiting: the ids are well-formed
+        strings (or absent), the loaded key set has not expired and names one key for them.
+        ``None`` in every other case (no key, expired, malformed or unknown id), where
+        :meth:`get` decides (and may refetch or raise). No side effects.
+        """
+        if kid is not None and (type(kid) is not str or not kid or len(kid) > MAX_KEY_ID_LENGTH):
+            return None
+        if x5t is not None and (type(x5t) is not str or not x5t or len(x5t) > MAX_KEY_ID_LENGTH):
+            return None
+        if (kid is None and x5t is None) or self._index is None:
+            return None
+        if self._clock() >= self._expires_at:
+            return None
+        return self._lookup(kid, x5t)  # type: ignore[arg-type]
+
     async def ensure_loaded(self) -> bool:
         """Load the JWKS if nothing is loaded or the cache expired, as a request would: a failed
         fetch is retried only after ``refetch_cooldown_seconds``. For readiness probes, so a
