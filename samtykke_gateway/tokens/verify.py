@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from cachetools import LRUCache
@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from samtykke_gateway.exceptions import ConfigError, InvalidTokenError
-from samtykke_gateway.jose import parse_compact_tuple
+from samtykke_gateway.jose import parse_compact_tuple, split_compact_fast
 from samtykke_gateway.keys import KeySet
-from samtykke_gateway.tokens.memo import VerifiedClaims
+from samtykke_gateway.tokens.memo import VerifiedClaims, remember
 
 __all__ = ["REASONS", "SUPPORTED_ALGORITHMS", "IssuerPolicy", "TokenVerifier", "VerifiedToken"]
 
@@ -57,6 +57,7 @@ REASONS = (
 #: 9999-12-31T23:59:59Z: the largest NumericDate accepted.
 MAX_NUMERIC_DATE = 253402300799
 
+_T = TypeVar("_T")
 _SignatureCheck = Callable[[Any, bytes, bytes], bool]
 
 
@@ -246,6 +247,91 @@ class TokenVerifier:
             exp + issuer.leeway_seconds,
         )
         return verified
+
+    def verify_typed(
+        self,
+        token: str,
+        issuer: IssuerPolicy,
+        decode: Callable[[bytes], Any],
+        build: Callable[..., _T | None],
+        memo: str,
+    ) -> _T | None:
+        """:meth:`verify` and a claims parser in one synchronous pass, for the usual token of a
+        known shape: the parser's result, or ``None`` whenever the strict path must decide.
+
+        ``decode(payload)`` reads the payload into a typed claims object with ``iss``, ``exp``,
+        ``nbf``, ``iat`` and ``aud`` attributes, or returns ``None`` when it cannot prove the
+        strict reader would read it alike (:mod:`~samtykke_gateway.tokens.typed`);
+        ``build(claims, issuer=, key_id=, expires_at=)`` is the claims parser named ``memo``
+        (its result is remembered on the cached claims under the options
+        ``(issuer, key_id, expires_at)``), ``None`` where the strict parser could differ.
+
+        Every check of :meth:`verify` is made, the signature last: with a cheap check failing
+        (or a token already in the cache, a key not at hand, a header seen for the first time)
+        this returns ``None`` before any signature work, and the caller's strict path
+        (:meth:`verify`, then the strict parser) runs once and decides. When all of them pass
+        and only the signature fails, :meth:`verify` would fail at the signature too, with the
+        same error, which is raised here.
+
+        :raises InvalidTokenError: ``bad_signature``, exactly as :meth:`verify` would.
+        """
+        if type(token) is not str:
+            return None
+        cache = self._cache
+        if cache is not None and (issuer.name, issuer.issuer, token) in cache:
+            return None  # the strict path serves (or expires) the cached entry
+        parts = split_compact_fast(token)
+        if parts is None:
+            return None
+        header, payload, signing_input, signature = parts
+        alg = header.get("alg")
+        if type(alg) is not str or alg not in issuer.algorithms or "crit" in header:
+            return None
+        key = issuer.keys.peek(header.get("kid"), header.get("x5t"))
+        if key is None or not key.allows(alg):
+            return None
+        claims = decode(payload)
+        if claims is None:
+            return None
+        # _checked_claims on the typed claims (int NumericDates only: the types say so).
+        if claims.iss != issuer.issuer:
+            return None
+        if issuer.audiences and not _audience_matches(claims.aud, issuer.audiences):
+            return None
+        exp, nbf, iat = claims.exp, claims.nbf, claims.iat
+        if not 0 <= exp <= MAX_NUMERIC_DATE:
+            return None
+        if nbf is not None and not 0 <= nbf <= MAX_NUMERIC_DATE:
+            return None
+        if iat is not None and not 0 <= iat <= MAX_NUMERIC_DATE:
+            return None
+        now = self._clock()
+        leeway = issuer.leeway_seconds
+        if (
+            exp <= now - leeway
+            or (nbf is not None and nbf > now + leeway)
+            or (iat is not None and iat > now + leeway)
+        ):
+            return None
+        expires_at = float(exp)
+        key_id = key.kid or key.x5t
+        result = build(claims, issuer=issuer.name, key_id=key_id, expires_at=expires_at)
+        if result is None:
+            return None
+        if not _SIGNATURE_CHECKS[alg](key.key, signing_input, signature):
+            raise _invalid("bad_signature", "The token signature does not verify.")
+        if cache is not None:
+            verified_claims = VerifiedClaims(msgspec.to_builtins(claims))
+            remember(verified_claims, memo, (issuer.name, key_id, expires_at), result)
+            verified = VerifiedToken(
+                dict(header), verified_claims, issuer.name, key_id, expires_at
+            )
+            cache[(issuer.name, issuer.issuer, token)] = (
+                verified,
+                issuer,
+                expires_at + issuer.leeway_seconds,
+            )
+        return result
 
     def _checked_claims(self, claims: dict[str, Any], issuer: IssuerPolicy) -> float:
         """``iss`` exact, then ``exp`` (required) / ``nbf`` / ``iat`` with leeway; returns exp."""
