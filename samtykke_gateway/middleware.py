@@ -86,6 +86,16 @@ _OVERRIDES = frozenset({b"x-original-url", b"x-rewrite-url", b"x-http-method-ove
 _MAX_QUERY_BYTES = 8192
 
 
+def _dropped(name: bytes, drop: set[bytes] | frozenset[bytes]) -> bool:
+    """Whether a client header is kept from the app: named in ``drop`` or ``X-Samtykke-*``,
+    also spelt with ``_`` for ``-`` (CGI/WSGI-style servers read ``X_Samtykke_Consumer`` as
+    ``HTTP_X_SAMTYKKE_CONSUMER``, the same as the gateway's own header)."""
+    lname = name.lower()
+    if b"_" in lname:
+        lname = lname.replace(b"_", b"-")
+    return lname in drop or lname.startswith(_GATEWAY_PREFIX)
+
+
 def _utc_now() -> str:
     """UTC now as ``2026-11-29T11:09:55.123456Z`` (isoformat: a third of strftime's cost)."""
     return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
@@ -149,8 +159,11 @@ class _Exchange:
         self.send = send
         self.started_at = time.perf_counter()
         self.grant: Grant | None = None
+        # A snapshot: uvicorn's parser appends HTTP trailers to the live ``scope["headers"]``
+        # while the body is read; only the header block the gate checked may reach the app.
+        self.raw_headers: tuple[tuple[bytes, bytes], ...] = tuple(scope.get("headers", ()))
         self.headers: dict[str, list[str]] = {}
-        for raw_name, raw_value in scope.get("headers", ()):
+        for raw_name, raw_value in self.raw_headers:
             name = raw_name.decode("latin-1").lower()
             self.headers.setdefault(name, []).append(raw_value.decode("latin-1"))
         supplied = self.headers.get("x-correlation-id", [""])[0]
@@ -191,7 +204,7 @@ class _Exchange:
             query = self._query()
             facts = RequestFacts(method=self.record.method, query=query, headers=self.headers)
             self.record.requested_params = params_as_dict(query)
-            check_request_framing(self.scope.get("headers", ()))
+            check_request_framing(self.raw_headers)
             if self.record.method in ("GET", "HEAD") and (
                 "transfer-encoding" in self.headers
                 or any(v.strip() not in ("", "0") for v in self.headers.get("content-length", []))
@@ -245,8 +258,7 @@ class _Exchange:
         with the canonical path, and without the tokens or any ``X-Samtykke-*`` header."""
         canonical = encode_path(self.root_segments + segments)
         drop = {b"authorization", self.config.consent_header.encode()}
-        headers = [(k, v) for k, v in self.scope.get("headers", ())
-                   if (lk := k.lower()) not in drop and not lk.startswith(_GATEWAY_PREFIX)]
+        headers = [(k, v) for k, v in self.raw_headers if not _dropped(k, drop)]
         passed = dict(self.scope, path=unquote(canonical), raw_path=canonical.encode("ascii"), headers=headers)
         await self.app(passed, self.receive, self.send)
 
@@ -456,14 +468,13 @@ class _Exchange:
         # ``Connection`` and what it nominates go first (RFC 9110 §7.6.1): a client's
         # ``Connection: x-samtykke-consumer`` must not nominate away the headers the gateway
         # adds below. (Transfer-Encoding stays for the proxy, which re-frames the body.)
-        incoming = list(self.scope.get("headers", ()))
+        incoming = self.raw_headers
         for name, value in incoming:
             if name.lower() == b"connection":
                 drop |= {b"connection"} | {t.strip().lower() for t in value.split(b",") if t.strip()}
         drop.discard(b"transfer-encoding")
         drop.discard(b"content-length")
-        headers = [(k, v) for k, v in incoming
-                   if (lk := k.lower()) not in drop and not lk.startswith(_GATEWAY_PREFIX)]
+        headers = [(k, v) for k, v in incoming if not _dropped(k, drop)]
         if scoped:
             headers.append((b"accept-encoding", b"gzip, deflate, br"))
         headers.append((b"x-correlation-id", self.correlation_id.encode("ascii")))

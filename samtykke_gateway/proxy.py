@@ -156,6 +156,8 @@ class UpstreamProxy:
             lname = name.lower()
             text = _text(value)
             if lname not in _NOT_FORWARDED:
+                if b"_" in lname and lname.replace(b"_", b"-") in _NOT_FORWARDED:
+                    continue  # X_Forwarded_For: a CGI/WSGI-style upstream reads it as the real one
                 out.append((name.decode("latin-1"), text))
             elif lname == b"x-forwarded-for":
                 prior_for.append(text)
