@@ -485,9 +485,9 @@ class _Exchange:
             (b"x-samtykke-token-kind", grant.binding.token_kind),
             (b"x-samtykke-resource", grant.binding.resource),
         )
-        for name, value in added:
-            if value is not None:
-                headers.append((name, claim_header_value(value)))
+        for claim_name, claim in added:
+            if claim is not None:
+                headers.append((claim_name, claim_header_value(claim)))
         return headers
 
     # ------------------------------------------------------------------ response side
