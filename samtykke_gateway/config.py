@@ -854,16 +854,35 @@ def _resolve_store_url(url: str, base_dir: Path, key: str) -> str:
     raise ConfigError(key, "must be sqlite:///PATH, postgresql://... or memory://")
 
 
+def read_config_text(path: Path, key_path: str) -> str:
+    """A UTF-8 text file the config reads (the config itself, value lists).
+
+    A file that is not UTF-8 (e.g. "år" saved in Latin-1) is a :class:`ConfigError` naming the
+    byte offset and line, never the bytes: a ``UnicodeDecodeError``'s repr quotes the whole
+    file, passwords in database URLs included, and must not reach a log or a traceback.
+
+    :raises ConfigError: the file cannot be read or is not UTF-8.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(key_path, f"cannot read {'config file ' if not key_path else ''}{path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        start = exc.start
+    line = data.count(b"\n", 0, start) + 1
+    del data
+    raise ConfigError(key_path, f"{path}: not UTF-8 at byte {start} (line {line}); save the file as UTF-8")
+
+
 def load_config(path: str | Path) -> GatewayConfig:
     """Read and validate a TOML config file.
 
     :raises ConfigError: unreadable file, TOML syntax error, or invalid content (key path named).
     """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("", f"cannot read config file {p}: {exc.strerror}") from None
+    text = read_config_text(p, "")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

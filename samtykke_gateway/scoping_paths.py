@@ -105,11 +105,9 @@ def _read_values_file(value: object, base_dir: Path, key_path: str) -> list[str]
     """One value per line; lines starting with ``#`` and blank lines ignored; lines stripped."""
     if not isinstance(value, str) or not value:
         raise ConfigError(key_path, "must be a non-empty file name")
-    file = base_dir / value
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(key_path, f"cannot read {str(file)!r}: {exc}") from exc
+    from .config import read_config_text  # config imports this module
+
+    text = read_config_text(base_dir / value, key_path)
     values = []
     for line in text.splitlines():
         line = line.strip()

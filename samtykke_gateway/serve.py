@@ -106,6 +106,13 @@ class ReloadingApp:
                 self.metrics.reload(ok=False)
                 log.error("config reload refused: %s", exc, extra={"event": "reload", "result": "refused"})
                 return False
+            except Exception as exc:  # noqa: BLE001 - a bug in validation must not kill the server
+                # class only: an exception's text or repr can quote the file (a UnicodeDecodeError
+                # carries every byte of it, database passwords included)
+                self.metrics.reload(ok=False)
+                log.error("config reload refused: reading the config failed (%s)", type(exc).__name__,
+                          extra={"event": "reload", "result": "refused"})
+                return False
             keep_state = old is not None and _state_key(old.config) == _state_key(config)
             try:
                 new = await self._build(config, old.state if keep_state and old is not None else None)
@@ -121,6 +128,7 @@ class ReloadingApp:
                 task = asyncio.get_running_loop().create_task(self._retire(old, close_state=not keep_state))
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
+                task.add_done_callback(_retire_done)
             return True
 
     async def _retire(self, gen: _Generation, *, close_state: bool) -> None:
@@ -181,6 +189,7 @@ class ReloadingApp:
             task = loop.create_task(self.reload())
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
+            task.add_done_callback(_reload_done)
 
         try:
             loop.add_signal_handler(signal.SIGHUP, on_hup)
@@ -218,6 +227,21 @@ def serve(config_path: str, *, host: str, port: int, workers_note: bool = False)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
                 server_header=False, proxy_headers=False, log_config=None)
     return 0
+
+
+def _reload_done(task: asyncio.Task[Any]) -> None:
+    """Retrieve a SIGHUP reload's outcome, so asyncio never logs "Task exception was never
+    retrieved" with the exception's repr (which can quote the config file)."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("config reload failed (%s)", type(exc).__name__, extra={"event": "reload", "result": "refused"})
+
+
+def _retire_done(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("closing the previous config's gateway failed (%s)", type(task.exception()).__name__)
 
 
 def _why(exc: BaseException) -> str:

@@ -1,0 +1,142 @@
+"""Fresh-user review: configs that crashed, misbehaved or were silently accepted.
+
+A config file that is not UTF-8 is a clean config error (never the file's bytes in a message,
+a log line or a traceback); upstream URLs, shadowed routes and colliding probe paths are
+refused at load; in-memory one-time state is warned about."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from samtykke_gateway.cli import main
+from samtykke_gateway.config import load_config
+from samtykke_gateway.exceptions import ConfigError
+from samtykke_gateway.serve import ReloadingApp, _reload_done
+
+from .state_support import cli, free_port, sidecar_process, write_config
+
+SECRET = "hunter2-db-password"
+
+
+def _latin1_config(tmp_path: Path, issuer_url: str = "http://127.0.0.1:9",
+                   upstream_url: str = "http://127.0.0.1:9") -> Path:
+    """A valid config with a Latin-1 comment ("år") and a secret further down."""
+    path = write_config(tmp_path / "gw.toml", issuer_url=issuer_url, upstream_url=upstream_url,
+                        extra=f"# db password {SECRET}\n")
+    path.write_bytes("# inntekts\u00e5r\n".encode("latin-1") + path.read_bytes())
+    return path
+
+
+# ----------------------------------------------------------------------------- 1. not UTF-8
+
+
+def test_non_utf8_config_is_a_config_error_without_content(tmp_path: Path) -> None:
+    path = _latin1_config(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "not UTF-8 at byte 10 (line 1)" in message
+    assert SECRET not in message and "inntekts" not in message
+    assert info.value.__context__ is None and info.value.__cause__ is None  # no chained repr of the bytes
+
+
+def test_non_utf8_values_file_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "gw.toml", issuer_url="http://127.0.0.1:9", upstream_url="http://127.0.0.1:9")
+    values = tmp_path / "inntekt-sbl-loennsinntekt-beskrivelse.txt"
+    values.write_bytes(values.read_bytes() + "s\u00f8k\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "not UTF-8 at byte" in str(info.value) and info.value.key_path.startswith("rights_packages.")
+    assert info.value.__context__ is None
+
+
+def test_check_config_and_serve_refuse_non_utf8_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _latin1_config(tmp_path)
+    assert main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("invalid config: ") and "not UTF-8 at byte 10" in err and SECRET not in err
+    done = subprocess.run([*cli(), "serve", "--config", str(path), "--port", "1"], capture_output=True, timeout=30)
+    assert done.returncode == 2
+    assert b"not UTF-8 at byte 10" in done.stderr and b"Traceback" not in done.stderr
+    assert SECRET.encode() not in done.stderr
+
+
+@pytest.mark.anyio
+async def test_reload_of_non_utf8_config_is_refused_cleanly(tmp_path: Path, issuer_url: str,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    path = write_config(tmp_path / "gw.toml", issuer_url=issuer_url, upstream_url="http://127.0.0.1:9",
+                        extra=f"# db password {SECRET}\n")
+    app = ReloadingApp(path)
+    await app.start()
+    try:
+        current = app.current
+        path.write_bytes(b"# \xff\xfe\n" + path.read_bytes())
+        with caplog.at_level(logging.INFO):
+            assert not await app.reload()
+        assert app.current is current
+        text = "\n".join(r.getMessage() for r in caplog.records) + "".join(str(r.exc_info) for r in caplog.records)
+        assert "config reload refused" in text and "not UTF-8 at byte 2" in text
+        assert SECRET not in text
+    finally:
+        await app.close()
+
+
+@pytest.mark.anyio
+async def test_reload_failure_of_any_kind_logs_no_exception_text(tmp_path: Path, issuer_url: str,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    path = write_config(tmp_path / "gw.toml", issuer_url=issuer_url, upstream_url="http://127.0.0.1:9")
+    app = ReloadingApp(path)
+    await app.start()
+    try:
+        def boom(_path: object) -> None:
+            raise UnicodeDecodeError("utf-8", SECRET.encode() + b"\xff", len(SECRET), len(SECRET) + 1, "invalid")
+
+        monkeypatch.setattr("samtykke_gateway.serve.load_config", boom)
+        with caplog.at_level(logging.INFO):
+            assert not await app.reload()
+        text = "\n".join(r.getMessage() for r in caplog.records)
+        assert "UnicodeDecodeError" in text and SECRET not in text
+        assert all(r.exc_info is None for r in caplog.records)
+    finally:
+        await app.close()
+
+
+@pytest.mark.anyio
+async def test_a_failed_sighup_task_is_retrieved_and_logged_by_class_only(caplog: pytest.LogCaptureFixture) -> None:
+    async def fails() -> None:
+        raise UnicodeDecodeError("utf-8", SECRET.encode() + b"\xff", len(SECRET), len(SECRET) + 1, "invalid")
+
+    task = asyncio.get_running_loop().create_task(fails())
+    await asyncio.wait([task])
+    with caplog.at_level(logging.INFO):
+        _reload_done(task)
+    assert task._log_traceback is False  # type: ignore[attr-defined]  # retrieved: asyncio stays quiet
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "UnicodeDecodeError" in text and SECRET not in text
+
+
+@pytest.mark.slow
+def test_sighup_with_non_utf8_config_keeps_running_and_logs_no_content(tmp_path: Path, issuer_url: str) -> None:
+    path = write_config(tmp_path / "gw.toml", issuer_url=issuer_url, upstream_url="http://127.0.0.1:9",
+                        extra=f"# db password {SECRET}\n")
+    port, log_path = free_port(), tmp_path / "serve.log"
+    with sidecar_process([*cli(), "serve", "--config", str(path), "--port", str(port)], port=port,
+                         log_path=log_path) as proc:
+        path.write_bytes(b"# \xff\xfe\n" + path.read_bytes())
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "config reload refused" not in log_path.read_text(errors="replace") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert proc.poll() is None
+    log = log_path.read_text(errors="replace")
+    assert "config reload refused" in log and "not UTF-8 at byte 2" in log
+    assert SECRET not in log and "never retrieved" not in log and "Traceback" not in log
