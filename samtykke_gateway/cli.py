@@ -44,6 +44,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         if issuer.audiences:
             print(f"  {'':<20} aud must name one of: {', '.join(issuer.audiences)}")
     print(f"  upstream           {_without_password(config.upstream_url) or '(none: middleware only)'}")
+    if config.upstream_url and "@" in urlsplit(config.upstream_url).netloc:
+        print(f"  {'':<19}note: the user:password in upstream.url is never sent to the upstream")
     if config.upstream_url:
         print(f"  {'':<19}timeouts: {config.upstream_timeout_seconds:g} s per read, "
               f"{config.upstream_deadline_seconds:g} s per exchange; scoped bodies up to {config.max_body_bytes} B")

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from .exceptions import ConfigError
 from .identifiers import is_org_number
@@ -663,6 +664,7 @@ def parse_config(
         )
     routes_raw = top.get("routes", list, [])
     routes = tuple(_route(i, r, packages) for i, r in enumerate(routes_raw))
+    _check_shadowing(routes)
     seen: set[str] = set()
     for i, r in enumerate(routes):
         if r.name in seen:
@@ -673,8 +675,8 @@ def parse_config(
 
     up = _Table(top.get("upstream", dict, {}), "upstream")
     upstream_url = up.get("url", str)
-    if upstream_url is not None and not upstream_url.startswith(("http://", "https://")):
-        raise ConfigError("upstream.url", "must be an http(s) URL")
+    if upstream_url is not None:
+        _check_upstream_url(upstream_url, "upstream.url")
     upstream_timeout = up.number("timeout_seconds", 10.0, minimum=0.01)
     connect_timeout = up.number("connect_timeout_seconds", 3.0, minimum=0.01)
     deadline = up.number("deadline_seconds", 60.0, minimum=0.01)
@@ -733,7 +735,7 @@ def parse_config(
             proxies.append(ipaddress.ip_network(cidr, strict=False))
         except ValueError:
             raise ConfigError(f"gateway.trusted_proxies[{i}]", "is not an IP network") from None
-    paths = {}
+    paths: dict[str, str] = {}
     for k, default in (
         ("health_path", "/healthz"),
         ("ready_path", "/readyz"),
@@ -742,6 +744,16 @@ def parse_config(
         value = gw.get(k, str, default)
         if not value.startswith("/"):
             raise ConfigError(f"gateway.{k}", "must start with '/'")
+        if any(c in value for c in "?#") or any(c.isspace() or not c.isprintable() for c in value):
+            # compared with the request path alone: a query or fragment never matches
+            raise ConfigError(f"gateway.{k}", "must be a plain path (no query, fragment, space or control character)")
+        for other, taken in paths.items():
+            if taken == value:
+                raise ConfigError(f"gateway.{k}", f"is also gateway.{other} ({value}): each probe needs its own path")
+        for i, r in enumerate(routes):
+            if r.path == value:
+                raise ConfigError(f"gateway.{k}", f"is also the path of routes[{i}] ({r.name}): the sidecar"
+                                                  " answers the probe there and never reaches the route")
         paths[k] = value
     cfg = GatewayConfig(
         profile=profile,  # type: ignore[arg-type]
@@ -784,6 +796,58 @@ def parse_config(
     if unknown:
         raise ConfigError(unknown[0], "unknown table")
     return cfg
+
+
+def _check_upstream_url(url: str, key: str) -> None:
+    """``http(s)://host[:port][/base]``, as the proxy forwards to it: checked here so that
+    check-config and serve refuse what would otherwise fail on start or answer every request
+    with 502. Credentials (``user:pass@``) are accepted but never sent (check-config says so)."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ConfigError(key, "must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(key, "has a port that is not a number within 1..65535") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(key, "must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise ConfigError(key, "must name a host: http(s)://host[:port][/base]")
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(key, "has a port outside 1..65535")
+    if "?" in url or "#" in url:
+        raise ConfigError(key, "must not have a query or fragment: the request's own query is forwarded")
+
+
+def _route_segments(route: RouteConfig) -> tuple[str | None, ...]:
+    """The template's segments, ``None`` for a parameter (which matches any one segment)."""
+    return tuple(None if _PARAM.fullmatch(seg) else seg for seg in route.path.split("/")[1:])
+
+
+def _check_shadowing(routes: tuple[RouteConfig, ...]) -> None:
+    """Refuse a route that an earlier route hides for one of its methods.
+
+    The router takes the first route whose template matches the path and whose methods include
+    the request's; a parameter matches any one segment and a literal only itself. So an earlier
+    template of the same length whose every segment is a parameter or the same literal matches
+    every path the later one does (``/a/{x}`` hides ``/a/{y}`` and ``/a/b``), and the later
+    route is never used for a method both name: a scoped route behind an unscoped one would
+    release bodies unscoped.
+    """
+    shapes = [_route_segments(r) for r in routes]
+    for j, later in enumerate(routes):
+        for i in range(j):
+            earlier = routes[i]
+            common = earlier.methods & later.methods
+            if not common or len(shapes[i]) != len(shapes[j]):
+                continue
+            if all(a is None or a == b for a, b in zip(shapes[i], shapes[j], strict=True)):
+                methods = ",".join(sorted(common))
+                raise ConfigError(
+                    f"routes[{j}].path",
+                    f"{later.path} ({later.name}) is never reached for {methods}: routes[{i}] ({earlier.name}) "
+                    f"{earlier.path} matches every such path first; put the more specific route first",
+                )
 
 
 def _feed(data: Any, routes: tuple[RouteConfig, ...], base_dir: Path) -> FeedConfig:

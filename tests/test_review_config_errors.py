@@ -140,3 +140,115 @@ def test_sighup_with_non_utf8_config_keeps_running_and_logs_no_content(tmp_path:
     log = log_path.read_text(errors="replace")
     assert "config reload refused" in log and "not UTF-8 at byte 2" in log
     assert SECRET not in log and "never retrieved" not in log and "Traceback" not in log
+
+
+# ----------------------------------------------------------------------------- 2. refused at load
+
+
+def _demo(tmp_path: Path) -> dict:
+    import tomllib
+
+    path = write_config(tmp_path / "gw.toml", issuer_url="http://127.0.0.1:9", upstream_url="http://127.0.0.1:9")
+    return tomllib.loads(path.read_text())
+
+
+def _parse(tmp_path: Path, data: dict) -> object:
+    from samtykke_gateway.config import parse_config
+
+    return parse_config(data, base_dir=tmp_path)
+
+
+def _route(name: str, path: str, *, method: str | list[str] = "GET", scoped: bool = True) -> dict:
+    route: dict = {"name": name, "method": method, "path": path, "scope": "skatteetaten:x",
+                   "subject": {"header": "NAV-PersonIdent"}, "altinn2_service": "4804_210607"}
+    if scoped:
+        route["rights_package"] = "inntekt-sbl"
+    else:
+        route["unscoped"] = True
+    return route
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8082/?a=b", "http://127.0.0.1:8082/base?", "http://127.0.0.1:8082/#frag",
+    "http://127.0.0.1:99999", "http://127.0.0.1:0", "http://127.0.0.1:abc", "http://127.0.0.1:-1",
+    "ftp://127.0.0.1", "http://", "http:///base", "http://:8080/", "http://127.0.0.1:8082/a b",
+    "HTTP//127.0.0.1",
+])
+def test_unusable_upstream_urls_are_config_errors(tmp_path: Path, url: str) -> None:
+    data = _demo(tmp_path)
+    data["upstream"]["url"] = url
+    with pytest.raises(ConfigError) as info:
+        _parse(tmp_path, data)
+    assert info.value.key_path == "upstream.url"
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8082", "https://upstream.internal/base/", "http://[::1]:65535/x",
+                                 "https://svc:pw@upstream.internal"])
+def test_usable_upstream_urls_load(tmp_path: Path, url: str) -> None:
+    data = _demo(tmp_path)
+    data["upstream"]["url"] = url
+    _parse(tmp_path, data)
+
+
+def test_check_config_refuses_upstream_query_and_says_credentials_are_not_sent(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path / "gw.toml", issuer_url="http://127.0.0.1:9", upstream_url="http://127.0.0.1:8082/?a=b")
+    assert main(["check-config", "--config", str(path)]) == 2
+    assert "upstream.url: must not have a query or fragment" in capsys.readouterr().err
+    path = write_config(tmp_path / "gw.toml", issuer_url="http://127.0.0.1:9", upstream_url="http://svc:pw@127.0.0.1:8082")
+    assert main(["check-config", "--config", str(path)]) == 0
+    assert "never sent to the upstream" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("first", "second", "methods"), [
+    ("/hdr/{a}", "/hdr/{b}", "GET,HEAD"),  # same shape, other parameter name
+    ("/hdr/{a}", "/hdr/x", "GET,HEAD"),  # a parameter matches the literal too
+    ("/{a}/{b}", "/hdr/{c}", "GET,HEAD"),
+    ("/hdr/{a}", "/hdr/{a}", "GET,HEAD"),
+])
+def test_a_route_shadowed_by_an_earlier_one_is_refused(tmp_path: Path, first: str, second: str, methods: str) -> None:
+    data = _demo(tmp_path)
+    data["routes"] = [_route("open", first, scoped=False), _route("scoped", second)]
+    with pytest.raises(ConfigError) as info:
+        _parse(tmp_path, data)
+    assert info.value.key_path == "routes[1].path"
+    assert f"never reached for {methods}" in str(info.value) and "routes[0] (open)" in str(info.value)
+
+
+def test_shadowing_counts_only_the_methods_both_routes_take(tmp_path: Path) -> None:
+    data = _demo(tmp_path)
+    data["routes"] = [_route("a", "/hdr/{a}", method="POST"), _route("b", "/hdr/{b}", method=["GET", "POST"])]
+    with pytest.raises(ConfigError, match="never reached for POST:"):
+        _parse(tmp_path, data)
+    data["routes"] = [_route("a", "/hdr/{a}", method="POST"), _route("b", "/hdr/{b}", method="GET")]
+    _parse(tmp_path, data)
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ("/hdr/x", "/hdr/{a}"),  # specific first: both reachable
+    ("/hdr/{a}", "/hdr/{a}/more"),  # other length
+    ("/hdr/x", "/hdr/y"),
+    ("/hdr/x/{a}", "/hdr/{b}/y"),  # overlap (/hdr/x/y) but neither hides the other
+])
+def test_routes_that_stay_reachable_load(tmp_path: Path, first: str, second: str) -> None:
+    data = _demo(tmp_path)
+    data["routes"] = [_route("one", first, scoped=False), _route("two", second)]
+    _parse(tmp_path, data)
+
+
+@pytest.mark.parametrize(("gateway", "key"), [
+    ({"health_path": "/metrics"}, "gateway.metrics_path"),
+    ({"ready_path": "/healthz"}, "gateway.ready_path"),
+    ({"health_path": "/probe", "metrics_path": "/probe"}, "gateway.metrics_path"),
+    ({"health_path": "/healthz?x=1"}, "gateway.health_path"),
+    ({"metrics_path": "/met rics"}, "gateway.metrics_path"),
+    ({"ready_path": "/hdr/x"}, "gateway.ready_path"),  # a route's own path
+])
+def test_colliding_or_unmatchable_probe_paths_are_refused(tmp_path: Path, gateway: dict, key: str) -> None:
+    data = _demo(tmp_path)
+    data["routes"].append(_route("x", "/hdr/x"))
+    data["gateway"].update(gateway)
+    with pytest.raises(ConfigError) as info:
+        _parse(tmp_path, data)
+    assert info.value.key_path == key
+
