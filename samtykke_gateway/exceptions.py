@@ -143,6 +143,16 @@ class UsageLimitError(GatewayError):
     kode = "SG-429"
 
 
+class ClientDisconnectedError(GatewayError):
+    """The client disconnected before its request was complete (mid-body, or while the data
+    API was still answering): nothing more is forwarded and nothing is released; the disclosure
+    record says so. Status 499 is nginx's "client closed request" (never seen by the client)."""
+
+    status_code = 499
+    default_reason = "client_disconnected"
+    kode = "SG-499"
+
+
 class UpstreamError(GatewayError):
     status_code = 502
     default_reason = "upstream_error"

@@ -51,6 +51,7 @@ from .errors import render_error
 from .exceptions import (
     AuditUnavailableError,
     BadRequestError,
+    ClientDisconnectedError,
     GatewayError,
     NotFoundError,
     UnavailableError,
@@ -269,7 +270,7 @@ class _Exchange:
             ``max_request_body_bytes`` (nothing more is read).
         :raises BadRequestError: (400, ``ambiguous_framing``) fewer or more bytes than
             ``Content-Length`` said.
-        :raises _ClientGoneError: the client disconnected before the body ended.
+        :raises ClientDisconnectedError: the client disconnected before the body ended.
         :raises RequestBodyTimeoutError: (408) the body took longer than
             ``request_body_timeout_seconds``.
         """
@@ -291,7 +292,7 @@ class _Exchange:
             message = await self.receive()
             kind = message["type"]
             if kind == "http.disconnect":
-                raise _ClientGoneError("the client disconnected while sending the body")
+                raise ClientDisconnectedError("the client disconnected while sending the body")
             if kind != "http.request":
                 raise BadRequestError("unexpected request message", reason="bad_request_body")
             chunk = message.get("body", b"")
@@ -693,15 +694,6 @@ class _Exchange:
             raise
         self.gateway.observer.audit_write(time.perf_counter() - started, ok=True)
         self.gateway.observer.decision(self.record, self.gate_seconds)
-
-
-class _ClientGoneError(GatewayError):
-    """The client disconnected before its request body ended: nothing is forwarded; the
-    disclosure record says so (status 499, nginx's "client closed request")."""
-
-    status_code = 499
-    default_reason = "client_disconnected"
-    kode = "SG-499"
 
 
 class _Abandoned(OSError):

@@ -47,7 +47,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
-from .exceptions import UpstreamError, UpstreamTimeoutError
+from .exceptions import ClientDisconnectedError, UpstreamError, UpstreamTimeoutError
 from .headers import HOP_BY_HOP, strip_hop_by_hop
 
 __all__ = ["HOP_BY_HOP", "UpstreamProxy", "strip_hop_by_hop"]
@@ -222,7 +222,13 @@ class UpstreamProxy:
         if self._session is None:
             self._session = self._create_session()
         try:
-            response = await self._session.request(method, url, headers=headers, data=body, allow_redirects=False)
+            try:
+                response = await self._session.request(method, url, headers=headers, data=body,
+                                                       allow_redirects=False)
+            except (aiohttp.ClientError, OSError) as exc:
+                if _body_cut(exc):  # aiohttp stopped without the final chunk: the upstream sees a cut
+                    raise ClientDisconnectedError("the client disconnected while sending the body") from None
+                raise
         except TimeoutError:  # aiohttp's connect and read timeouts are TimeoutError subclasses
             raise UpstreamTimeoutError("the data API did not answer in time", reason="upstream_timeout") from None
         except aiohttp.ClientResponseError as exc:
@@ -274,12 +280,32 @@ async def _read(content: aiohttp.StreamReader) -> bytes:
         raise _failure(exc, "the data API broke off", "upstream_broken") from None
 
 
+class _BodyCut(Exception):
+    """The client left before its request body ended (raised into aiohttp's body writer)."""
+
+
+def _body_cut(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):  # aiohttp wraps the body iterator's exception (``__cause__``)
+        if seen is None:
+            return False
+        if isinstance(seen, _BodyCut):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 async def _body(receive: Any) -> AsyncIterator[bytes]:
-    """The client's request body, chunk by chunk, as ASGI delivers it."""
+    """The client's request body, chunk by chunk, as ASGI delivers it.
+
+    :raises _BodyCut: the client disconnected before the body ended; aiohttp then closes the
+        upstream connection without the final chunk (a chunked body) or short of its
+        ``Content-Length``, so the upstream never sees a complete request.
+    """
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return
+            raise _BodyCut
         chunk = message.get("body", b"")
         if chunk:
             yield chunk

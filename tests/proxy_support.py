@@ -86,6 +86,7 @@ class LabUpstream:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
+        cut = message["type"] == "http.disconnect"  # the body never ended
         query = parse_qs(scope.get("query_string", b"").decode("ascii"))
         self.requests.append(
             {
@@ -95,6 +96,7 @@ class LabUpstream:
                 "query": scope.get("query_string", b"").decode("latin-1"),
                 "headers": [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]],
                 "body": body,
+                "cut": cut,
             }
         )
         case = query.get("case", ["json"])[0]

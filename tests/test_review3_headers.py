@@ -99,3 +99,36 @@ async def test_underscore_spellings_of_gateway_headers_are_dropped(mode: str, de
         assert not leaked, leaked
         assert [v for k, v in seen if k == "x-samtykke-consumer"] == ["999999999"]
         assert "888888888" not in {v for _, v in seen}
+
+
+def _send_and_leave(url: str, data: bytes) -> None:
+    u = urlsplit(url)
+    with socket.create_connection((u.hostname, u.port), timeout=5) as sock:
+        sock.sendall(data)
+        time.sleep(0.5)  # the gateway has checked the tokens and started forwarding
+
+
+@pytest.mark.parametrize("framing", ["chunked", "content-length"])
+async def test_client_leaving_mid_body_never_completes_the_upstream_request(
+    framing: str, dev_issuer: DevIssuer, issuer_url: str
+) -> None:
+    """Sidecar: a client that closes its connection in the middle of a request body must not
+    turn into a complete (shorter) request upstream — aiohttp used to end the chunked body with
+    its final chunk. The record says ``client_disconnected`` (499); nothing was released."""
+    part = b'{"betaling": 1000, "til": '
+    async with lab_served("sidecar", issuer_url) as gw:
+        auth = a3_headers(dev_issuer)["Authorization"]
+        frame = ("Transfer-Encoding: chunked" if framing == "chunked" else "Content-Length: 1000")
+        head = (f"POST {STREAM_PATH}?case=echo HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
+                f"Content-Type: application/json\r\n{frame}\r\n\r\n").encode()
+        body = b"%x\r\n%s\r\n" % (len(part), part) if framing == "chunked" else part
+        await asyncio.to_thread(_send_and_leave, gw.url, head + body)
+        for _ in range(100):
+            if gw.records:
+                break
+            await asyncio.sleep(0.05)
+        [record] = gw.records
+        assert (record.decision, record.reason, record.status) == ("error", "client_disconnected", 499)
+        assert record.released_bytes == 0
+        await asyncio.sleep(0.3)
+        assert all(r["cut"] for r in gw.lab.requests), gw.lab.requests
