@@ -22,15 +22,19 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from .exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from .config import GatewayConfig
 
 __all__ = ["main"]
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import load_config, memory_state_warning
 
     try:
         config = load_config(args.config)
@@ -54,6 +58,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     from .audit import open_store
 
     print(f"  disclosure log     {open_store(config.audit_url).url_for_display}")
+    _print_state(config)
     for package, consumers in sorted(config.package_consumers.items()):
         print(f"  rights package {package}: only for {', '.join(sorted(consumers))}")
     print("  routes:")
@@ -86,7 +91,30 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             print("      one-time consent")
         if route.daily_limit:
             print(f"      at most {route.daily_limit} deliveries per consent per day")
+    warning = memory_state_warning(config)
+    if warning:
+        print(f"WARNING: {warning}")
     return 0
+
+
+def _print_state(config: GatewayConfig) -> None:
+    """The ``[state]`` section: where one-time use, limits and revocations live."""
+    if config.state_url.startswith("memory://"):
+        backend = "memory:// (inside each process: not shared by workers or replicas, lost on restart)"
+    else:
+        backend = f"{_without_password(config.state_url)} (shared; key prefix {config.state_key_prefix})"
+    print(f"  consent state      {backend}")
+    if not config.check_revocation:
+        print(f"  {'':<19}revocations NOT checked (state.check_revocation = false)")
+    print(f"  {'':<19}revocation file: {config.revocation_file or '(none)'}")
+    feed = config.state_feed
+    if feed is None:
+        print(f"  {'':<19}revocation feed: (none)")
+    else:
+        print(f"  {'':<19}revocation feed: {feed.kind} {_without_password(feed.url)} every {feed.interval_seconds:g} s"
+              f" (services {', '.join(feed.services) or '-'}; stale after "
+              f"{f'{feed.max_staleness_seconds:g} s' if feed.max_staleness_seconds else 'never'})")
+    print(f"  {'':<19}reused jti: {config.jti_replay}")
 
 
 def _without_password(url: str | None) -> str | None:

@@ -40,6 +40,7 @@ __all__ = [
     "SubjectSource",
     "YearConstraint",
     "load_config",
+    "memory_state_warning",
     "parse_config",
 ]
 
@@ -952,6 +953,19 @@ def load_config(path: str | Path) -> GatewayConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"{p}: TOML syntax error: {exc}") from None
     return parse_config(data, base_dir=p.parent.resolve(), source_path=str(p.resolve()))
+
+
+def memory_state_warning(config: GatewayConfig) -> str | None:
+    """The warning for routes whose one-time use or daily limit lives in ``memory://`` state:
+    every process counts on its own (``uvicorn --workers 3`` delivers a one-time consent three
+    times) and a restart forgets spent consents. ``None`` when no route is affected."""
+    if not config.state_url.startswith("memory://"):
+        return None
+    names = [r.name for r in config.routes if r.one_time or r.daily_limit]
+    if not names:
+        return None
+    return (f"routes {', '.join(names)} use one_time/daily_limit with in-memory state ([state] url = memory://): "
+            "enforced per process: a single worker/replica only, and lost on restart; use [state] url = redis://...")
 
 
 def audit_url_of(cfg: GatewayConfig) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .app import SidecarApp, check_sidecar_config
-from .config import GatewayConfig, load_config
+from .config import GatewayConfig, load_config, memory_state_warning
 from .exceptions import ConfigError, GatewayError
 from .gateway import Gateway
 from .logs import DecisionLog, configure_logging
@@ -124,6 +124,7 @@ class ReloadingApp:
             self.current = new
             self.metrics.reload(ok=True)
             log.info("config reloaded", extra={"event": "reload", "result": "ok", "config": self.config_path})
+            _warn_memory_state(config)
             if old is not None:
                 task = asyncio.get_running_loop().create_task(self._retire(old, close_state=not keep_state))
                 self._retiring.add(task)
@@ -214,6 +215,7 @@ def serve(config_path: str, *, host: str, port: int, workers_note: bool = False)
     except ConfigError as exc:
         print(f"invalid config: {exc}", file=sys.stderr)
         return 2
+    _warn_memory_state(config)
     tracer = None
     if os.environ.get("SAMTYKKE_GATEWAY_TRACING") == "1":
         from .tracing import get_tracer
@@ -227,6 +229,12 @@ def serve(config_path: str, *, host: str, port: int, workers_note: bool = False)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
                 server_header=False, proxy_headers=False, log_config=None)
     return 0
+
+
+def _warn_memory_state(config: GatewayConfig) -> None:
+    warning = memory_state_warning(config)
+    if warning:
+        log.warning(warning, extra={"event": "config"})
 
 
 def _reload_done(task: asyncio.Task[Any]) -> None:

@@ -252,3 +252,45 @@ def test_colliding_or_unmatchable_probe_paths_are_refused(tmp_path: Path, gatewa
         _parse(tmp_path, data)
     assert info.value.key_path == key
 
+
+# ----------------------------------------------------------------------------- 3. in-memory state
+
+ONE_TIME = ('name = "spesifisertsummertskattegrunnlag"\n', 'name = "spesifisertsummertskattegrunnlag"\none_time = true\n')
+LIMITED = ('name = "inntekt"\n', 'name = "inntekt"\ndaily_limit = 5\n')
+
+
+def test_check_config_prints_the_state_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path / "gw.toml", issuer_url="http://127.0.0.1:9", upstream_url="http://127.0.0.1:9",
+                        extra='[state]\nurl = "redis://:s3cret@redis.internal:6379/0"\nrevocation_file = "revoked.txt"\n'
+                              'jti_replay = "refuse"\n[state.feed]\nurl = "https://feed.example/api/serviceowner/consents"\n'
+                              'api_key_env = "F3_APIKEY"\n')
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "consent state      redis://:***@redis.internal:6379/0 (shared" in out and "s3cret" not in out
+    assert f"revocation file: {tmp_path / 'revoked.txt'}" in out
+    assert "revocation feed: altinn2 https://feed.example/api/serviceowner/consents every 60 s" in out
+    assert "4804_210607" in out and "reused jti: refuse" in out and "WARNING" not in out
+
+
+def test_check_config_warns_about_one_time_and_limits_in_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path / "gw.toml", issuer_url="http://127.0.0.1:9", upstream_url="http://127.0.0.1:9")
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "consent state      memory://" in out and "revocation file: (none)" in out and "WARNING" not in out
+    path.write_text(path.read_text().replace(*ONE_TIME).replace(*LIMITED))
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert ("WARNING: routes inntekt, spesifisertsummertskattegrunnlag use one_time/daily_limit with in-memory state"
+            in out)
+    assert "a single worker/replica only, and lost on restart; use [state] url = redis://" in out
+
+
+@pytest.mark.slow
+def test_serve_logs_the_in_memory_warning_once_at_start(tmp_path: Path, issuer_url: str) -> None:
+    path = write_config(tmp_path / "gw.toml", issuer_url=issuer_url, upstream_url="http://127.0.0.1:9")
+    path.write_text(path.read_text().replace(*ONE_TIME))
+    port, log_path = free_port(), tmp_path / "serve.log"
+    with sidecar_process([*cli(), "serve", "--config", str(path), "--port", str(port)], port=port, log_path=log_path):
+        pass
+    lines = [line for line in log_path.read_text().splitlines() if "one_time/daily_limit" in line]
+    assert len(lines) == 1 and '"level":"warning"' in lines[0] and "single worker/replica" in lines[0]
