@@ -9,7 +9,8 @@ reason code; the decoded claims with personal identifiers masked unless
 ::
 
     samtykke-gateway explain MASKINPORTEN_TOKEN [--consent A2_CONSENT_TOKEN]
-        [--config FILE] [--path '/api/...?fraOgMed=2018-07'] [--method GET] [--show-personal-data]
+        [--config FILE] [--path '/api/...?fraOgMed=2018-07'] [--method GET]
+        [--header 'NAV-PersonIdent: 01029413157' ...] [--body FILE] [--show-personal-data]
 
 Without ``--config`` only the structure and the time claims are shown (no keys, no
 signature): the result is then always "NOT VERIFIED" (exit 1), never a pass. Tokens may be given as ``-`` to read them from standard input (one per line), so
@@ -25,7 +26,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -37,11 +38,44 @@ from .gate import RequestFacts
 from .jose import parse_compact
 from .policy import normalize_path
 
-__all__ = ["add_explain_parser", "explain", "explain_command", "mask_personal_data"]
+__all__ = ["ExplainUsageError", "add_explain_parser", "explain", "explain_command", "mask_personal_data",
+           "parse_header_option"]
 
 #: Most bytes ``--body`` reads (the largest ``max_request_body_bytes`` a config may set).
 _MAX_BODY_FILE = 16 * 1024 * 1024
 _PERSON = re.compile(r"(?<![0-9])([0-9]{6})([0-9]{5})(?![0-9])")
+#: ``--header``: most options, bytes of one value, and bytes of all of them (a request head
+#: larger than this is refused by servers long before the gateway sees it).
+_MAX_HEADERS = 100
+_MAX_HEADER_VALUE = 8192
+_MAX_HEADER_BYTES = 64 * 1024
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,256}")
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class ExplainUsageError(ValueError):
+    """A request option ``explain`` cannot model as given (CLI exit 2)."""
+
+
+def parse_header_option(text: str) -> tuple[str, str]:
+    """``--header 'Name: value'`` → (lower-cased name, value as the gateway would see it).
+
+    The value loses surrounding spaces and tabs (RFC 9110 §5.5) and is what a client sending
+    it in UTF-8 puts on the wire, read back as Latin-1 as the gateway reads header bytes.
+
+    :raises ExplainUsageError: no ``:``, a name that is not an HTTP token, a control character
+        in the value, or a value over 8 KiB.
+    """
+    name, sep, value = text.partition(":")
+    if not sep or _HEADER_NAME.fullmatch(name) is None:
+        raise ExplainUsageError("--header must be 'Name: value' with an HTTP header name")
+    value = value.strip(" \t")
+    if _HEADER_VALUE_FORBIDDEN.search(value):
+        raise ExplainUsageError(f"--header {name}: the value has a control character")
+    wire = value.encode("utf-8")
+    if len(wire) > _MAX_HEADER_VALUE:
+        raise ExplainUsageError(f"--header {name}: the value is longer than {_MAX_HEADER_VALUE} bytes")
+    return name.lower(), wire.decode("latin-1")
 
 #: (step title, reason codes that fail it), in the order the gateway checks them.
 TOKEN_STEPS: tuple[tuple[str, frozenset[str]], ...] = (
@@ -129,15 +163,27 @@ async def explain(
     path: str | None = None,
     method: str = "GET",
     body: bytes | None = None,
+    headers: Sequence[tuple[str, str]] = (),
     show_personal_data: bool = False,
     clock: Callable[[], float] = time.time,
 ) -> tuple[bool, list[str]]:
     """Run every check; returns (all passed, report lines). Never raises for bad tokens.
 
     :param body: the JSON request body, for a route whose subject is a body field.
+    :param headers: more request headers, ``(name, value)`` as :func:`parse_header_option`
+        makes them (repeats kept), e.g. a route's subject header; never ``Authorization`` or
+        the consent header (the tokens are given on their own).
 
     :raises ConfigError: the ``config_path`` file is invalid.
+    :raises ExplainUsageError: too many or too large ``headers``, or one that carries a token.
     """
+    if len(headers) > _MAX_HEADERS:
+        raise ExplainUsageError(f"at most {_MAX_HEADERS} --header options")
+    if sum(len(n) + len(v) + 4 for n, v in headers) > _MAX_HEADER_BYTES:
+        raise ExplainUsageError(f"the --header options are larger than {_MAX_HEADER_BYTES} bytes together")
+    for name, _ in headers:
+        if name == "authorization":
+            raise ExplainUsageError("--header Authorization: give the Maskinporten token as the first argument")
     report = _Report()
     for title, token in (("Maskinporten access token", bearer), ("Altinn 2 consent token", consent)):
         if token is None:
@@ -154,6 +200,8 @@ async def explain(
         report.out("genuine (signature, issuer and key were not checked); only the time claims are shown.")
         if path is not None:
             report.out("--path ignored: binding to a request needs --config (routes and keys).")
+        if headers:
+            report.out("--header ignored: binding to a request needs --config (routes and keys).")
         for title, token in (("Maskinporten access token", bearer), ("Altinn 2 consent token", consent)):
             if token is None:
                 continue
@@ -172,6 +220,9 @@ async def explain(
     from .gateway import Gateway
 
     config = load_config(config_path)
+    for name, _ in headers:
+        if name == config.consent_header:
+            raise ExplainUsageError(f"--header {name}: give the consent token with --consent")
     from .audit.memory import MemoryStore
 
     gateway = Gateway(config, store=MemoryStore(), clock=clock)
@@ -198,11 +249,14 @@ async def explain(
             return report.ok, report.lines
         report.out(f"\nRequest {method} {mask_personal_data(path) if not show_personal_data else path}: binding")
         parts = urlsplit(path)
-        headers: dict[str, list[str]] = {"authorization": [f"Bearer {bearer}"]}
+        request_headers: dict[str, list[str]] = {"authorization": [f"Bearer {bearer}"]}
         if consent is not None:
-            headers[config.consent_header] = [consent]
-        if body is not None:
-            headers["content-type"] = ["application/json"]
+            request_headers[config.consent_header] = [consent]
+        if body is not None and not any(name == "content-type" for name, _ in headers):
+            request_headers["content-type"] = ["application/json"]
+        for name, value in headers:
+            request_headers.setdefault(name, []).append(value)
+            report.out(f"  header {name}: {value if show_personal_data else mask_personal_data(value)}")
         record = DisclosureRecord(time="", correlation_id="explain", decision="deny", reason="", status=0,
                                   method=method, path=parts.path)
         try:
@@ -211,7 +265,8 @@ async def explain(
                 raise NotFoundError("no route matches this path and method", reason="no_route")
             if body is not None and match.route.subject.source == "body" and len(body) > config.max_request_body_bytes:
                 raise RequestBodyTooLargeError("the request body is larger than this route accepts")
-            facts = RequestFacts(method=method, query=parse_qsl(parts.query, keep_blank_values=True), headers=headers,
+            facts = RequestFacts(method=method, query=parse_qsl(parts.query, keep_blank_values=True),
+                                 headers=request_headers,
                                  body=body if match.route.subject.source == "body" else None)
             grant = await gateway.gate.authorize(facts, match, record)
         except GatewayError as exc:
@@ -268,12 +323,16 @@ def explain_command(args: argparse.Namespace) -> int:
             print(f"--body: larger than {_MAX_BODY_FILE} bytes, more than any route reads", file=sys.stderr)
             return 2
     try:
+        headers = [parse_header_option(h) for h in args.header]
         ok, lines = asyncio.run(
             explain(bearer, consent=consent, config_path=args.config, path=args.path, method=args.method.upper(),
-                    body=body, show_personal_data=args.show_personal_data)
+                    body=body, headers=headers, show_personal_data=args.show_personal_data)
         )
     except ConfigError as exc:
         print(f"invalid config: {exc}", file=sys.stderr)
+        return 2
+    except ExplainUsageError as exc:
+        print(str(exc), file=sys.stderr)
         return 2
     print("\n".join(lines))
     if args.config is None:
@@ -298,6 +357,9 @@ def add_explain_parser(sub: Any, handler: Callable[[argparse.Namespace], int]) -
     p.add_argument("--config", default=None, help="gateway config (needed for keys and routes)")
     p.add_argument("--path", default=None, help="request path with query, e.g. '/api/...?fraOgMed=2018-07'")
     p.add_argument("--method", default="GET")
+    p.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                   help="a request header, e.g. a route's subject header (repeatable; person ids masked"
+                        " in the report unless --show-personal-data)")
     p.add_argument("--body", default=None, metavar="FILE",
                    help="JSON request body, for a route whose subject is a body field")
     p.add_argument("--show-personal-data", action="store_true", help="do not mask person identifiers")

@@ -140,3 +140,59 @@ unscoped = true
     code, out = _run(capsys, *args, "--body", str(body))
     assert code == 1 and "request_body_too_large" in out
     assert main(["explain", token, "--config", config_file, "--path", "/api/b/2022", "--body", "/dev/zero"]) == 2
+
+
+HEADER_ROUTE = """
+[[routes]]
+name = "ssg-header"
+method = "POST"
+path = "/hdr/x"
+scope = "skatteetaten:spesifisertsummertskattegrunnlag"
+subject = { header = "NAV-PersonIdent" }
+altinn3_resources = ["ske-spesifisert-summert-skattegrunnlag"]
+unscoped = true
+"""
+
+
+def test_explain_header_subject_route(capsys, dev_issuer: DevIssuer, config_file: str) -> None:  # type: ignore[no-untyped-def]
+    # found by a fresh user: a route whose subject is a header always failed with subject_missing
+    Path(config_file).write_text(Path(config_file).read_text() + HEADER_ROUTE)
+    token = a3_headers(dev_issuer)["Authorization"][7:]
+    args = (token, "--config", config_file, "--path", "/hdr/x", "--method", "POST")
+    code, out = _run(capsys, *args)
+    assert code == 1 and "subject_missing" in out
+    code, out = _run(capsys, *args, "--header", "NAV-PersonIdent: 12879397780")
+    assert code == 0, out
+    assert "[pass] subject named by the request" in out
+    assert "header nav-personident: 128793*****" in out and "12879397780" not in out
+    code, out = _run(capsys, *args, "--header", "nav-personident:12879397780", "--show-personal-data")
+    assert code == 0 and "header nav-personident: 12879397780" in out
+    code, out = _run(capsys, *args, "--header", "NAV-PersonIdent: 01029413157")
+    assert code == 1 and "[FAIL] consent given by the data subject asked about" in out and "01029413157" not in out
+    # the same checks as the gateway: a repeated or look-alike subject header is refused
+    code, out = _run(capsys, *args, "--header", "NAV-PersonIdent: 12879397780", "--header", "NAV-PersonIdent: 12879397780")
+    assert code == 1 and "[FAIL] subject named by the request" in out
+    code, out = _run(capsys, *args, "--header", "NAV-PersonIdent: 12879397780", "--header", "NAV_PersonIdent: 01029413157")
+    assert code == 1 and "ambiguous_header" in out
+
+
+@pytest.mark.parametrize("header", [
+    "NAV-PersonIdent 12879397780",  # no colon
+    "NAV PersonIdent: 1",  # not a header name
+    "X: a\nb",  # control character
+    "X: " + "a" * 8193,  # over 8 KiB
+    "Authorization: Bearer x",  # the token goes first
+    "AltinnSamtykke: x",  # the consent header: --consent
+])
+def test_explain_refuses_unusable_headers(capsys, dev_issuer: DevIssuer, config_file: str, header: str) -> None:  # type: ignore[no-untyped-def]
+    token = a3_headers(dev_issuer)["Authorization"][7:]
+    assert main(["explain", token, "--config", config_file, "--path", "/hdr/x", "--header", header]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("--header") and "12879397780" not in err
+
+
+def test_explain_bounds_the_number_of_headers(capsys, dev_issuer: DevIssuer, config_file: str) -> None:  # type: ignore[no-untyped-def]
+    token = a3_headers(dev_issuer)["Authorization"][7:]
+    many = [arg for i in range(101) for arg in ("--header", f"X-{i}: v")]
+    assert main(["explain", token, "--config", config_file, "--path", "/hdr/x", *many]) == 2
+    assert "at most 100" in capsys.readouterr().err
