@@ -48,7 +48,9 @@ _URL_LOGGERS = ("httpx", "httpcore", "aiohttp.access", "aiohttp.client", "uvicor
 
 _correlation: contextvars.ContextVar[str | None] = contextvars.ContextVar("samtykke_correlation_id", default=None)
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*")
-_BEARER = re.compile(r"(?i)(bearer|apikey)\s*[:=]?\s+\S+")
+# "Bearer x", "ApiKey: x", "apikey=x"; not a word in parentheses: "ALTINN_APIKEY (the Altinn
+# ApiKey) is not set" names a variable, it carries no credential
+_BEARER = re.compile(r"(?i)(bearer|apikey)(?:\s*[:=]\s*|\s+)(?![(\[])\S+")
 _PERSON_ID = re.compile(r"(?<![0-9])[0-9]{11}(?![0-9])")
 
 

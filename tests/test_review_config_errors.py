@@ -7,6 +7,7 @@ refused at load; in-memory one-time state is warned about."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import subprocess
@@ -294,3 +295,26 @@ def test_serve_logs_the_in_memory_warning_once_at_start(tmp_path: Path, issuer_u
         pass
     lines = [line for line in log_path.read_text().splitlines() if "one_time/daily_limit" in line]
     assert len(lines) == 1 and '"level":"warning"' in lines[0] and "single worker/replica" in lines[0]
+
+
+# ----------------------------------------------------------------------------- 5. minor
+
+
+@pytest.mark.anyio
+async def test_unset_feed_api_key_variable_is_logged_readably(monkeypatch: pytest.MonkeyPatch) -> None:
+    from samtykke_gateway.logs import JsonFormatter, redact
+    from samtykke_gateway.state.feed import FeedError, _HttpFeed
+
+    monkeypatch.delenv("F3_APIKEY", raising=False)
+    feed = _HttpFeed(name="altinn2", url="http://127.0.0.1:9/consents", params={}, http=None,  # type: ignore[arg-type]
+                     api_key_env="F3_APIKEY", credentials=None)
+    with pytest.raises(FeedError) as info:
+        await feed._get(None)
+    record = logging.LogRecord("samtykke_gateway.state", logging.WARNING, __file__, 1,
+                               "consent feed poll failed: %s", (info.value,), None)
+    message = json.loads(JsonFormatter().format(record))["message"]
+    assert message == "consent feed poll failed: environment variable F3_APIKEY (the Altinn ApiKey) is not set"
+    # credentials are still masked, in every spelling
+    for text in ("ApiKey: s3cret", "apikey=s3cret", "APIKEY s3cret", "Authorization: Bearer s3cret"):
+        assert "s3cret" not in redact(text), text
+
