@@ -300,6 +300,20 @@ def test_serve_logs_the_in_memory_warning_once_at_start(tmp_path: Path, issuer_u
 # ----------------------------------------------------------------------------- 5. minor
 
 
+def test_a_bad_consent_id_argument_is_not_called_an_invalid_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(write_config(tmp_path / "gw.toml", issuer_url="http://127.0.0.1:9", upstream_url="http://127.0.0.1:9",
+                            extra='[state]\nrevocation_file = "revoked.txt"\n'))
+    for argv in (["revoke", "--config", path, ""], ["state", "status", "--config", path, "not/an id"],
+                 ["state", "clear-claim", "--config", path, " "]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "invalid config" not in err and "CONSENT_ID is not a consent id" in err
+    assert main(["revoke", "--config", path, "616d2c43-17f9-4cc1-9257-41cdda157f11", "12879397780x/"]) == 2
+    err = capsys.readouterr().err
+    assert "CONSENT_ID 2 is not a consent id" in err and "12879397780" not in err
+    assert not (tmp_path / "revoked.txt").exists()
+
+
 @pytest.mark.anyio
 async def test_unset_feed_api_key_variable_is_logged_readably(monkeypatch: pytest.MonkeyPatch) -> None:
     from samtykke_gateway.logs import JsonFormatter, redact
@@ -318,3 +332,21 @@ async def test_unset_feed_api_key_variable_is_logged_readably(monkeypatch: pytes
     for text in ("ApiKey: s3cret", "apikey=s3cret", "APIKEY s3cret", "Authorization: Bearer s3cret"):
         assert "s3cret" not in redact(text), text
 
+
+def test_revocation_file_accepts_guids_in_braces(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from samtykke_gateway.state.revocation_file import RevocationFile
+
+    path = tmp_path / "revoked.txt"
+    path.write_text("{7A1C7F52-0D4B-4E57-9E0B-3C2F1D2E4A10}  # from the CRM\n{not-a-guid}\n")
+    file = RevocationFile(path)
+    with caplog.at_level(logging.WARNING):
+        file.load()
+    assert file.error is None and file.check("7a1c7f52-0d4b-4e57-9e0b-3c2f1d2e4a10")
+    assert [r.getMessage() for r in caplog.records] == [f"revocation file {path} line 2 is not a consent id; skipped"]
+    config = str(write_config(tmp_path / "gw.toml", issuer_url="http://127.0.0.1:9", upstream_url="http://127.0.0.1:9",
+                              extra='[state]\nrevocation_file = "revoked.txt"\n'))
+    assert main(["revoke", "--config", config, "{7a1c7f52-0d4b-4e57-9e0b-3c2f1d2e4a10}",
+                 "{616D2C43-17F9-4CC1-9257-41CDDA157F11}"]) == 0
+    assert "revoked 2 consent id(s): 1 new" in capsys.readouterr().out  # the braced line already named the first
+    assert path.read_text().splitlines()[-1] == "616d2c43-17f9-4cc1-9257-41cdda157f11"

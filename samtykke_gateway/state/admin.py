@@ -26,8 +26,8 @@ import asyncio
 import sys
 from typing import Any
 
-from ..exceptions import ConfigError, StateUnavailableError
-from .revocation_file import CONSENT_ID, append_revocations
+from ..exceptions import StateUnavailableError
+from .revocation_file import append_revocations, normalize_consent_id
 
 __all__ = ["add_state_parsers"]
 
@@ -37,28 +37,45 @@ def add_state_parsers(sub: Any) -> None:
     p = sub.add_parser("revoke", help="revoke consent ids on every replica (Redis and/or revocation file)")
     p.add_argument("--config", required=True)
     p.add_argument("consent_ids", nargs="+", metavar="CONSENT_ID")
-    p.set_defaults(func=_cmd_revoke)
+    p.set_defaults(func=_usage_errors(_cmd_revoke))
 
     p = sub.add_parser("state", help="inspect the consent state")
     ssub = p.add_subparsers(dest="state_command", required=True)
     s = ssub.add_parser("status", help="is a consent revoked / spent")
     s.add_argument("--config", required=True)
     s.add_argument("consent_id", metavar="CONSENT_ID")
-    s.set_defaults(func=_cmd_status)
+    s.set_defaults(func=_usage_errors(_cmd_status))
     s = ssub.add_parser("clear-claim", help="drop a dangling one-time claim (never a spent mark)")
     s.add_argument("--config", required=True)
     s.add_argument("consent_id", metavar="CONSENT_ID")
-    s.set_defaults(func=_cmd_clear_claim)
+    s.set_defaults(func=_usage_errors(_cmd_clear_claim))
+
+
+class _NotAConsentId(ValueError):
+    """A CONSENT_ID argument is not a consent id (a usage error, not a config error)."""
 
 
 def _ids(raw: list[str]) -> list[str]:
     out = []
-    for value in raw:
-        v = value.strip().lower()
-        if CONSENT_ID.fullmatch(v) is None:
-            raise ConfigError("CONSENT_ID", "is not a consent id")
+    for number, value in enumerate(raw, start=1):
+        v = normalize_consent_id(value)
+        if v is None:  # the value is not echoed: it could be anything pasted, a person id too
+            which = f"CONSENT_ID {number}" if len(raw) > 1 else "CONSENT_ID"
+            raise _NotAConsentId(f"{which} is not a consent id (a GUID such as 616d2c43-17f9-4cc1-9257-41cdda157f11;"
+                                 " braces are allowed)")
         out.append(v)
     return out
+
+
+def _usage_errors(command: Any) -> Any:
+    """Print a bad CONSENT_ID and exit 2, instead of letting it pass for an invalid config."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(command(args))
+        except _NotAConsentId as exc:
+            print(f"samtykke-gateway: {exc}", file=sys.stderr)
+            return 2
+    return run
 
 
 def _cmd_revoke(args: argparse.Namespace) -> int:

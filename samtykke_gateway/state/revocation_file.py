@@ -4,6 +4,11 @@
 
     # comments and blank lines are ignored; ids compare lower-case
     616d2c43-17f9-4cc1-9257-41cdda157f11
+    {7A1C7F52-0D4B-4E57-9E0B-3C2F1D2E4A10}
+
+A GUID in braces (the form .NET and Windows tools print) counts without them: consent ids are
+GUIDs compared lower-case everywhere (Altinn 2 ``AuthorizationCode`` is canonicalised to
+``8-4-4-4-12`` lower case, Altinn 3 ids are lower-cased).
 
 The file is re-read when its modification time, size or inode changes, checked at most once
 per ``check_interval_seconds`` on the request path (a ``stat`` call), so a Kubernetes ConfigMap
@@ -26,12 +31,25 @@ from pathlib import Path
 
 from ..exceptions import StateUnavailableError
 
-__all__ = ["CONSENT_ID", "RevocationFile", "append_revocations"]
+__all__ = ["CONSENT_ID", "RevocationFile", "append_revocations", "normalize_consent_id"]
 
 log = logging.getLogger("samtykke_gateway.state")
 
 #: A consent id as Altinn issues them (GUID / UUID), lenient on form but never spaces or '/'.
 CONSENT_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._:-]{0,127}")
+_BRACED_GUID = re.compile(r"\{([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})\}")
+
+
+def normalize_consent_id(value: str) -> str | None:
+    """A consent id as written by a person (surrounding spaces, any case, a GUID in braces)
+    → the lower-case form the gateway compares, or ``None`` when it is not a consent id."""
+    value = value.strip()
+    braced = _BRACED_GUID.fullmatch(value)
+    if braced is not None:
+        value = braced.group(1)
+    if CONSENT_ID.fullmatch(value) is None:
+        return None
+    return value.lower()
 
 
 class RevocationFile:
@@ -78,10 +96,11 @@ class RevocationFile:
             value = line.split("#", 1)[0].strip()
             if not value:
                 continue
-            if CONSENT_ID.fullmatch(value) is None:
+            consent_id = normalize_consent_id(value)
+            if consent_id is None:
                 log.warning("revocation file %s line %d is not a consent id; skipped", self.path, number)
                 continue
-            ids.add(value.lower())
+            ids.add(consent_id)
         self._ids = frozenset(ids)
         self._signature = signature
         self._error = None
@@ -108,13 +127,13 @@ def append_revocations(path: str | Path, consent_ids: Iterable[str]) -> int:
     p = Path(path)
     wanted = []
     for raw in consent_ids:
-        value = raw.strip().lower()
-        if CONSENT_ID.fullmatch(value) is None:
+        value = normalize_consent_id(raw)
+        if value is None:
             raise ValueError("not a consent id")
         wanted.append(value)
     existing: set[str] = set()
     if p.exists():
-        existing = {ln.split("#", 1)[0].strip().lower() for ln in p.read_text(encoding="utf-8").splitlines()}
+        existing = {normalize_consent_id(ln.split("#", 1)[0]) or "" for ln in p.read_text(encoding="utf-8").splitlines()}
     new = [v for v in dict.fromkeys(wanted) if v not in existing]
     if new:
         needs_newline = p.exists() and p.stat().st_size > 0 and not p.read_bytes().endswith(b"\n")
