@@ -87,7 +87,9 @@ class SidecarApp:
             deadline_seconds=config.upstream_deadline_seconds,
             trusted_proxies=config.trusted_proxies,
         )
-        self.protected = ConsentMiddleware(self.proxy, gateway=self.gateway)  # type: ignore[arg-type]
+        # the proxy's work for a client that left is cancelled (its upstream request closed)
+        self.protected = ConsentMiddleware(self.proxy, gateway=self.gateway,  # type: ignore[arg-type]
+                                           cancel_on_disconnect=True)
 
     async def startup(self) -> None:
         if self._own_gateway:

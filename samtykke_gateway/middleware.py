@@ -108,21 +108,28 @@ class ConsentMiddleware:
     :param app: the protected ASGI app.
     :param config: validated config (``load_config(...)``); or pass a ready ``gateway``.
     :param gateway: an existing :class:`Gateway` (its owner starts and closes it).
+    :param cancel_on_disconnect: when the client disconnects while the app is still working on
+        the answer (once it has had the whole request body), cancel the app's work: the record
+        says ``client_disconnected`` (499), nothing counts as released (a one-time consent is
+        not spent). The sidecar sets it for its upstream proxy, which then closes the upstream
+        request; off by default, because an in-process app may not expect to be cancelled.
     The verified consent is available to the app as ``scope["samtykke.consent"]``
     (a :class:`~samtykke_gateway.gate.Grant`).
     """
 
-    def __init__(self, app: ASGIApp, *, config: GatewayConfig | None = None, gateway: Gateway | None = None) -> None:
+    def __init__(self, app: ASGIApp, *, config: GatewayConfig | None = None, gateway: Gateway | None = None,
+                 cancel_on_disconnect: bool = False) -> None:
         if (config is None) == (gateway is None):
             raise TypeError("pass exactly one of config= and gateway=")
         self.app = app
+        self.cancel_on_disconnect = cancel_on_disconnect
         self._own_gateway = gateway is None
         self.gateway = gateway or Gateway(config)  # type: ignore[arg-type]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await _Exchange(self.gateway, self.app, scope, receive, send).run()
+            await _Exchange(self.gateway, self.app, scope, receive, send, self.cancel_on_disconnect).run()
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
         elif kind == "websocket":
@@ -151,8 +158,10 @@ class _Exchange:
     """One request/response through the gate (per-request state lives here, never on the
     middleware)."""
 
-    def __init__(self, gateway: Gateway, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, gateway: Gateway, app: ASGIApp, scope: Scope, receive: Receive, send: Send,
+                 cancel_on_disconnect: bool = False) -> None:
         self.gateway = gateway
+        self.cancel_on_disconnect = cancel_on_disconnect
         self.config: GatewayConfig = gateway.config
         self.app = app
         self.scope = scope
@@ -197,6 +206,10 @@ class _Exchange:
         self.request_body_done = False  # the app has had the whole request body (see _watch_disconnect)
         self.client_gone = False
         self.watcher: asyncio.Task[None] | None = None
+        # cancel_on_disconnect: the task to cancel, only while control is inside the app
+        self.app_task: asyncio.Task[Any] | None = None
+        self.in_app = False
+        self.cancelled_for_disconnect = False
 
     # ------------------------------------------------------------------ request side
     async def run(self) -> None:
@@ -312,11 +325,29 @@ class _Exchange:
 
         async def receive() -> Message:
             message = await inner()
-            if message.get("type") != "http.request" or not message.get("more_body", False):
+            if not self.request_body_done and (
+                message.get("type") != "http.request" or not message.get("more_body", False)
+            ):
                 self.request_body_done = True
+                if self.cancel_on_disconnect and message.get("type") == "http.request":
+                    self._start_watching()
             return message
 
         return receive
+
+    def _start_watching(self) -> None:
+        if self.watcher is None:
+            self.watcher = asyncio.get_running_loop().create_task(self._watch_disconnect())
+
+    async def _client_left(self) -> None:
+        """After cancelling the app because the client left: record what happened."""
+        if self.stream_open:
+            await self._end_stream("client_disconnected")
+        elif not self.response_started and self.failure is None:
+            if self.start_message is None:
+                self.gateway.observer.upstream(time.perf_counter() - self.forward_started, status=None)
+            await self._deny(ClientDisconnectedError("the client disconnected before the answer"),
+                             after_grant=True)
 
     async def _watch_disconnect(self) -> None:
         """While a streamed answer is open: wait for the client's ``http.disconnect``, so the
@@ -329,6 +360,10 @@ class _Exchange:
                 message = await self.receive()
                 if message.get("type") == "http.disconnect":
                     self.client_gone = True
+                    task = self.app_task
+                    if self.in_app and task is not None and not task.done():
+                        self.cancelled_for_disconnect = True
+                        task.cancel()
                     return
         except Exception as exc:  # noqa: BLE001 - a watcher only: the stream goes on unwatched
             log.debug("disconnect watch ended: %s", type(exc).__name__)
@@ -405,12 +440,21 @@ class _Exchange:
 
     async def _call_app(self, scope: Scope) -> None:
         receive = self.receive if self.body is None else self._replay_receive(self.body)
-        if self.grant is not None and self.grant.rights_package is None:  # may stream: track the body
+        if self.cancel_on_disconnect or (self.grant is not None and self.grant.rights_package is None):
+            # may stream, or may be cancelled: know when the app has had the whole body
             framing = self.headers.get("content-length", ["0"]) != ["0"] or "transfer-encoding" in self.headers
             self.request_body_done = self.body is None and not framing
             receive = self._tracking_receive(receive)
+            if self.cancel_on_disconnect:
+                self.app_task = asyncio.current_task()
+                if self.request_body_done:
+                    self._start_watching()
         try:
-            await self.app(scope, receive, self._send_from_app)
+            self.in_app = True
+            try:
+                await self.app(scope, receive, self._send_from_app)
+            finally:
+                self.in_app = False
         except _Abandoned:
             return
         except GatewayError as exc:
@@ -426,6 +470,10 @@ class _Exchange:
                 return
             raise
         except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self.cancelled_for_disconnect and task is not None and task.uncancel() == 0:
+                await self._client_left()  # our own cancel (the client left), not the server's
+                return
             if self.stream_open:  # server shutting down mid-stream: still say what left
                 await asyncio.shield(self._end_stream("cancelled"))
             raise
@@ -493,6 +541,16 @@ class _Exchange:
 
     # ------------------------------------------------------------------ response side
     async def _send_from_app(self, message: Message) -> None:
+        if not self.in_app:  # a send from the app's own background work: never cancelled
+            await self._handle_app_message(message)
+            return
+        self.in_app = False  # our steps (records, sends) are never cancelled for a disconnect
+        try:
+            await self._handle_app_message(message)
+        finally:
+            self.in_app = True
+
+    async def _handle_app_message(self, message: Message) -> None:
         if self.failure is not None:
             # We already answered (fail closed). Tell the app the client is gone, as an ASGI
             # server does (send raises OSError), so the proxy stops reading the upstream.
@@ -568,7 +626,7 @@ class _Exchange:
         self.stream_hash = hashlib.sha256()
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
         if self.request_body_done and self.record.method != "HEAD":
-            self.watcher = asyncio.get_running_loop().create_task(self._watch_disconnect())
+            self._start_watching()
 
     async def _end_stream(self, cause: str | None) -> None:
         """Append the streamed answer's end record: ``stream_end`` (complete) or ``stream_cut``

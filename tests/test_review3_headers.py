@@ -13,7 +13,7 @@ import pytest
 
 from samtykke_gateway.testing import DevIssuer
 
-from .proxy_support import STREAM_PATH
+from .proxy_support import SCOPED_PATH, STREAM_PATH, routes_with_unscoped
 from .proxy_support import served as lab_served
 from .support import a3_headers
 from .test_review_body_subject import BODY, MODES, _head, _status, served
@@ -132,3 +132,37 @@ async def test_client_leaving_mid_body_never_completes_the_upstream_request(
         assert record.released_bytes == 0
         await asyncio.sleep(0.3)
         assert all(r["cut"] for r in gw.lab.requests), gw.lab.requests
+
+
+def _ask_and_leave(url: str, target: str, auth: str, after_seconds: float) -> None:
+    u = urlsplit(url)
+    with socket.create_connection((u.hostname, u.port), timeout=5) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n".encode())
+        time.sleep(after_seconds)
+
+
+@pytest.mark.parametrize("target", ["scoped", "unscoped"])
+async def test_client_leaving_before_the_answer_cancels_the_upstream_request(
+    target: str, dev_issuer: DevIssuer, issuer_url: str
+) -> None:
+    """Sidecar: the client gives up while the data API is slow (3 s). The upstream request is
+    closed at once (no pooled connection held to the deadline), the record says
+    ``client_disconnected`` (499) and the one-time consent is not spent: the next request with
+    the same consent is answered."""
+    routes = [dict(r, one_time=True) for r in routes_with_unscoped()]
+    path = SCOPED_PATH if target == "scoped" else STREAM_PATH
+    async with lab_served("sidecar", issuer_url, routes=routes) as gw:
+        headers = a3_headers(dev_issuer)
+        started = time.monotonic()
+        await asyncio.to_thread(_ask_and_leave, gw.url, path + "?case=slow", headers["Authorization"], 0.5)
+        for _ in range(100):
+            if gw.records:
+                break
+            await asyncio.sleep(0.02)
+        [record] = gw.records
+        assert (record.decision, record.reason, record.status) == ("error", "client_disconnected", 499)
+        assert time.monotonic() - started < 2.5  # not after the upstream's 3 s
+        again = await gw.client.get(path + "?case=json", headers=headers)
+        assert again.status_code == 200, again.text  # the one-time consent was not spent
+        spent = await gw.client.get(path + "?case=json", headers=headers)
+        assert spent.status_code == 403 and spent.json()["reason"] == "consent_spent"
