@@ -15,6 +15,7 @@ from collections.abc import Callable
 import httpx
 
 from .audit import DisclosureStore, open_store
+from .audit.guard import AuditGuard
 from .config import GatewayConfig
 from .gate import Gate, build_issuer_policies
 from .hooks import ConsentState, Observer
@@ -56,6 +57,7 @@ class Gateway:
         )
         self._own_store = store is None
         self.store: DisclosureStore = store or open_store(config.audit_url)
+        self.audit_guard = AuditGuard(self.store)
         self.verifier = verifier or TokenVerifier(cache_size=config.token_cache_entries)
         self.observer: Observer = observer or GatewayMetrics()
         self._own_state = state is None

@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode
 
+from .audit.guard import UNAVAILABLE_DETAIL
 from .audit.record import DisclosureRecord
 from .binding import RequestBodyTimeoutError, RequestBodyTooLargeError
 from .config import GatewayConfig
@@ -249,6 +250,8 @@ class _Exchange:
             self.grant = await self.gateway.gate.authorize(facts, match, self.record)
             self.gate_seconds = time.perf_counter() - self.started_at
             upstream_scope = self._upstream_scope(self.grant)
+            if self.gateway.audit_guard.down:  # known down: nothing is forwarded (no record possible)
+                await self.gateway.audit_guard.check()
             await self.gateway.state.before_forward(self.grant)
         except GatewayError as exc:
             self.gate_seconds = time.perf_counter() - self.started_at
@@ -656,6 +659,7 @@ class _Exchange:
         try:
             await self.gateway.store.append(end)
         except AuditUnavailableError:
+            self.gateway.audit_guard.failed()
             self.gateway.observer.audit_write(time.perf_counter() - started, ok=False)
             log.error("disclosure log unavailable for the end of a streamed answer; its start record stands "
                       "(correlation_id=%s)", self.correlation_id)
@@ -740,16 +744,28 @@ class _Exchange:
         await self.send({"type": "http.response.body", "body": body})
 
     async def _append(self) -> None:
+        """Append the record durably.
+
+        :raises AuditUnavailableError: (503) the store failed, or is known down
+            (:class:`~samtykke_gateway.audit.guard.AuditGuard`); the client is told only that
+            the log is unavailable, the cause is logged.
+        """
+        guard = self.gateway.audit_guard
         started = time.perf_counter()
         try:
+            if guard.down:
+                await guard.check()
             await self.gateway.store.append(self.record)
-        except AuditUnavailableError:
+        except AuditUnavailableError as exc:
+            guard.failed()
             self.gateway.observer.audit_write(time.perf_counter() - started, ok=False)
+            log.error("disclosure log write refused: %s (correlation_id=%s)", exc.detail, self.correlation_id)
             self.record.decision = "error"  # nothing was released (logs and metrics say so)
             self.record.reason = "audit_unavailable"
             self.record.status = 503
             self.gateway.observer.decision(self.record, self.gate_seconds)
-            raise
+            raise AuditUnavailableError(UNAVAILABLE_DETAIL) from None
+        guard.down = False
         self.gateway.observer.audit_write(time.perf_counter() - started, ok=True)
         self.gateway.observer.decision(self.record, self.gate_seconds)
 
