@@ -17,7 +17,7 @@ from typing import Any
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from samtykke_gateway.exceptions import UpstreamError
+from samtykke_gateway.exceptions import ConfigError, UpstreamError
 from samtykke_gateway.scoping import JsonNumber, RightsPackage, ScopeContext, scope_body
 from samtykke_gateway.scoping_json import decode_json
 from samtykke_gateway.scoping_paths import EACH, Step, parse_path
@@ -263,7 +263,12 @@ def test_apply_never_raises_and_never_mutates(
     table: dict[str, Any], document: Any, context: ScopeContext
 ) -> None:
     before = repr(document)
-    compile_package(table).apply(document, context)
+    try:
+        package = compile_package(table)
+    except ConfigError:  # refused when the config is loaded (e.g. no field reaches a row filter)
+        assume(False)
+        return
+    package.apply(document, context)
     assert repr(document) == before
 
 
