@@ -114,6 +114,10 @@ def request_subject(
     else:
         reserved = frozenset(n.lower() for n in route.governed_params | route.path_params)
         values = [body_subject(route.subject, headers, body, reserved=reserved)]
+    if len(values) > 1:  # the same name twice: which one the data API reads is not ours to guess
+        if source == "header":
+            raise BadRequestError("the data subject header is repeated", reason="ambiguous_header")
+        raise BadRequestError("the data subject parameter is repeated", reason="duplicate_parameter")
     if len(values) != 1 or not values[0]:
         raise BadRequestError("the request must name exactly one data subject", reason="subject_missing")
     if len(values[0]) > _MAX_SUBJECT_CHARS:

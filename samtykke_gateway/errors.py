@@ -58,6 +58,9 @@ def render_error(exc: GatewayError, *, correlation_id: str, style: str = "proble
     challenge = exc.www_authenticate
     if challenge is not None and status == 401:
         headers.append((b"www-authenticate", challenge.encode()))
+    allow = getattr(exc, "allow", None)
+    if allow and status == 405:
+        headers.append((b"allow", ", ".join(allow).encode("ascii")))
     return status, headers, body
 
 

@@ -132,9 +132,19 @@ class NotFoundError(GatewayError):
 
 
 class MethodNotAllowedError(GatewayError):
+    """The path is a route, the method is not (RFC 9110 §15.5.6: the answer carries
+    ``Allow``).
+
+    :param allow: the methods the path's routes take, e.g. ``("GET", "HEAD")``.
+    """
+
     status_code = 405
     default_reason = "method_not_allowed"
     kode = "SG-405"
+
+    def __init__(self, detail: str = "", *, reason: str | None = None, allow: tuple[str, ...] = ()) -> None:
+        super().__init__(detail, reason=reason)
+        self.allow = allow
 
 
 class UsageLimitError(GatewayError):

@@ -96,6 +96,7 @@ BINDING_STEPS: tuple[tuple[str, frozenset[str]], ...] = (
     ("consent claims well formed", frozenset({"bad_consent_claims", "test_token_refused"})),
     ("subject named by the request (path, header, query or JSON body field)",
      frozenset({"subject_missing", "subject_malformed", "body_not_json", "duplicate_member", "ambiguous_parameter",
+                "duplicate_parameter",
                 "ambiguous_header", "unsupported_media_type", "request_body_too_large"})),
     ("consent valid now (ValidToDate / validTo, DelegatedDate)", frozenset({"consent_expired", "consent_not_yet_valid"})),
     ("consent given to the calling consumer (CoveredBy / to)", frozenset({"consumer_mismatch"})),

@@ -26,6 +26,7 @@ _PLAIN = re.compile(r"[A-Za-z0-9!$&'()*+,;=:@._~-]*")
 # never inside a decoded segment: separators (an encoded / or \ means different things to
 # different servers) and control characters
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f/\\]")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def normalize_path(raw_path: bytes | str) -> tuple[str, ...]:
@@ -33,7 +34,8 @@ def normalize_path(raw_path: bytes | str) -> tuple[str, ...]:
 
     ``/a//b/./c/../d%41`` → ``("a", "b", "dA")``.
 
-    :raises BadRequestError: (400, ``bad_path``) non-ASCII raw bytes, encoded ``/``/``\\``,
+    :raises BadRequestError: (400, ``bad_path``) non-ASCII raw bytes, a ``%`` not followed by
+        two hex digits, encoded ``/``/``\\``,
         control characters, invalid UTF-8 after decoding, ``..`` above the root, over 4 KiB.
     """
     if isinstance(raw_path, str):
@@ -51,6 +53,8 @@ def normalize_path(raw_path: bytes | str) -> tuple[str, ...]:
     for seg in raw.split("/")[1:]:
         decoded = seg
         if "%" in seg:
+            if _BAD_ESCAPE.search(seg):  # RFC 3986 §2.1: "%" starts a pct-encoded octet
+                raise BadRequestError("path has an invalid percent-encoding", reason="bad_path")
             try:
                 decoded = unquote(seg, encoding="utf-8", errors="strict")
             except UnicodeDecodeError:
@@ -94,15 +98,15 @@ class Router:
         :raises MethodNotAllowedError: (405) the path matches a route but the method does not.
         """
         decoded = "/" + "/".join(segments)
-        path_hit = False
+        allowed: set[str] = set()
         for route in self._routes:
             m = route.pattern.fullmatch(decoded)
             if m is None or any("/" in v for v in m.groupdict().values()):
                 continue
             if method not in route.methods:
-                path_hit = True
+                allowed.update(route.methods)
                 continue
             return RouteMatch(route, m.groupdict(), encode_path(segments))
-        if path_hit:
-            raise MethodNotAllowedError("method not allowed on this route")
+        if allowed:
+            raise MethodNotAllowedError("method not allowed on this route", allow=tuple(sorted(allowed)))
         return None

@@ -13,9 +13,9 @@ import pytest
 
 from samtykke_gateway.testing import DevIssuer
 
-from .proxy_support import SCOPED_PATH, STREAM_PATH, routes_with_unscoped
+from .proxy_support import SCOPED_PATH, STREAM_PATH, raw_exchange, routes_with_unscoped
 from .proxy_support import served as lab_served
-from .support import a3_headers
+from .support import TAX_BASE_PERSON, a3_headers
 from .test_review_body_subject import BODY, MODES, _head, _status, served
 
 pytestmark = pytest.mark.anyio
@@ -166,3 +166,44 @@ async def test_client_leaving_before_the_answer_cancels_the_upstream_request(
         assert again.status_code == 200, again.text  # the one-time consent was not spent
         spent = await gw.client.get(path + "?case=json", headers=headers)
         assert spent.status_code == 403 and spent.json()["reason"] == "consent_spent"
+
+
+async def test_405_names_the_allowed_methods(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """RFC 9110 §15.5.6: a 405 carries ``Allow``."""
+    async with lab_served("sidecar", issuer_url) as gw:
+        response = await gw.client.delete(SCOPED_PATH, headers=a3_headers(dev_issuer))
+        assert response.status_code == 405
+        assert {m.strip() for m in response.headers["allow"].split(",")} >= {"GET", "HEAD"}
+        assert "DELETE" not in response.headers["allow"]
+
+
+async def test_repeated_subject_header_or_parameter_is_named_as_such(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """Two subject headers (or query parameters) are a 400 that says so, not ``subject_missing``."""
+    base = next(r for r in routes_with_unscoped() if r["name"] == "spesifisertsummertskattegrunnlag")
+    by_header = dict(base, name="ssg-header", path="/api/h/{rettighetspakke}/{inntektsaar}",
+                     subject={"header": "NAV-PersonIdent"})
+    by_query = dict(base, name="ssg-query", path="/api/q/{rettighetspakke}/{inntektsaar}",
+                    subject={"query": "fnr"})
+    async with lab_served("sidecar", issuer_url, routes=[*routes_with_unscoped(), by_header, by_query]) as gw:
+        auth = a3_headers(dev_issuer)["Authorization"]
+        request = (f"GET /api/h/sbl/2022 HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
+                   f"NAV-PersonIdent: {TAX_BASE_PERSON}\r\nNAV-PersonIdent: {TAX_BASE_PERSON}\r\n"
+                   "Connection: close\r\n\r\n").encode()
+        status, _, body = await asyncio.to_thread(raw_exchange, gw.url, request)
+        assert status == 400 and b'"ambiguous_header"' in body, body
+        response = await gw.client.get(f"/api/q/sbl/2022?fnr={TAX_BASE_PERSON}&fnr={TAX_BASE_PERSON}",
+                                       headers=a3_headers(dev_issuer))
+        assert response.status_code == 400 and response.json()["reason"] == "duplicate_parameter"
+        one = await gw.client.get("/api/h/sbl/2022", headers={**a3_headers(dev_issuer), "NAV-PersonIdent": TAX_BASE_PERSON})
+        assert one.status_code == 200, one.text
+
+
+@pytest.mark.parametrize("bad", ["%zz", "%4", "1287939778%", "%g0" + TAX_BASE_PERSON])
+async def test_invalid_percent_encoding_in_the_path_is_400(bad: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    async with lab_served("sidecar", issuer_url) as gw:
+        auth = a3_headers(dev_issuer)["Authorization"]
+        request = (f"GET /api/formueinntekt/spesifisertsummertskattegrunnlag/sbl/2022/{bad} HTTP/1.1\r\n"
+                   f"Host: x\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n").encode()
+        status, _, body = await asyncio.to_thread(raw_exchange, gw.url, request)
+        assert status == 400 and b'"bad_path"' in body, body
+        assert gw.lab.requests == []
