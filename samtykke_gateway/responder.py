@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import brotli  # type: ignore[import-untyped]
 
@@ -96,35 +97,73 @@ def decode_body(body: bytes, encoding: str, *, max_bytes: int) -> bytes:
             if coding == "identity":
                 continue
             if coding in ("gzip", "x-gzip"):
-                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                body = _gzip(body, max_bytes)
             elif coding == "deflate":
                 d = zlib.decompressobj(zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS)
+                body = _inflate(d, body, max_bytes)
+                if d.unused_data:
+                    raise UpstreamError("data after the compressed body", reason="upstream_bad_encoding")
             elif coding == "br":
                 body = _brotli(body, max_bytes)
-                continue
             else:
                 raise UpstreamError("upstream used an unknown content encoding", reason="upstream_unknown_encoding")
-            body = d.decompress(body, max_bytes + 1)
-            if len(body) > max_bytes:
-                raise UpstreamError("upstream body too large", reason=_TOO_LARGE)
-            if not d.eof:
-                raise UpstreamError("truncated compressed body", reason="upstream_bad_encoding")
         except (zlib.error, brotli.error):
             raise UpstreamError("corrupt compressed upstream body", reason="upstream_bad_encoding") from None
     return body
 
 
+def _inflate(d: Any, body: bytes, max_bytes: int) -> bytes:
+    out = d.decompress(body, max_bytes + 1)
+    if len(out) > max_bytes:
+        raise UpstreamError("upstream body too large", reason=_TOO_LARGE)
+    if not d.eof:
+        raise UpstreamError("truncated compressed body", reason="upstream_bad_encoding")
+    return bytes(out)
+
+
+def _gzip(body: bytes, max_bytes: int) -> bytes:
+    """gzip, every member (RFC 1952 §2.2: a file is a series of members, as ``gzip.decompress``
+    reads it); anything after the last member that is not a member is a corrupt body (502),
+    never ignored."""
+    parts: list[bytes] = []
+    left = max_bytes
+    rest = body
+    while True:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        part = _inflate(d, rest, left)
+        parts.append(part)
+        left -= len(part)
+        rest = d.unused_data
+        if not rest:
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        if rest[:2] != b"\x1f\x8b":
+            raise UpstreamError("data after the compressed body", reason="upstream_bad_encoding")
+
+
 def _brotli(body: bytes, max_bytes: int) -> bytes:
+    """br with its output bounded per call (``output_buffer_limit``, brotli ≥ 1.2): a few
+    hundred bytes can expand to gigabytes, which one unbounded call would allocate first."""
     decompressor = brotli.Decompressor()
-    chunks, total = [], 0
-    for i in range(0, len(body), 65536):
-        part = decompressor.process(body[i : i + 65536])
+    chunks: list[bytes] = []
+    total = pos = 0
+    step = 65536
+    while not decompressor.is_finished():
+        if decompressor.can_accept_more_data():
+            if pos >= len(body):
+                raise UpstreamError("truncated br body", reason="upstream_bad_encoding")
+            data = body[pos : pos + step]
+            pos += step
+        else:
+            data = b""  # output still pending from input already given
+        part = decompressor.process(data, output_buffer_limit=step)
+        if not data and not part:  # no input taken and nothing out: never spin
+            raise UpstreamError("corrupt compressed upstream body", reason="upstream_bad_encoding")
         total += len(part)
         if total > max_bytes:
             raise UpstreamError("upstream body too large", reason=_TOO_LARGE)
         chunks.append(part)
-    if not decompressor.is_finished():
-        raise UpstreamError("truncated br body", reason="upstream_bad_encoding")
+    if pos < len(body):
+        raise UpstreamError("data after the compressed body", reason="upstream_bad_encoding")
     return b"".join(chunks)
 
 
