@@ -227,8 +227,86 @@ def serve(config_path: str, *, host: str, port: int, workers_note: bool = False)
             return 2
     app = ReloadingApp(config_path, config=config, tracer=tracer)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                server_header=False, proxy_headers=False, log_config=None)
+                server_header=False, proxy_headers=False, log_config=None, **bounded_http_options())
     return 0
+
+
+#: Most bytes of one request head (request line and header fields, names and values; chunk
+#: trailers count too) before the connection is answered 400 and closed.
+MAX_HEAD_BYTES = 64 * 1024
+#: Most seconds from a connection's first moment (or a request's first byte) until its header
+#: block is complete; a client trickling headers (slowloris) is disconnected after this.
+HEAD_TIMEOUT_SECONDS = 10.0
+
+
+def bounded_http_options(max_head_bytes: int = MAX_HEAD_BYTES,
+                         head_timeout_seconds: float = HEAD_TIMEOUT_SECONDS) -> dict[str, Any]:
+    """``uvicorn.run`` keyword arguments that bound request heads in size and time.
+
+    uvicorn's httptools protocol reads a header block of any size and waits for it as long as
+    the client trickles it (a review held a connection for minutes, and had a 10 MB header block
+    authorised and forwarded); its h11 protocol bounds the size only. With httptools installed
+    (extra ``fast``) a subclass counts head bytes as the parser reports them (400 and close over
+    ``max_head_bytes``) and closes a connection whose head is not complete within
+    ``head_timeout_seconds``; without it, h11 with ``h11_max_incomplete_event_size``.
+    A front proxy's own header limits still belong in front of the gateway.
+
+    :returns: ``{"http": protocol class}`` or ``{"http": "h11", "h11_max_incomplete_event_size": n}``.
+    """
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return {"http": "h11", "h11_max_incomplete_event_size": max_head_bytes}
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
+        _head_bytes = 0
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._head_bytes = 0
+            self._arm()
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4)
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def _count(self, n: int) -> None:
+            self._head_bytes += n
+            if self._head_bytes > max_head_bytes:  # uvicorn answers a parser error 400, closes
+                raise ValueError("request head too large")
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = asyncio.get_running_loop().call_later(head_timeout_seconds, self._head_timeout)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.close()
+
+    return {"http": BoundedHttpToolsProtocol}
 
 
 def _warn_memory_state(config: GatewayConfig) -> None:
