@@ -142,7 +142,7 @@ def uvicorn_process(factory: str, env: dict[str, str]) -> Iterator[tuple[int, in
         "--no-access-log",
         "--no-proxy-headers",
     ]
-    proc = subprocess.Popen(cmd, env={**os.environ, **env, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
     try:
         wait_port(port)
         yield port, proc.pid
@@ -351,6 +351,12 @@ def main() -> int:
     ap.add_argument(
         "--skip-extra", action="store_true", help="no 1-connection / 256-connection / scoping runs"
     )
+    ap.add_argument(
+        "--baseline-tree",
+        metavar="PATH",
+        help="another checkout (e.g. `git worktree add /tmp/base <commit>`): its sidecar runs as "
+        "extra targets 'baseline sidecar sqlite same/pool' in the same rounds (A/B of a change)",
+    )
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -417,6 +423,15 @@ def main() -> int:
             for label, script in (("same", static), ("pool", pool)):
                 url = f"sqlite:///{tmp}/sidecar-{label}.db" if audit == "sqlite" else "memory://"
                 add(f"sidecar {audit} {label}", "sidecar", script, url)
+        if args.baseline_tree:
+            for label, script in (("same", static), ("pool", pool)):
+                name = f"baseline sidecar sqlite {label}"
+                if wanted(name):
+                    extra = {"BENCH_AUDIT": f"sqlite:///{tmp}/baseline-{label}.db",
+                             "PYTHONPATH": str(Path(args.baseline_tree).resolve())}
+                    port, pid = stack.enter_context(uvicorn_process("sidecar", {**env, **extra}))
+                    check(f"http://127.0.0.1:{port}{PATH}", headers)
+                    targets.append(Target(name, port, pid, script, []))
         add("bare app (middleware form)", "bare_app", static)
         for audit in ("sqlite", "memory"):
             for label, script in (("same", static), ("pool", pool)):
