@@ -22,6 +22,8 @@ __all__ = ["accept_correlation_id", "new_id"]
 
 _CORRELATION = re.compile(r"[A-Za-z0-9._-]{8,64}")
 _DIGIT_RUN = re.compile(r"[0-9]{9,}")
+_PERSON_RUN = re.compile(r"[0-9]{11,}")
+_SEPARATORS = str.maketrans("", "", "._-")
 _HEX_TO_LETTERS = str.maketrans("0123456789", "ghijklmnop")
 _lock = threading.Lock()
 _prefix = ""
@@ -45,7 +47,11 @@ def new_id() -> str:
 
 
 def accept_correlation_id(value: str) -> str | None:
-    """``value`` if it is safe to log and forward as a correlation id, else ``None``."""
+    """``value`` if it is safe to log and forward as a correlation id, else ``None``: 8–64 of
+    ``A-Z a-z 0-9 . _ -``, no run of 9+ digits, and no 11 digits in a row once ``.``/``_``/``-``
+    are taken out (a person id written ``010294-13157``)."""
     if _CORRELATION.fullmatch(value) is None or _DIGIT_RUN.search(value) is not None:
+        return None
+    if _PERSON_RUN.search(value.translate(_SEPARATORS)) is not None:
         return None
     return value

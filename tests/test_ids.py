@@ -23,8 +23,13 @@ def test_accepted_correlation_ids_are_safe(value: str) -> None:
     if accepted is not None:
         assert re.fullmatch(r"[A-Za-z0-9._-]{8,64}", accepted)
         assert re.search(r"[0-9]{9,}", accepted) is None
+        assert re.search(r"[0-9]{11,}", re.sub(r"[._-]", "", accepted)) is None
 
 
 def test_person_id_in_correlation_id_refused() -> None:
     assert accept_correlation_id("req-01029413157") is None
     assert accept_correlation_id("bank-req-abc.1") == "bank-req-abc.1"
+    # written with separators (fresh-user review)
+    for value in ("010294-13157x", "req.010294.13157", "0102_9413_157_a", "a-01029-41315-7"):
+        assert accept_correlation_id(value) is None, value
+    assert accept_correlation_id("order-2026-11-29-17") == "order-2026-11-29-17"  # 10 digits: kept
