@@ -211,6 +211,8 @@ class _Exchange:
         self.client_gone = False
         self.watcher: asyncio.Task[None] | None = None
         self.watch_timer: asyncio.TimerHandle | None = None
+        self.stashed: list[Message] = []  # request messages the watcher received for the app
+        self.audit_trial = False  # this request may write while the AuditGuard is still down
         # cancel_on_disconnect: the task to cancel, only while control is inside the app
         self.app_task: asyncio.Task[Any] | None = None
         self.in_app = False
@@ -256,6 +258,7 @@ class _Exchange:
             upstream_scope = self._upstream_scope(self.grant)
             if self.gateway.audit_guard.down:  # known down: nothing is forwarded (no record possible)
                 await self.gateway.audit_guard.check()
+                self.audit_trial = True  # the probe passed: this request is the guard's trial
             await self.gateway.state.before_forward(self.grant)
         except GatewayError as exc:
             self.gate_seconds = time.perf_counter() - self.started_at
@@ -331,7 +334,7 @@ class _Exchange:
         """``inner``, noting when the app has had the last request body message."""
 
         async def receive() -> Message:
-            message = await inner()
+            message = self.stashed.pop(0) if self.stashed else await inner()
             if not self.request_body_done and (
                 message.get("type") != "http.request" or not message.get("more_body", False)
             ):
@@ -371,18 +374,21 @@ class _Exchange:
         """While a streamed answer is open: wait for the client's ``http.disconnect``, so the
         next part is refused with :class:`OSError` (ASGI's "client gone") and the app — the
         sidecar's upstream client — stops producing, instead of an ASGI server such as uvicorn
-        silently dropping parts nobody receives. Started only once the app has had the whole
-        request body, so it never takes a body message from the app."""
+        silently dropping parts nobody receives. Started once the app has had (or, without a
+        body, could have had) the whole request body; a request message it receives all the
+        same (an app that reads its empty body late) is kept for the app, in order."""
         try:
             for _ in range(4):  # a server's receive blocks until the client goes; never spin
                 message = await self.receive()
-                if message.get("type") == "http.disconnect":
-                    self.client_gone = True
-                    task = self.app_task
-                    if self.in_app and task is not None and not task.done():
-                        self.cancelled_for_disconnect = True
-                        task.cancel()
-                    return
+                if message.get("type") != "http.disconnect":
+                    self.stashed.append(message)  # the app's, not ours
+                    continue
+                self.client_gone = True
+                task = self.app_task
+                if self.in_app and task is not None and not task.done():
+                    self.cancelled_for_disconnect = True
+                    task.cancel()
+                return
         except Exception as exc:  # noqa: BLE001 - a watcher only: the stream goes on unwatched
             log.debug("disconnect watch ended: %s", type(exc).__name__)
 
@@ -502,6 +508,9 @@ class _Exchange:
             if self.failure is not None:
                 log.debug("protected app stopped after the gateway answered: %s", type(exc).__name__)
                 return
+            if self.client_gone and isinstance(exc, OSError):
+                await self._client_left()
+                return
             if not self.response_started:
                 # the class only: an app's exception text or traceback may quote personal data
                 log.error("protected app failed: %s (correlation_id=%s)", type(exc).__name__, self.correlation_id)
@@ -572,6 +581,9 @@ class _Exchange:
             await self._handle_app_message(message)
         finally:
             self.in_app = True
+        if self.client_gone and self.cancel_on_disconnect and (self.stream_open or not self.response_started):
+            # the client left while the gateway was busy (no cancel then): stop the app now
+            raise OSError("the client disconnected")
 
     async def _handle_app_message(self, message: Message) -> None:
         if self.failure is not None:
@@ -606,16 +618,26 @@ class _Exchange:
                 raise OSError("the client disconnected")
             await self.send(message)
             if self.stream_open:
+                final = not message.get("more_body", False)
+                if self.watcher is not None and not final:
+                    # A server may take parts for a gone client without suspending (uvicorn
+                    # drops them): let the watcher see the disconnect before the next part.
+                    # Not after the last part: the server then reports its own end of the
+                    # response as http.disconnect too.
+                    await asyncio.sleep(0)
+                if self.client_gone:
+                    # seen while this part waited (e.g. for the server's buffer to drain): the
+                    # server may have dropped it, so it is not counted
+                    await self._end_stream("client_disconnected")
+                    raise OSError("the client disconnected")
                 body = message.get("body", b"")
                 if body and self.record.method != "HEAD":  # counted once the server has taken it
                     self.stream_bytes += len(body)
                     self.stream_hash.update(body)
+                    if 200 <= self.record.status < 300:
+                        self.released = True  # data has left: a one-time consent is spent
                 if not message.get("more_body", False):
                     await self._end_stream(None)
-                elif self.watcher is not None:
-                    # A server may take parts for a gone client without suspending (uvicorn
-                    # drops them): let the watcher see the disconnect before the next part.
-                    await asyncio.sleep(0)
             return
         body = message.get("body", b"")
         if body:
@@ -642,9 +664,9 @@ class _Exchange:
             self.failure = exc
             await self._send_error(exc)
             return
-        headers = streaming_headers(start.get("headers", []), self.correlation_id.encode("ascii"))
+        headers = streaming_headers(start.get("headers", []), self.correlation_id.encode("ascii"), status=status)
         self.response_started = True
-        self.released = 200 <= status < 300 and self.record.method != "HEAD"
+        self.released = False  # set when the first body byte has been handed to the server
         self.stream_open = True
         self.stream_hash = hashlib.sha256()
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
@@ -773,19 +795,23 @@ class _Exchange:
         guard = self.gateway.audit_guard
         started = time.perf_counter()
         try:
-            if guard.down:
-                await guard.check()
-            await self.gateway.store.append(self.record)
-        except AuditUnavailableError as exc:
-            guard.failed()
+            if guard.down and not self.audit_trial:
+                await guard.check()  # known down: refused without a write (detail says so)
+                self.audit_trial = True
+            try:
+                await self.gateway.store.append(self.record)
+            except AuditUnavailableError as exc:
+                guard.failed()
+                log.error("disclosure log write failed: %s (correlation_id=%s)", exc.detail, self.correlation_id)
+                raise AuditUnavailableError(UNAVAILABLE_DETAIL) from None
+        except AuditUnavailableError:
             self.gateway.observer.audit_write(time.perf_counter() - started, ok=False)
-            log.error("disclosure log write refused: %s (correlation_id=%s)", exc.detail, self.correlation_id)
             self.record.decision = "error"  # nothing was released (logs and metrics say so)
             self.record.reason = "audit_unavailable"
             self.record.status = 503
             self.gateway.observer.decision(self.record, self.gate_seconds)
-            raise AuditUnavailableError(UNAVAILABLE_DETAIL) from None
-        guard.down = False
+            raise
+        guard.succeeded()
         self.gateway.observer.audit_write(time.perf_counter() - started, ok=True)
         self.gateway.observer.decision(self.record, self.gate_seconds)
 

@@ -179,13 +179,17 @@ def _scoped_headers(headers: Headers, allow: frozenset[bytes]) -> Headers:
     return [(n, v) for n, v in headers if n.lower() in allow and n.lower() not in _REPRESENTATION]
 
 
-def streaming_headers(headers: Headers, correlation_id: bytes) -> Headers:
+def streaming_headers(headers: Headers, correlation_id: bytes, *, status: int = 200) -> Headers:
     """Headers of an unscoped (streamed) response: hop-by-hop and server-owned (``Date``,
-    ``Server``) dropped, our correlation id."""
+    ``Server``) dropped, our correlation id. A 204 or 304 never has content (RFC 9110
+    §6.4.1), so its ``Content-Length`` is dropped too: an ASGI server such as uvicorn would take
+    it as the length of a body to come and break the connection when none does."""
+    bodyless = status in (204, 304)
     out = [
         (n, v)
         for n, v in strip_hop_by_hop(headers)
         if n.lower() != b"x-correlation-id" and n.lower() not in _SERVER_OWNED
+        and not (bodyless and n.lower() == b"content-length")
     ]
     out.append((b"x-correlation-id", correlation_id))
     return out

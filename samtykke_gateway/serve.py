@@ -259,12 +259,28 @@ def bounded_http_options(max_head_bytes: int = MAX_HEAD_BYTES,
         return {"http": "h11", "h11_max_incomplete_event_size": max_head_bytes}
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
-        _head_bytes = 0
+        _head_bytes = 0  # as the parser reports them (url, names, values)
+        _raw_head_bytes = 0  # as received while a head is open (llhttp buffers a long value)
+        _in_head = True  # between requests, or inside a request head
         _head_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._in_head:
+                self._raw_head_bytes += len(data)
+                if self._head_timer is None:  # bytes between requests (even a bare CRLF) start a head
+                    self._arm()
+            super().data_received(data)
+            if self._in_head and self._raw_head_bytes > max_head_bytes + 65536 and not self.transport.is_closing():
+                self.send_400_response("Request head too large")  # writes the 400 and closes
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._in_head = True
+            self._raw_head_bytes = 0
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -273,7 +289,9 @@ def bounded_http_options(max_head_bytes: int = MAX_HEAD_BYTES,
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._head_bytes = 0
-            self._arm()
+            self._in_head = True
+            if self._head_timer is None:
+                self._arm()
 
         def on_url(self, url: bytes) -> None:
             self._count(len(url))
@@ -285,6 +303,7 @@ def bounded_http_options(max_head_bytes: int = MAX_HEAD_BYTES,
 
         def on_headers_complete(self) -> None:
             self._disarm()
+            self._in_head = False
             super().on_headers_complete()
 
         def _count(self, n: int) -> None:

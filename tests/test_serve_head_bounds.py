@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 
@@ -79,3 +80,40 @@ def test_normal_requests_pass(sidecar: ThreadedServer, dev_issuer: DevIssuer) ->
             "X-Padding: " + "p" * 30000 + "\r\nConnection: close\r\n\r\n").encode()
     out, _ = _exchange(sidecar.port, head)
     assert out.startswith(b"HTTP/1.1 200 "), out[:300]
+
+
+def test_one_endless_header_value_is_cut_while_it_arrives(sidecar: ThreadedServer) -> None:
+    """llhttp hands a header value over only when it ends, so counting in ``on_header`` alone
+    let one value grow without bound (a review sent 77 MB; memory and the event loop suffered):
+    raw bytes are counted while a head is open."""
+    sent = 0
+    answer = b""
+    with socket.create_connection(("127.0.0.1", sidecar.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        try:
+            while sent < 50 * 1024 * 1024:
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        with contextlib.suppress(OSError):
+            answer = sock.recv(200)
+    assert sent < 8 * 1024 * 1024, sent  # cut long before the 50 MB
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400 "), answer[:100]
+
+
+def test_bytes_after_a_request_start_a_new_head_timeout(sidecar: ThreadedServer, dev_issuer: DevIssuer) -> None:
+    """A bare CRLF after an answered request cancels uvicorn's keep-alive timer without
+    starting a request (llhttp skips it): the head timeout must still close the connection."""
+    auth = a3_headers(dev_issuer)["Authorization"]
+    with socket.create_connection(("127.0.0.1", sidecar.port), timeout=8) as sock:
+        sock.sendall(f"GET {SCOPED_PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n".encode())
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 "), first[:200]
+        time.sleep(0.3)
+        sock.sendall(b"\r\n")
+        started = time.monotonic()
+        with contextlib.suppress(OSError):
+            while sock.recv(65536):
+                pass
+        assert time.monotonic() - started < 4  # head timeout 1 s here (uvicorn's keep-alive: 5 s)

@@ -6,7 +6,10 @@ data API has answered (it holds the upstream status and what was released). With
 guard every request during an outage was still forwarded — a POST executed upstream, then 503
 to the client with no record — and each waited for the store's own timeout (15 s for a
 PostgreSQL server that hangs). While the guard is down, one request per ``retry_seconds``
-probes the store (:meth:`DisclosureStore.ping`); the others are refused at once.
+probes the store (:meth:`DisclosureStore.ping`); the others are refused at once. A probe that
+succeeds lets only that one request through (a trial) until its own record is written: a store
+that answers reads but refuses writes (read-only after a failover, a full disk) would otherwise
+let every request in between through.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from .base import DisclosureStore
 
 __all__ = ["AuditGuard"]
 
-UNAVAILABLE_DETAIL = "the disclosure log is unavailable; nothing was forwarded or released"
+#: The 503 detail when a record could not be written (the request may have reached the data API).
+UNAVAILABLE_DETAIL = "the disclosure log is unavailable; nothing was released"
+#: The 503 detail when the guard refused the request before it was forwarded.
+NOT_FORWARDED_DETAIL = "the disclosure log is unavailable; the request was not forwarded"
 
 
 class AuditGuard:
@@ -27,22 +33,24 @@ class AuditGuard:
 
     :param store: the store to probe.
     :param retry_seconds: while down, at most one probe per this many seconds (monotonic).
+    :param trial_seconds: most seconds a trial request may take to settle (its record written
+        or failed) before another probe is allowed.
     :param clock: monotonic seconds (tests).
     """
 
-    def __init__(self, store: DisclosureStore, *, retry_seconds: float = 1.0,
+    def __init__(self, store: DisclosureStore, *, retry_seconds: float = 1.0, trial_seconds: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.retry_seconds = retry_seconds
+        self.trial_seconds = trial_seconds
         self.down = False
         self._clock = clock
         self._next_probe = 0.0
 
     def failed(self) -> None:
-        """A write failed: refuse until a probe (or a write) succeeds."""
-        if not self.down:
-            self.down = True
-            self._next_probe = self._clock() + self.retry_seconds
+        """A write failed: refuse until a probe and then a trial write succeed."""
+        self.down = True
+        self._next_probe = self._clock() + self.retry_seconds
 
     def succeeded(self) -> None:
         """A write went through: the store is up."""
@@ -57,11 +65,12 @@ class AuditGuard:
         if not self.down:
             return
         now = self._clock()
-        if now < self._next_probe:
-            raise AuditUnavailableError(UNAVAILABLE_DETAIL)
+        if now < self._next_probe:  # waiting to probe, or a trial request is under way
+            raise AuditUnavailableError(NOT_FORWARDED_DETAIL)
         self._next_probe = now + self.retry_seconds  # concurrent requests do not probe too
         try:
             await self.store.ping()
         except AuditUnavailableError:
-            raise AuditUnavailableError(UNAVAILABLE_DETAIL) from None
-        self.down = False
+            raise AuditUnavailableError(NOT_FORWARDED_DETAIL) from None
+        # this request is the trial: the others wait for its write (succeeded()/failed())
+        self._next_probe = self._clock() + self.trial_seconds
