@@ -796,7 +796,12 @@ class _Exchange:
         started = time.perf_counter()
         try:
             if guard.down and not self.audit_trial:
-                await guard.check()  # known down: refused without a write (detail says so)
+                try:
+                    await guard.check()  # known down: refused without a write
+                except AuditUnavailableError:
+                    if self.forward_started:  # forwarded before the guard went down: say only that
+                        raise AuditUnavailableError(UNAVAILABLE_DETAIL) from None
+                    raise
                 self.audit_trial = True
             try:
                 await self.gateway.store.append(self.record)
