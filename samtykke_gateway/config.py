@@ -922,6 +922,7 @@ def _resolve_store_url(url: str, base_dir: Path, key: str) -> str:
 def read_config_text(path: Path, key_path: str) -> str:
     """A UTF-8 text file the config reads (the config itself, value lists).
 
+    A leading UTF-8 byte order mark is dropped (TOML has none; Windows editors write one).
     A file that is not UTF-8 (e.g. "år" saved in Latin-1) is a :class:`ConfigError` naming the
     byte offset and line, never the bytes: a ``UnicodeDecodeError``'s repr quotes the whole
     file, passwords in database URLs included, and must not reach a log or a traceback.
@@ -932,6 +933,8 @@ def read_config_text(path: Path, key_path: str) -> str:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(key_path, f"cannot read {'config file ' if not key_path else ''}{path}: {exc.strerror}") from None
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (Windows editors): not content
+        data = data[3:]
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

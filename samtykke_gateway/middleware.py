@@ -360,6 +360,19 @@ class _Exchange:
         if self.watcher is None and self.watch_timer is None:
             self.watch_timer = asyncio.get_running_loop().call_later(_WATCH_DELAY, self._start_watching)
 
+    async def _client_is_gone(self) -> bool:
+        """After the app has finished (no body reads can follow): has the client disconnected?
+        Asks the server once, waiting at most 50 ms (used only on failure paths)."""
+        if self.client_gone:
+            return True
+        try:
+            message = await asyncio.wait_for(self.receive(), 0.05)
+        except (TimeoutError, Exception):  # noqa: BLE001 - a server without an answer: not known gone
+            return False
+        if message.get("type") == "http.disconnect":
+            self.client_gone = True
+        return self.client_gone
+
     async def _client_left(self) -> None:
         """After cancelling the app because the client left: record what happened."""
         if self.stream_open:
@@ -512,6 +525,9 @@ class _Exchange:
                 await self._client_left()
                 return
             if not self.response_started:
+                if await self._client_is_gone():  # e.g. Starlette's ClientDisconnect reading the body
+                    await self._client_left()
+                    return
                 # the class only: an app's exception text or traceback may quote personal data
                 log.error("protected app failed: %s (correlation_id=%s)", type(exc).__name__, self.correlation_id)
                 await self._deny(UpstreamError("the data API failed", reason="upstream_error"), after_grant=True)
@@ -528,10 +544,14 @@ class _Exchange:
         finally:
             self._stop_watching()
         if self.stream_open:  # the app returned without finishing its answer
-            await self._end_stream("client_disconnected" if self.client_gone else "upstream_error")
-        if not self.response_started and self.failure is None:
-            # the app returned without completing a response
-            await self._deny(UpstreamError("the data API gave no response", reason="upstream_error"), after_grant=True)
+            await self._end_stream("client_disconnected" if await self._client_is_gone() else "upstream_error")
+        elif not self.response_started and self.failure is None:
+            # the app returned without a response: often its own reaction to a client that left
+            if await self._client_is_gone():
+                await self._client_left()
+            else:
+                await self._deny(UpstreamError("the data API gave no response", reason="upstream_error"),
+                                 after_grant=True)
 
     def _upstream_headers(self, grant: Grant) -> list[tuple[bytes, bytes]]:
         """Client headers minus the tokens, the client's correlation id and any
@@ -654,24 +674,34 @@ class _Exchange:
         if start is None:
             raise RuntimeError("body before response start")
         status = int(start["status"])
+        if self.request_body_done and self.record.method != "HEAD":
+            # a client already gone (it gave up, or half-closed) gets no start record and spends
+            # nothing: let the watcher look once before anything is written
+            self._start_watching()
+            await asyncio.sleep(0)
+            if self.client_gone:
+                await self._deny(ClientDisconnectedError("the client disconnected before the answer"),
+                                 after_grant=True)
+                return
         self.record.decision = "allow"
         self.record.reason = "ok" if status < 400 else "upstream_status"
         self.record.status = status
         self.record.upstream_status = status
+        # open before the start record is written: if the app cancels this send mid-write (an
+        # app's own disconnect handling), the exchange still closes the stream with an end record
+        self.released = False  # set when the first body byte has been handed to the server
+        self.stream_open = True
+        self.stream_hash = hashlib.sha256()
         try:
             await self._append()
         except AuditUnavailableError as exc:
+            self.stream_open = False
             self.failure = exc
             await self._send_error(exc)
             return
         headers = streaming_headers(start.get("headers", []), self.correlation_id.encode("ascii"), status=status)
         self.response_started = True
-        self.released = False  # set when the first body byte has been handed to the server
-        self.stream_open = True
-        self.stream_hash = hashlib.sha256()
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
-        if self.request_body_done and self.record.method != "HEAD":
-            self._start_watching()
 
     async def _end_stream(self, cause: str | None) -> None:
         """Append the streamed answer's end record: ``stream_end`` (complete) or ``stream_cut``

@@ -350,3 +350,12 @@ def test_revocation_file_accepts_guids_in_braces(tmp_path: Path, caplog: pytest.
                  "{616D2C43-17F9-4CC1-9257-41CDDA157F11}"]) == 0
     assert "revoked 2 consent id(s): 1 new" in capsys.readouterr().out  # the braced line already named the first
     assert path.read_text().splitlines()[-1] == "616d2c43-17f9-4cc1-9257-41cdda157f11"
+
+
+def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    """Windows editors save UTF-8 with a byte order mark; tomllib refuses it ("Invalid
+    statement at line 1, column 1"), so the config reader drops it (second fresh-user pass)."""
+    path = write_config(tmp_path / "gw.toml", issuer_url="http://127.0.0.1:9", upstream_url="http://127.0.0.1:9")
+    plain = load_config(path)
+    path.write_bytes(b"\xef\xbb\xbf" + "# inntektsår\n".encode() + path.read_bytes())
+    assert load_config(path).upstream_url == plain.upstream_url

@@ -203,7 +203,9 @@ def test_export_folds_the_end_into_its_disclosure() -> None:
     assert got["c1"]["time"] == "2026-11-29T10:00:00.000000Z"  # the decision's time
     assert (got["c2"]["stream_end"], got["c2"]["stream_cut_reason"], got["c2"]["released_bytes"]) == \
         ("cut", "upstream_timeout", 7)
-    assert got["c3"]["stream_end"] is None and got["c3"]["released_bytes"] == 0
+    # no end record: the bytes are unknown, never a definite 0 (fresh-user review)
+    assert got["c3"]["stream_end"] is None and got["c3"]["released_bytes"] is None
+    assert got["c3"]["released_sha256"] is None
     assert got["c4"]["stream_end"] == "complete" and got["c4"]["released_bytes"] == 3
     assert "stream_end" not in got["c5"] and got["c5"]["released_bytes"] == 99
 

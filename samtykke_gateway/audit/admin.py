@@ -262,8 +262,10 @@ def export_document(
     decision, written before the first byte left, and its end (``stream_end`` / ``stream_cut``)
     with the bytes and SHA-256 of what left. They are shown as one disclosure whose
     ``stream_end`` is ``"complete"``, ``"cut"`` (``stream_cut_reason`` says why) or ``None``
-    (no end record: a gateway stopped mid-stream, or the end falls outside the period); an end
-    record without its start in ``records`` is shown on its own.
+    (no end record: a gateway stopped mid-stream or its store failed, or the end falls outside
+    the period — then ``released_bytes``/``released_sha256`` are ``None``, unknown, not 0); an
+    end record without its start in ``records`` is shown on its own. Bytes count what the
+    gateway handed to its server: an upper bound of what the client received.
     """
     disclosures: list[dict[str, Any]] = []
     denied: list[dict[str, Any]] = []
@@ -312,6 +314,9 @@ def export_document(
         else:
             entry |= {"decision": r.decision, "reason": r.reason, "status": r.status}
             denied.append(entry)
+    for entry in open_streams.values():  # no end record: what left is not known
+        entry["released_bytes"] = None
+        entry["released_sha256"] = None
     return {
         "subject": subject,
         "since": since,
