@@ -97,18 +97,32 @@ def _rights(entry: dict[str, Any]) -> tuple[ConsentRight, ...]:
             value = res.get("value")
             if not isinstance(value, str) or _RESOURCE.fullmatch(value) is None:
                 raise _bad("consentRights resource value is not a resource id")
-            target = merged.get(value)
-            if target is None:
-                # A copy: merging another right into this resource must not reach the others.
-                merged[value] = metadata.copy() if len(resources) > 1 else metadata
-                continue
-            for key, one in metadata.items():
-                vals = target.get(key)
-                if vals is None:
-                    target[key] = one
-                elif one[0] not in vals:
-                    target[key] = (*vals, one[0])
+            merge_right(merged, value, metadata, shared=len(resources) > 1)
     return tuple([ConsentRight(res, md) for res, md in merged.items()])
+
+
+def merge_right(
+    merged: dict[str, dict[str, tuple[str, ...]]],
+    resource: str,
+    metadata: dict[str, tuple[str, ...]],
+    *,
+    shared: bool,
+) -> None:
+    """Add one ``consentRights`` entry's ``metadata`` (lower-cased key → one-value tuple) for
+    ``resource`` to ``merged``: the same resource in several rights allows the union of their
+    values per key (Altinn 3 validate-consent guide; SPEC §5). ``shared``: the metadata dict
+    also serves other resources of the same right, so it is copied before it can be merged into.
+    """
+    target = merged.get(resource)
+    if target is None:
+        merged[resource] = metadata.copy() if shared else metadata
+        return
+    for key, one in metadata.items():
+        vals = target.get(key)
+        if vals is None:
+            target[key] = one
+        elif one[0] not in vals:
+            target[key] = (*vals, one[0])
 
 
 def consent_from_authorization_details(

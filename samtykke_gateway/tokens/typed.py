@@ -42,7 +42,7 @@ from datetime import datetime
 import msgspec
 
 from ..identifiers import party_from_urn
-from .altinn3 import _ID, _ISO, _RESOURCE, _RESOURCE_TYPE, CONSENT_TYPE
+from .altinn3 import _ID, _ISO, _RESOURCE, _RESOURCE_TYPE, CONSENT_TYPE, merge_right
 from .model import Consent, ConsentRight, MaskinportenToken
 
 __all__ = ["MaskinportenClaims", "decode_maskinporten", "maskinporten_from_typed"]
@@ -186,16 +186,7 @@ def _rights(rights: list[_Right]) -> tuple[ConsentRight, ...]:
             value = res.value
             if res.type != _RESOURCE_TYPE or _RESOURCE.fullmatch(value) is None:
                 raise _Undecided
-            target = merged.get(value)
-            if target is None:
-                merged[value] = metadata.copy() if len(resources) > 1 else metadata
-                continue
-            for key, one in metadata.items():
-                vals = target.get(key)
-                if vals is None:
-                    target[key] = one
-                elif one[0] not in vals:
-                    target[key] = (*vals, one[0])
+            merge_right(merged, value, metadata, shared=len(resources) > 1)
     return tuple([ConsentRight(res, md) for res, md in merged.items()])
 
 
