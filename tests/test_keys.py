@@ -287,17 +287,24 @@ async def test_no_kid_and_no_x5t_is_unknown_key(upstream: Up, http: httpx.AsyncC
 async def test_cache_control_ttl_and_clamping(
     upstream: Up, http: httpx.AsyncClient, cache_control: str | None, expected_ttl: float
 ) -> None:
+    """The lifetime is the clamped max-age; the refresh starts ahead of its end, at
+    REFRESH_AHEAD_FRACTION of it (before: exactly at its end, with requests waiting)."""
     state, server = upstream
     state.cache_control = cache_control
     clock = Clock()
     keys = make(http, server.url + "/jwk", clock)
     await keys.get(kid="key-0", x5t=None)
-    clock.now += expected_ttl - 0.5
+    assert keys.expires_at == clock.now + expected_ttl
+    refresh_after = expected_ttl * KeySet.REFRESH_AHEAD_FRACTION
+    clock.now += refresh_after - 0.5
     await keys.get(kid="key-0", x5t=None)
+    await keys.wait_idle()
     assert state.hits["/jwk"] == 1
     clock.now += 0.5
     await keys.get(kid="key-0", x5t=None)
+    await keys.wait_idle()
     assert state.hits["/jwk"] == 2
+    assert keys.expires_at == clock.now + expected_ttl
 
 
 async def test_refresh_without_force_respects_ttl(upstream: Up, http: httpx.AsyncClient) -> None:
@@ -410,6 +417,7 @@ async def test_server_down_after_load_keeps_stale_keys(
         await keys.get(kid="key-0", x5t=None)
     clock.now += 301  # TTL over, server gone
     assert (await keys.get(kid="key-0", x5t=None)).kid == "key-0"
+    await keys.wait_idle()  # the refresh it started in the background
     assert keys.ready
     assert keys.last_error is not None and "HTTP failure" in keys.last_error
     with pytest.raises(KeysUnavailableError):

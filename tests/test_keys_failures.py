@@ -30,4 +30,4 @@ async def test_failed_fetch_is_logged_with_its_cause(caplog: pytest.LogCaptureFi
         with caplog.at_level(logging.WARNING, logger="samtykke_gateway.keys"):
             assert not await keys.ensure_loaded()
     messages = [r.getMessage() for r in caplog.records if r.name == "samtykke_gateway.keys"]
-    assert messages == ["JWKS fetch for maskinporten failed: HTTP failure (ConnectError)"]
+    assert messages == ["JWKS fetch for maskinporten from http://127.0.0.1:9/jwk failed: HTTP failure (ConnectError)"]
