@@ -886,3 +886,31 @@ async def test_closed_key_set_cancels_its_refresh(upstream: Up, http: httpx.Asyn
     await keys.aclose()
     assert time.monotonic() - started < 1.0
     await keys.wait_idle()
+
+
+async def test_max_stale_seconds_is_read_from_the_issuer_table(
+    upstream: Up, http: httpx.AsyncClient, tmp_path: Any
+) -> None:
+    from samtykke_gateway.config import load_config
+
+    from .state_support import write_config
+
+    state, server = upstream
+    config = write_config(tmp_path / "gw.toml", issuer_url=server.url, upstream_url="http://127.0.0.1:9")
+    config.write_text(config.read_text()
+                      .replace("[issuers.maskinporten]\n", "[issuers.maskinporten]\nmax_stale_seconds = 5\n")
+                      .replace(f"{server.url}/maskinporten/jwk", f"{server.url}/jwk"))
+    issuers = load_config(config).issuers
+    assert issuers["maskinporten"].max_stale_seconds == 5 and issuers["altinn"].max_stale_seconds == 86400
+    clock = Clock()
+    keys = KeySet.from_issuer_config(issuers["maskinporten"], http, clock=clock)
+    await keys.get(kid="key-0", x5t=None)
+    state.status = 500
+    clock.now += 300 + 4
+    assert keys.ready
+    clock.now += 1
+    assert not keys.ready
+    bad = tmp_path / "bad.toml"
+    bad.write_text(config.read_text().replace("max_stale_seconds = 5", "max_stale_seconds = -1"))
+    with pytest.raises(ConfigError, match="max_stale_seconds"):
+        load_config(bad)
