@@ -75,6 +75,8 @@ class Gateway:
         self.state: ConsentState = state or open_state(
             config, metrics=self.observer if isinstance(self.observer, GatewayMetrics) else None
         )
+        #: issuers whose key set starts empty although ``carry_keys_from`` was given
+        self.new_key_sources: frozenset[str] = frozenset()
         self.issuers: dict[str, IssuerPolicy] = self._issuer_policies(config, carry_keys_from)
         if isinstance(self.observer, GatewayMetrics):
             self.observer.bind_issuers(self.issuers)
@@ -85,8 +87,6 @@ class Gateway:
 
     def _issuer_policies(self, config: GatewayConfig, previous: Gateway | None) -> dict[str, IssuerPolicy]:
         policies = build_issuer_policies(config, self.http)
-        #: issuers whose key set starts empty although a previous gateway was given
-        self.new_key_sources: frozenset[str] = frozenset()
         for name, policy in policies.items():
             # built here (not by build_issuer_policies) for max_stale_seconds and the carry-over
             keys = KeySet.from_issuer_config(config.issuers[name], self.http)

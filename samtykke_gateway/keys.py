@@ -6,10 +6,16 @@ server metadata (``jwks_uri``). Behaviour:
 
 * lifetime from ``Cache-Control: max-age`` (RFC 9111 §5.2.2.1), clamped to
   ``[min_ttl_seconds, max_ttl_seconds]``; ``default_ttl_seconds`` when absent;
-* an unknown ``kid`` triggers at most one refetch per ``refetch_cooldown_seconds``; concurrent
-  callers share one in-flight fetch;
-* a failed refresh keeps the last good keys (stale-on-error); only when *no* keys were ever
-  loaded does :meth:`KeySet.get` raise :class:`~samtykke_gateway.exceptions.KeysUnavailableError`;
+* refreshed in the background ahead of expiry; requests keep using the cached keys while a
+  refresh runs or fails (stale-while-revalidate), for at most ``max_stale_seconds`` past the
+  lifetime; with no usable key :meth:`KeySet.get` raises
+  :class:`~samtykke_gateway.exceptions.KeysUnavailableError` (fail closed, 503);
+* an unknown ``kid`` triggers at most one refetch per ``refetch_cooldown_seconds``, counted
+  from the last such refetch or failed fetch only (a first load or a scheduled refresh does
+  not start it: a key published just after one is found at once, ``docs/protocol.md §4``
+  step 3); concurrent callers share one in-flight fetch;
+* a failed fetch is logged with the URL (no userinfo, query or fragment) and its cause; the
+  exception a client's answer is built from names neither;
 * the document is bounded in bytes (``max_document_bytes``) and keys (``max_keys``); keys with
   ``use`` other than ``sig``, symmetric keys, private keys and unparsable keys are skipped; a
   ``kid`` (or thumbprint) published twice is ambiguous and never matches;
