@@ -17,6 +17,7 @@ With ``tracer`` set (OpenTelemetry, :mod:`samtykke_gateway.tracing`) each reques
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import MutableMapping
 from typing import Any
@@ -103,13 +104,15 @@ class SidecarApp:
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """(ready, JSON-able detail): every issuer's keys loaded, the store and the consent
         state reachable. Details name the failing part, never a token or an id. Keys not
-        loaded are fetched here (at most once per refetch cooldown after a failure)."""
+        loaded are fetched here, all issuers at once (at most once per refetch cooldown after a
+        failure); a due refresh of loaded keys starts in the background."""
         checks: dict[str, Any] = {}
-        ok = True
-        for name, policy in self.gateway.issuers.items():
-            ready = policy.keys.ready or await policy.keys.ensure_loaded()
+        issuers = self.gateway.issuers
+        # all issuers at once: a hanging JWKS endpoint costs one fetch timeout, not one each
+        loaded = await asyncio.gather(*(p.keys.ensure_loaded() for p in issuers.values()))
+        for name, ready in zip(issuers, loaded, strict=True):
             checks[f"keys.{name}"] = "ok" if ready else "not loaded"
-            ok = ok and ready
+        ok = all(loaded)
         try:
             await self.gateway.store.ping()
             checks["disclosure_store"] = "ok"

@@ -114,6 +114,8 @@ class IssuerConfig:
     default_ttl_seconds: float = 3600.0
     refetch_cooldown_seconds: float = 30.0
     fetch_timeout_seconds: float = 5.0
+    #: how long cached keys stay in use past their lifetime while refreshing them fails
+    max_stale_seconds: float = 86400.0
     #: ``aud`` values (RFC 7519 §4.1.3) of which the token must carry one; empty: not checked
     audiences: tuple[str, ...] = ()
 
@@ -411,6 +413,7 @@ def _issuer(name: str, data: Mapping[str, Any], path: str) -> IssuerConfig:
         default_ttl_seconds=t.number("default_ttl_seconds", 3600.0),
         refetch_cooldown_seconds=t.number("refetch_cooldown_seconds", 30.0),
         fetch_timeout_seconds=t.number("fetch_timeout_seconds", 5.0, minimum=0.01),
+        max_stale_seconds=t.number("max_stale_seconds", 86400.0),
         audiences=_audiences(t),
     )
     t.finish()

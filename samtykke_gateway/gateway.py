@@ -4,11 +4,16 @@
 verifier, the disclosure store and the consent-state backend, unless they are injected —
 whoever creates a resource closes it. Both deployment forms (ASGI middleware and sidecar)
 run every request through one :class:`Gateway`.
+
+A gateway built for a config reload (``carry_keys_from``) takes over the cached keys of every
+issuer whose JWKS / metadata URL did not change, so a reload during a JWKS outage keeps
+verifying tokens (``docs/protocol.md §4`` step 3).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -17,8 +22,10 @@ import httpx
 from .audit import DisclosureStore, open_store
 from .audit.guard import AuditGuard
 from .config import GatewayConfig
+from .exceptions import KeysUnavailableError
 from .gate import Gate, build_issuer_policies
 from .hooks import ConsentState, Observer
+from .keys import KeySet
 from .metrics import GatewayMetrics
 from .policy import Router
 from .state import ConsentStateService, open_state
@@ -36,6 +43,9 @@ class Gateway:
     :param state: consent state (revocation, one-time, limits); built from ``[state]`` if omitted.
     :param observer: metrics sink; a new :class:`GatewayMetrics` (own registry) if omitted.
     :param clock: epoch seconds, injectable for tests.
+    :param carry_keys_from: the gateway this one replaces (a config reload): each issuer whose
+        JWKS / metadata URL is unchanged starts with that gateway's cached keys; the names of
+        the others are in :attr:`new_key_sources`.
     """
 
     def __init__(
@@ -48,6 +58,7 @@ class Gateway:
         state: ConsentState | None = None,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.time,
+        carry_keys_from: Gateway | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -64,7 +75,9 @@ class Gateway:
         self.state: ConsentState = state or open_state(
             config, metrics=self.observer if isinstance(self.observer, GatewayMetrics) else None
         )
-        self.issuers: dict[str, IssuerPolicy] = build_issuer_policies(config, self.http)
+        #: issuers whose key set starts empty although ``carry_keys_from`` was given
+        self.new_key_sources: frozenset[str] = frozenset()
+        self.issuers: dict[str, IssuerPolicy] = self._issuer_policies(config, carry_keys_from)
         if isinstance(self.observer, GatewayMetrics):
             self.observer.bind_issuers(self.issuers)
         self.router = Router(config.routes)
@@ -72,11 +85,29 @@ class Gateway:
         self._started = False
         self._start_lock = asyncio.Lock()
 
-    async def start(self) -> None:
-        """Open the disclosure store and warm the key sets (best effort: a key set that cannot
-        load now is retried on first use; requests then fail closed with 503). Idempotent.
+    def _issuer_policies(self, config: GatewayConfig, previous: Gateway | None) -> dict[str, IssuerPolicy]:
+        policies = build_issuer_policies(config, self.http)
+        for name, policy in policies.items():
+            # built here (not by build_issuer_policies) for max_stale_seconds and the carry-over
+            keys = KeySet.from_issuer_config(config.issuers[name], self.http)
+            old = previous.issuers.get(name) if previous is not None else None
+            if previous is not None and (old is None or not keys.carry_over(old.keys)):
+                self.new_key_sources |= {name}
+            policies[name] = dataclasses.replace(policy, keys=keys)
+        return policies
 
+    async def start(self, *, require_new_keys: bool = False) -> None:
+        """Open the disclosure store and load the key sets, all issuers at once. Idempotent.
+
+        Best effort by default: a key set that cannot load now is retried on first use (after
+        the refetch cooldown); requests then fail closed with 503. Carried-over keys are not
+        fetched again here (a due refresh runs in the background).
+
+        :param require_new_keys: fail when a key set in :attr:`new_key_sources` (an issuer
+            added or whose URL changed in a reload) has no keys after its first fetch.
         :raises AuditUnavailableError: the store cannot be opened (the gateway must not serve).
+        :raises KeysUnavailableError: ``require_new_keys`` and a new key set did not load; the
+            message names the issuer, its URL (no userinfo or query) and the cause.
         """
         async with self._start_lock:
             if self._started:
@@ -85,9 +116,14 @@ class Gateway:
                 await self.store.open()
             if self._own_state and isinstance(self.state, ConsentStateService):
                 await self.state.start()
-            await asyncio.gather(
-                *(p.keys.refresh() for p in self.issuers.values()), return_exceptions=True
-            )
+            ready = await asyncio.gather(*(p.keys.ensure_loaded() for p in self.issuers.values()))
+            if require_new_keys:
+                missing = [p.keys for p, ok in zip(self.issuers.values(), ready, strict=True)
+                           if not ok and p.name in self.new_key_sources]
+                if missing:
+                    raise KeysUnavailableError("; ".join(
+                        f"no keys for issuer {k.name} from {k.source}: {k.last_error or 'not loaded'}"
+                        for k in missing))
             self._started = True
 
     async def ensure_started(self) -> None:
@@ -95,7 +131,9 @@ class Gateway:
             await self.start()
 
     async def close(self) -> None:
-        """Close what this gateway created. Idempotent."""
+        """Close what this gateway created (its key sets' fetches in flight too). Idempotent."""
+        for policy in self.issuers.values():
+            await policy.keys.aclose()
         if self._own_store:
             await self.store.close()
         if self._own_state:

@@ -6,10 +6,16 @@ server metadata (``jwks_uri``). Behaviour:
 
 * lifetime from ``Cache-Control: max-age`` (RFC 9111 §5.2.2.1), clamped to
   ``[min_ttl_seconds, max_ttl_seconds]``; ``default_ttl_seconds`` when absent;
-* an unknown ``kid`` triggers at most one refetch per ``refetch_cooldown_seconds``; concurrent
-  callers share one in-flight fetch;
-* a failed refresh keeps the last good keys (stale-on-error); only when *no* keys were ever
-  loaded does :meth:`KeySet.get` raise :class:`~samtykke_gateway.exceptions.KeysUnavailableError`;
+* refreshed in the background ahead of expiry; requests keep using the cached keys while a
+  refresh runs or fails (stale-while-revalidate), for at most ``max_stale_seconds`` past the
+  lifetime; with no usable key :meth:`KeySet.get` raises
+  :class:`~samtykke_gateway.exceptions.KeysUnavailableError` (fail closed, 503);
+* an unknown ``kid`` triggers at most one refetch per ``refetch_cooldown_seconds``, counted
+  from the last such refetch or failed fetch only (a first load or a scheduled refresh does
+  not start it: a key published just after one is found at once, ``docs/protocol.md §4``
+  step 3); concurrent callers share one in-flight fetch;
+* a failed fetch is logged with the URL (no userinfo, query or fragment) and its cause; the
+  exception a client's answer is built from names neither;
 * the document is bounded in bytes (``max_document_bytes``) and keys (``max_keys``); keys with
   ``use`` other than ``sig``, symmetric keys, private keys and unparsable keys are skipped; a
   ``kid`` (or thumbprint) published twice is ambiguous and never matches;
@@ -34,7 +40,8 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 from cryptography import x509
@@ -44,7 +51,10 @@ from jwt import PyJWK
 from samtykke_gateway.exceptions import ConfigError, InvalidTokenError, KeysUnavailableError
 from samtykke_gateway.jose import strict_json_object
 
-__all__ = ["KeySet", "VerificationKey", "x5t_of_der"]
+if TYPE_CHECKING:
+    from samtykke_gateway.config import IssuerConfig
+
+__all__ = ["KeySet", "VerificationKey", "loggable_url", "x5t_of_der"]
 
 log = logging.getLogger("samtykke_gateway.keys")
 
@@ -118,7 +128,12 @@ class _Index:
 
 
 class _DocumentError(Exception):
-    """Internal: a fetched document is unusable. Message is a short English phrase."""
+    """Internal: a fetched document is unusable. Message is a short English phrase; ``cause``
+    its class for the log (``http_status``, ``too_large``, ``bad_document``)."""
+
+    def __init__(self, message: str, *, cause: str = "bad_document") -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 def _check_key_id(value: object, name: str) -> str | None:
@@ -246,6 +261,14 @@ class KeySet:
 
     Exactly one of ``jwks_url`` and ``metadata_url`` must be given.
 
+    Timeline of one loaded document with lifetime ``ttl`` (``docs/protocol.md §4`` step 3):
+    fresh for ``ttl``; from ``REFRESH_AHEAD_FRACTION`` of it on, the first request starts a
+    refresh in the background and keeps using the cached keys (a request never waits on a
+    scheduled refresh); after ``ttl`` the keys are stale but still used for at most
+    ``max_stale_seconds`` while refreshes fail (stale-while-revalidate); beyond that, the keys
+    are not used at all and a request fails closed with :class:`KeysUnavailableError` (503)
+    unless a fetch it waits for succeeds.
+
     :param name: issuer name used in messages (``"altinn"``, ``"maskinporten"``).
     :param http: client used for fetches; owned (and closed) by the caller.
     :param jwks_url: absolute URL of the JWKS document.
@@ -254,14 +277,21 @@ class KeySet:
     :param min_ttl_seconds: lower clamp of the cache lifetime.
     :param max_ttl_seconds: upper clamp (Altinn: up to 86 400 s, SPEC §3.1).
     :param default_ttl_seconds: lifetime when the response has no usable ``max-age``.
-    :param refetch_cooldown_seconds: minimum time between two fetches caused by an unknown key
-        or a failed fetch.
+    :param refetch_cooldown_seconds: minimum time between two fetches caused by an unknown key,
+        counted from the last such fetch or the end of the last failed fetch — never from the
+        first load or a scheduled refresh (``docs/protocol.md §4`` step 3). Also the pause
+        before a failed fetch is retried.
     :param fetch_timeout_seconds: total deadline of one refresh (discovery + JWKS).
+    :param max_stale_seconds: how long after its lifetime ended a document is still used while
+        refreshing it fails; ``0``: never past its lifetime.
     :param max_document_bytes: largest metadata/JWKS body accepted.
     :param max_keys: largest number of JWKS entries accepted.
     :param clock: monotonic seconds; injected by tests.
     :raises ConfigError: neither or both URLs given, or a non-positive bound.
     """
+
+    #: Share of a document's lifetime after which a request starts a background refresh.
+    REFRESH_AHEAD_FRACTION = 0.8
 
     def __init__(
         self,
@@ -275,6 +305,7 @@ class KeySet:
         default_ttl_seconds: float = 3600,
         refetch_cooldown_seconds: float = 30,
         fetch_timeout_seconds: float = 5,
+        max_stale_seconds: float = 86400,
         max_document_bytes: int = 256 * 1024,
         max_keys: int = 64,
         clock: Callable[[], float] = time.monotonic,
@@ -287,6 +318,8 @@ class KeySet:
             raise ConfigError(f"issuers.{name}", "timeouts and bounds must be positive")
         if not refetch_cooldown_seconds >= 0:
             raise ConfigError(f"issuers.{name}", "refetch_cooldown_seconds must be >= 0")
+        if not (math.isfinite(max_stale_seconds) and max_stale_seconds >= 0):
+            raise ConfigError(f"issuers.{name}", "max_stale_seconds must be a finite number >= 0")
         self.name = name
         self._http = http
         self._jwks_url = jwks_url
@@ -297,14 +330,19 @@ class KeySet:
         self._default_ttl = default_ttl_seconds
         self._cooldown = refetch_cooldown_seconds
         self._timeout = fetch_timeout_seconds
+        self._max_stale = max_stale_seconds
         self._max_bytes = max_document_bytes
         self._max_keys = max_keys
         self._clock = clock
         self._index: _Index | None = None
-        self._expires_at = -math.inf
-        self._last_fetch_at = -math.inf
+        self._refresh_at = -math.inf  # from here on, a request starts a background refresh
+        self._expires_at = -math.inf  # end of the document's lifetime (then stale)
+        #: start of the last fetch caused by an unknown key, or end of the last failed fetch
+        self._cooldown_from = -math.inf
         self._last_error: str | None = None
+        self._fetching_url: str | None = None
         self._inflight: asyncio.Task[str | None] | None = None
+        self._closed = False
         #: Number of fetch attempts started (for metrics and tests).
         self.fetch_count = 0
         #: Fetch attempts that failed (exported as ``samtykke_jwks_fetch_failures_total``).
@@ -313,27 +351,83 @@ class KeySet:
         #: private, too small, unparsable, inconsistent ``x5t``/``x5c``).
         self.skipped_keys = 0
 
+    @classmethod
+    def from_issuer_config(
+        cls, cfg: IssuerConfig, http: httpx.AsyncClient, *, clock: Callable[[], float] = time.monotonic
+    ) -> KeySet:
+        """The key set an ``[issuers.<name>]`` table describes."""
+        return cls(
+            name=cfg.name,
+            http=http,
+            jwks_url=cfg.jwks_url,
+            metadata_url=cfg.metadata_url,
+            min_ttl_seconds=cfg.min_ttl_seconds,
+            max_ttl_seconds=cfg.max_ttl_seconds,
+            default_ttl_seconds=cfg.default_ttl_seconds,
+            refetch_cooldown_seconds=cfg.refetch_cooldown_seconds,
+            fetch_timeout_seconds=cfg.fetch_timeout_seconds,
+            max_stale_seconds=cfg.max_stale_seconds,
+            clock=clock,
+        )
+
     # -- public -----------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        """At least one key is loaded (possibly stale)."""
-        return self._index is not None
+        """Keys are loaded and usable: fresh, or stale for at most ``max_stale_seconds``."""
+        return self._index is not None and self._clock() < self._usable_until
 
     @property
     def last_error(self) -> str | None:
         """Why the most recent fetch failed (short phrase), ``None`` after a success."""
         return self._last_error
 
+    @property
+    def source(self) -> str:
+        """The configured JWKS or metadata URL as logged: no userinfo, query or fragment."""
+        return loggable_url(self._jwks_url or self._metadata_url or "")
+
+    @property
+    def expires_at(self) -> float:
+        """Clock time (``clock``) at which the loaded document's lifetime ends; ``-inf`` when
+        nothing is loaded."""
+        return self._expires_at
+
+    def carry_over(self, previous: KeySet) -> bool:
+        """Take over ``previous``'s cached keys, lifetimes, cooldown and counters when both read
+        the same JWKS / metadata URL (a config reload: the keys published there are the same
+        keys, so a reload during an outage of that endpoint keeps working). An in-flight fetch
+        of ``previous`` is not taken over; this key set fetches for itself when due.
+
+        :returns: ``True`` when taken over, ``False`` when the URLs differ (nothing changes).
+        """
+        if (previous._jwks_url, previous._metadata_url) != (self._jwks_url, self._metadata_url):
+            return False
+        self._index = previous._index
+        self.skipped_keys = previous.skipped_keys
+        self._discovered_jwks_url = previous._discovered_jwks_url
+        self._refresh_at = previous._refresh_at
+        self._expires_at = previous._expires_at
+        self._cooldown_from = previous._cooldown_from
+        self._last_error = previous._last_error
+        self.fetch_count = previous.fetch_count  # counters stay monotonic for Prometheus
+        self.failure_count = previous.failure_count
+        return True
+
     async def get(self, *, kid: str | None, x5t: str | None) -> VerificationKey:
         """The key a token header names: by ``kid``, then ``x5t``, then ``x5c`` thumbprint.
+
+        Usable cached keys are answered at once (a due refresh runs in the background). An
+        unknown key joins the fetch in flight, or starts one when the refetch cooldown allows;
+        either wait is bounded by ``fetch_timeout_seconds``.
 
         :param kid: the header's ``kid`` (untrusted; type and length are checked here).
         :param x5t: the header's ``x5t`` (untrusted).
         :raises InvalidTokenError: ``malformed_token`` for a non-string or over-long id;
             ``unknown_key`` when no unambiguous key matches after at most one refetch per
             cooldown.
-        :raises KeysUnavailableError: no key was ever loaded and fetching failed.
+        :raises KeysUnavailableError: no usable key (none loaded, or stale beyond
+            ``max_stale_seconds``) and fetching failed.
         """
         kid = _check_key_id(kid, "kid")
         x5t = _check_key_id(x5t, "x5t")
@@ -342,26 +436,30 @@ class KeySet:
                 "The token header names no key (kid or x5t).", reason="unknown_key"
             )
         now = self._clock()
-        if self._index is None or now >= self._expires_at:
-            await self._refresh_due(now)
+        if self._index is None or now >= self._usable_until:
+            await self._load(now)
+        elif now >= self._refresh_at:
+            self._refresh_in_background(now)
         found = self._lookup(kid, x5t)
         if found is not None:
             return found
-        if self._inflight is not None or self._clock() - self._last_fetch_at >= self._cooldown:
-            await self._fetch_shared()
-            found = self._lookup(kid, x5t)
-            if found is not None:
-                return found
-        raise InvalidTokenError(
-            f"The {self.name} key named in the token header is unknown or ambiguous.",
-            reason="unknown_key",
-        )
+        if self._inflight is not None:
+            await self._join()
+        elif self._clock() - self._cooldown_from >= self._cooldown:
+            self._cooldown_from = self._clock()  # only this cause (and failures) starts it
+            await self._join(self._start_fetch())
+        else:
+            raise self._unknown()
+        found = self._lookup(kid, x5t)
+        if found is not None:
+            return found
+        raise self._unknown()
 
     def peek(self, kid: object, x5t: object) -> VerificationKey | None:
         """The key :meth:`get` would return at once, without awaiting: the ids are well-formed
-        strings (or absent), the loaded key set has not expired and names one key for them.
-        ``None`` in every other case (no key, expired, malformed or unknown id), where
-        :meth:`get` decides (and may refetch or raise). No side effects.
+        strings (or absent), the loaded key set is not yet due for a refresh and names one key
+        for them. ``None`` in every other case (no key, refresh due, malformed or unknown id),
+        where :meth:`get` decides (and may refresh, refetch or raise). No side effects.
         """
         if kid is not None and (type(kid) is not str or not kid or len(kid) > MAX_KEY_ID_LENGTH):
             return None
@@ -369,38 +467,66 @@ class KeySet:
             return None
         if (kid is None and x5t is None) or self._index is None:
             return None
-        if self._clock() >= self._expires_at:
+        if self._clock() >= self._refresh_at:
             return None
         return self._lookup(kid, x5t)  # type: ignore[arg-type]
 
     async def ensure_loaded(self) -> bool:
-        """Load the JWKS if nothing is loaded or the cache expired, as a request would: a failed
-        fetch is retried only after ``refetch_cooldown_seconds``. For readiness probes, so a
-        replica whose issuer was unreachable at start-up becomes ready without waiting for a
-        request (which a not-ready replica does not get).
+        """As a request would: load when no usable key is cached (a failed fetch is retried
+        only after ``refetch_cooldown_seconds``), else start a due refresh in the background.
+        For start-up, reloads and readiness probes, so a replica whose issuer was unreachable
+        at start-up becomes ready without waiting for a request (which a not-ready replica
+        does not get).
 
         :returns: :attr:`ready` afterwards; never raises for an unreachable issuer.
         """
         now = self._clock()
-        if self._index is None or now >= self._expires_at:
+        if self._index is None or now >= self._usable_until:
             with contextlib.suppress(KeysUnavailableError):  # ready stays False; the probe says so
-                await self._refresh_due(now)
+                await self._load(now)
+        elif now >= self._refresh_at:
+            self._refresh_in_background(now)
         return self.ready
 
     async def refresh(self, *, force: bool = False) -> None:
-        """Fetch the JWKS when the cached copy expired (or always with ``force``).
+        """Fetch the JWKS when the cached copy expired (or always with ``force``), and wait.
 
-        Concurrent callers share one fetch. On failure the previous keys stay in use.
+        Concurrent callers share one fetch. On failure the previous keys stay in use (within
+        ``max_stale_seconds``).
 
         :raises KeysUnavailableError: this fetch failed (``last_error`` says why).
         """
         if not force and self._index is not None and self._clock() < self._expires_at:
             return
-        error = await self._fetch_shared()
+        error = await self._join(self._inflight or self._start_fetch())
         if error is not None:
             raise KeysUnavailableError(f"Keys for {self.name} could not be fetched: {error}.")
 
+    async def wait_idle(self) -> None:
+        """Wait for the fetch in flight, if any (a background refresh); never raises for it."""
+        task = self._inflight
+        if task is not None:
+            await asyncio.wait({task})
+
+    async def aclose(self) -> None:
+        """Cancel a fetch in flight and start no new one (the owner closes the HTTP client)."""
+        self._closed = True
+        task = self._inflight
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+
     # -- internals ----------------------------------------------------------------------------
+
+    @property
+    def _usable_until(self) -> float:
+        return self._expires_at + self._max_stale
+
+    def _unknown(self) -> InvalidTokenError:
+        return InvalidTokenError(
+            f"The {self.name} key named in the token header is unknown or ambiguous.",
+            reason="unknown_key",
+        )
 
     def _lookup(self, kid: str | None, x5t: str | None) -> VerificationKey | None:
         index = self._index
@@ -414,30 +540,52 @@ class KeySet:
             return index.by_x5t.get(kid)
         return None
 
-    async def _refresh_due(self, now: float) -> None:
-        """Nothing loaded or TTL expired: fetch (or join a fetch). After a *failed* fetch,
-        wait out the cooldown: stale keys stay in use, and with no keys at all we fail fast."""
-        if (
-            self._inflight is not None
-            or self._last_error is None
-            or now - self._last_fetch_at >= self._cooldown
-        ):
-            await self._fetch_shared()
-        if self._index is None:
-            raise KeysUnavailableError(
-                f"No keys are available for {self.name}: {self._last_error or 'not loaded'}."
-            )
+    def _may_retry(self, now: float) -> bool:
+        """No failure outstanding, or the cooldown after it has passed."""
+        return self._last_error is None or now - self._cooldown_from >= self._cooldown
 
-    async def _fetch_shared(self) -> str | None:
-        """Run (or join) the single in-flight fetch; returns its error or ``None``."""
-        task = self._inflight
+    async def _load(self, now: float) -> None:
+        """No usable key: fetch (or join the fetch in flight) and wait for it. After a *failed*
+        fetch, wait out the cooldown: with no usable key we fail fast meanwhile."""
+        if self._inflight is not None:
+            await self._join()
+        elif self._may_retry(now):
+            await self._join(self._start_fetch())
+        if self._index is None or self._clock() >= self._usable_until:
+            # generic on purpose: this text reaches the client; the log has URL and cause
+            raise KeysUnavailableError(f"No signing keys are available for {self.name}.")
+
+    def _refresh_in_background(self, now: float) -> None:
+        """Start a due refresh without waiting for it (stale-while-revalidate)."""
+        if self._inflight is None and self._may_retry(now):
+            self._start_fetch()
+
+    def _start_fetch(self) -> asyncio.Task[str | None]:
+        if self._closed:
+            raise KeysUnavailableError(f"No signing keys are available for {self.name}.")
+        self.fetch_count += 1
+        task = asyncio.get_running_loop().create_task(self._fetch())
+        self._inflight = task
+        task.add_done_callback(self._fetch_done)
+        return task
+
+    async def _join(self, task: asyncio.Task[str | None] | None = None) -> str | None:
+        """Wait for ``task`` (default: the fetch in flight); returns its error or ``None``.
+        A cancelled waiter never cancels the shared fetch."""
+        task = task or self._inflight
         if task is None:
-            self._last_fetch_at = self._clock()
-            self.fetch_count += 1
-            task = asyncio.get_running_loop().create_task(self._fetch())
-            self._inflight = task
-            task.add_done_callback(self._fetch_done)
-        return await asyncio.shield(task)
+            return None
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled() and not self._cancelled_by_caller():
+                return "cancelled"  # the fetch itself was cancelled (aclose), not this waiter
+            raise
+
+    @staticmethod
+    def _cancelled_by_caller() -> bool:
+        current = asyncio.current_task()
+        return current is not None and current.cancelling() > 0
 
     def _fetch_done(self, task: asyncio.Task[str | None]) -> None:
         if self._inflight is task:
@@ -448,6 +596,8 @@ class KeySet:
 
     async def _fetch(self) -> str | None:
         """One refresh attempt; never raises (except cancellation). Returns an error phrase."""
+        self._fetching_url = None
+        cause = "unexpected"
         try:
             async with asyncio.timeout(self._timeout):
                 url = await self._jwks_location()
@@ -458,28 +608,37 @@ class KeySet:
                     self._discovered_jwks_url = None  # rediscover next time
                     raise
         except _DocumentError as exc:
-            error = str(exc)
-        except TimeoutError:
-            error = "timed out"
-        except httpx.TimeoutException:
-            error = "timed out"
-        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError) as exc:
-            error = f"HTTP failure ({type(exc).__name__})"
+            error, cause = str(exc), exc.cause
+        except (TimeoutError, httpx.TimeoutException):
+            error, cause = "timed out", "timeout"
+        except (httpx.ConnectError, OSError) as exc:
+            error, cause = f"HTTP failure ({type(exc).__name__})", "connect"
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
+            error, cause = f"HTTP failure ({type(exc).__name__})", "http"
         except Exception as exc:  # noqa: BLE001 - fail closed, never leak a foreign exception
             error = f"unexpected failure ({type(exc).__name__})"
         else:
+            now = self._clock()
+            ttl = _ttl_from(cache_control, self._default_ttl, self._min_ttl, self._max_ttl)
             self._index = index
             self.skipped_keys = skipped
-            self._expires_at = self._clock() + _ttl_from(
-                cache_control, self._default_ttl, self._min_ttl, self._max_ttl
-            )
+            self._expires_at = now + ttl
+            self._refresh_at = now + ttl * self.REFRESH_AHEAD_FRACTION
             self._last_error = None
             return None
         self._last_error = error
-        # an operator sees why /readyz says "not loaded" (the error names no token or person;
-        # at most one fetch, so one line, per refetch cooldown)
-        log.warning("JWKS fetch for %s failed: %s%s", self.name, error,
-                    "" if self._index is None else " (the previous keys stay in use)")
+        self._cooldown_from = max(self._cooldown_from, self._clock())
+        if self._index is None:
+            kept = ""
+        elif self._clock() < self._usable_until:
+            kept = f" (the cached keys stay in use for at most {self._usable_until - self._clock():.0f} s)"
+        else:
+            kept = " (the cached keys are older than max_stale_seconds and no longer used)"
+        # an operator sees where and why (the URL without userinfo/query; the error names no
+        # token or person; at most one fetch, so one line, per refetch cooldown)
+        log.warning("JWKS fetch for %s from %s failed: %s%s", self.name,
+                    loggable_url(self._fetching_url or self._jwks_url or self._metadata_url or ""),
+                    error, kept, extra={"event": "jwks_fetch", "reason": cause})
         return error
 
     async def _jwks_location(self) -> str:
@@ -497,21 +656,22 @@ class KeySet:
 
     async def _get_document(self, url: str) -> tuple[bytes, str | None]:
         """GET ``url``; body bounded by ``max_document_bytes``. Redirects are not followed."""
+        self._fetching_url = url
         headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
         async with self._http.stream(
             "GET", url, headers=headers, timeout=self._timeout, follow_redirects=False
         ) as response:
             if response.status_code != 200:
-                raise _DocumentError(f"HTTP status {response.status_code}")
+                raise _DocumentError(f"HTTP status {response.status_code}", cause="http_status")
             declared = response.headers.get("content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > self._max_bytes):
-                raise _DocumentError("document too large")
+                raise _DocumentError("document too large", cause="too_large")
             chunks: list[bytes] = []
             size = 0
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > self._max_bytes:
-                    raise _DocumentError("document too large")
+                    raise _DocumentError("document too large", cause="too_large")
                 chunks.append(chunk)
             return b"".join(chunks), response.headers.get("cache-control")
 
@@ -521,3 +681,19 @@ class KeySet:
             return strict_json_object(body)
         except ValueError as exc:
             raise _DocumentError(f"{what} is not a JSON object ({exc})") from None
+
+
+def loggable_url(url: str) -> str:
+    """``scheme://host[:port]/path`` of ``url`` for a log line: userinfo, query and fragment
+    dropped (they can carry credentials), at most 200 characters; ``"<unparsable URL>"``."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    if not parts.scheme or not host:
+        return "<unparsable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None else f"{host}:{port}"
+    return f"{parts.scheme}://{netloc}{parts.path}"[:200]

@@ -8,6 +8,9 @@ config (or one whose gateway cannot start, e.g. an unreachable disclosure store)
 logged, counted in ``samtykke_config_reloads_total{result="refused"}``, and the running config
 stays. The metrics registry survives reloads; the consent state is kept when ``[state]`` did
 not change (so in-process one-time claims and revocations survive) and rebuilt otherwise.
+Each issuer whose JWKS / metadata URL did not change keeps its cached keys (a reload during a
+JWKS outage keeps serving); a reload whose added or changed issuer's keys cannot be loaded is
+refused, and the log names that issuer, its URL (no userinfo or query) and the cause.
 
 Exit codes: 0 after SIGINT/SIGTERM, 2 when the initial config is invalid.
 """
@@ -25,7 +28,7 @@ from typing import Any
 
 from .app import SidecarApp, check_sidecar_config
 from .config import GatewayConfig, load_config, memory_state_warning
-from .exceptions import ConfigError, GatewayError
+from .exceptions import ConfigError, GatewayError, KeysUnavailableError
 from .gateway import Gateway
 from .logs import DecisionLog, configure_logging
 from .metrics import GatewayMetrics
@@ -74,21 +77,22 @@ class ReloadingApp:
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[Any]] = set()
 
-    async def _build(self, config: GatewayConfig, state: ConsentStateService | None) -> _Generation:
+    async def _build(self, config: GatewayConfig, state: ConsentStateService | None,
+                     previous: Gateway | None = None) -> _Generation:
         new_state = state or open_state(config, metrics=self.metrics)
-        gateway = Gateway(config, state=new_state, observer=self.observer)
-        self.metrics.bind_issuers(gateway.issuers)
+        gateway = Gateway(config, state=new_state, observer=self.observer, carry_keys_from=previous)
         app = SidecarApp(config, gateway=gateway, metrics=self.metrics, tracer=self.tracer)
         try:
             if state is None:
                 await new_state.start()
-            await gateway.start()
+            await gateway.start(require_new_keys=previous is not None)
         except BaseException:
             await app.shutdown()
             await gateway.close()
             if state is None:
                 await new_state.close()
             raise
+        self.metrics.bind_issuers(gateway.issuers)  # a refused reload keeps reporting the running ones
         return _Generation(config, gateway, app, new_state)
 
     async def start(self) -> None:
@@ -115,7 +119,13 @@ class ReloadingApp:
                 return False
             keep_state = old is not None and _state_key(old.config) == _state_key(config)
             try:
-                new = await self._build(config, old.state if keep_state and old is not None else None)
+                new = await self._build(config, old.state if keep_state and old is not None else None,
+                                        old.gateway if old is not None else None)
+            except KeysUnavailableError as exc:  # an added or changed issuer's keys did not load
+                self.metrics.reload(ok=False)
+                log.error("config reload refused, the running config stays: %s", exc.detail,
+                          extra={"event": "reload", "result": "refused"})
+                return False
             except Exception as exc:  # noqa: BLE001 - any start failure refuses the reload
                 self.metrics.reload(ok=False)
                 log.error("config reload refused: the new gateway did not start (%s)", _why(exc),
@@ -123,7 +133,9 @@ class ReloadingApp:
                 return False
             self.current = new
             self.metrics.reload(ok=True)
-            log.info("config reloaded", extra={"event": "reload", "result": "ok", "config": self.config_path})
+            kept = sorted(set(new.gateway.issuers) - new.gateway.new_key_sources)
+            log.info("config reloaded (cached keys kept for: %s)", ", ".join(kept) or "none",
+                     extra={"event": "reload", "result": "ok", "config": self.config_path})
             _warn_memory_state(config)
             if old is not None:
                 task = asyncio.get_running_loop().create_task(self._retire(old, close_state=not keep_state))

@@ -287,17 +287,24 @@ async def test_no_kid_and_no_x5t_is_unknown_key(upstream: Up, http: httpx.AsyncC
 async def test_cache_control_ttl_and_clamping(
     upstream: Up, http: httpx.AsyncClient, cache_control: str | None, expected_ttl: float
 ) -> None:
+    """The lifetime is the clamped max-age; the refresh starts ahead of its end, at
+    REFRESH_AHEAD_FRACTION of it (before: exactly at its end, with requests waiting)."""
     state, server = upstream
     state.cache_control = cache_control
     clock = Clock()
     keys = make(http, server.url + "/jwk", clock)
     await keys.get(kid="key-0", x5t=None)
-    clock.now += expected_ttl - 0.5
+    assert keys.expires_at == clock.now + expected_ttl
+    refresh_after = expected_ttl * KeySet.REFRESH_AHEAD_FRACTION
+    clock.now += refresh_after - 0.5
     await keys.get(kid="key-0", x5t=None)
+    await keys.wait_idle()
     assert state.hits["/jwk"] == 1
     clock.now += 0.5
     await keys.get(kid="key-0", x5t=None)
+    await keys.wait_idle()
     assert state.hits["/jwk"] == 2
+    assert keys.expires_at == clock.now + expected_ttl
 
 
 async def test_refresh_without_force_respects_ttl(upstream: Up, http: httpx.AsyncClient) -> None:
@@ -410,6 +417,7 @@ async def test_server_down_after_load_keeps_stale_keys(
         await keys.get(kid="key-0", x5t=None)
     clock.now += 301  # TTL over, server gone
     assert (await keys.get(kid="key-0", x5t=None)).kid == "key-0"
+    await keys.wait_idle()  # the refresh it started in the background
     assert keys.ready
     assert keys.last_error is not None and "HTTP failure" in keys.last_error
     with pytest.raises(KeysUnavailableError):
@@ -664,3 +672,245 @@ def test_config_errors() -> None:
                 )
     finally:
         asyncio.run(client.aclose())
+
+
+# -- stale-while-revalidate, bounded staleness, what starts the cooldown -----------------------
+# (issue 16 item 5: a hanging JWKS endpoint stalled every request once the cache expired;
+#  issue 11: a key published just after a load or a scheduled refresh was refused for a whole
+#  cooldown because every fetch started it)
+
+
+async def test_hanging_refresh_does_not_delay_requests_with_cached_keys(
+    upstream: Up, http: httpx.AsyncClient
+) -> None:
+    state, server = upstream
+    clock = Clock()
+    keys = make(http, server.url + "/jwk", clock, fetch_timeout_seconds=0.5)
+    await keys.get(kid="key-0", x5t=None)
+    state.hang = True
+    clock.now += 301  # lifetime over: stale, well inside max_stale_seconds
+    started = time.monotonic()
+    results = await asyncio.gather(*(keys.get(kid="key-0", x5t=None) for _ in range(20)))
+    elapsed = time.monotonic() - started
+    assert {r.kid for r in results} == {"key-0"}
+    assert elapsed < 0.2  # not the 0.5 s fetch timeout: nobody waited on the refresh
+    assert keys.fetch_count == 2  # one background refresh for all twenty
+    await keys.wait_idle()
+    assert keys.last_error == "timed out"
+    assert state.hits["/jwk"] == 2
+    # the failed refresh is retried in the background after the cooldown, still not waited on
+    clock.now += 30
+    started = time.monotonic()
+    assert (await keys.get(kid="key-0", x5t=None)).kid == "key-0"
+    assert time.monotonic() - started < 0.2
+    assert keys.fetch_count == 3
+    await keys.wait_idle()
+
+
+async def test_refresh_ahead_of_expiry_picks_up_rotation_without_a_miss(
+    upstream: Up, http: httpx.AsyncClient, devkeys: list[DevKey]
+) -> None:
+    state, server = upstream
+    clock = Clock()
+    keys = make(http, server.url + "/jwk", clock)
+    await keys.get(kid="key-0", x5t=None)
+    assert keys.peek("key-0", None) is not None
+    state.body = {"keys": [devkeys[0].public_jwk(), devkeys[1].public_jwk()]}
+    state.delay_seconds = 0.3
+    clock.now += 300 * KeySet.REFRESH_AHEAD_FRACTION  # refresh due, lifetime not over
+    assert keys.peek("key-0", None) is None  # the request goes to get(), which starts the refresh
+    started = time.monotonic()
+    assert (await keys.get(kid="key-0", x5t=None)).kid == "key-0"
+    assert time.monotonic() - started < 0.2  # answered from the cache, not after the 0.3 s fetch
+    await keys.wait_idle()
+    assert keys.peek("key-1", None) is not None  # the rotated key arrived before it was needed
+    assert state.hits["/jwk"] == 2
+
+
+async def test_keys_stale_beyond_max_stale_fail_closed(
+    upstream: Up, http: httpx.AsyncClient
+) -> None:
+    state, server = upstream
+    clock = Clock()
+    keys = make(http, server.url + "/jwk", clock, max_stale_seconds=600, refetch_cooldown_seconds=30)
+    await keys.get(kid="key-0", x5t=None)
+    state.status = 500
+    clock.now += 300 + 599  # stale for 599 s: still used
+    assert (await keys.get(kid="key-0", x5t=None)).kid == "key-0"
+    await keys.wait_idle()
+    assert keys.ready and keys.last_error == "HTTP status 500"
+    clock.now += 31  # past the bound, cooldown over: this request waits on one fetch, which fails
+    with pytest.raises(KeysUnavailableError) as info:
+        await keys.get(kid="key-0", x5t=None)
+    assert info.value.status_code == 503 and info.value.reason == "keys_unavailable"
+    assert "500" not in info.value.detail and "http" not in info.value.detail.lower()
+    assert not keys.ready and keys.peek("key-0", None) is None
+    hits = state.hits["/jwk"]
+    with pytest.raises(KeysUnavailableError):  # inside the cooldown: fail fast, no fetch
+        await keys.get(kid="key-0", x5t=None)
+    assert state.hits["/jwk"] == hits
+    state.status = 200
+    clock.now += 30
+    assert (await keys.get(kid="key-0", x5t=None)).kid == "key-0"
+    assert keys.ready
+
+
+async def test_max_stale_zero_never_uses_keys_past_their_lifetime(
+    upstream: Up, http: httpx.AsyncClient
+) -> None:
+    state, server = upstream
+    clock = Clock()
+    keys = make(http, server.url + "/jwk", clock, max_stale_seconds=0)
+    await keys.get(kid="key-0", x5t=None)
+    state.status = 503
+    clock.now += 300
+    with pytest.raises(KeysUnavailableError):
+        await keys.get(kid="key-0", x5t=None)
+
+
+async def test_key_published_just_after_first_load_is_found_at_once(
+    upstream: Up, http: httpx.AsyncClient, devkeys: list[DevKey]
+) -> None:
+    state, server = upstream
+    clock = Clock()
+    keys = make(http, server.url + "/jwk", clock, refetch_cooldown_seconds=30)
+    await keys.get(kid="key-0", x5t=None)
+    state.body = {"keys": [devkeys[0].public_jwk(), devkeys[1].public_jwk()]}
+    clock.now += 1  # inside the cooldown, had the first load started it
+    assert (await keys.get(kid="key-1", x5t=None)).kid == "key-1"
+    assert state.hits["/jwk"] == 2
+
+
+async def test_key_published_just_after_a_scheduled_refresh_is_found_at_once(
+    upstream: Up, http: httpx.AsyncClient, devkeys: list[DevKey]
+) -> None:
+    state, server = upstream
+    clock = Clock()
+    keys = make(http, server.url + "/jwk", clock, refetch_cooldown_seconds=30)
+    await keys.get(kid="key-0", x5t=None)
+    clock.now += 300 * KeySet.REFRESH_AHEAD_FRACTION
+    await keys.get(kid="key-0", x5t=None)  # starts the scheduled refresh
+    await keys.wait_idle()
+    assert state.hits["/jwk"] == 2
+    state.body = {"keys": [devkeys[0].public_jwk(), devkeys[2].public_jwk()]}
+    clock.now += 1
+    assert (await keys.get(kid="key-2", x5t=None)).kid == "key-2"
+    assert state.hits["/jwk"] == 3
+
+
+async def test_flood_of_unknown_kids_fetches_once_per_cooldown(
+    upstream: Up, http: httpx.AsyncClient
+) -> None:
+    state, server = upstream
+    state.delay_seconds = 0.05
+    clock = Clock()
+    keys = make(http, server.url + "/jwk", clock, refetch_cooldown_seconds=30)
+    await keys.get(kid="key-0", x5t=None)
+    for _ in range(3):  # three cooldowns, each: 40 concurrent then 40 sequential misses
+        results = await asyncio.gather(
+            *(keys.get(kid=f"nope-{i}", x5t=None) for i in range(40)), return_exceptions=True
+        )
+        assert all(isinstance(r, InvalidTokenError) and r.reason == "unknown_key" for r in results)
+        for i in range(40):
+            clock.now += 0.5
+            with pytest.raises(InvalidTokenError):
+                await keys.get(kid=f"other-{i}", x5t=None)
+        clock.now += 10  # 30 s after the fetch that started this cooldown
+    assert state.hits["/jwk"] == 1 + 3
+
+
+async def test_failed_fetch_starts_the_cooldown(upstream: Up, http: httpx.AsyncClient) -> None:
+    state, server = upstream
+    clock = Clock()
+    keys = make(http, server.url + "/jwk", clock, refetch_cooldown_seconds=30)
+    await keys.get(kid="key-0", x5t=None)
+    state.status = 500
+    with pytest.raises(KeysUnavailableError):
+        await keys.refresh(force=True)
+    clock.now += 29
+    with pytest.raises(InvalidTokenError):
+        await keys.get(kid="nope", x5t=None)
+    assert state.hits["/jwk"] == 2  # no refetch inside the cooldown after a failure
+    clock.now += 1
+    with pytest.raises(InvalidTokenError):
+        await keys.get(kid="nope", x5t=None)
+    assert state.hits["/jwk"] == 3
+
+
+async def test_unknown_kid_during_a_hanging_refresh_waits_at_most_the_fetch_timeout(
+    upstream: Up, http: httpx.AsyncClient
+) -> None:
+    state, server = upstream
+    clock = Clock()
+    keys = make(http, server.url + "/jwk", clock, fetch_timeout_seconds=0.3)
+    await keys.get(kid="key-0", x5t=None)
+    state.hang = True
+    clock.now += 301
+    assert (await keys.get(kid="key-0", x5t=None)).kid == "key-0"  # refresh now in flight
+    started = time.monotonic()
+    with pytest.raises(InvalidTokenError) as info:
+        await keys.get(kid="key-new", x5t=None)  # joins the refresh in flight
+    assert info.value.reason == "unknown_key"
+    assert time.monotonic() - started < 1.0
+    assert keys.fetch_count == 2
+
+
+async def test_carry_over_takes_cached_keys_only_from_the_same_url(
+    upstream: Up, http: httpx.AsyncClient
+) -> None:
+    state, server = upstream
+    clock = Clock()
+    old = make(http, server.url + "/jwk", clock)
+    await old.get(kid="key-0", x5t=None)
+    same = make(http, server.url + "/jwk", clock, max_stale_seconds=10)
+    other = make(http, server.url + "/jwk?v=2", clock)
+    assert same.carry_over(old) and same.ready
+    assert same.fetch_count == old.fetch_count == 1  # counters stay monotonic
+    assert not other.carry_over(old) and not other.ready
+    state.status = 500  # the endpoint is down: the carried keys answer without a fetch
+    assert (await same.get(kid="key-0", x5t=None)).kid == "key-0"
+    assert state.hits["/jwk"] == 1
+    clock.now += 300 + 10  # the new key set's own max_stale_seconds applies
+    assert not same.ready
+
+
+async def test_closed_key_set_cancels_its_refresh(upstream: Up, http: httpx.AsyncClient) -> None:
+    state, server = upstream
+    clock = Clock()
+    keys = make(http, server.url + "/jwk", clock, fetch_timeout_seconds=5)
+    await keys.get(kid="key-0", x5t=None)
+    state.hang = True
+    clock.now += 301
+    await keys.get(kid="key-0", x5t=None)
+    started = time.monotonic()
+    await keys.aclose()
+    assert time.monotonic() - started < 1.0
+    await keys.wait_idle()
+
+
+async def test_max_stale_seconds_is_read_from_the_issuer_table(
+    upstream: Up, http: httpx.AsyncClient, tmp_path: Any
+) -> None:
+    from samtykke_gateway.config import load_config
+
+    from .state_support import write_config
+
+    state, server = upstream
+    config = write_config(tmp_path / "gw.toml", issuer_url=server.url, upstream_url="http://127.0.0.1:9")
+    config.write_text(config.read_text()
+                      .replace("[issuers.maskinporten]\n", "[issuers.maskinporten]\nmax_stale_seconds = 5\n")
+                      .replace(f"{server.url}/maskinporten/jwk", f"{server.url}/jwk"))
+    issuers = load_config(config).issuers
+    assert issuers["maskinporten"].max_stale_seconds == 5 and issuers["altinn"].max_stale_seconds == 86400
+    clock = Clock()
+    keys = KeySet.from_issuer_config(issuers["maskinporten"], http, clock=clock)
+    await keys.get(kid="key-0", x5t=None)
+    state.status = 500
+    clock.now += 300 + 4
+    assert keys.ready
+    clock.now += 1
+    assert not keys.ready
+    bad = tmp_path / "bad.toml"
+    bad.write_text(config.read_text().replace("max_stale_seconds = 5", "max_stale_seconds = -1"))
+    with pytest.raises(ConfigError, match="max_stale_seconds"):
+        load_config(bad)
