@@ -131,7 +131,7 @@ def _cases() -> list[_Case]:
     income = INCOME.format(person=INCOME_PERSON)
     tax_2022 = TAX_BASE.format(year="2022", person=TAX_BASE_PERSON)
     a3, a2 = A3_SECTION, A2_SECTION
-    expired_bearer = {"claims": {"iat": 1_599_999_880, "exp": 1_600_000_000}}
+    expired: dict[str, Any] = {"iat": 1_599_999_880, "exp": 1_600_000_000}
     return [
         _Case("Tax base 2022, consented", tax_2022, _a3, 200, a3),
         _Case("Tax base 2021, not consented", TAX_BASE.format(year="2021", person=TAX_BASE_PERSON), _a3, 403, a3),
@@ -149,7 +149,7 @@ def _cases() -> list[_Case]:
         _Case("Consent given to 888888888, caller is 999999999", tax_2022, lambda i: _a3(i, consumer=OTHER_BANK), 403, a3),
         _Case("Another person's id in the path", TAX_BASE.format(year="2022", person=INCOME_PERSON), _a3, 403, a3),
         _Case("No token at all", tax_2022, lambda i: {}, 401, a3),
-        _Case("Expired Maskinporten token", tax_2022, lambda i: _a3(i, **expired_bearer), 401, a3),
+        _Case("Expired Maskinporten token", tax_2022, lambda i: _a3(i, claims=expired), 401, a3),
         _Case("Income July 2018 inside the consented period", income + "?fraOgMed=2018-07&tilOgMed=2018-07", _a2, 200, a2),
         _Case("September 2018 is outside the consent", income + "?fraOgMed=2018-09", _a2, 403, a2),
         _Case("Consent given to 888888888, caller is 999999999", income + "?fraOgMed=2018-07",
