@@ -4,9 +4,12 @@ Answered here and never proxied (paths configurable: ``[gateway] health_path`` /
 ``ready_path`` / ``metrics_path``; any method):
 
 - ``/healthz`` — 200 ``{"status": "ok"}`` while the process serves (Kubernetes liveness);
-- ``/readyz`` — 200 when every issuer's keys are loaded, the disclosure store answers a ping and
-  the consent state is usable (backend ping, revocation file readable, feed not stale);
-  503 with the failing checks otherwise (readiness: the replica leaves the Service);
+- ``/readyz`` — 200 when the keys of every issuer some route uses are loaded (Maskinporten
+  always; Altinn 2 only when a route has ``altinn2_service``), the disclosure store answers a
+  ping and the consent state is usable (backend ping, revocation file readable); 503 with the
+  failing checks otherwise (readiness: the replica leaves the Service). A configured issuer no
+  route uses and the legacy Altinn 2 consent feed are reported, never a failure: a stale feed
+  refuses only the Altinn 2 consents it covers (docs/protocol.md §8);
 - ``/metrics`` — Prometheus text format from the gateway's own registry.
 
 Every other request gets a correlation id before the middleware sees it (the caller's
@@ -30,8 +33,9 @@ from .logs import correlation_id
 from .metrics import GatewayMetrics
 from .middleware import ConsentMiddleware
 from .proxy import UpstreamProxy
+from .state import ConsentStateService
 
-__all__ = ["SidecarApp", "create_sidecar", "new_correlation_id"]
+__all__ = ["SidecarApp", "create_sidecar", "issuers_in_use", "new_correlation_id"]
 
 def new_correlation_id() -> str:
     """A fresh correlation id (:func:`samtykke_gateway.ids.new_id`): never a 9+ digit run."""
@@ -45,6 +49,15 @@ def _correlation_of(headers: list[tuple[bytes, bytes]]) -> tuple[str, list[tuple
     rest = [(k, v) for k, v in headers if k.lower() != b"x-correlation-id"]
     rest.append((b"x-correlation-id", value.encode("ascii")))
     return value, rest
+
+
+def issuers_in_use(config: GatewayConfig) -> frozenset[str]:
+    """Names of the ``[issuers.*]`` some route needs: ``maskinporten`` always (every request
+    carries a Maskinporten bearer), ``altinn`` when a route accepts Altinn 2 consents."""
+    used = {"maskinporten"}
+    if any(route.altinn2_services for route in config.routes):
+        used.add("altinn")
+    return frozenset(used)
 
 
 def check_sidecar_config(config: GatewayConfig) -> str:
@@ -102,12 +115,16 @@ class SidecarApp:
             await self.gateway.close()
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """(ready, JSON-able detail): every issuer's keys loaded, the store and the consent
-        state reachable. Details name the failing part, never a token or an id. Keys not
-        loaded are fetched here, all issuers at once (at most once per refetch cooldown after a
-        failure); a due refresh of loaded keys starts in the background."""
+        """(ready, JSON-able detail): the keys of every issuer a route uses loaded, the store
+        and the consent state reachable. Details name the failing part, never a token or an id.
+        Keys not loaded are fetched here, all used issuers at once (at most once per refetch
+        cooldown after a failure); a due refresh of loaded keys starts in the background."""
         checks: dict[str, Any] = {}
-        issuers = self.gateway.issuers
+        used = issuers_in_use(self.config)
+        issuers = {n: p for n, p in self.gateway.issuers.items() if n in used}
+        for name in self.gateway.issuers:
+            if name not in used:
+                checks[f"keys.{name}"] = "not used by any route"
         # all issuers at once: a hanging JWKS endpoint costs one fetch timeout, not one each
         loaded = await asyncio.gather(*(p.keys.ensure_loaded() for p in issuers.values()))
         for name, ready in zip(issuers, loaded, strict=True):
@@ -125,6 +142,9 @@ class SidecarApp:
         except GatewayError as exc:
             checks["consent_state"] = exc.reason
             ok = False
+        feed = self.gateway.state.feed_status() if isinstance(self.gateway.state, ConsentStateService) else None
+        if feed is not None:
+            checks["consent_feed"] = feed
         return ok, checks
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:

@@ -6,7 +6,7 @@
     samtykke-gateway check-config --config FILE
     samtykke-gateway demo
     samtykke-gateway dev-config > dev.toml  (a config for dev-issuer + example-upstream)
-    samtykke-gateway mint altinn2|maskinporten|altinn3 ... (dev keys in --keys-dir)
+    samtykke-gateway mint altinn3|maskinporten|altinn2 ... (header lines; dev keys in --keys-dir)
     samtykke-gateway dev-issuer [--port 8790]  (serves the dev keys' JWKS)
     samtykke-gateway explain TOKEN [--consent TOKEN] [--config FILE] [--path PATH] [--header 'N: V']...
     samtykke-gateway audit verify|export|purge ...

@@ -6,8 +6,10 @@ The format is documented in ``config/README.md``; the tables are ``[gateway]``, 
 ``[audit]``, ``[issuers.altinn]``, ``[issuers.maskinporten]``, ``[[routes]]`` and
 ``[rights_packages.<name>]``.
 
-Profiles (SPEC §3): ``tt02`` and ``prod`` preset Altinn's JWKS (discovered through
-``/.well-known/oauth-authorization-server``) and Maskinporten's issuer and JWKS; a profile never
+Profiles (docs/protocol.md §3): ``tt02`` and ``prod`` preset Maskinporten's issuer and JWKS
+(the Altinn 3 consent travels inside that token). Altinn 2 is legacy: its issuer is configured
+only by an ``[issuers.altinn]`` table, which under ``tt02``/``prod`` starts from the profile's
+Altinn JWKS (discovered through ``/.well-known/oauth-authorization-server``). A profile never
 trusts the other environment's keys, and ``prod`` refuses Altinn test-generator tokens
 (``actual_iss``). ``custom`` (default) takes issuers as written.
 """
@@ -46,13 +48,11 @@ __all__ = [
 
 Profile = Literal["custom", "tt02", "prod"]
 
+#: Issuers a profile presets: Maskinporten only. Every live consent arrives as an Altinn 3
+#: consent inside the Maskinporten token (docs/protocol.md §2), so nothing of Altinn 2 is
+#: preloaded.
 PROFILE_ISSUERS: dict[str, dict[str, dict[str, Any]]] = {
     "tt02": {
-        "altinn": {
-            "issuer": "altinn.no",
-            "metadata_url": "https://tt02.altinn.no/.well-known/oauth-authorization-server",
-            "algorithms": ["RS256"],
-        },
         "maskinporten": {
             "issuer": "https://test.maskinporten.no/",
             "jwks_url": "https://test.maskinporten.no/jwk",
@@ -60,16 +60,25 @@ PROFILE_ISSUERS: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
     "prod": {
-        "altinn": {
-            "issuer": "altinn.no",
-            "metadata_url": "https://www.altinn.no/.well-known/oauth-authorization-server",
-            "algorithms": ["RS256"],
-        },
         "maskinporten": {
             "issuer": "https://maskinporten.no/",
             "jwks_url": "https://maskinporten.no/jwk",
             "algorithms": ["RS256", "RS384", "RS512"],
         },
+    },
+}
+#: Altinn 2 consent-token issuer per profile (legacy, docs/protocol.md §3.1): filled in only when
+#: the config has an ``[issuers.altinn]`` table (an empty one takes these values as they are).
+PROFILE_ALTINN2_ISSUERS: dict[str, dict[str, Any]] = {
+    "tt02": {
+        "issuer": "altinn.no",
+        "metadata_url": "https://tt02.altinn.no/.well-known/oauth-authorization-server",
+        "algorithms": ["RS256"],
+    },
+    "prod": {
+        "issuer": "altinn.no",
+        "metadata_url": "https://www.altinn.no/.well-known/oauth-authorization-server",
+        "algorithms": ["RS256"],
     },
 }
 PROFILE_DELEGATION_SOURCE = {
@@ -229,16 +238,18 @@ class FeedAuthConfig:
 
 @dataclass(frozen=True, slots=True)
 class FeedConfig:
-    """``[state.feed]``: the service-owner consent-list poller (SPEC §8).
+    """``[state.feed]``: the Altinn 2 service-owner consent-list poller (docs/protocol.md §8;
+    legacy: the endpoint closed with Altinn 2 on 19 June 2026).
 
-    ``kind``: ``altinn2`` (``GET /api/serviceowner/consents``) or ``altinn3`` (same interface,
-    for when Altinn 3 documents a feed). ``services``: ``"{serviceCode}_{editionCode}"`` to poll
-    (default: every route's ``altinn2_service``). ``api_key_env``: name of the environment
+    ``kind``: ``altinn2`` (``GET /api/serviceowner/consents``), the only kind: Altinn 3 has no
+    data-source consent feed. ``services``: ``"{serviceCode}_{editionCode}"`` to poll
+    (default: every route's ``altinn2_service``); a stale feed refuses only Altinn 2 consents
+    for these services. ``api_key_env``: name of the environment
     variable holding the Altinn ``ApiKey`` (never the key itself in the file). Times in seconds;
     ``max_staleness_seconds`` = 0 never treats the feed as stale.
     """
 
-    kind: Literal["altinn2", "altinn3"]
+    kind: Literal["altinn2"]
     url: str
     services: tuple[str, ...]
     interval_seconds: float = 60.0
@@ -617,7 +628,9 @@ def parse_config(
         raise ConfigError("gateway.profile", "must be 'custom', 'tt02' or 'prod'")
 
     issuers_raw = top.get("issuers", dict, {})
-    presets = PROFILE_ISSUERS.get(profile, {})
+    presets = dict(PROFILE_ISSUERS.get(profile, {}))
+    if "altinn" in issuers_raw and profile in PROFILE_ALTINN2_ISSUERS:
+        presets["altinn"] = PROFILE_ALTINN2_ISSUERS[profile]  # legacy: only when asked for
     issuers: dict[str, IssuerConfig] = {}
     for name in ("altinn", "maskinporten"):
         raw = dict(presets.get(name, {}))
@@ -625,11 +638,11 @@ def parse_config(
         if own is not None:
             if not isinstance(own, dict):
                 raise ConfigError(f"issuers.{name}", "must be a table")
-            if presets and ("jwks_url" in own or "metadata_url" in own):
+            if name in presets and ("jwks_url" in own or "metadata_url" in own):
                 raw.pop("jwks_url", None)
                 raw.pop("metadata_url", None)
             raw.update(own)
-        if raw:
+        if raw or own is not None:
             issuers[name] = _issuer(name, raw, f"issuers.{name}")
     for name in issuers_raw:
         if name not in ("altinn", "maskinporten"):
@@ -675,7 +688,9 @@ def parse_config(
             raise ConfigError(f"routes[{i}].name", f"duplicate route name {r.name!r}")
         seen.add(r.name)
         if r.altinn2_services and "altinn" not in issuers:
-            raise ConfigError(f"routes[{i}].altinn2_service", "needs [issuers.altinn]")
+            raise ConfigError(f"routes[{i}].altinn2_service",
+                              "needs [issuers.altinn] (Altinn 2 is legacy and never preloaded; under profile"
+                              " tt02/prod an empty [issuers.altinn] table takes the profile's Altinn 2 keys)")
 
     up = _Table(top.get("upstream", dict, {}), "upstream")
     upstream_url = up.get("url", str)
@@ -857,8 +872,12 @@ def _check_shadowing(routes: tuple[RouteConfig, ...]) -> None:
 def _feed(data: Any, routes: tuple[RouteConfig, ...], base_dir: Path) -> FeedConfig:
     t = _Table(data, "state.feed")
     kind = t.get("kind", str, "altinn2")
-    if kind not in ("altinn2", "altinn3"):
-        raise ConfigError("state.feed.kind", "must be 'altinn2' or 'altinn3'")
+    if kind == "altinn3":
+        raise ConfigError("state.feed.kind", "'altinn3' is not a feed: Altinn 3 has no consent list, status or"
+                                             " revocation API for a data source (docs/protocol.md §8); remove"
+                                             " [state.feed] or use revocation_file / `samtykke-gateway revoke`")
+    if kind != "altinn2":
+        raise ConfigError("state.feed.kind", "must be 'altinn2' (the Altinn 2 consent list, legacy)")
     url = t.get("url", str, required=True)
     if not url.startswith(("https://", "http://")):
         raise ConfigError("state.feed.url", "must be an http(s) URL")

@@ -2,9 +2,13 @@
 
 Starts the dev issuer (JWKS over HTTP), the example upstream (the tax administration's
 published example bodies) and the sidecar, each a real uvicorn server on 127.0.0.1; then plays
-a bank: prints every request and the gateway's answer (status, reason, scoped body), allowed and
-denied cases, verifies the disclosure log's hash chain, and exits 0 when every answer was the
-expected one.
+a bank: prints every request and the gateway's answer (status, reason, scoped body), verifies
+the disclosure log's hash chain, and exits 0 when every answer was the expected one.
+
+Altinn 3 first (docs/protocol.md §2, §3.3): the consent inside the Maskinporten token — allowed
+and denied cases side by side, a consent migrated from Altinn 2 (resource ``skd_4628_210607``,
+``skd_4804_210607`` with the lower-cased metadata keys the migration writes). Then the Altinn 2
+pair, labelled legacy (Altinn 2 closed on 19 June 2026).
 """
 
 from __future__ import annotations
@@ -89,6 +93,30 @@ class _Case:
     path: str
     headers: Callable[[DevIssuer], dict[str, str]]
     expect: int
+    section: str = ""
+
+
+A3_SECTION = "Altinn 3: the consent inside the Maskinporten token"
+A2_SECTION = "Altinn 2 pair (legacy: Altinn 2 closed on 19 June 2026)"
+INCOME_PERIOD = {"fraOgMed": "2018-06", "tilOgMed": "2018-08"}
+
+
+def _a3(issuer: DevIssuer, *, resource: str = "ske-spesifisert-summert-skattegrunnlag",
+        metadata: Mapping[str, str] | None = None, subject: str = TAX_BASE_PERSON, consumer: str = BANK,
+        scope: str = "skatteetaten:spesifisertsummertskattegrunnlag", **mp: Any) -> dict[str, str]:
+    details = [
+        DevIssuer.altinn3_consent(
+            subject=subject, consumer=consumer,
+            rights=[(resource, dict(metadata if metadata is not None else {"inntektsaar": "2022"}))],
+        )
+    ]
+    bearer = issuer.mint_maskinporten(consumer=BANK, scope=scope, authorization_details=details, **mp)
+    return {"Authorization": f"Bearer {bearer}"}
+
+
+def _a3_income(issuer: DevIssuer, *, resource: str = "ske-innrapportert-inntekt",
+               metadata: Mapping[str, str] = INCOME_PERIOD, **kw: Any) -> dict[str, str]:
+    return _a3(issuer, resource=resource, metadata=metadata, subject=INCOME_PERSON, scope="skatteetaten:inntekt", **kw)
 
 
 def _a2(issuer: DevIssuer, *, subject: str = INCOME_PERSON, consumer: str = BANK, mp_consumer: str = BANK,
@@ -99,37 +127,35 @@ def _a2(issuer: DevIssuer, *, subject: str = INCOME_PERSON, consumer: str = BANK
     return {"Authorization": f"Bearer {bearer}", "AltinnSamtykke": f'"{consent}"'}
 
 
-def _a3(issuer: DevIssuer, *, year: str = "2022") -> dict[str, str]:
-    details = [
-        DevIssuer.altinn3_consent(
-            subject=TAX_BASE_PERSON,
-            consumer=BANK,
-            rights=[("ske-spesifisert-summert-skattegrunnlag", {"inntektsaar": year})],
-        )
-    ]
-    bearer = issuer.mint_maskinporten(
-        consumer=BANK, scope="skatteetaten:spesifisertsummertskattegrunnlag", authorization_details=details
-    )
-    return {"Authorization": f"Bearer {bearer}"}
-
-
 def _cases() -> list[_Case]:
     income = INCOME.format(person=INCOME_PERSON)
+    tax_2022 = TAX_BASE.format(year="2022", person=TAX_BASE_PERSON)
+    a3, a2 = A3_SECTION, A2_SECTION
+    expired: dict[str, Any] = {"iat": 1_599_999_880, "exp": 1_600_000_000}
     return [
-        _Case("A2 pair, income July 2018 inside the consented period", income + "?fraOgMed=2018-07&tilOgMed=2018-07", _a2, 200),
-        _Case("A2 pair, tilOgMed missing: set to the consented bound", income + "?fraOgMed=2018-07", _a2, 200),
-        _Case("A2 pair, September 2018 is outside the consent", income + "?fraOgMed=2018-09", _a2, 403),
-        _Case("A2 pair, another person's id in the path",
-              INCOME.format(person="12879397780") + "?fraOgMed=2018-07", _a2, 403),
-        _Case("A2 consent given to 888888888, caller is 999999999", income + "?fraOgMed=2018-07",
-              lambda i: _a2(i, consumer=OTHER_BANK), 403),
-        _Case("A2 consent for another service", income + "?fraOgMed=2018-07",
-              lambda i: _a2(i, services=["4628_210607_inntektsaar=2022"]), 403),
-        _Case("No token at all", income + "?fraOgMed=2018-07", lambda i: {}, 401),
-        _Case("Expired consent token", income + "?fraOgMed=2018-07",
-              lambda i: _a2(i, claims={"exp": 1_600_000_000, "nbf": 1_599_999_970}), 401),
-        _Case("A3 token, specified summarised tax base 2022", TAX_BASE.format(year="2022", person=TAX_BASE_PERSON), _a3, 200),
-        _Case("A3 token, 2021 was not consented", TAX_BASE.format(year="2021", person=TAX_BASE_PERSON), _a3, 403),
+        _Case("Tax base 2022, consented", tax_2022, _a3, 200, a3),
+        _Case("Tax base 2021, not consented", TAX_BASE.format(year="2021", person=TAX_BASE_PERSON), _a3, 403, a3),
+        _Case("Income July 2018, inside the consented period", income + "?fraOgMed=2018-07&tilOgMed=2018-07",
+              _a3_income, 200, a3),
+        _Case("Income September 2018, outside the consented period", income + "?fraOgMed=2018-09", _a3_income, 403, a3),
+        _Case("Migrated consent (resource skd_4628_210607), tax base 2022", tax_2022,
+              lambda i: _a3(i, resource="skd_4628_210607"), 200, a3),
+        _Case("Migrated consent (skd_4804_210607, lower-cased fraogmed/tilogmed), tilOgMed missing:"
+              " set to the consented bound", income + "?fraOgMed=2018-07",
+              lambda i: _a3_income(i, resource="skd_4804_210607",
+                                   metadata={"fraogmed": "2018-06", "tilogmed": "2018-08"}), 200, a3),
+        _Case("Consent for the income resource, asking for the tax base", tax_2022,
+              lambda i: _a3(i, resource="ske-innrapportert-inntekt"), 403, a3),
+        _Case("Consent given to 888888888, caller is 999999999", tax_2022, lambda i: _a3(i, consumer=OTHER_BANK), 403, a3),
+        _Case("Another person's id in the path", TAX_BASE.format(year="2022", person=INCOME_PERSON), _a3, 403, a3),
+        _Case("No token at all", tax_2022, lambda i: {}, 401, a3),
+        _Case("Expired Maskinporten token", tax_2022, lambda i: _a3(i, claims=expired), 401, a3),
+        _Case("Income July 2018 inside the consented period", income + "?fraOgMed=2018-07&tilOgMed=2018-07", _a2, 200, a2),
+        _Case("September 2018 is outside the consent", income + "?fraOgMed=2018-09", _a2, 403, a2),
+        _Case("Consent given to 888888888, caller is 999999999", income + "?fraOgMed=2018-07",
+              lambda i: _a2(i, consumer=OTHER_BANK), 403, a2),
+        _Case("Consent for another service", income + "?fraOgMed=2018-07",
+              lambda i: _a2(i, services=["4628_210607_inntektsaar=2022"]), 403, a2),
     ]
 
 
@@ -147,7 +173,11 @@ def _show(body: bytes, limit: int) -> str:
 async def _play(base_url: str, issuer: DevIssuer, out: Callable[[str], None], body_lines: int) -> int:
     failures = 0
     async with httpx.AsyncClient(base_url=base_url, timeout=20) as client:
+        section = ""
         for n, case in enumerate(_cases(), 1):
+            if case.section != section:
+                section = case.section
+                out(f"\n== {section} ==")
             response = await client.get(case.path, headers=case.headers(issuer))
             ok = response.status_code == case.expect
             failures += not ok

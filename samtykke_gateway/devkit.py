@@ -62,10 +62,17 @@ def _metadata_pairs(values: list[str]) -> dict[str, str]:
 
 
 def mint_command(args: argparse.Namespace) -> int:
-    """Print one token (or an A2 pair as two lines: bearer, consent)."""
+    """Print dev-signed tokens as ready-made HTTP header lines (``curl -H "$(sed -n 1p f)"``).
+
+    ``altinn3``: ``Authorization: Bearer <Maskinporten token with the consent inside>``;
+    ``maskinporten``: the same without a consent; ``altinn2`` (legacy): ``AltinnSamtykke:
+    <consent token>``, preceded by the ``Authorization`` line with ``--pair``. ``--raw`` prints
+    the bare tokens instead, one per line in the same order (for ``explain TOKEN``).
+    """
     issuer = load_dev_issuer(args.keys_dir)
     metadata = _metadata_pairs(args.metadata or [])
     aud = {"aud": args.audience} if getattr(args, "audience", None) else None
+    lines: list[tuple[str, str]] = []  # (header name, token)
     if args.kind == "altinn2":
         suffix = "".join(f"_{k}={v}" for k, v in metadata.items())
         services = [f"{s}{suffix}" for s in args.service]
@@ -73,24 +80,29 @@ def mint_command(args: argparse.Namespace) -> int:
             subject=args.subject, consumer=args.consumer, services=services, supplier=args.supplier,
             lifetime_seconds=args.lifetime,
         )
-        bearer = issuer.mint_maskinporten(consumer=args.consumer, scope=args.scope, supplier=args.supplier,
-                                          lifetime_seconds=max(args.lifetime, 120), claims=aud)
         if args.pair:
-            print(f"Authorization: Bearer {bearer}")
-            print(f"AltinnSamtykke: {consent}")
-        else:
-            print(consent)
+            bearer = issuer.mint_maskinporten(consumer=args.consumer, scope=args.scope, supplier=args.supplier,
+                                              lifetime_seconds=max(args.lifetime, 120), claims=aud)
+            lines.append(("Authorization", f"Bearer {bearer}"))
+        lines.append(("AltinnSamtykke", consent))
     elif args.kind == "maskinporten":
-        print(issuer.mint_maskinporten(consumer=args.consumer, scope=args.scope, supplier=args.supplier,
-                                       lifetime_seconds=args.lifetime, claims=aud))
+        token = issuer.mint_maskinporten(consumer=args.consumer, scope=args.scope, supplier=args.supplier,
+                                         lifetime_seconds=args.lifetime, claims=aud)
+        lines.append(("Authorization", f"Bearer {token}"))
     else:
         details = [
             DevIssuer.altinn3_consent(
                 subject=args.subject, consumer=args.consumer, rights=[(r, metadata) for r in args.resource]
             )
         ]
-        print(issuer.mint_maskinporten(consumer=args.consumer, scope=args.scope, supplier=args.supplier,
-                                       authorization_details=details, lifetime_seconds=args.lifetime, claims=aud))
+        token = issuer.mint_maskinporten(consumer=args.consumer, scope=args.scope, supplier=args.supplier,
+                                         authorization_details=details, lifetime_seconds=args.lifetime, claims=aud)
+        lines.append(("Authorization", f"Bearer {token}"))
+    for name, value in lines:
+        if args.raw:
+            print(value.removeprefix("Bearer "))
+        else:
+            print(f"{name}: {value}")
     return 0
 
 
@@ -104,21 +116,50 @@ def dev_issuer_command(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``mint --lifetime`` default: long enough to paste a token into a curl by hand. Tests that
+#: need short-lived tokens pass ``--lifetime`` (an Altinn 2 consent token lives 30 s in Altinn).
+DEFAULT_MINT_LIFETIME_SECONDS = 3600
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to each option's help, except where the help already says it
+    or there is no default to show (an unset option, a flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "(default" in text or action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
 def add_dev_parsers(sub: Any, *, mint: Callable[..., int], dev_issuer: Callable[..., int]) -> None:
-    p = sub.add_parser("mint", help="print dev-signed tokens (Altinn 2, Maskinporten, Altinn 3)")
-    p.add_argument("kind", choices=["altinn2", "maskinporten", "altinn3"])
+    p = sub.add_parser(
+        "mint",
+        help="print dev-signed tokens as header lines (Altinn 3 consent in Maskinporten; Altinn 2 legacy)",
+        description="Print dev-signed tokens as HTTP header lines for curl -H: 'Authorization: Bearer ...' "
+                    "(altinn3: the consent inside the Maskinporten token; maskinporten: no consent) or, "
+                    "for altinn2 (legacy), 'AltinnSamtykke: ...' with the Authorization line first "
+                    "when --pair is given. Keys are shared with dev-issuer through --keys-dir.",
+        formatter_class=_DefaultsFormatter,
+    )
+    p.add_argument("kind", choices=["altinn3", "maskinporten", "altinn2"],
+                   help="altinn3: Maskinporten token carrying an Altinn 3 consent; altinn2: legacy consent token")
     p.add_argument("--keys-dir", default=DEFAULT_KEYS_DIR,
                    help="where the dev keys live (created on first use; dev-issuer must use the same)")
-    p.add_argument("--subject", default="01029413157", help="person id (11) or org number (9)")
+    p.add_argument("--subject", default="01029413157", help="data subject: person id (11) or org number (9)")
     p.add_argument("--consumer", default="999999999", help="consumer org number")
-    p.add_argument("--supplier", default=None, help="supplier org number (acting for the consumer)")
+    p.add_argument("--supplier", default=None, help="supplier org number acting for the consumer (default: no supplier)")
     p.add_argument("--scope", default="skatteetaten:inntekt", help="Maskinporten scope")
-    p.add_argument("--audience", default=None, help="aud claim of the Maskinporten token (try [issuers.*] audience)")
-    p.add_argument("--service", action="append", default=None, help="A2 service code_edition (repeatable)")
-    p.add_argument("--resource", action="append", default=None, help="A3 resource id (repeatable)")
-    p.add_argument("--metadata", action="append", help="key=value consent metadata (repeatable)")
-    p.add_argument("--lifetime", type=int, default=120, help="token lifetime, seconds")
-    p.add_argument("--pair", action="store_true", help="altinn2: print both headers of the A2 pair")
+    p.add_argument("--audience", default=None, help="aud claim of the Maskinporten token, to try [issuers.*] audience (default: no aud)")
+    p.add_argument("--resource", action="append", default=None,
+                   help="altinn3: resource id, repeatable (default: ske-innrapportert-inntekt)")
+    p.add_argument("--service", action="append", default=None,
+                   help="altinn2: service code_edition, repeatable (default: 4804_210607)")
+    p.add_argument("--metadata", action="append", help="key=value consent metadata, repeatable (default: none)")
+    p.add_argument("--lifetime", type=int, default=DEFAULT_MINT_LIFETIME_SECONDS,
+                   help="token lifetime, seconds (long enough to type a curl by hand)")
+    p.add_argument("--pair", action="store_true", help="altinn2: also print the Authorization line of the A2 pair")
+    p.add_argument("--raw", action="store_true", help="print bare tokens, one per line, instead of header lines")
     p.set_defaults(func=mint)
 
     def fix_defaults(ns: argparse.Namespace) -> None:
@@ -127,7 +168,7 @@ def add_dev_parsers(sub: Any, *, mint: Callable[..., int], dev_issuer: Callable[
 
     p.set_defaults(_fix=fix_defaults)
 
-    p = sub.add_parser("dev-issuer", help="serve the dev keys' JWKS over HTTP")
+    p = sub.add_parser("dev-issuer", help="serve the dev keys' JWKS over HTTP", formatter_class=_DefaultsFormatter)
     p.add_argument("--keys-dir", default=DEFAULT_KEYS_DIR)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8790)

@@ -16,6 +16,7 @@ from samtykke_gateway.exceptions import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 TT02 = CONFIG_DIR / "skatteetaten-tt02.toml"
+STUDIELAN = CONFIG_DIR / "studielan-example.toml"
 
 
 def _data() -> dict:
@@ -31,9 +32,108 @@ def test_shipped_configs_load() -> None:
     assert config.profile == "tt02"
     assert config.issuers["maskinporten"].issuer == "https://test.maskinporten.no/"
     assert config.issuers["altinn"].metadata_url == "https://tt02.altinn.no/.well-known/oauth-authorization-server"
-    assert [r.name for r in config.routes] == ["inntekt", "spesifisertsummertskattegrunnlag"]
+    assert [r.name for r in config.routes] == ["inntekt", "spesifisertsummertskattegrunnlag-stadie",
+                                               "spesifisertsummertskattegrunnlag"]
     assert config.routes[0].migrated_resources == ("skd_4804_210607",)
+    # the tax base's preferred endpoint (with {stadie}; oppgjoer for sbl) beside the older one
+    assert config.routes[1].path == ("/api/formueinntekt/spesifisertsummertskattegrunnlag/oppgjoer/"
+                                     "{rettighetspakke}/{inntektsaar}/{personidentifikator}")
+    assert config.routes[1].migrated_resources == config.routes[2].migrated_resources == ("skd_4628_210607",)
     assert config.audit_url == "sqlite:////var/lib/samtykke-gateway/disclosures.db"
+    text = TT02.read_text()
+    for resource in ("ske-innrapportert-inntekt", "ske-spesifisert-summert-skattegrunnlag"):
+        lines = [line for line in text.splitlines() if f'altinn3_resources = ["{resource}"]' in line]
+        assert lines and all("PLACEHOLDER" in line for line in lines)  # no public source: confirm in TT02
+    example = load_config(STUDIELAN)
+    assert set(example.issuers) == {"maskinporten"}  # Altinn 3 only
+    assert [(r.path, r.altinn2_services, r.altinn3_resources) for r in example.routes] == [
+        ("/api/v1/studielan/{fnr}/saldo", (), ("example-studielan-saldo",))]
+
+
+@pytest.mark.parametrize("profile", ["tt02", "prod"])
+def test_profiles_preload_maskinporten_only_and_altinn2_on_request(profile: str) -> None:
+    """Altinn 2 is legacy: tt02/prod preset Maskinporten alone; a route with altinn2_service
+    needs [issuers.altinn], which (even empty) takes the profile's Altinn keys."""
+    host = "tt02.altinn.no" if profile == "tt02" else "www.altinn.no"
+    data = _data()
+    data["gateway"]["profile"] = profile
+    del data["issuers"]
+    with pytest.raises(ConfigError) as info:
+        _parse(data)
+    assert info.value.key_path == "routes[0].altinn2_service" and "[issuers.altinn]" in str(info.value)
+    for route in data["routes"]:
+        del route["altinn2_service"], route["altinn3_migrated_org"]
+    config = parse_config(data, base_dir=CONFIG_DIR)
+    assert set(config.issuers) == {"maskinporten"}
+    data["issuers"] = {"altinn": {}}
+    config = parse_config(data, base_dir=CONFIG_DIR)
+    assert config.issuers["altinn"].issuer == "altinn.no"
+    assert config.issuers["altinn"].metadata_url == f"https://{host}/.well-known/oauth-authorization-server"
+    data["gateway"]["profile"] = "custom"  # nothing to preset: an empty table is an error, not a no-op
+    data["issuers"] = {"altinn": {}, "maskinporten": {"issuer": "https://x/", "jwks_url": "https://x/jwk"}}
+    with pytest.raises(ConfigError) as info:
+        _parse(data)
+    assert info.value.key_path == "issuers.altinn.issuer"
+
+
+def test_check_config_accepts_the_altinn3_only_example(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--config", str(STUDIELAN)]) == 0
+    out = capsys.readouterr().out
+    assert "studielan-saldo: GET,HEAD /api/v1/studielan/{fnr}/saldo" in out
+    assert "Altinn 3 resources example-studielan-saldo" in out
+    assert "issuer altinn " not in out and "Altinn 2" not in out
+
+
+@pytest.mark.anyio
+async def test_altinn3_only_example_works_against_a_tiny_upstream(dev_issuer, issuer_url: str) -> None:  # type: ignore[no-untyped-def]
+    """The shipped student-loan example, its issuer pointed at the dev issuer, as a sidecar on
+    127.0.0.1 in front of a tiny upstream: the consented person's balance leaves scoped, another
+    person or another resource is refused, and /readyz needs no Altinn 2 keys."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from samtykke_gateway.app import SidecarApp
+    from samtykke_gateway.devserver import ThreadedServer
+    from samtykke_gateway.testing import DevIssuer
+
+    async def saldo(request: Request) -> JSONResponse:
+        fnr = request.path_params["fnr"]
+        return JSONResponse({"personidentifikator": fnr, "kontonummer": "12345678903",
+                             "saldo": {"beloep": 312450, "valuta": "NOK", "per": "2026-11-30"},
+                             "lan": [{"lanetype": "studielan", "saldo": 312450, "renteavtale": "flytende"}]})
+
+    person, other = "01029413157", "12879397780"
+    upstream = Starlette(routes=[Route("/api/v1/studielan/{fnr}/saldo", saldo)])
+    data = tomllib.loads(STUDIELAN.read_text())
+    data["gateway"]["profile"] = "custom"
+    data["issuers"] = {"maskinporten": {"issuer": DevIssuer.MASKINPORTEN_ISSUER, "jwks_url": f"{issuer_url}/maskinporten/jwk"}}
+    data["audit"]["url"] = "memory://"
+
+    def bearer(subject: str = person, resource: str = "example-studielan-saldo") -> dict[str, str]:
+        details = [DevIssuer.altinn3_consent(subject=subject, consumer="999999999", rights=[(resource, {})])]
+        token = dev_issuer.mint_maskinporten(consumer="999999999", scope="example:studielan",
+                                             authorization_details=details)
+        return {"Authorization": f"Bearer {token}"}
+
+    with ThreadedServer(upstream) as up:
+        data["upstream"]["url"] = up.url
+        config = parse_config(data, base_dir=CONFIG_DIR)
+        with ThreadedServer(SidecarApp(config)) as gw:
+            async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
+                ready = await client.get("/readyz")
+                assert ready.status_code == 200 and "keys.altinn" not in ready.json()["checks"]
+                response = await client.get(f"/api/v1/studielan/{person}/saldo", headers=bearer())
+                assert response.status_code == 200, response.text
+                assert response.json() == {"personidentifikator": person,
+                                           "saldo": {"beloep": 312450, "valuta": "NOK", "per": "2026-11-30"},
+                                           "lan": [{"lanetype": "studielan", "saldo": 312450}]}
+                refused = await client.get(f"/api/v1/studielan/{other}/saldo", headers=bearer())
+                assert refused.status_code == 403 and refused.json()["reason"] == "subject_mismatch"
+                refused = await client.get(f"/api/v1/studielan/{person}/saldo", headers=bearer(resource="other-resource"))
+                assert refused.status_code == 403 and refused.json()["reason"] == "resource_not_consented"
 
 
 @pytest.mark.parametrize(
@@ -173,7 +273,7 @@ def test_check_config_prints_a_body_subject(tmp_path: Path, capsys: pytest.Captu
     shutil.copy(CONFIG_DIR / "inntekt-sbl-loennsinntekt-beskrivelse.txt", tmp_path)
     cfg = tmp_path / "body.toml"
     text = TT02.read_text()
-    assert text.count('subject = { path = "personidentifikator" }') == 2
+    assert text.count('subject = { path = "personidentifikator" }') == 3
     text = text.replace('method = "GET"\n', 'method = "POST"\n', 1)
     cfg.write_text(text.replace('subject = { path = "personidentifikator" }', 'subject = { body = "person.ident" }', 1))
     assert main(["check-config", "--config", str(cfg)]) == 0

@@ -214,3 +214,26 @@ async def test_readyz_loads_keys_once_the_issuer_is_up(dev_issuer: DevIssuer) ->
             assert ready.json()["checks"]["keys.maskinporten"] == "ok"
             response = await client.get(tax_base_path("2022"), headers=a3(dev_issuer, "ready-1"))
             assert response.status_code == 200
+
+
+async def test_readyz_checks_only_the_issuers_some_route_uses(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """An [issuers.altinn] that no route uses (no altinn2_service) never holds readiness: its
+    keys may be unreachable (here: a closed port) while Altinn 3 routes serve."""
+    import dataclasses
+
+    from .state_support import free_port
+    from .support import make_config
+
+    dead = f"http://127.0.0.1:{free_port()}/altinn/jwk"
+    config = make_config(issuer_url, "http://x.invalid", issuers={"altinn": {"jwks_url": dead}})
+    routes = tuple(dataclasses.replace(r, altinn2_services=()) for r in config.routes)
+    async with sidecar(dataclasses.replace(config, routes=routes)) as (client, _, _u):
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"]["keys.altinn"] == "not used by any route"
+        assert ready.json()["checks"]["keys.maskinporten"] == "ok"
+        assert (await client.get(tax_base_path("2022"), headers=a3(dev_issuer, "unused-a2"))).status_code == 200
+    # the same dead Altinn 2 keys with a route that accepts Altinn 2 consents: not ready
+    async with sidecar(config) as (client, _, _u):
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["keys.altinn"] == "not loaded"

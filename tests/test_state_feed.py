@@ -23,13 +23,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from samtykke_gateway.config import FeedAuthConfig
+from samtykke_gateway.exceptions import ConfigError
 from samtykke_gateway.devserver import ThreadedServer
-from samtykke_gateway.exceptions import StateUnavailableError
 from samtykke_gateway.metrics import GatewayMetrics
 from samtykke_gateway.state import MemoryBackend, StateBackend
 from samtykke_gateway.state.feed import (
     Altinn2ConsentFeed,
-    Altinn3ConsentFeed,
     ConsentFeedPoller,
     FeedError,
     MaskinportenCredentials,
@@ -38,8 +37,8 @@ from samtykke_gateway.state.feed import (
 from samtykke_gateway.state.redis_backend import RedisBackend
 from samtykke_gateway.testing import DevIssuer
 
-from .state_support import redis_prefix, state_config
-from .support import tax_base_path
+from .state_support import free_port, redis_prefix, state_config
+from .support import INCOME_PATH, TAX_BASE_PERSON, TAX_BASE_SCOPE, a2_headers, a3_headers, make_config, tax_base_path
 from .test_state_enforcement import a3, gateway
 
 pytestmark = pytest.mark.anyio
@@ -314,24 +313,6 @@ def test_hal_parsing_variants() -> None:
             parse_altinn2_page(bad)
 
 
-async def test_altinn3_feed_has_the_same_interface() -> None:
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body = json.dumps({"consents": [{"id": "A3-ID", "status": "Revoked"}, {"id": "b", "status": "Accepted"}],
-                           "continuation": "c1"}).encode()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": body})
-
-    with ThreadedServer(app) as server:
-        async with httpx.AsyncClient() as http:
-            source = Altinn3ConsentFeed(url=server.url + "/consents", http=http)
-            backend = MemoryBackend()
-            p = ConsentFeedPoller([source], backend, interval_seconds=3600, max_pages=1)
-            assert await p.poll_once() == 1
-            assert await backend.revoked("a3-id") and not await backend.revoked("b")
-
-
 async def test_gateway_refuses_what_the_feed_revoked(feed: tuple[FeedServer, str], dev_issuer: DevIssuer,
                                                      issuer_url: str) -> None:
     server, url = feed
@@ -353,14 +334,78 @@ async def test_gateway_refuses_what_the_feed_revoked(feed: tuple[FeedServer, str
                 break
         r = await client.get(tax_base_path("2022"), headers=a3(dev_issuer, active))
         assert r.status_code == 403 and r.json()["reason"] == "consent_revoked"
-        # the feed going stale stops everything (fail closed) and shows on /readyz's check
+        # the feed going stale refuses the Altinn 2 consents it covers (fail closed) ...
         gw.state.feed.max_staleness = 0.2  # type: ignore[attr-defined]
         server.down = True
         await asyncio.sleep(0.5)
-        r = await client.get(tax_base_path("2022"), headers=a3(dev_issuer, str(uuid.uuid4())))
+        r = await client.get(tax_base_path("2022"), headers=_a2_tax_base(dev_issuer))
         assert r.status_code == 503 and r.json()["reason"] == "revocation_feed_stale"
-        with pytest.raises(StateUnavailableError):
-            await gw.state.ping()
+        # ... and nothing else: an Altinn 3 consent never appears in the Altinn 2 list
+        assert (await client.get(tax_base_path("2022"), headers=a3(dev_issuer, str(uuid.uuid4())))).status_code == 200
+        await gw.state.ping()  # readiness does not fail on it (every replica shares the outage)
+        assert gw.state.feed_status().startswith("stale")  # type: ignore[attr-defined]
         server.down = False
         await asyncio.sleep(0.3)
-        assert (await client.get(tax_base_path("2022"), headers=a3(dev_issuer, str(uuid.uuid4())))).status_code == 200
+        assert (await client.get(tax_base_path("2022"), headers=_a2_tax_base(dev_issuer))).status_code == 200
+
+
+def _a2_tax_base(issuer: DevIssuer) -> dict[str, str]:
+    return a2_headers(issuer, subject=TAX_BASE_PERSON, services=[f"{SERVICE}_inntektsaar=2022"],
+                      scope=TAX_BASE_SCOPE)
+
+
+def test_altinn3_feed_kind_is_refused_naming_the_key() -> None:
+    """No data-source consent feed exists in Altinn 3 (docs/protocol.md §8): the old
+    placeholder kind is a config error, not a poller of an invented format."""
+    with pytest.raises(ConfigError) as info:
+        make_config("http://127.0.0.1:9", "http://up.invalid",
+                    state={"feed": {"kind": "altinn3", "url": "https://feed.example/consents"}})
+    assert info.value.key_path == "state.feed.kind"
+    assert "Altinn 3 has no consent list" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        make_config("http://127.0.0.1:9", "http://up.invalid",
+                    state={"feed": {"kind": "altinn4", "url": "https://feed.example/consents"}})
+    assert info.value.key_path == "state.feed.kind"
+
+
+async def test_unreachable_feed_never_takes_down_what_it_does_not_protect(dev_issuer: DevIssuer,
+                                                                          issuer_url: str) -> None:
+    """The sidecar on 127.0.0.1 with a feed whose server is gone (its port closed) and, later,
+    back: while stale, only Altinn 2 consents of the feed's service (4628_210607) get 503;
+    Altinn 3 consents, migrated ones and the income route's Altinn 2 consents (4804, not polled)
+    are served, and /readyz stays 200, reporting the feed."""
+    from samtykke_gateway.app import SidecarApp
+    from samtykke_gateway.examples import ExampleUpstream
+
+    server = FeedServer()
+    feed_port = free_port()
+    url = f"http://127.0.0.1:{feed_port}/api/serviceowner/consents"
+    state = {"feed": {"url": url, "services": [SERVICE], "api_key_env": "SAMTYKKE_TEST_FEED_KEY",
+                      "interval_seconds": 0.1, "max_staleness_seconds": 60}}
+    migrated = [("skd_4628_210607", {"inntektsaar": "2022"})]
+    with ThreadedServer(ExampleUpstream().app) as upstream:
+        sidecar = SidecarApp(state_config(issuer_url, upstream.url, state=state))
+        with ThreadedServer(sidecar) as running:
+            poller = sidecar.gateway.state.feed  # type: ignore[attr-defined]
+            assert poller.stale and poller.last_error is not None  # the first poll found nobody
+            async with httpx.AsyncClient(base_url=running.url, timeout=10) as client:
+                ready = await client.get("/readyz")
+                assert ready.status_code == 200, ready.text
+                assert ready.json()["checks"]["consent_feed"] == f"stale: Altinn 2 consents of {SERVICE} refused"
+                r = await client.get(tax_base_path("2022"), headers=_a2_tax_base(dev_issuer))
+                assert r.status_code == 503 and r.json()["reason"] == "revocation_feed_stale"
+                assert (await client.get(tax_base_path("2022"), headers=a3(dev_issuer, "a3-1"))).status_code == 200
+                r = await client.get(tax_base_path("2022"), headers=a3_headers(dev_issuer, rights=migrated))
+                assert r.status_code == 200, r.text
+                r = await client.get(INCOME_PATH + "?fraOgMed=2018-07", headers=a2_headers(dev_issuer))
+                assert r.status_code == 200, r.text
+                # the feed comes up: one poll and the Altinn 2 consents it covers are served again
+                with ThreadedServer(server, port=feed_port):
+                    for _ in range(100):  # the background poller (every 0.1 s) finds it
+                        if not poller.stale:
+                            break
+                        await asyncio.sleep(0.05)
+                    assert not poller.stale
+                    r = await client.get(tax_base_path("2022"), headers=_a2_tax_base(dev_issuer))
+                    assert r.status_code == 200, r.text
+                    assert (await client.get("/readyz")).json()["checks"]["consent_feed"] == "ok"

@@ -1,4 +1,5 @@
-"""Revocations from the service owner's consent list (SPEC §8), polled in the background.
+"""Revocations from the Altinn 2 service owner's consent list (legacy; docs/protocol.md §8),
+polled in the background.
 
 **Altinn 2** (source: Altinn/docs ``api/tjenesteeiere/rest/autorisasjon/samtykke-liste`` and the
 API help page ``GET serviceowner/consents``)::
@@ -28,9 +29,10 @@ parameter of ``_links.next.href``; a page with no consents ends the round (the o
 kept). *Fail closed*: any status other than ``active`` counts as revoked; a feed revocation is
 never undone.
 
-**Altinn 3**: no service-owner feed is documented yet. :class:`Altinn3ConsentFeed` has the same
-interface and assumes ``{"consents": [{"id", "status"}], "continuation": "..."}`` until one is;
-``active``/``accepted`` are the only non-revoked statuses.
+**Legacy.** This endpoint closed with Altinn 2 on 19 June 2026. Altinn 3 has no consent list,
+status or revocation API for a data source (docs/protocol.md §8): its tokens are self-contained and
+a revocation takes effect when Maskinporten issues the next token. There is therefore no
+``altinn3`` feed kind (config refuses it).
 
 **Polling** (:class:`ConsentFeedPoller`): every ``interval_seconds``; with a shared backend one
 replica at a time holds a lease and polls, the others only read the shared "last successful
@@ -38,8 +40,10 @@ poll" time. The continuation token is stored in the state backend after every pa
 Redis a restarted replica resumes where the fleet left off; with ``memory://`` (whose
 revocations die with the process) a restart reads the feed from the beginning — deliberately.
 Outage: errors are logged and counted, known revocations stay in force, polling continues; when
-no poll succeeded for ``max_staleness_seconds`` every request is refused with 503
-``revocation_feed_stale`` and ``/readyz`` fails, until a poll succeeds again.
+no poll succeeded for ``max_staleness_seconds`` the feed is *stale*: an Altinn 2 consent for one
+of the feed's services is refused with 503 ``revocation_feed_stale`` until a poll succeeds
+again. Nothing else depends on the feed: Altinn 3 consents, routes without those services and
+``/readyz`` (which only reports the feed) keep working.
 """
 
 from __future__ import annotations
@@ -67,7 +71,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Altinn2ConsentFeed",
-    "Altinn3ConsentFeed",
     "ConsentFeed",
     "ConsentFeedPoller",
     "FeedEntry",
@@ -100,9 +103,11 @@ class FeedPage:
 
 
 class ConsentFeed(Protocol):
-    """One consent list. ``name`` keys its continuation token in the state backend."""
+    """One consent list. ``name`` keys its continuation token in the state backend;
+    ``services`` are the Altinn 2 services whose consents it covers."""
 
     name: str
+    services: frozenset[str]
 
     async def fetch(self, continuation: str | None) -> FeedPage:
         """:raises FeedError: on any failure (HTTP, status, body)."""
@@ -266,6 +271,7 @@ class Altinn2ConsentFeed(_HttpFeed):
     def __init__(self, *, url: str, service: str, http: httpx.AsyncClient, api_key_env: str | None = None,
                  credentials: MaskinportenCredentials | None = None) -> None:
         code, edition = service.split("_", 1)
+        self.services = frozenset({service})
         super().__init__(name=f"altinn2:{service}", url=url, http=http, api_key_env=api_key_env,
                          credentials=credentials,
                          params={"serviceCode": code, "serviceEditionCode": edition, "serviceEdition": edition})
@@ -275,29 +281,6 @@ class Altinn2ConsentFeed(_HttpFeed):
 
     def is_revoked(self, entry: FeedEntry) -> bool:
         return entry.status != "active"
-
-
-class Altinn3ConsentFeed(_HttpFeed):
-    """Placeholder for an Altinn 3 service-owner feed (shape assumed, see module docstring)."""
-
-    def __init__(self, *, url: str, http: httpx.AsyncClient, api_key_env: str | None = None,
-                 credentials: MaskinportenCredentials | None = None) -> None:
-        super().__init__(name="altinn3", url=url, params={}, http=http, api_key_env=api_key_env,
-                         credentials=credentials)
-
-    async def fetch(self, continuation: str | None) -> FeedPage:
-        body = await self._get(continuation)
-        try:
-            doc = json.loads(body)
-            items = doc["consents"]
-            entries = tuple(FeedEntry(str(i["id"]).strip().lower(), str(i["status"]).strip().lower()) for i in items)
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            raise FeedError("Altinn 3 feed page is malformed") from None
-        token = doc.get("continuation") if isinstance(doc, dict) else None
-        return FeedPage(entries, token if entries and isinstance(token, str) else None)
-
-    def is_revoked(self, entry: FeedEntry) -> bool:
-        return entry.status not in ("active", "accepted")
 
 
 class _FeedMetrics(Protocol):
@@ -323,6 +306,8 @@ class ConsentFeedPoller:
                  http: httpx.AsyncClient | None = None, own_http: bool = False,
                  metrics: Any = None, clock: Callable[[], float] = time.time) -> None:
         self.feeds = list(feeds)
+        #: every service the feeds cover (a stale feed refuses only Altinn 2 consents of these)
+        self.services: frozenset[str] = frozenset().union(*(f.services for f in self.feeds))
         self.backend = backend
         self.interval = interval_seconds
         self.max_pages = max_pages
@@ -340,12 +325,10 @@ class ConsentFeedPoller:
     def from_config(cls, cfg: FeedConfig, backend: StateBackend, *, metrics: Any = None) -> ConsentFeedPoller:
         http = httpx.AsyncClient(timeout=httpx.Timeout(cfg.timeout_seconds), follow_redirects=False, trust_env=False)
         creds = MaskinportenCredentials(cfg.maskinporten, http) if cfg.maskinporten else None
-        feeds: list[ConsentFeed]
-        if cfg.kind == "altinn2":
-            feeds = [Altinn2ConsentFeed(url=cfg.url, service=s, http=http, api_key_env=cfg.api_key_env,
-                                        credentials=creds) for s in cfg.services]
-        else:
-            feeds = [Altinn3ConsentFeed(url=cfg.url, http=http, api_key_env=cfg.api_key_env, credentials=creds)]
+        feeds: list[ConsentFeed] = [
+            Altinn2ConsentFeed(url=cfg.url, service=s, http=http, api_key_env=cfg.api_key_env, credentials=creds)
+            for s in cfg.services
+        ]
         return cls(feeds, backend, interval_seconds=cfg.interval_seconds, max_pages=cfg.max_pages_per_poll,
                    max_staleness_seconds=cfg.max_staleness_seconds, http=http, own_http=True, metrics=metrics)
 

@@ -21,8 +21,12 @@ the backend when revocation is checked (every route), when it is one-time or lim
 ``jti_replay = "refuse"``. Only a route that needs none of these (``check_revocation = false``,
 no one-time, no limit, ``jti_replay`` off or log) keeps working with the backend down; in
 ``log`` mode the ``jti`` accounting is then skipped for a few seconds (logged, counted).
-A stale consent feed (no successful poll within ``max_staleness_seconds``) is treated like
-an unreachable backend: 503 ``revocation_feed_stale``.
+A stale consent feed (the Altinn 2 consent list, legacy: no successful poll within
+``max_staleness_seconds``) refuses with 503 ``revocation_feed_stale`` only what it protects: an
+Altinn 2 consent on a route with one of the feed's services. Altinn 3 consents (migrated ones
+too) never depend on it, and it never fails :meth:`ConsentStateService.ping` (readiness): a feed
+outage is shared by every replica, so taking replicas out would take down the routes it does
+not protect (docs/protocol.md §8). Revocations it recorded stay in force for every consent id.
 
 Consent ids compare lower-case. A claim left by a replica that died mid-delivery counts as
 spent (nothing tells whether the body left): the ``once:`` key expires with the consent.
@@ -73,6 +77,9 @@ class StateMetrics(Protocol):
 class _Feed(Protocol):
     @property
     def stale(self) -> bool: ...
+
+    #: the Altinn 2 services ``"{serviceCode}_{editionCode}"`` whose consents the feed covers
+    services: frozenset[str]
 
     async def start(self) -> None: ...
 
@@ -189,7 +196,7 @@ class ConsentStateService:
         """
         cid = grant.consent.consent_id.strip().lower()
         if self.check_revocation:
-            if self.feed is not None and self.feed.stale:
+            if self.feed is not None and self.feed.stale and self.feed_protects(grant):
                 raise StateUnavailableError("the consent revocation feed is stale", reason="revocation_feed_stale")
             if self.revocation_file is not None and self.revocation_file.check(cid):
                 raise ConsentSpentError("the consent has been revoked", reason="consent_revoked")
@@ -237,15 +244,30 @@ class ConsentStateService:
         _, claim, result = pending
         await self.backend.finish(claim, result, released=released)
 
+    def feed_protects(self, grant: Grant) -> bool:
+        """Whether the consent feed guards this request: an Altinn 2 consent on a route with one
+        of the feed's services. A stale feed refuses exactly these (503)."""
+        if self.feed is None or grant.consent.kind != "altinn2":
+            return False
+        return not self.feed.services.isdisjoint(grant.match.route.altinn2_services)
+
+    def feed_status(self) -> str | None:
+        """``None`` without a feed (or with revocations unchecked); else ``"ok"`` or
+        ``"stale: Altinn 2 consents of <services> refused"`` for ``/readyz``'s detail."""
+        if self.feed is None or not self.check_revocation:
+            return None
+        if not self.feed.stale:
+            return "ok"
+        return f"stale: Altinn 2 consents of {', '.join(sorted(self.feed.services))} refused"
+
     async def ping(self) -> None:
-        """:raises StateUnavailableError: backend unreachable, revocation file unreadable or
-        feed stale."""
+        """:raises StateUnavailableError: backend unreachable or revocation file unreadable.
+        A stale consent feed is not a failure here (see the module docstring; it shows in
+        :meth:`feed_status`)."""
         if self.revocation_file is not None:
             self.revocation_file.load()
             if self.revocation_file.error is not None:
                 raise StateUnavailableError(self.revocation_file.error, reason="revocation_file_unreadable")
-        if self.feed is not None and self.check_revocation and self.feed.stale:
-            raise StateUnavailableError("the consent revocation feed is stale", reason="revocation_feed_stale")
         await self.backend.ping()
 
     async def close(self) -> None:
