@@ -121,13 +121,16 @@ def _flip_signature(token: str) -> str:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case", ["expired", "none", "flipped", "alg_none", "unknown_kid"])
-async def test_a2_unauthenticated(mode: str, case: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+@pytest.mark.parametrize("case", ["expired", "flipped", "alg_none", "unknown_kid"])
+async def test_a2_consent_token_not_verifiable_is_403_without_challenge(
+    mode: str, case: str, dev_issuer: DevIssuer, issuer_url: str
+) -> None:
+    """An Altinn 2 consent token that is expired, wrongly signed or signed by an unknown key
+    is a consent problem: 403 with its own reason, never 401 ``invalid_token`` (the client
+    would fetch a new Maskinporten token, which cannot help; docs/protocol.md §4)."""
     headers = a2_headers(dev_issuer)
     if case == "expired":
         headers = a2_headers(dev_issuer, claims={"exp": 1_600_000_000, "nbf": 1_599_999_970})
-    elif case == "none":
-        headers = {}
     elif case == "flipped":
         headers["AltinnSamtykke"] = _flip_signature(headers["AltinnSamtykke"])
     elif case == "alg_none":
@@ -139,21 +142,50 @@ async def test_a2_unauthenticated(mode: str, case: str, dev_issuer: DevIssuer, i
         headers["AltinnSamtykke"] = stranger.mint_altinn2(
             subject=INCOME_PERSON, consumer=BANK, services=[f"{INCOME_SERVICE}_fraOgMed=2018-06", f"{INCOME_SERVICE}_tilOgMed=2018-08"]
         )
+    expected = {
+        "expired": "consent_token_expired",
+        "flipped": "consent_token_bad_signature",
+        "alg_none": "consent_token_alg_not_allowed",
+        "unknown_kid": "consent_token_unknown_key",
+    }[case]
+    async with running_gateway(mode, issuer_url) as gw:
+        response = await gw.client.get(INCOME_PATH + "?fraOgMed=2018-07", headers=headers)
+        assert response.status_code == 403, response.text
+        assert "www-authenticate" not in response.headers
+        assert response.json()["reason"] == expected
+        assert gw.upstream.requests == []
+        record = _only_record(gw, response)
+        assert record.decision == "deny" and record.status == 403 and record.reason == expected
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", ["none", "expired", "flipped", "unknown_kid"])
+async def test_bearer_unauthenticated_is_401(mode: str, case: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """Only the Maskinporten bearer itself gives 401 (with the RFC 6750 challenge)."""
+    headers = a2_headers(dev_issuer)
+    bearer = headers["Authorization"][7:]
+    if case == "none":
+        headers = {}
+    elif case == "expired":
+        bearer = dev_issuer.mint_maskinporten(
+            consumer=BANK, scope="skatteetaten:inntekt", claims={"exp": 1_600_000_000, "iat": 1_599_999_880}
+        )
+    elif case == "flipped":
+        bearer = _flip_signature(bearer)
+    elif case == "unknown_kid":
+        bearer = DevIssuer().mint_maskinporten(consumer=BANK, scope="skatteetaten:inntekt")
+    if headers:
+        headers["Authorization"] = f"Bearer {bearer}"
     async with running_gateway(mode, issuer_url) as gw:
         response = await gw.client.get(INCOME_PATH + "?fraOgMed=2018-07", headers=headers)
         assert response.status_code == 401, response.text
         challenge = response.headers["www-authenticate"]
-        if case == "none":
-            assert challenge.startswith("Bearer")
-        else:
-            assert challenge == 'Bearer error="invalid_token"'
+        assert challenge == ("Bearer" if case == "none" else 'Bearer error="invalid_token"')
         assert gw.upstream.requests == []
         record = _only_record(gw, response)
         assert record.decision == "deny" and record.status == 401
-        if case == "expired":
-            assert record.reason == "token_expired"
-        if case == "unknown_kid":
-            assert record.reason == "unknown_key"
+        assert record.reason == {"none": "missing_token", "expired": "token_expired", "flipped": "bad_signature",
+                                 "unknown_kid": "unknown_key"}[case]
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from samtykke_gateway.exceptions import InvalidTokenError
+from samtykke_gateway.exceptions import InvalidConsentError, InvalidTokenError
 from samtykke_gateway.jose import _reference_json_object
 from samtykke_gateway.testing import DevIssuer
 from samtykke_gateway.tokens import typed
@@ -166,7 +166,7 @@ def _strict(payload: bytes) -> Any:
         return ("malformed", str(exc))
     try:
         return maskinporten_from_claims(claims, issuer="maskinporten", key_id="k", expires_at=1.0)
-    except InvalidTokenError as exc:
+    except (InvalidTokenError, InvalidConsentError) as exc:
         return ("refused", exc.reason, exc.detail)
 
 
@@ -265,7 +265,7 @@ def test_typed_result_equals_the_strict_result_for_the_usual_token() -> None:
 def _outcome(fn: Any) -> Any:
     try:
         return ("ok", fn())
-    except InvalidTokenError as exc:
+    except (InvalidTokenError, InvalidConsentError) as exc:
         return ("refused", exc.reason, exc.detail)
 
 
@@ -285,7 +285,7 @@ async def _compare(dev: DevIssuer, policy: IssuerPolicy, token: str, *, cache: i
 
     try:
         expected: Any = ("ok", await strict())
-    except InvalidTokenError as exc:
+    except (InvalidTokenError, InvalidConsentError) as exc:
         expected = ("refused", exc.reason, exc.detail)
     fast = _outcome(
         lambda: fast_verifier.verify_typed(
