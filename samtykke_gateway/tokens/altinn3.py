@@ -151,12 +151,12 @@ def merge_right(
     if target is None:
         merged[key] = metadata.copy() if shared else metadata
         return
-    for key, one in metadata.items():
-        vals = target.get(key)
+    for name, one in metadata.items():
+        vals = target.get(name)
         if vals is None:
-            target[key] = one
+            target[name] = one
         elif one[0] not in vals:
-            target[key] = (*vals, one[0])
+            target[name] = (*vals, one[0])
 
 
 def consent_from_authorization_details(
