@@ -30,6 +30,7 @@ __all__ = [
     "check_consumer",
     "check_governed_headers",
     "check_governed_params",
+    "delegation_source_accepted",
     "request_subject",
 ]
 
@@ -48,11 +49,14 @@ class Binding:
 
     ``token_kind``: ``"altinn2"``, ``"altinn3"`` or ``"altinn3-migrated"``.
     ``resource``: the route resource that matched. ``rights``: matched consent rights.
+    ``handled_by``: the handler's org number when the token was issued to the consent's
+    handler (route ``accept_handled_by``), else ``None``.
     """
 
     token_kind: str
     resource: str
     rights: tuple[ConsentRight, ...]
+    handled_by: str | None = None
 
     @property
     def metadata(self) -> dict[str, list[str]]:
@@ -203,21 +207,61 @@ def body_subject(subject: SubjectSource, headers: Mapping[str, list[str]], body:
     return node
 
 
-def check_consumer(consent: Consent, mp: MaskinportenToken, delegation_sources: Sequence[str]) -> None:
-    """``CoveredBy``/``to`` == Maskinporten ``consumer``; supplier rules (SPEC §4 step 6).
+def _without_slash(url: str) -> str:
+    return url[:-1] if url.endswith("/") else url
+
+
+def delegation_source_accepted(value: str | None, delegation_sources: Sequence[str]) -> bool:
+    """Whether a supplier token's ``delegation_source`` is one of ``delegation_sources``,
+    compared without a trailing ``/`` on either side (Altinn publishes
+    ``https://tt02.altinn.no/``, Digdir ``https://www.altinn.no``; docs/protocol.md §3.3)."""
+    if value is None:
+        return False
+    own = _without_slash(value)
+    return any(own == _without_slash(source) for source in delegation_sources)
+
+
+def check_consumer(
+    consent: Consent,
+    mp: MaskinportenToken,
+    delegation_sources: Sequence[str],
+    *,
+    accept_handled_by: bool = False,
+) -> str | None:
+    """``CoveredBy``/``to`` == Maskinporten ``consumer``; supplier rules (docs/protocol.md §4
+    step 6).
 
     Altinn 2: when ``HandledBy`` is present it must equal the Maskinporten ``supplier``.
     Altinn 3: when the token has a ``supplier``, ``delegation_source`` must be a configured
-    Altinn delegation source.
-    :raises InsufficientConsentError: (403) ``consumer_mismatch`` / ``supplier_mismatch``.
+    Altinn delegation source (trailing ``/`` ignored). A token issued to the consent's handler
+    (``consumer`` == ``handledBy`` != ``to``) is accepted only with ``accept_handled_by``.
+
+    :returns: the handler's org number when the handler rule let the request through, else
+        ``None``.
+    :raises InsufficientConsentError: (403) ``consumer_mismatch`` / ``supplier_mismatch`` /
+        ``handled_by_not_accepted``.
     """
+    handler = None
     if consent.consumer != mp.consumer:
-        raise _deny("consumer_mismatch", "the consent was given to another organisation")
+        if consent.kind != "altinn3" or consent.handled_by is None or consent.handled_by != mp.consumer:
+            raise _deny("consumer_mismatch", "the consent was given to another organisation")
+        if not accept_handled_by:
+            raise _deny(
+                "handled_by_not_accepted",
+                "the token was issued to the consent's handler (handledBy), which this route does not accept",
+            )
+        handler = mp.consumer
     if consent.kind == "altinn2":
         if consent.supplier is not None and consent.supplier != mp.supplier:
             raise _deny("supplier_mismatch", "the consent names another supplier (HandledBy)")
-    elif mp.supplier is not None and mp.delegation_source not in delegation_sources:
+    elif mp.supplier is not None and not delegation_source_accepted(mp.delegation_source, delegation_sources):
         raise _deny("supplier_mismatch", "supplier token without a trusted delegation_source")
+    return handler
+
+
+#: Altinn 3 id of a consent migrated from Altinn 2: ``{org}_{serviceCode}_{editionCode}``
+#: (``skd_4628_210607``; Altinn's validate-consent guide, docs/protocol.md §3.3).
+MIGRATED_RESOURCE = re.compile(r"[a-z0-9]{2,20}_[0-9]{1,10}_[0-9]{1,10}")
 
 
 def bind_consent(
@@ -232,15 +276,22 @@ def bind_consent(
 ) -> Binding:
     """Check that ``consent`` covers ``route`` for ``subject`` at ``now`` (epoch seconds).
 
+    Altinn 3: a right covers the route when its resource is one of the route's
+    ``altinn3_resources`` (or migrated ids) and its actions include one of the route's
+    ``accepted_actions``; rights of the route's resources with other actions only are
+    ``consent_action_not_accepted``. A matched resource id of the migrated form
+    ``{org}_{serviceCode}_{editionCode}`` makes the kind ``"altinn3-migrated"``.
+
     :raises InsufficientConsentError: (403) ``consent_expired``, ``consent_not_yet_valid``,
-        ``consumer_mismatch``, ``supplier_mismatch``, ``subject_mismatch``,
-        ``service_not_consented`` / ``resource_not_consented``.
+        ``consumer_mismatch``, ``handled_by_not_accepted``, ``supplier_mismatch``,
+        ``subject_mismatch``, ``service_not_consented`` / ``resource_not_consented``,
+        ``consent_action_not_accepted``.
     """
     if consent.valid_to <= now:
         raise _deny("consent_expired", "the consent is no longer valid (ValidToDate/validTo)")
     if consent.delegated is not None and consent.delegated > now + leeway_seconds:
         raise _deny("consent_not_yet_valid", "the consent was given in the future")
-    check_consumer(consent, mp, delegation_sources)
+    handler = check_consumer(consent, mp, delegation_sources, accept_handled_by=route.accept_handled_by)
     party: Party | None = party_from_digits(subject)
     if party is None or party != consent.subject:
         raise _deny("subject_mismatch", "the consent was given by another data subject")
@@ -249,12 +300,23 @@ def bind_consent(
         if not rights:
             raise _deny("service_not_consented", "the consent does not cover this service")
         return Binding("altinn2", rights[0].resource, rights)
-    rights = consent.rights_for(route.altinn3_resources)
-    if rights:
-        return Binding("altinn3", rights[0].resource, rights)
-    rights = consent.rights_for(route.migrated_resources)
-    if rights:
-        return Binding("altinn3-migrated", rights[0].resource, rights)
+    actions = route.accepted_actions
+    held = False
+    for resources in (route.altinn3_resources, route.migrated_resources):
+        if not resources:
+            continue
+        rights = consent.rights_for(resources, actions)
+        if rights:
+            resource = rights[0].resource
+            migrated = resource in route.migrated_resources or MIGRATED_RESOURCE.fullmatch(resource) is not None
+            kind = "altinn3-migrated" if migrated else "altinn3"
+            return Binding(kind, resource, rights, handler)
+        held = held or bool(consent.rights_for(resources))
+    if held:
+        raise _deny(
+            "consent_action_not_accepted",
+            "the consent covers this resource only for actions this route does not accept",
+        )
     raise _deny("resource_not_consented", "the consent does not cover this resource")
 
 

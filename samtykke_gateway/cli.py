@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .exceptions import ConfigError
 
 if TYPE_CHECKING:
-    from .config import GatewayConfig
+    from .config import GatewayConfig, RouteConfig
 
 __all__ = ["main"]
 
@@ -47,6 +47,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         print(f"  issuer {name:<13} iss={issuer.issuer}  keys={where}  algs={','.join(issuer.algorithms)}")
         if issuer.audiences:
             print(f"  {'':<20} aud must name one of: {', '.join(issuer.audiences)}")
+        if issuer.max_token_age_seconds is not None:
+            print(f"  {'':<20} tokens honoured up to {issuer.max_token_age_seconds:g} s after iat")
     print(f"  upstream           {_without_password(config.upstream_url) or '(none: middleware only)'}")
     if config.upstream_url and "@" in urlsplit(config.upstream_url).netloc:
         print(f"  {'':<19}note: the user:password in upstream.url is never sent to the upstream")
@@ -70,6 +72,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             print(f"      Altinn 2 service {', '.join(route.altinn2_services)}")
         if route.altinn3_resources or route.migrated_resources:
             print(f"      Altinn 3 resources {', '.join(route.altinn3_resources + route.migrated_resources)}")
+            _print_altinn3_rules(config, route)
         if route.year:
             print(f"      {route.year.param} must be a consented {route.year.metadata}")
         if route.period:
@@ -95,6 +98,29 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     if warning:
         print(f"WARNING: {warning}")
     return 0
+
+
+def _print_altinn3_rules(config: GatewayConfig, route: RouteConfig) -> None:
+    """A route's Altinn 3 rules: accepted actions, supplier delegation sources, the handler
+    rule, the token-age bound and the route's own error codes (docs/protocol.md §3.3, §4)."""
+    print(f"      a right covers it with action {' or '.join(route.accepted_actions)} (any case)")
+    sources = ", ".join(config.altinn3_delegation_sources) or "(none: supplier tokens refused)"
+    print(f"      supplier tokens: delegation_source {sources} (trailing '/' ignored)")
+    if route.accept_handled_by:
+        print("      handler tokens accepted: consumer == handledBy (to stays the recipient; both recorded)")
+    else:
+        print("      handler tokens refused (consumer must be the consent's 'to'; accept_handled_by = false)")
+    issuer = config.issuers.get("maskinporten")
+    bounds = [b for b in (issuer.max_token_age_seconds if issuer else None, route.max_token_age_seconds)
+              if b is not None]
+    if bounds:
+        print(f"      Maskinporten token honoured up to {min(bounds):g} s after iat")
+    if route.error_codes:
+        if config.error_style == "skatteetaten":
+            codes = ", ".join(f"{kind} {code}" for kind, code in route.error_codes.items())
+            print(f"      error codes: {codes}")
+        else:
+            print("      note: error_codes apply with gateway.error_style = 'skatteetaten' only")
 
 
 def _print_state(config: GatewayConfig) -> None:

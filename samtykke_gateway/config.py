@@ -81,10 +81,20 @@ PROFILE_ALTINN2_ISSUERS: dict[str, dict[str, Any]] = {
         "algorithms": ["RS256"],
     },
 }
+#: ``delegation_source`` of Altinn 3 supplier tokens, per profile: the published values
+#: (Altinn's retrieve-token guide for TT02, Digdir's token reference for production;
+#: docs/protocol.md §3.3). Compared without a trailing ``/`` on either side.
 PROFILE_DELEGATION_SOURCE = {
-    "tt02": "https://platform.tt02.altinn.no/authentication/api/v1/openid/",
-    "prod": "https://platform.altinn.no/authentication/api/v1/openid/",
+    "tt02": "https://tt02.altinn.no/",
+    "prod": "https://www.altinn.no",
 }
+#: ``accepted_actions`` of a route that does not set it: a right covers a read when its
+#: actions include one of these (compared case-insensitively; docs/protocol.md §3.3).
+DEFAULT_ACCEPTED_ACTIONS = ("consent", "read")
+#: ``[routes.error_codes]`` keys: the families of :attr:`GatewayError.code_kind`.
+ERROR_CODE_KINDS = ("unauthenticated", "forbidden", "consent")
+_ERROR_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+_ACTION_NAME = re.compile(r"[!-~]{1,64}")
 _TEST_MARKERS = (
     "tt02.",
     "test.maskinporten",
@@ -127,6 +137,8 @@ class IssuerConfig:
     max_stale_seconds: float = 86400.0
     #: ``aud`` values (RFC 7519 §4.1.3) of which the token must carry one; empty: not checked
     audiences: tuple[str, ...] = ()
+    #: most seconds since the token's ``iat`` (``None``: no bound); Maskinporten only
+    max_token_age_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +211,18 @@ class RouteConfig:
     #: path (rights-package path language) to the data subject in the upstream's JSON answer;
     #: every value found there must equal the request's subject, else 502 and nothing released
     response_subject: tuple[str | None, ...] | None = None
+    #: Altinn 3 ``consentRights[].action`` values (lower-cased) of which a right must hold one
+    #: to cover this route (docs/protocol.md §3.3)
+    accepted_actions: tuple[str, ...] = DEFAULT_ACCEPTED_ACTIONS
+    #: accept an Altinn 3 token issued to the consent's handler (Maskinporten ``consumer`` ==
+    #: ``handledBy``, ``to`` the recipient); refused (403) when false
+    accept_handled_by: bool = False
+    #: most seconds since the Maskinporten token's ``iat`` (``None``: no bound of the route's;
+    #: the issuer's own bound applies too, the stricter wins)
+    max_token_age_seconds: float | None = None
+    #: ``error_style = "skatteetaten"``: this API's published ``kode`` per error family
+    #: (:data:`ERROR_CODE_KINDS` → code, e.g. ``{"consent": "IM-010"}``)
+    error_codes: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def scoped(self) -> bool:
@@ -426,11 +450,50 @@ def _issuer(name: str, data: Mapping[str, Any], path: str) -> IssuerConfig:
         fetch_timeout_seconds=t.number("fetch_timeout_seconds", 5.0, minimum=0.01),
         max_stale_seconds=t.number("max_stale_seconds", 86400.0),
         audiences=_audiences(t),
+        max_token_age_seconds=_max_token_age(t),
     )
     t.finish()
+    if name != "maskinporten" and cfg.max_token_age_seconds is not None:
+        raise ConfigError(t.key("max_token_age_seconds"), "applies to the Maskinporten issuer only")
     if cfg.min_ttl_seconds > cfg.max_ttl_seconds:
         raise ConfigError(t.key("min_ttl_seconds"), "must not exceed max_ttl_seconds")
     return cfg
+
+
+def _max_token_age(t: _Table) -> float | None:
+    """``max_token_age_seconds``: a bound on ``now - iat`` (a revocation takes effect only
+    when Maskinporten issues the next token); absent: no bound."""
+    if "max_token_age_seconds" not in t.data:
+        t.used.add("max_token_age_seconds")
+        return None
+    return t.number("max_token_age_seconds", 0.0, minimum=1.0)
+
+
+def _accepted_actions(t: _Table) -> tuple[str, ...]:
+    """``accepted_actions``: non-empty list of Altinn 3 action names, stored lower-cased."""
+    if "accepted_actions" not in t.data:
+        t.used.add("accepted_actions")
+        return DEFAULT_ACCEPTED_ACTIONS
+    values = t.str_list("accepted_actions", _ACTION_NAME)
+    if not values:
+        raise ConfigError(t.key("accepted_actions"), "name at least one action, or leave the key out")
+    return tuple(dict.fromkeys(v.lower() for v in values))
+
+
+def _error_codes(t: _Table) -> dict[str, str]:
+    """``[routes.error_codes]``: ``unauthenticated`` / ``forbidden`` / ``consent`` → code."""
+    raw = t.get("error_codes", dict, {})
+    et = _Table(raw, t.key("error_codes"))
+    out = {}
+    for kind in ERROR_CODE_KINDS:
+        value = et.get(kind, str)
+        if value is None:
+            continue
+        if _ERROR_CODE.fullmatch(value) is None:
+            raise ConfigError(et.key(kind), "must be a short code like 'IM-010'")
+        out[kind] = value
+    et.finish()
+    return out
 
 
 def _package_consumers(value: Any, key: str) -> frozenset[str]:
@@ -607,6 +670,10 @@ def _route(index: int, data: Any, packages: Mapping[str, RightsPackage]) -> Rout
         one_time=t.get("one_time", bool, False),
         daily_limit=daily,
         response_subject=response_subject,
+        accepted_actions=_accepted_actions(t),
+        accept_handled_by=t.get("accept_handled_by", bool, False),
+        max_token_age_seconds=_max_token_age(t),
+        error_codes=_error_codes(t),
     )
     t.finish()
     return route

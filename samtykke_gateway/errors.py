@@ -1,13 +1,21 @@
 """Error bodies: RFC 9457 ``application/problem+json`` (default) or the tax administration's
 ``{"kode", "melding", "korrelasjonsid"}`` style (Skatteetaten api-dokumentasjon ``docs/om/feil.md``).
 
-On 401 the RFC 6750 §3 ``WWW-Authenticate: Bearer`` challenge is added. Bodies carry the
-reason code and a human sentence, never a token or a personal identifier.
+On 401 the RFC 6750 §3 ``WWW-Authenticate: Bearer`` challenge is added — and 401 is only
+ever the Maskinporten bearer's own failure; a consent problem is 403 without the challenge
+(docs/protocol.md §4). Bodies carry the reason code and a human sentence, never a token or a
+personal identifier.
+
+In the ``skatteetaten`` style ``kode`` is the route's own published code for the error's
+family (``[routes.error_codes]``: ``unauthenticated`` 401, ``forbidden`` 403 not about the
+consent, ``consent`` 403 about the consent — e.g. the income API's ``IM-004``/``IM-005``/
+``IM-010``, the tax base's ``SSG-010``), else the gateway's generic ``SG-…`` code.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from http import HTTPStatus
 
 from .exceptions import GatewayError
@@ -24,15 +32,26 @@ def _title(status: int) -> str:
         return "Error"
 
 
-def render_error(exc: GatewayError, *, correlation_id: str, style: str = "problem") -> tuple[int, Headers, bytes]:
+def render_error(
+    exc: GatewayError,
+    *,
+    correlation_id: str,
+    style: str = "problem",
+    codes: Mapping[str, str] | None = None,
+) -> tuple[int, Headers, bytes]:
     """An error → (status, ASGI headers, body bytes).
 
     :param style: ``"problem"`` (RFC 9457) or ``"skatteetaten"``.
+    :param codes: the matched route's ``error_codes`` (family → ``kode``), used in the
+        ``skatteetaten`` style for an error of that :attr:`~GatewayError.code_kind`.
     """
     status = exc.status_code
     if style == "skatteetaten":
+        kode = exc.kode
+        if codes and exc.code_kind is not None:
+            kode = codes.get(exc.code_kind, kode)
         payload: dict[str, object] = {
-            "kode": exc.kode,
+            "kode": kode,
             "melding": exc.detail,
             "korrelasjonsid": correlation_id,
             "arsak": exc.reason,

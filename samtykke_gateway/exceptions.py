@@ -4,12 +4,16 @@
 
     GatewayError                      (base; never raised directly)
     ├── BadRequestError               400  request is malformed (duplicate governed params, CL+TE)
-    ├── AuthenticationError           401  RFC 6750 ``WWW-Authenticate: Bearer``
-    │   ├── MissingTokenError         401  no bearer / consent token (no ``error=`` per RFC 6750 §3.1)
+    ├── AuthenticationError           401  RFC 6750 ``WWW-Authenticate: Bearer``: ONLY the
+    │   │                                  Maskinporten bearer itself (docs/protocol.md §4)
+    │   ├── MissingTokenError         401  no bearer (no ``error=`` per RFC 6750 §3.1)
     │   └── InvalidTokenError         401  ``error="invalid_token"``: malformed, bad signature,
-    │                                      unknown key, expired, wrong issuer, alg not allowed
-    ├── InsufficientConsentError      403  authenticated, but the consent does not cover the request
-    │   └── ConsentSpentError         403  one-time consent already delivered / revoked
+    │                                      unknown key, expired, too old, wrong issuer, alg not allowed
+    ├── ForbiddenError                403  authenticated, but not allowed (scope, rights-package agreement)
+    │   └── InsufficientConsentError  403  the consent does not cover the request
+    │       ├── InvalidConsentError   403  consent missing, malformed, wrongly signed or expired (an
+    │       │                              Altinn 2 consent token, an Altinn 3 consent detail)
+    │       └── ConsentSpentError     403  one-time consent already delivered / revoked
     ├── NotFoundError                 404  no route (or unknown rights package)
     ├── MethodNotAllowedError         405  the path is a route, the method is not
     ├── UsageLimitError               429  per-consent daily usage limit reached
@@ -19,6 +23,11 @@
         ├── KeysUnavailableError      503  no JWKS keys for an issuer (nothing cached, fetch failed)
         ├── AuditUnavailableError     503  disclosure log store cannot take the record
         └── StateUnavailableError     503  consent state backend (Redis) unreachable
+
+No consent problem is ever a 401: a client that sees 401 ``invalid_token`` fetches a new
+Maskinporten token, which cannot help when the consent is the problem (docs/protocol.md §4).
+``code_kind`` names the family a data source may give its own published error code per route
+(``[routes.error_codes]``: ``unauthenticated``, ``forbidden``, ``consent``).
 
 ``reason`` is a stable machine code (goes to the disclosure log, metrics labels and the error
 body); ``detail`` is a human sentence. Neither may contain a token or a personal identifier:
@@ -35,8 +44,10 @@ __all__ = [
     "BadRequestError",
     "ConfigError",
     "ConsentSpentError",
+    "ForbiddenError",
     "GatewayError",
     "InsufficientConsentError",
+    "InvalidConsentError",
     "InvalidTokenError",
     "KeysUnavailableError",
     "MethodNotAllowedError",
@@ -70,6 +81,8 @@ class GatewayError(Exception):
     default_reason: ClassVar[str] = "internal_error"
     #: Tax-administration style error code (``{"kode": ...}`` bodies), per status.
     kode: ClassVar[str] = "SG-000"
+    #: Family for a route's own error codes (``[routes.error_codes]``), or ``None``.
+    code_kind: ClassVar[str | None] = None
 
     def __init__(self, detail: str = "", *, reason: str | None = None) -> None:
         self.reason = reason or self.default_reason
@@ -92,6 +105,7 @@ class AuthenticationError(GatewayError):
     status_code = 401
     default_reason = "unauthenticated"
     kode = "SG-401"
+    code_kind = "unauthenticated"
 
     @property
     def www_authenticate(self) -> str | None:
@@ -111,14 +125,35 @@ class InvalidTokenError(AuthenticationError):
     default_reason = "invalid_token"
 
 
-class InsufficientConsentError(GatewayError):
+class ForbiddenError(GatewayError):
+    """403 for what is not about the consent: the route's scope is missing from the access
+    token, the consumer has no agreement for the rights package."""
+
     status_code = 403
-    default_reason = "consent_does_not_cover_request"
-    kode = "SG-010"
+    default_reason = "forbidden"
+    kode = "SG-403"
+    code_kind = "forbidden"
 
     @property
     def www_authenticate(self) -> str | None:
         return 'Bearer error="insufficient_scope"'
+
+
+class InsufficientConsentError(ForbiddenError):
+    """403: the consent does not cover the request (consumer, subject, resource, action,
+    metadata, validity)."""
+
+    default_reason = "consent_does_not_cover_request"
+    kode = "SG-010"
+    code_kind = "consent"
+
+
+class InvalidConsentError(InsufficientConsentError):
+    """403: the consent itself is missing or unusable — an Altinn 2 consent token missing,
+    malformed, wrongly signed or expired, an Altinn 3 consent detail (``authorization_details``)
+    malformed. Never a 401: the Maskinporten bearer is fine (docs/protocol.md §4)."""
+
+    default_reason = "bad_consent_claims"
 
 
 class ConsentSpentError(InsufficientConsentError):

@@ -28,18 +28,22 @@ import time
 from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .audit.record import DisclosureRecord
-from .binding import RequestBodyTooLargeError
+from .binding import RequestBodyTooLargeError, delegation_source_accepted
 from .exceptions import ConfigError, GatewayError, NotFoundError
-from .gate import RequestFacts
+from .gate import CONSENT_TOKEN_REASONS, RequestFacts
 from .jose import parse_compact
 from .policy import normalize_path
+from .tokens.model import Consent, MaskinportenToken
 
-__all__ = ["ExplainUsageError", "add_explain_parser", "explain", "explain_command", "mask_personal_data",
-           "parse_header_option"]
+if TYPE_CHECKING:
+    from .config import RouteConfig
+
+__all__ = ["ExplainUsageError", "add_explain_parser", "consent_view", "explain", "explain_command",
+           "mask_personal_data", "parse_header_option"]
 
 #: Most bytes ``--body`` reads (the largest ``max_request_body_bytes`` a config may set).
 _MAX_BODY_FILE = 16 * 1024 * 1024
@@ -88,24 +92,71 @@ TOKEN_STEPS: tuple[tuple[str, frozenset[str]], ...] = (
     ("aud names this data source (when an audience is configured)", frozenset({"wrong_audience"})),
     ("exp / nbf / iat (with leeway)", frozenset({"token_expired", "token_not_yet_valid", "bad_time_claim"})),
 )
+#: The same steps for the Altinn 2 consent token: its failures carry ``consent_token_*``
+#: reasons (403), never the bearer's (docs/protocol.md §4).
+CONSENT_TOKEN_STEPS: tuple[tuple[str, frozenset[str]], ...] = tuple(
+    (title, frozenset(CONSENT_TOKEN_REASONS.get(r, r) for r in reasons) | ({"consent_token_malformed"}
+                                                                          if "malformed_token" in reasons else set()))
+    for title, reasons in TOKEN_STEPS
+)
 BINDING_STEPS: tuple[tuple[str, frozenset[str]], ...] = (
     ("route matches the request", frozenset({"no_route", "method_not_allowed", "bad_path"})),
     ("Maskinporten claims (consumer ISO 6523, scope)", frozenset({"bad_maskinporten_claims"})),
+    ("Maskinporten token not older than max_token_age_seconds (now - iat)", frozenset({"token_too_old"})),
     ("route scope in the token's scope", frozenset({"scope_missing"})),
     ("a consent present (authorization_details or consent header)", frozenset({"missing_consent_token", "ambiguous_consent", "altinn2_not_accepted"})),
-    ("consent claims well formed", frozenset({"bad_consent_claims", "test_token_refused"})),
+    ("consent claims well formed", frozenset({"bad_consent_claims", "test_token_refused", *CONSENT_TOKEN_REASONS.values(),
+                                             "consent_token_invalid"})),
     ("subject named by the request (path, header, query or JSON body field)",
      frozenset({"subject_missing", "subject_malformed", "body_not_json", "duplicate_member", "ambiguous_parameter",
                 "duplicate_parameter",
                 "ambiguous_header", "unsupported_media_type", "request_body_too_large"})),
     ("consent valid now (ValidToDate / validTo, DelegatedDate)", frozenset({"consent_expired", "consent_not_yet_valid"})),
-    ("consent given to the calling consumer (CoveredBy / to)", frozenset({"consumer_mismatch"})),
+    ("consent given to the calling consumer (CoveredBy / to; handledBy where the route accepts it)",
+     frozenset({"consumer_mismatch", "handled_by_not_accepted"})),
     ("supplier (HandledBy / delegation_source)", frozenset({"supplier_mismatch"})),
     ("consent given by the data subject asked about", frozenset({"subject_mismatch"})),
-    ("service code / resource id consented", frozenset({"service_not_consented", "resource_not_consented"})),
+    ("service code / resource id consented, by a right whose action the route accepts",
+     frozenset({"service_not_consented", "resource_not_consented", "consent_action_not_accepted"})),
     ("metadata constraints (income year, period)", frozenset({"metadata_missing", "metadata_out_of_range", "duplicate_parameter", "bad_parameter", "parameter_missing"})),
     ("rights package known and open to the consumer", frozenset({"unknown_rights_package", "rights_package_not_allowed"})),
 )
+
+
+def consent_view(route: RouteConfig, consent: Consent | None, mp: MaskinportenToken,
+                 delegation_sources: Sequence[str], *, max_token_age: float | None = None) -> list[str]:
+    """Lines comparing what ``route`` wants (resources, actions, consumer/handler rule,
+    supplier rule, token age) with what ``consent`` and ``mp`` hold (docs/protocol.md §4 step 6).
+    No personal identifiers: resources, actions, metadata keys and org numbers only."""
+    lines = []
+    if route.altinn2_services:
+        lines.append(f"route wants Altinn 2 service {' or '.join(route.altinn2_services)}")
+    resources = route.altinn3_resources + route.migrated_resources
+    if resources:
+        lines.append(f"route wants Altinn 3 resource {' or '.join(resources)} with action "
+                     f"{' or '.join(route.accepted_actions)} (any case)")
+    lines.append("route accepts a token issued to the consent's handler (handledBy)" if route.accept_handled_by
+                 else "route refuses a token issued to the consent's handler (handledBy)")
+    if max_token_age is not None:
+        age = "no iat" if mp.issued_at is None else "iat given"
+        lines.append(f"route honours a Maskinporten token up to {max_token_age:g} s after iat ({age})")
+    if mp.supplier is not None:
+        trusted = delegation_source_accepted(mp.delegation_source, delegation_sources)
+        lines.append(f"token: supplier {mp.supplier}, delegation_source {mp.delegation_source or '(none)'}"
+                     f" ({'trusted' if trusted else 'NOT trusted'})")
+    if consent is None:
+        lines.append("consent holds: (no consent)")
+        return lines
+    lines.append(f"consent holds ({consent.kind}): given to {consent.consumer}"
+                 + (f", handled by {consent.handled_by}" if consent.handled_by else "")
+                 + f"; the token was issued to {mp.consumer}")
+    if not consent.rights:
+        lines.append("  no right lists a resource: the consent covers nothing")
+    for right in consent.rights:
+        acts = f" action {', '.join(right.actions) or '(none)'}" if consent.kind == "altinn3" else ""
+        keys = ", ".join(sorted(right.metadata)) or "-"
+        lines.append(f"  {right.resource}{acts}; metadata {keys}")
+    return lines
 
 
 def mask_personal_data(value: Any) -> Any:
@@ -230,18 +281,19 @@ async def explain(
     try:
         report.out("\nMaskinporten access token: verification")
         try:
-            await gateway.gate.maskinporten(bearer)
+            mp = await gateway.gate.maskinporten(bearer)
             report.steps(TOKEN_STEPS, None)
         except GatewayError as exc:
             report.steps(TOKEN_STEPS, exc)
             return report.ok, report.lines
+        held: Consent | None = mp.consent
         if consent is not None:
             report.out("\nAltinn 2 consent token: verification")
             try:
-                await gateway.gate.altinn2(consent)
-                report.steps(TOKEN_STEPS, None)
+                held = await gateway.gate.altinn2(consent)
+                report.steps(CONSENT_TOKEN_STEPS, None)
             except GatewayError as exc:
-                report.steps(TOKEN_STEPS, exc)
+                report.steps(CONSENT_TOKEN_STEPS, exc)
                 return report.ok, report.lines
         if path is None:
             report.out("\nNo --path: binding to a request not checked. Routes in this config:")
@@ -269,11 +321,17 @@ async def explain(
             facts = RequestFacts(method=method, query=parse_qsl(parts.query, keep_blank_values=True),
                                  headers=request_headers,
                                  body=body if match.route.subject.source == "body" else None)
+            report.out("  what the route wants and what the consent holds:")
+            for line in consent_view(match.route, held, mp, config.altinn3_delegation_sources,
+                                     max_token_age=gateway.gate.max_token_age(match.route.max_token_age_seconds)):
+                report.out("    " + line)
             grant = await gateway.gate.authorize(facts, match, record)
         except GatewayError as exc:
             report.steps(BINDING_STEPS, exc)
             return report.ok, report.lines
         report.steps(BINDING_STEPS, None)
+        if record.handled_by is not None:
+            report.out(f"Handler {record.handled_by} called for the recipient {record.consumer} (both recorded)")
         report.out(f"\nDecision: allow ({record.token_kind}, consent {record.consent_id}, resource {record.resource})")
         if grant.effective_query:
             report.out(f"Forwarded query: {grant.effective_query}")

@@ -28,7 +28,9 @@ from .binding import (
 from .config import GatewayConfig, IssuerConfig
 from .exceptions import (
     BadRequestError,
+    ForbiddenError,
     InsufficientConsentError,
+    InvalidConsentError,
     InvalidTokenError,
     MissingTokenError,
     NotFoundError,
@@ -42,7 +44,31 @@ from .tokens.model import Consent, MaskinportenToken
 from .tokens.typed import decode_maskinporten, maskinporten_from_typed
 from .tokens.verify import IssuerPolicy, TokenVerifier
 
-__all__ = ["Gate", "Grant", "RequestFacts", "bearer_token", "build_issuer_policies", "params_as_dict"]
+__all__ = [
+    "CONSENT_TOKEN_REASONS",
+    "Gate",
+    "Grant",
+    "RequestFacts",
+    "bearer_token",
+    "build_issuer_policies",
+    "params_as_dict",
+]
+
+#: Reason of a failed Altinn 2 consent-token verification (403) for each reason the verifier
+#: gives a bearer (401): the consent token is a consent problem, never the bearer's
+#: (docs/protocol.md §4).
+CONSENT_TOKEN_REASONS = {
+    "malformed_token": "consent_token_malformed",
+    "alg_not_allowed": "consent_token_alg_not_allowed",
+    "crit_not_supported": "consent_token_crit_not_supported",
+    "unknown_key": "consent_token_unknown_key",
+    "bad_signature": "consent_token_bad_signature",
+    "wrong_issuer": "consent_token_wrong_issuer",
+    "wrong_audience": "consent_token_wrong_audience",
+    "token_expired": "consent_token_expired",
+    "token_not_yet_valid": "consent_token_not_yet_valid",
+    "bad_time_claim": "consent_token_bad_time_claim",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,19 +210,55 @@ class Gate:
         )
 
     async def altinn2(self, token: str) -> Consent:
-        """Verify an Altinn 2 consent token and parse its claims (SPEC §3.1)."""
+        """Verify an Altinn 2 consent token and parse its claims (docs/protocol.md §3.1).
+
+        :raises InvalidConsentError: (403) the consent token is malformed, wrongly signed,
+            expired, ...: reason ``consent_token_*`` (:data:`CONSENT_TOKEN_REASONS`), or
+            ``bad_consent_claims`` / ``test_token_refused``.
+        :raises InsufficientConsentError: (403, ``altinn2_not_accepted``) no Altinn 2 issuer.
+        :raises KeysUnavailableError: (503) Altinn's keys cannot be loaded.
+        """
         policy = self.issuers.get("altinn")
         if policy is None:
             raise InsufficientConsentError("Altinn 2 consents are not accepted here", reason="altinn2_not_accepted")
         if len(token) > self.config.max_token_bytes:
-            raise InvalidTokenError("consent token is too large", reason="malformed_token")
-        verified = await self.verifier.verify(token, policy)
+            raise InvalidConsentError("the consent token is too large", reason="consent_token_malformed")
+        try:
+            verified = await self.verifier.verify(token, policy)
+        except InvalidTokenError as exc:
+            reason = CONSENT_TOKEN_REASONS.get(exc.reason, "consent_token_invalid")
+            raise InvalidConsentError(f"consent token: {exc.detail}", reason=reason) from None
         return consent_from_altinn2_claims(
             verified.claims,
             issuer=verified.issuer,
             key_id=verified.key_id,
             allow_test_tokens=self.config.allow_test_tokens,
         )
+
+    def max_token_age(self, route_bound: float | None) -> float | None:
+        """The stricter of the Maskinporten issuer's and the route's ``max_token_age_seconds``
+        (``None``: no bound)."""
+        issuer = self.config.issuers.get("maskinporten")
+        bounds = [b for b in (issuer.max_token_age_seconds if issuer else None, route_bound) if b is not None]
+        return min(bounds) if bounds else None
+
+    def check_token_age(self, mp: MaskinportenToken, route_bound: float | None) -> None:
+        """Refuse a Maskinporten token older than the bound: ``now - iat`` in seconds, on the
+        gate's clock (a revocation takes effect only when Maskinporten issues the next token,
+        so a data source may bound how long an issued token is honoured; docs/protocol.md §4).
+
+        :raises InvalidTokenError: (401, ``token_too_old``) over the bound, or no ``iat`` to
+            measure it by: the client's remedy is a new Maskinporten token.
+        """
+        bound = self.max_token_age(route_bound)
+        if bound is None:
+            return
+        if mp.issued_at is None:
+            raise InvalidTokenError("the token has no iat, and its age is bounded here", reason="token_too_old")
+        if self.clock() - mp.issued_at > bound:
+            raise InvalidTokenError(
+                f"the token is older than {bound:g} s (iat); fetch a new one", reason="token_too_old"
+            )
 
     async def authorize(self, facts: RequestFacts, match: RouteMatch, record: DisclosureRecord) -> Grant:
         """Run every check for ``facts`` on the matched route; fill ``record`` as it goes.
@@ -210,8 +272,9 @@ class Gate:
         record.issuer, record.key_id = mp.issuer, mp.key_id
         record.consumer, record.supplier = mp.consumer, mp.supplier
         record.client_id, record.jti = mp.client_id, mp.jti
+        self.check_token_age(mp, route.max_token_age_seconds)
         if route.scope not in mp.scopes:
-            raise InsufficientConsentError("the access token lacks the route's scope", reason="scope_missing")
+            raise ForbiddenError("the access token lacks the route's scope", reason="scope_missing")
 
         consent_token = _consent_header_token(facts.headers, self.config.consent_header)
         if mp.consent is not None:
@@ -224,7 +287,7 @@ class Gate:
             record.token_kind = "altinn3"
         else:
             if consent_token is None:
-                raise MissingTokenError(
+                raise InvalidConsentError(
                     f"no consent: neither authorization_details nor the {self.config.consent_header} header",
                     reason="missing_consent_token",
                 )
@@ -248,6 +311,8 @@ class Gate:
         )
         if consent.kind == "altinn2":
             record.supplier = consent.supplier or mp.supplier
+        if binding.handled_by is not None:  # the handler called for the recipient
+            record.consumer, record.handled_by = consent.consumer, binding.handled_by
         record.token_kind = binding.token_kind
         record.resource = binding.resource
         record.metadata = binding.metadata
@@ -263,8 +328,9 @@ class Gate:
                 raise NotFoundError("unknown rights package", reason="unknown_rights_package")
         record.rights_package = package_name
         allowed = self.config.package_consumers.get(package_name) if package_name else None
-        if allowed is not None and mp.consumer not in allowed:
-            raise InsufficientConsentError(
+        # the data consumer is the consent's recipient (== the caller, unless a handler called)
+        if allowed is not None and consent.consumer not in allowed:
+            raise ForbiddenError(
                 "the consumer has no agreement for this rights package", reason="rights_package_not_allowed"
             )
         package = self.config.rights_packages[package_name] if package_name else None

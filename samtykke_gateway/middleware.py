@@ -39,7 +39,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode
@@ -173,6 +173,8 @@ class _Exchange:
         self.send = send
         self.started_at = time.perf_counter()
         self.grant: Grant | None = None
+        #: the matched route's own error codes (``[routes.error_codes]``), once matched
+        self.error_codes: Mapping[str, str] = {}
         # A snapshot: uvicorn's parser appends HTTP trailers to the live ``scope["headers"]``
         # while the body is read; only the header block the gate checked may reach the app.
         self.raw_headers: tuple[tuple[bytes, bytes], ...] = tuple(scope.get("headers", ()))
@@ -250,6 +252,7 @@ class _Exchange:
                 raise NotFoundError("no such route", reason="no_route")
             self.record.path = match.path
             self.record.route = match.route.name
+            self.error_codes = match.route.error_codes
             if match.route.subject.source == "body":
                 # the access token first: an unauthenticated caller must not make the gateway
                 # read (or, with Expect: 100-continue, ask for) a body; the gate's own check
@@ -814,7 +817,8 @@ class _Exchange:
         await self._send_error(exc)
 
     async def _send_error(self, exc: GatewayError) -> None:
-        status, headers, body = render_error(exc, correlation_id=self.correlation_id, style=self.config.error_style)
+        status, headers, body = render_error(exc, correlation_id=self.correlation_id, style=self.config.error_style,
+                                             codes=self.error_codes)
         self.response_started = True
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
         await self.send({"type": "http.response.body", "body": body})

@@ -412,34 +412,50 @@ class DevIssuer:
         *,
         subject: str,
         consumer: str,
-        rights: Sequence[tuple[str, dict[str, str]]],
+        rights: Sequence[tuple[str | None, dict[str, str]]],
         consent_id: str | None = None,
         valid_to: str | None = None,
         consented: str | None = None,
+        actions: Sequence[str] = ("consent",),
+        handled_by: str | None = None,
     ) -> dict[str, Any]:
-        """One ``authorization_details`` entry of type ``urn:altinn:consent`` (SPEC §3.3).
+        """One ``authorization_details`` entry of type ``urn:altinn:consent`` (docs/protocol.md
+        §3.3).
 
         :param subject: 11-digit person id or 9-digit organisation number.
-        :param rights: ``(resource id, metadata)`` pairs, one ``consentRights`` entry each.
+        :param rights: ``(resource id, metadata)`` pairs, one ``consentRights`` entry each; a
+            ``None`` resource id gives a right that lists no resource (``"resource": []``).
+        :param actions: every right's ``action`` (Digdir's examples ``["consent"]``, Altinn's
+            ``["read"]``, migrated consents ``["Read", "Write"]``).
+        :param handled_by: org number for ``handledBy`` (the consent's handler); absent if ``None``.
         """
         kind = "organization" if len(subject) == 9 else "person"
         now = dt.datetime.now(dt.UTC)
-        return {
+        entry: dict[str, Any] = {
             "type": "urn:altinn:consent",
             "id": consent_id or str(uuid.uuid4()),
             "from": f"urn:altinn:{kind}:identifier-no:{subject}",
             "to": _party(consumer),
-            "consented": consented or _iso(now),
-            "validTo": valid_to or _iso(now + dt.timedelta(days=1)),
-            "consentRights": [
-                {
-                    "action": ["consent"],
-                    "resource": [{"type": "urn:altinn:resource", "value": resource}],
-                    "metadata": dict(metadata),
-                }
-                for resource, metadata in rights
-            ],
         }
+        if handled_by is not None:
+            entry["handledBy"] = _party(handled_by)
+        entry.update(
+            {
+                "consented": consented or _iso(now),
+                "validTo": valid_to or _iso(now + dt.timedelta(days=1)),
+                "consentRights": [
+                    {
+                        "action": list(actions),
+                        "resource": []
+                        if resource is None
+                        else [{"type": "urn:altinn:resource", "value": resource}],
+                        "metadata": dict(metadata),
+                    }
+                    for resource, metadata in rights
+                ],
+            }
+        )
+        return entry
 
     @staticmethod
     def _role(role: str) -> str:

@@ -4,7 +4,9 @@ gateway in both deployment forms (in-process middleware, sidecar in front of a r
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import tomllib
+from collections.abc import AsyncIterator, Callable
+from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,8 @@ import httpx
 from samtykke_gateway.app import SidecarApp
 from samtykke_gateway.audit.memory import MemoryStore
 from samtykke_gateway.audit.record import DisclosureRecord
-from samtykke_gateway.config import GatewayConfig
-from samtykke_gateway.demo import demo_config
+from samtykke_gateway.config import GatewayConfig, parse_config
+from samtykke_gateway.demo import _merge, demo_config, demo_config_text
 from samtykke_gateway.devserver import ThreadedServer
 from samtykke_gateway.examples import ExampleUpstream
 from samtykke_gateway.middleware import ConsentMiddleware
@@ -61,15 +63,22 @@ def a3_headers(
     *,
     subject: str = TAX_BASE_PERSON,
     consumer: str = BANK,
-    rights: list[tuple[str, dict[str, str]]] | None = None,
+    rights: list[tuple[str | None, dict[str, str]]] | None = None,
     scope: str = TAX_BASE_SCOPE,
+    mp_consumer: str | None = None,
+    consent: dict[str, Any] | None = None,
     **mp_kwargs: Any,
 ) -> dict[str, str]:
-    """An Altinn 3 token: one Maskinporten token carrying authorization_details."""
+    """An Altinn 3 token: one Maskinporten token carrying authorization_details.
+
+    ``consent``: more :meth:`DevIssuer.altinn3_consent` options (``actions``, ``handled_by``);
+    ``mp_consumer``: the Maskinporten ``consumer`` when it is not the consent's ``to``."""
     if rights is None:
         rights = [(TAX_BASE_RESOURCE, {"inntektsaar": "2022"})]
-    details = [DevIssuer.altinn3_consent(subject=subject, consumer=consumer, rights=rights)]
-    bearer = issuer.mint_maskinporten(consumer=consumer, scope=scope, authorization_details=details, **mp_kwargs)
+    details = [DevIssuer.altinn3_consent(subject=subject, consumer=consumer, rights=rights, **(consent or {}))]
+    bearer = issuer.mint_maskinporten(
+        consumer=mp_consumer or consumer, scope=scope, authorization_details=details, **mp_kwargs
+    )
     return {"Authorization": f"Bearer {bearer}"}
 
 
@@ -94,19 +103,59 @@ class GatewayUnderTest:
         return self.store.records
 
 
-def make_config(issuer_url: str, upstream_url: str, audit_url: str = "memory://", **overrides: Any) -> GatewayConfig:
-    return demo_config(issuer_url=issuer_url, upstream_url=upstream_url, audit_url=audit_url, overrides=overrides)
+def make_config(
+    issuer_url: str,
+    upstream_url: str,
+    audit_url: str = "memory://",
+    *,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+    **overrides: Any,
+) -> GatewayConfig:
+    """The demo config; ``edit`` may change the decoded TOML (after ``overrides``) before it is
+    validated, e.g. drop ``[issuers.altinn]`` or set a key on one route."""
+    if edit is None:
+        return demo_config(issuer_url=issuer_url, upstream_url=upstream_url, audit_url=audit_url, overrides=overrides)
+    text = demo_config_text(issuer_url=issuer_url, upstream_url=upstream_url, audit_url=audit_url)
+    data = _merge(tomllib.loads(text), overrides)
+    edit(data)
+    return parse_config(data, base_dir=Path(str(resources.files("samtykke_gateway.data"))))
+
+
+def altinn3_only(data: dict[str, Any]) -> None:
+    """``make_config`` edit: nothing of Altinn 2 — no ``[issuers.altinn]``, no ``altinn2_service``
+    (nor ``altinn3_migrated_org``, which derives ids from it)."""
+    del data["issuers"]["altinn"]
+    for route in data["routes"]:
+        route.pop("altinn2_service", None)
+        route.pop("altinn3_migrated_org", None)
+
+
+def route_keys(name: str, **keys: Any) -> Callable[[dict[str, Any]], None]:
+    """``make_config`` edit: set ``keys`` on the route called ``name``."""
+
+    def edit(data: dict[str, Any]) -> None:
+        for route in data["routes"]:
+            if route["name"] == name:
+                route.update(keys)
+
+    return edit
 
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    mode: str, issuer_url: str, *, compress: str | None = None, upstream_app: Any = None, **overrides: Any
+    mode: str,
+    issuer_url: str,
+    *,
+    compress: str | None = None,
+    upstream_app: Any = None,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[GatewayUnderTest]:
     """Start the gateway in ``mode`` (``"middleware"`` or ``"sidecar"``) over the example upstream."""
     upstream = ExampleUpstream(compress=compress)
     app_to_protect = upstream_app or upstream.app
     if mode == "middleware":
-        config = make_config(issuer_url, "http://upstream.invalid", **overrides)
+        config = make_config(issuer_url, "http://upstream.invalid", edit=edit, **overrides)
         middleware = ConsentMiddleware(app_to_protect, config=config)
         transport = httpx.ASGITransport(app=middleware, client=("127.0.0.1", 40000))
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
@@ -116,7 +165,7 @@ async def running_gateway(
                 await middleware.gateway.close()
         return
     with ThreadedServer(app_to_protect) as upstream_server:
-        config = make_config(issuer_url, upstream_server.url, **overrides)
+        config = make_config(issuer_url, upstream_server.url, edit=edit, **overrides)
         sidecar = SidecarApp(config)
         with ThreadedServer(sidecar) as sidecar_server:
             async with httpx.AsyncClient(base_url=sidecar_server.url, timeout=20) as client:

@@ -27,12 +27,13 @@ from samtykke_gateway.audit.chain import (
     ChainRow,
     canonical_json,
     chain_hash_text,
+    load_record,
     normalise_time,
     prepare,
     project_column,
 )
 from samtykke_gateway.audit.memory import MemoryStore
-from samtykke_gateway.audit.record import DisclosureRecord
+from samtykke_gateway.audit.record import OMITTED_WHEN_NONE, DisclosureRecord
 from samtykke_gateway.audit.sqlite import SqliteStore
 from samtykke_gateway.exceptions import AuditUnavailableError
 
@@ -112,6 +113,12 @@ FIELD_VALUES = {
 }
 
 
+def _stored_fields(record: DisclosureRecord) -> dict[str, Any]:
+    """Every field, except a field added later (``OMITTED_WHEN_NONE``) while it is ``None``."""
+    obj = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    return {k: v for k, v in obj.items() if not (k in OMITTED_WHEN_NONE and v is None)}
+
+
 @st.composite
 def records(draw: st.DrawFn) -> DisclosureRecord:
     kwargs: dict[str, Any] = {}
@@ -149,7 +156,7 @@ def test_canonical_json_of_record_shaped_objects(obj: dict[str, Any]) -> None:
 @settings(max_examples=250 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(records())
 def test_prepare_matches_the_reference(record: DisclosureRecord) -> None:
-    obj = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    obj = _stored_fields(record)
     try:
         want = (ref_json(obj), ref_time(record.time), {k: ref_column(obj.get(k)) for k in PROJECTED})
     except (TypeError, ValueError, AttributeError):
@@ -339,6 +346,17 @@ def test_todays_code_writes_the_same_rows_as_the_previous_code() -> None:
         prev = digest
 
 
+def test_a_record_naming_a_handler_is_stored_with_it_and_reads_back() -> None:
+    """``handled_by`` (issue 11) is stored when set, and only then: a record without it is
+    byte-for-byte the record the previous code wrote (above), so old logs still verify."""
+    named = dataclasses.replace(OLD_RECORDS[0], handled_by="312345678")
+    prepared = prepare(named)
+    assert '"handled_by":"312345678"' in prepared.record_json
+    assert load_record(prepared.record_json).handled_by == "312345678"
+    assert load_record(OLD_ROWS[0][3]).handled_by is None
+    assert "handled_by" not in prepare(OLD_RECORDS[0]).record_json
+
+
 def test_unserialisable_records_still_fail_closed() -> None:
     base = dataclasses.replace(OLD_RECORDS[0])
     for change in ({"status": math.nan}, {"metadata": {"k": [datetime(2026, 1, 1)]}},
@@ -351,6 +369,6 @@ def test_unserialisable_records_still_fail_closed() -> None:
 def test_the_fast_path_is_taken_for_a_typical_record() -> None:
     from samtykke_gateway.audit import chain
 
-    obj = {f.name: getattr(OLD_RECORDS[0], f.name) for f in dataclasses.fields(DisclosureRecord)}
+    obj = _stored_fields(OLD_RECORDS[0])
     assert chain._plain_values(obj.values()) and chain._plain_dict(obj, 0)
     assert chain._fast_json(obj) == OLD_ROWS[0][3]

@@ -101,7 +101,7 @@ def _cases(issuer: DevIssuer, secrets: Secrets) -> list[tuple[str, dict[str, str
         (other_person + "?fraOgMed=2018-07", _a2(issuer, secrets), 403),  # another person
         (tax_base_path("2021"), _a3(issuer, secrets), 403),  # year not consented
         (tax_base_path("2022", INCOME_PERSON), _a3(issuer, secrets), 403),
-        (income, _a2(issuer, secrets, claims={"exp": 1_600_000_000, "nbf": 1_599_999_970}), 401),
+        (income, _a2(issuer, secrets, claims={"exp": 1_600_000_000, "nbf": 1_599_999_970}), 403),  # an expired consent token: a consent problem (issue 11)
         (income, {}, 401),
         (income, secrets.headers({"Authorization": f"Bearer {garbage}", "AltinnSamtykke": garbage}), 401),
         (income, {**_a2(issuer, secrets), "X-Correlation-ID": f"corr-{INCOME_PERSON}"}, 200),

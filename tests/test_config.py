@@ -332,3 +332,76 @@ audience = "https://api.example.no/"
     assert "rights package ssg-sbl: only for 999999999" in out
     assert "the answer must name the subject at oppgaveInntektsmottaker[].inntektsmottaker.personidentifikator" in out
     assert "10 s per read, 60 s per exchange" in out
+
+
+# -- issue 11: Altinn 3 route options -------------------------------------------------------------
+
+
+def test_profiles_expect_the_published_delegation_sources() -> None:
+    """TT02: Altinn's retrieve-token guide; prod: Digdir's token reference (docs/protocol.md §3.3)."""
+    data = _data()
+    assert parse_config(data, base_dir=CONFIG_DIR).altinn3_delegation_sources == ("https://tt02.altinn.no/",)
+    data["gateway"]["profile"] = "prod"
+    data.pop("issuers", None)
+    assert parse_config(data, base_dir=CONFIG_DIR).altinn3_delegation_sources == ("https://www.altinn.no",)
+
+
+def test_altinn3_route_options_parse() -> None:
+    data = _data()
+    route = data["routes"][1]
+    route.update(accepted_actions=["Read", "consent", "read"], accept_handled_by=True, max_token_age_seconds=90,
+                 error_codes={"consent": "SSG-010"})
+    data.setdefault("issuers", {})["maskinporten"] = {"max_token_age_seconds": 300}
+    config = parse_config(data, base_dir=CONFIG_DIR)
+    parsed = config.routes[1]
+    assert parsed.accepted_actions == ("read", "consent")
+    assert parsed.accept_handled_by and parsed.max_token_age_seconds == 90
+    assert dict(parsed.error_codes) == {"consent": "SSG-010"}
+    assert config.issuers["maskinporten"].max_token_age_seconds == 300
+    default = config.routes[0]
+    assert default.accepted_actions == ("consent", "read") and not default.accept_handled_by
+    assert default.max_token_age_seconds is None and dict(default.error_codes) == {}
+
+
+@pytest.mark.parametrize(
+    ("route", "issuers", "key_path"),
+    [
+        ({"accepted_actions": []}, {}, "routes[1].accepted_actions"),
+        ({"accepted_actions": ["read write"]}, {}, "routes[1].accepted_actions[0]"),
+        ({"accept_handled_by": "yes"}, {}, "routes[1].accept_handled_by"),
+        ({"max_token_age_seconds": 0}, {}, "routes[1].max_token_age_seconds"),
+        ({"error_codes": {"consent": "IM 010"}}, {}, "routes[1].error_codes.consent"),
+        ({"error_codes": {"bearer": "IM-004"}}, {}, "routes[1].error_codes.bearer"),
+        ({}, {"maskinporten": {"max_token_age_seconds": -1}}, "issuers.maskinporten.max_token_age_seconds"),
+        ({}, {"altinn": {"max_token_age_seconds": 60}}, "issuers.altinn.max_token_age_seconds"),
+    ],
+)
+def test_altinn3_route_option_errors_name_the_key(route: dict, issuers: dict, key_path: str) -> None:
+    data = _data()
+    data["routes"][1].update(route)
+    data["issuers"] = issuers
+    with pytest.raises(ConfigError) as info:
+        _parse(data)
+    assert info.value.key_path == key_path, info.value
+
+
+def test_check_config_prints_the_altinn3_rules_per_route(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = TT02.read_text().replace(
+        'altinn3_resources = ["ske-spesifisert-summert-skattegrunnlag"]',
+        'altinn3_resources = ["ske-spesifisert-summert-skattegrunnlag"]\naccepted_actions = ["consent"]\n'
+        'accept_handled_by = true\nmax_token_age_seconds = 120\nerror_codes = { consent = "SSG-010" }',
+    )
+    assert 'error_style = "skatteetaten"' in text
+    config = tmp_path / "gw.toml"
+    config.write_text(text)
+    shutil.copy(CONFIG_DIR / "inntekt-sbl-loennsinntekt-beskrivelse.txt", tmp_path)
+    assert main(["check-config", "--config", str(config)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    income, tax = out.split("    spesifisertsummertskattegrunnlag:")
+    assert "a right covers it with action consent or read (any case)" in income
+    assert "handler tokens refused" in income
+    assert "supplier tokens: delegation_source https://tt02.altinn.no/ (trailing '/' ignored)" in income
+    assert "a right covers it with action consent (any case)" in tax
+    assert "handler tokens accepted: consumer == handledBy" in tax
+    assert "Maskinporten token honoured up to 120 s after iat" in tax
+    assert "error codes: consent SSG-010" in tax

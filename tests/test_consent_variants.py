@@ -53,10 +53,11 @@ def test_service_entry_variants(entry: str, service: str, metadata: dict[str, st
 
 @pytest.mark.parametrize("entry", ["", "4804", "abc_1", "4804_210607_=x", "4804_210607_x", "４８０４_1", "4804_210607_a=1_a=2"])
 def test_service_entry_garbage_refused(entry: str) -> None:
-    from samtykke_gateway.exceptions import InvalidTokenError
+    from samtykke_gateway.exceptions import InvalidConsentError
 
-    with pytest.raises(InvalidTokenError):
+    with pytest.raises(InvalidConsentError) as info:
         parse_service_entry(entry)
+    assert info.value.status_code == 403 and info.value.reason == "bad_consent_claims"
 
 
 def test_altinn2_dates_in_all_formats_are_europe_oslo() -> None:
@@ -75,10 +76,10 @@ def test_altinn3_instants() -> None:
     assert parse_iso_instant("2025-03-01T11:00:00+01:00", claim="v") == base
     assert parse_iso_instant("2025-03-01T10:00:00.1234567Z", claim="v") == pytest.approx(base + 0.123456)
     assert parse_iso_instant("2025-03-01T10:00:00.5-02:00", claim="v") == base + 7200.5
-    from samtykke_gateway.exceptions import InvalidTokenError
+    from samtykke_gateway.exceptions import InvalidConsentError
 
     for bad in ("2025-03-01T10:00:00", "2025-03-01", "2025-03-01T10:00:00.12345678Z", 17, "２０２５-03-01T10:00:00Z"):
-        with pytest.raises(InvalidTokenError):
+        with pytest.raises(InvalidConsentError):
             parse_iso_instant(bad, claim="v")
 
 
@@ -181,7 +182,9 @@ async def test_actual_iss_refused_in_prod_only(dev_issuer: DevIssuer, issuer_url
         object.__setattr__(gw.config, "profile", "prod")
         assert isinstance(gw.config, GatewayConfig) and not gw.config.allow_test_tokens
         response = await gw.client.get(INCOME_Q, headers=a2_headers(dev_issuer, **test_token))
-        assert response.status_code == 401 and response.json()["reason"] == "test_token_refused"
+        # a consent problem: 403, never a Bearer challenge (docs/protocol.md §4)
+        assert response.status_code == 403 and response.json()["reason"] == "test_token_refused"
+        assert "www-authenticate" not in response.headers
 
 
 @pytest.mark.parametrize(
@@ -198,11 +201,12 @@ async def test_actual_iss_refused_in_prod_only(dev_issuer: DevIssuer, issuer_url
         {"ValidToDate": "tomorrow"},
     ],
 )
-async def test_altinn2_identity_claims_of_wrong_type_are_401(claims: dict, dev_issuer: DevIssuer, issuer_url: str) -> None:
+async def test_altinn2_identity_claims_of_wrong_type_are_403(claims: dict, dev_issuer: DevIssuer, issuer_url: str) -> None:
     async with running_gateway("middleware", issuer_url) as gw:
         response = await gw.client.get(INCOME_Q, headers=a2_headers(dev_issuer, claims=claims))
-        assert response.status_code == 401, response.text
+        assert response.status_code == 403, response.text
         assert response.json()["reason"] == "bad_consent_claims"
+        assert "www-authenticate" not in response.headers
 
 
 @pytest.mark.parametrize(
@@ -290,14 +294,14 @@ async def test_altinn3_supplier_needs_trusted_delegation_source(dev_issuer: DevI
     [
         (lambda e: e.update(to={"authority": "iso6523-actorid-upis", "ID": "0192:888888888"}), 403),
         (lambda e: e.update(**{"from": f"urn:altinn:person:identifier-no:{INCOME_PERSON}"}), 403),
-        (lambda e: e.update(**{"from": f"urn:altinn:organization:identifier-no:{TAX_BASE_PERSON}"}), 401),
+        (lambda e: e.update(**{"from": f"urn:altinn:organization:identifier-no:{TAX_BASE_PERSON}"}), 403),
         (lambda e: e.update(validTo="2020-01-01T00:00:00Z"), 403),
-        (lambda e: e.update(validTo="2099-01-01T00:00:00"), 401),
-        (lambda e: e.update(concentRights=e.pop("consentRights")), 401),
+        (lambda e: e.update(validTo="2099-01-01T00:00:00"), 403),
+        (lambda e: e.update(concentRights=e.pop("consentRights")), 403),
         (lambda e: e["consentRights"][0]["resource"][0].update(value="other-resource"), 403),
         (lambda e: e["consentRights"][0].update(metadata={"inntektsaar": "2021"}), 403),
-        (lambda e: e["consentRights"][0].update(metadata={"inntektsaar": "2022", "INNTEKTSAAR": "2021"}), 401),
-        (lambda e: e.update(id=7), 401),
+        (lambda e: e["consentRights"][0].update(metadata={"inntektsaar": "2022", "INNTEKTSAAR": "2021"}), 403),
+        (lambda e: e.update(id=7), 403),
     ],
     ids=["to-other", "from-other", "from-kind-mismatch", "expired", "no-zone", "typo-concent",
          "other-resource", "other-year", "dup-key-case", "id-type"],
@@ -306,6 +310,7 @@ async def test_altinn3_refusals(mutate, status: int, dev_issuer: DevIssuer, issu
     async with running_gateway("middleware", issuer_url) as gw:
         response = await gw.client.get(tax_base_path("2022"), headers=_a3_with(dev_issuer, mutate))
         assert response.status_code == status, response.text
+        assert "www-authenticate" not in response.headers  # the bearer itself is fine
         assert gw.upstream.requests == []
 
 
@@ -314,7 +319,8 @@ async def test_altinn3_two_consent_entries_refused(dev_issuer: DevIssuer, issuer
     bearer = dev_issuer.mint_maskinporten(consumer=BANK, scope=TAX_BASE_SCOPE, authorization_details=[entry, entry])
     async with running_gateway("middleware", issuer_url) as gw:
         response = await gw.client.get(tax_base_path("2022"), headers={"Authorization": f"Bearer {bearer}"})
-        assert response.status_code == 401
+        assert response.status_code == 403 and response.json()["reason"] == "bad_consent_claims"
+        assert "www-authenticate" not in response.headers
 
 
 async def test_a3_token_plus_a2_header_is_ambiguous(dev_issuer: DevIssuer, issuer_url: str) -> None:

@@ -196,3 +196,38 @@ def test_explain_bounds_the_number_of_headers(capsys, dev_issuer: DevIssuer, con
     many = [arg for i in range(101) for arg in ("--header", f"X-{i}: v")]
     assert main(["explain", token, "--config", config_file, "--path", "/hdr/x", *many]) == 2
     assert "at most 100" in capsys.readouterr().err
+
+
+def test_explain_shows_wanted_and_held_actions_and_resources(capsys, dev_issuer: DevIssuer, config_file: str) -> None:  # type: ignore[no-untyped-def]
+    """Issue 11: which action(s) and resource(s) the route wants, which the consent holds."""
+    write_only = a3_headers(dev_issuer, consent={"actions": ["Write"]})["Authorization"][7:]
+    code, out = _run(capsys, write_only, "--config", config_file, "--path", tax_base_path("2022"))
+    assert code == 1, out
+    assert ("route wants Altinn 3 resource ske-spesifisert-summert-skattegrunnlag or skd_4628_210607 with action"
+            " consent or read (any case)") in out
+    assert "  ske-spesifisert-summert-skattegrunnlag action write; metadata inntektsaar" in out
+    assert "[FAIL] service code / resource id consented, by a right whose action the route accepts" in out
+    assert "consent_action_not_accepted" in out
+    migrated = a3_headers(dev_issuer, rights=[("skd_4628_210607", {"inntektsaar": "2022"}), (None, {})],
+                          consent={"actions": ["Read", "Write"]})["Authorization"][7:]
+    code, out = _run(capsys, migrated, "--config", config_file, "--path", tax_base_path("2022"))
+    assert code == 0, out
+    assert "  skd_4628_210607 action read, write; metadata inntektsaar" in out
+    assert "Decision: allow (altinn3-migrated" in out
+
+
+def test_explain_shows_the_handler_rule(capsys, dev_issuer: DevIssuer, config_file: str) -> None:  # type: ignore[no-untyped-def]
+    handler = a3_headers(dev_issuer, mp_consumer="312345678", consent={"handled_by": "312345678"})["Authorization"][7:]
+    code, out = _run(capsys, handler, "--config", config_file, "--path", tax_base_path("2022"))
+    assert code == 1, out
+    assert "route refuses a token issued to the consent's handler (handledBy)" in out
+    assert f"consent holds (altinn3): given to {BANK}, handled by 312345678; the token was issued to 312345678" in out
+    assert "handled_by_not_accepted" in out
+
+
+def test_explain_consent_token_failures_are_consent_steps(capsys, dev_issuer: DevIssuer, config_file: str) -> None:  # type: ignore[no-untyped-def]
+    headers = a2_headers(dev_issuer, claims={"exp": 1_600_000_000, "nbf": 1_599_999_970})
+    code, out = _run(capsys, headers["Authorization"][7:], "--consent", headers["AltinnSamtykke"],
+                     "--config", config_file, "--path", INCOME_PATH + "?fraOgMed=2018-07")
+    assert code == 1
+    assert "[FAIL] exp / nbf / iat (with leeway)" in out and "(403 consent_token_expired)" in out

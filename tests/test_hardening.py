@@ -125,7 +125,8 @@ async def test_authorization_details_must_be_an_array(dev_issuer: DevIssuer, iss
     bearer = dev_issuer.mint_maskinporten(consumer=BANK, scope=TAX_BASE_SCOPE, claims={"authorization_details": entry})
     async with running_gateway("middleware", issuer_url) as gw:
         response = await gw.client.get(tax_base_path("2022"), headers={"Authorization": f"Bearer {bearer}"})
-        assert response.status_code == 401 and response.json()["reason"] == "bad_consent_claims"
+        assert response.status_code == 403 and response.json()["reason"] == "bad_consent_claims"
+        assert "www-authenticate" not in response.headers
 
 
 # ----------------------------------------------------------------------------- second review

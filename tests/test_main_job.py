@@ -17,8 +17,11 @@ from .support import (
     OTHER_BANK,
     SBL_RELEASED,
     TAX_BASE_PERSON,
+    TAX_BASE_RESOURCE,
     a2_headers,
     a3_headers,
+    altinn3_only,
+    route_keys,
     running_gateway,
     tax_base_path,
 )
@@ -121,13 +124,16 @@ def _flip_signature(token: str) -> str:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case", ["expired", "none", "flipped", "alg_none", "unknown_kid"])
-async def test_a2_unauthenticated(mode: str, case: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+@pytest.mark.parametrize("case", ["expired", "flipped", "alg_none", "unknown_kid"])
+async def test_a2_consent_token_not_verifiable_is_403_without_challenge(
+    mode: str, case: str, dev_issuer: DevIssuer, issuer_url: str
+) -> None:
+    """An Altinn 2 consent token that is expired, wrongly signed or signed by an unknown key
+    is a consent problem: 403 with its own reason, never 401 ``invalid_token`` (the client
+    would fetch a new Maskinporten token, which cannot help; docs/protocol.md §4)."""
     headers = a2_headers(dev_issuer)
     if case == "expired":
         headers = a2_headers(dev_issuer, claims={"exp": 1_600_000_000, "nbf": 1_599_999_970})
-    elif case == "none":
-        headers = {}
     elif case == "flipped":
         headers["AltinnSamtykke"] = _flip_signature(headers["AltinnSamtykke"])
     elif case == "alg_none":
@@ -139,21 +145,50 @@ async def test_a2_unauthenticated(mode: str, case: str, dev_issuer: DevIssuer, i
         headers["AltinnSamtykke"] = stranger.mint_altinn2(
             subject=INCOME_PERSON, consumer=BANK, services=[f"{INCOME_SERVICE}_fraOgMed=2018-06", f"{INCOME_SERVICE}_tilOgMed=2018-08"]
         )
+    expected = {
+        "expired": "consent_token_expired",
+        "flipped": "consent_token_bad_signature",
+        "alg_none": "consent_token_alg_not_allowed",
+        "unknown_kid": "consent_token_unknown_key",
+    }[case]
+    async with running_gateway(mode, issuer_url) as gw:
+        response = await gw.client.get(INCOME_PATH + "?fraOgMed=2018-07", headers=headers)
+        assert response.status_code == 403, response.text
+        assert "www-authenticate" not in response.headers
+        assert response.json()["reason"] == expected
+        assert gw.upstream.requests == []
+        record = _only_record(gw, response)
+        assert record.decision == "deny" and record.status == 403 and record.reason == expected
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", ["none", "expired", "flipped", "unknown_kid"])
+async def test_bearer_unauthenticated_is_401(mode: str, case: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """Only the Maskinporten bearer itself gives 401 (with the RFC 6750 challenge)."""
+    headers = a2_headers(dev_issuer)
+    bearer = headers["Authorization"][7:]
+    if case == "none":
+        headers = {}
+    elif case == "expired":
+        bearer = dev_issuer.mint_maskinporten(
+            consumer=BANK, scope="skatteetaten:inntekt", claims={"exp": 1_600_000_000, "iat": 1_599_999_880}
+        )
+    elif case == "flipped":
+        bearer = _flip_signature(bearer)
+    elif case == "unknown_kid":
+        bearer = DevIssuer().mint_maskinporten(consumer=BANK, scope="skatteetaten:inntekt")
+    if headers:
+        headers["Authorization"] = f"Bearer {bearer}"
     async with running_gateway(mode, issuer_url) as gw:
         response = await gw.client.get(INCOME_PATH + "?fraOgMed=2018-07", headers=headers)
         assert response.status_code == 401, response.text
         challenge = response.headers["www-authenticate"]
-        if case == "none":
-            assert challenge.startswith("Bearer")
-        else:
-            assert challenge == 'Bearer error="invalid_token"'
+        assert challenge == ("Bearer" if case == "none" else 'Bearer error="invalid_token"')
         assert gw.upstream.requests == []
         record = _only_record(gw, response)
         assert record.decision == "deny" and record.status == 401
-        if case == "expired":
-            assert record.reason == "token_expired"
-        if case == "unknown_kid":
-            assert record.reason == "unknown_key"
+        assert record.reason == {"none": "missing_token", "expired": "token_expired", "flipped": "bad_signature",
+                                 "unknown_kid": "unknown_key"}[case]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -220,3 +255,221 @@ async def test_garbage_input_never_500(mode: str, dev_issuer: DevIssuer, issuer_
             assert response.json()["reason"]
         assert len(gw.records) == len(bad_requests)
         assert gw.upstream.requests == []
+
+
+# -- issue 11: Altinn 3 tokens as issued today, and the status convention -----------------------
+
+INCOME_RESOURCE = "ske-innrapportert-inntekt"
+HANDLER = "312345678"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "actions", [["consent"], ["read"], ["Read", "Write"], ["READ"]], ids=["digdir", "altinn", "migrated", "case"]
+)
+async def test_a3_published_actions_cover_a_read(mode: str, actions: list[str], dev_issuer: DevIssuer,
+                                                 issuer_url: str) -> None:
+    """Digdir's ``["consent"]``, Altinn's ``["read"]`` and a migrated consent's Altinn 2
+    operations ``["Read","Write"]`` all cover a read by default (case-insensitively)."""
+    async with running_gateway(mode, issuer_url) as gw:
+        response = await gw.client.get(tax_base_path("2022"), headers=a3_headers(dev_issuer, consent={"actions": actions}))
+        assert response.status_code == 200, response.text
+        assert _only_record(gw, response).decision == "allow"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a3_right_without_an_accepted_action_covers_nothing(mode: str, dev_issuer: DevIssuer,
+                                                                  issuer_url: str) -> None:
+    async with running_gateway(mode, issuer_url) as gw:
+        for actions in (["write"], []):
+            response = await gw.client.get(tax_base_path("2022"), headers=a3_headers(dev_issuer, consent={"actions": actions}))
+            assert response.status_code == 403, response.text
+            assert response.json()["reason"] == "consent_action_not_accepted"
+            assert "www-authenticate" not in response.headers
+            assert _only_record(gw, response).reason == "consent_action_not_accepted"
+        assert gw.upstream.requests == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a3_route_accepted_actions_are_configurable(mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    edit = route_keys("spesifisertsummertskattegrunnlag", accepted_actions=["Consent"])
+    async with running_gateway(mode, issuer_url, edit=edit) as gw:
+        assert gw.config.routes[1].accepted_actions == ("consent",)
+        ok = await gw.client.get(tax_base_path("2022"), headers=a3_headers(dev_issuer, consent={"actions": ["CONSENT"]}))
+        assert ok.status_code == 200, ok.text
+        read = await gw.client.get(tax_base_path("2022"), headers=a3_headers(dev_issuer, consent={"actions": ["read"]}))
+        assert read.status_code == 403 and read.json()["reason"] == "consent_action_not_accepted"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a3_right_without_resource_grants_nothing_and_voids_nothing(mode: str, dev_issuer: DevIssuer,
+                                                                          issuer_url: str) -> None:
+    async with running_gateway(mode, issuer_url) as gw:
+        beside = a3_headers(dev_issuer, rights=[(None, {"inntektsaar": "2021"}), (TAX_BASE_RESOURCE, {"inntektsaar": "2022"})])
+        ok = await gw.client.get(tax_base_path("2022"), headers=beside)
+        assert ok.status_code == 200, ok.text
+        assert _only_record(gw, ok).metadata == {"inntektsaar": ["2022"]}  # the empty right added nothing
+        alone = a3_headers(dev_issuer, rights=[(None, {"inntektsaar": "2022"})])
+        refused = await gw.client.get(tax_base_path("2022"), headers=alone)
+        assert refused.status_code == 403 and refused.json()["reason"] == "resource_not_consented"
+        assert "www-authenticate" not in refused.headers
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a3_migrated_ids_without_anything_of_altinn2(mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """A data source lists migrated ids ``{org}_{serviceCode}_{editionCode}`` in
+    ``altinn3_resources`` with no ``[issuers.altinn]`` and no ``altinn2_service``; the
+    migration's lower-cased metadata keys satisfy the year and period constraints."""
+
+    def edit(data: dict) -> None:  # type: ignore[type-arg]
+        altinn3_only(data)
+        data["routes"][0]["altinn3_resources"] = [INCOME_RESOURCE, "skd_4804_210607"]
+        data["routes"][1]["altinn3_resources"] = [TAX_BASE_RESOURCE, "skd_4628_210607"]
+
+    async with running_gateway(mode, issuer_url, edit=edit) as gw:
+        assert "altinn" not in gw.config.issuers
+        migrated = {"actions": ["Read", "Write"]}
+        tax = a3_headers(dev_issuer, rights=[("skd_4628_210607", {"inntektsaar": "2022"})], consent=migrated)
+        ok = await gw.client.get(tax_base_path("2022"), headers=tax)
+        assert ok.status_code == 200, ok.text
+        record = _only_record(gw, ok)
+        assert record.token_kind == "altinn3-migrated" and record.resource == "skd_4628_210607"
+        assert (await gw.client.get(tax_base_path("2021"), headers=tax)).json()["reason"] == "metadata_out_of_range"
+        income = a3_headers(dev_issuer, subject=INCOME_PERSON, scope="skatteetaten:inntekt", consent=migrated,
+                            rights=[("skd_4804_210607", {"fraogmed": "2018-06", "tilogmed": "2018-08"})])
+        got = await gw.client.get(INCOME_PATH + "?fraOgMed=2018-07", headers=income)
+        assert got.status_code == 200, got.text
+        assert gw.upstream.requests[-1]["query"] == "fraOgMed=2018-07&tilOgMed=2018-08"
+        assert _only_record(gw, got).token_kind == "altinn3-migrated"
+        outside = await gw.client.get(INCOME_PATH + "?fraOgMed=2018-09", headers=income)
+        assert outside.status_code == 403 and outside.json()["reason"] == "metadata_out_of_range"
+        # an Altinn 2 pair is refused as a consent problem: Altinn 2 is not configured
+        a2 = await gw.client.get(INCOME_PATH + "?fraOgMed=2018-07", headers=a2_headers(dev_issuer))
+        assert a2.status_code == 403 and a2.json()["reason"] == "altinn2_not_accepted"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("configured", "sent"),
+    [
+        ("https://tt02.altinn.no/", "https://tt02.altinn.no/"),
+        ("https://tt02.altinn.no/", "https://tt02.altinn.no"),
+        ("https://www.altinn.no", "https://www.altinn.no"),
+        ("https://www.altinn.no", "https://www.altinn.no/"),
+    ],
+    ids=["tt02-as-published", "tt02-no-slash", "prod-as-published", "prod-slash"],
+)
+async def test_a3_supplier_delegation_source_with_or_without_slash(
+    mode: str, configured: str, sent: str, dev_issuer: DevIssuer, issuer_url: str
+) -> None:
+    async with running_gateway(mode, issuer_url, gateway={"altinn3_delegation_sources": [configured]}) as gw:
+        headers = a3_headers(dev_issuer, supplier="212345678", claims={"delegation_source": sent})
+        ok = await gw.client.get(tax_base_path("2022"), headers=headers)
+        assert ok.status_code == 200, ok.text
+        assert _only_record(gw, ok).supplier == "212345678"
+        other = a3_headers(dev_issuer, supplier="212345678", claims={"delegation_source": sent + "x"})
+        refused = await gw.client.get(tax_base_path("2022"), headers=other)
+        assert refused.status_code == 403 and refused.json()["reason"] == "supplier_mismatch"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a3_handler_token_refused_by_default(mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """Altinn issues the token to the consent's handler: ``consumer`` = ``handledBy``, ``to``
+    stays the recipient. Refused unless the route opts in."""
+    headers = a3_headers(dev_issuer, mp_consumer=HANDLER, consent={"handled_by": HANDLER})
+    async with running_gateway(mode, issuer_url) as gw:
+        response = await gw.client.get(tax_base_path("2022"), headers=headers)
+        assert response.status_code == 403, response.text
+        assert response.json()["reason"] == "handled_by_not_accepted"
+        assert "www-authenticate" not in response.headers
+        assert gw.upstream.requests == []
+        # a handledBy that is not the caller is still a consumer mismatch
+        stranger = a3_headers(dev_issuer, mp_consumer=OTHER_BANK, consent={"handled_by": HANDLER})
+        mismatch = await gw.client.get(tax_base_path("2022"), headers=stranger)
+        assert mismatch.json()["reason"] == "consumer_mismatch"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a3_handler_token_on_an_opted_in_route_names_both(mode: str, dev_issuer: DevIssuer,
+                                                               issuer_url: str) -> None:
+    edit = route_keys("spesifisertsummertskattegrunnlag", accept_handled_by=True)
+    async with running_gateway(mode, issuer_url, edit=edit) as gw:
+        headers = a3_headers(dev_issuer, mp_consumer=HANDLER, consent={"handled_by": HANDLER})
+        response = await gw.client.get(tax_base_path("2022"), headers=headers)
+        assert response.status_code == 200, response.text
+        record = _only_record(gw, response)
+        assert record.consumer == BANK and record.handled_by == HANDLER  # recipient and handler
+        # the recipient calling for itself is as before, no handler named
+        own = await gw.client.get(tax_base_path("2022"), headers=a3_headers(dev_issuer, consent={"handled_by": HANDLER}))
+        assert own.status_code == 200 and _only_record(gw, own).handled_by is None
+        # still only the handler the consent names
+        stranger = a3_headers(dev_issuer, mp_consumer=OTHER_BANK, consent={"handled_by": HANDLER})
+        assert (await gw.client.get(tax_base_path("2022"), headers=stranger)).json()["reason"] == "consumer_mismatch"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_token_older_than_the_bound_is_401_token_too_old(mode: str, dev_issuer: DevIssuer,
+                                                               issuer_url: str) -> None:
+    """``max_token_age_seconds`` on the issuer and on the route; the stricter applies. Over the
+    bound the client's remedy is a new Maskinporten token: 401 ``invalid_token``."""
+    import time
+
+    now = int(time.time())
+    edit = route_keys("spesifisertsummertskattegrunnlag", max_token_age_seconds=60)
+    async with running_gateway(mode, issuer_url, edit=edit,
+                               issuers={"maskinporten": {"max_token_age_seconds": 300}}) as gw:
+        fresh = a3_headers(dev_issuer)
+        assert (await gw.client.get(tax_base_path("2022"), headers=fresh)).status_code == 200
+        old = a3_headers(dev_issuer, claims={"iat": now - 120, "nbf": now - 120})
+        response = await gw.client.get(tax_base_path("2022"), headers=old)
+        assert response.status_code == 401, response.text
+        assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+        assert response.json()["reason"] == "token_too_old"
+        assert _only_record(gw, response).reason == "token_too_old"
+        # the income route has only the issuer's 300 s: the same token is young enough there
+        income = a3_headers(dev_issuer, subject=INCOME_PERSON, scope="skatteetaten:inntekt",
+                            rights=[(INCOME_RESOURCE, {"fraOgMed": "2018-06", "tilOgMed": "2018-08"})],
+                            claims={"iat": now - 120, "nbf": now - 120})
+        assert (await gw.client.get(INCOME_PATH + "?fraOgMed=2018-07", headers=income)).status_code == 200
+        older = a3_headers(dev_issuer, subject=INCOME_PERSON, scope="skatteetaten:inntekt",
+                           rights=[(INCOME_RESOURCE, {"fraOgMed": "2018-06", "tilOgMed": "2018-08"})],
+                           claims={"iat": now - 400, "nbf": now - 400})
+        assert (await gw.client.get(INCOME_PATH + "?fraOgMed=2018-07", headers=older)).json()["reason"] == "token_too_old"
+        assert len(gw.upstream.requests) == 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_missing_consent_is_403_without_challenge(mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    bearer = dev_issuer.mint_maskinporten(consumer=BANK, scope="skatteetaten:inntekt")
+    async with running_gateway(mode, issuer_url) as gw:
+        response = await gw.client.get(INCOME_PATH + "?fraOgMed=2018-07", headers={"Authorization": f"Bearer {bearer}"})
+        assert response.status_code == 403, response.text
+        assert response.json()["reason"] == "missing_consent_token"
+        assert "www-authenticate" not in response.headers
+        assert _only_record(gw, response).status == 403
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_skatteetaten_style_keeps_each_apis_published_codes(mode: str, dev_issuer: DevIssuer,
+                                                                  issuer_url: str) -> None:
+    def edit(data: dict) -> None:  # type: ignore[type-arg]
+        data["routes"][0]["error_codes"] = {"unauthenticated": "IM-004", "forbidden": "IM-005", "consent": "IM-010"}
+        data["routes"][1]["error_codes"] = {"consent": "SSG-010"}
+
+    async with running_gateway(mode, issuer_url, edit=edit, gateway={"error_style": "skatteetaten"}) as gw:
+        income = INCOME_PATH + "?fraOgMed=2018-07"
+        bare = await gw.client.get(income)
+        assert bare.status_code == 401 and bare.json()["kode"] == "IM-004"
+        wrong_scope = a2_headers(dev_issuer, scope="skatteetaten:annet")
+        scope = await gw.client.get(income, headers=wrong_scope)
+        assert scope.status_code == 403 and scope.json()["kode"] == "IM-005"
+        assert scope.json()["arsak"] == "scope_missing"
+        expired = a2_headers(dev_issuer, claims={"exp": 1_600_000_000, "nbf": 1_599_999_970})
+        consent = await gw.client.get(income, headers=expired)
+        assert consent.status_code == 403 and consent.json()["kode"] == "IM-010"
+        assert consent.json()["arsak"] == "consent_token_expired"
+        assert "www-authenticate" not in consent.headers
+        tax = await gw.client.get(tax_base_path("2021"), headers=a3_headers(dev_issuer))
+        assert tax.status_code == 403 and tax.json()["kode"] == "SSG-010"
+        tax_bare = await gw.client.get(tax_base_path("2022"))
+        assert tax_bare.status_code == 401 and tax_bare.json()["kode"] == "SG-401"  # not configured: generic

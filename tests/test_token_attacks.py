@@ -517,3 +517,54 @@ def test_signed_hostile_content_only_raises_invalid_token(dev: DevIssuer) -> Non
         check()
         runner.run(client.aclose())
     assert "ok" in verdicts and len(verdicts) > 3
+
+
+# -- issue 11: delegation_source look-alikes; handledBy never widens the consent ----------------
+
+
+@pytest.mark.parametrize(
+    ("sent", "accepted"),
+    [
+        ("https://tt02.altinn.no/", True),
+        ("https://tt02.altinn.no", True),
+        ("https://tt02.altinn.no//", False),  # only one trailing '/' is ignored
+        ("https://tt02.altinn.no/x", False),
+        ("https://tt02.altinn.no.evil.example/", False),
+        ("HTTPS://TT02.ALTINN.NO/", False),  # exact apart from the one '/'
+        ("https://tt02.altinn.no/ ", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_delegation_source_compared_exactly_but_for_one_trailing_slash(sent: str | None, accepted: bool) -> None:
+    from samtykke_gateway.binding import delegation_source_accepted
+
+    assert delegation_source_accepted(sent, ["https://tt02.altinn.no/"]) is accepted
+    assert delegation_source_accepted(sent, ["https://tt02.altinn.no"]) is accepted
+    assert delegation_source_accepted(sent, []) is False
+
+
+def test_handled_by_only_lets_the_named_handler_in_and_only_where_opted_in() -> None:
+    from samtykke_gateway.binding import check_consumer
+    from samtykke_gateway.exceptions import InsufficientConsentError
+    from samtykke_gateway.identifiers import Party
+    from samtykke_gateway.tokens.model import Consent, MaskinportenToken
+
+    consent = Consent("altinn3", "c", Party("person", "12879397780"), "999999999", 2e9, (), "maskinporten", "k",
+                      handled_by="312345678")
+
+    def caller(org: str) -> MaskinportenToken:
+        return MaskinportenToken("maskinporten", "k", org, frozenset(), 2e9)
+
+    assert check_consumer(consent, caller("999999999"), []) is None  # the recipient itself
+    assert check_consumer(consent, caller("312345678"), [], accept_handled_by=True) == "312345678"
+    for org, opt_in, reason in (("312345678", False, "handled_by_not_accepted"),
+                                ("888888888", True, "consumer_mismatch")):
+        with pytest.raises(InsufficientConsentError) as info:
+            check_consumer(consent, caller(org), [], accept_handled_by=opt_in)
+        assert info.value.reason == reason and info.value.status_code == 403
+    # Altinn 2 has no handler rule: HandledBy there is the supplier
+    a2 = Consent("altinn2", "c", Party("person", "12879397780"), "999999999", 2e9, (), "altinn", "k",
+                 supplier="312345678")
+    with pytest.raises(InsufficientConsentError):
+        check_consumer(a2, caller("312345678"), [], accept_handled_by=True)

@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from samtykke_gateway.exceptions import InvalidTokenError
+from samtykke_gateway.exceptions import InvalidConsentError, InvalidTokenError
 from samtykke_gateway.identifiers import (
     is_org_number,
     org_from_iso6523,
@@ -27,8 +27,8 @@ from samtykke_gateway.tokens.model import Consent, ConsentRight
 # -- the references -------------------------------------------------------------------------------
 
 
-def _bad(detail: str) -> InvalidTokenError:
-    return InvalidTokenError(detail, reason="bad_consent_claims")
+def _bad(detail: str) -> InvalidConsentError:
+    return InvalidConsentError(detail, reason="bad_consent_claims")
 
 
 def ref_parse_altinn_date(value: Any, *, claim: str) -> float:
@@ -58,7 +58,7 @@ def ref_altinn2(
     claims: dict[str, Any], *, issuer: str, key_id: str | None, allow_test_tokens: bool = True
 ) -> Consent:
     if not allow_test_tokens and "actual_iss" in claims:
-        raise InvalidTokenError(
+        raise InvalidConsentError(
             "test-generator consent tokens are not accepted in this profile",
             reason="test_token_refused",
         )
@@ -130,16 +130,28 @@ def ref_rights(entry: dict[str, Any]) -> tuple[ConsentRight, ...]:
     raw = entry.get("consentRights")
     if not isinstance(raw, list) or not raw or len(raw) > 64:
         raise _bad("consentRights is missing or not a list")
-    merged: dict[str, dict[str, list[str]]] = {}
+    # issue 11: actions kept per right (lower-cased, sorted, once); rights merge only with the
+    # same actions; a right without a resource is skipped, not refused
+    merged: dict[tuple[str, tuple[str, ...]], dict[str, list[str]]] = {}
     for right in raw:
         if not isinstance(right, dict):
             raise _bad("consentRights entry is not an object")
         action = right.get("action")
-        if action is not None and (not isinstance(action, list) or "consent" not in action):
-            raise _bad("consentRights action does not include 'consent'")
+        if action is None:
+            actions: tuple[str, ...] = ()
+        elif (
+            not isinstance(action, list)
+            or len(action) > 16
+            or not all(isinstance(a, str) and 1 <= len(a) <= 64 and all("!" <= c <= "~" for c in a) for a in action)
+        ):
+            raise _bad("consentRights action is not a list of action names")
+        else:
+            actions = tuple(sorted({a.lower() for a in action}))
         resources = right.get("resource")
-        if not isinstance(resources, list) or not resources:
-            raise _bad("consentRights resource is missing")
+        if resources is None or resources == []:
+            continue
+        if not isinstance(resources, list):
+            raise _bad("consentRights resource is not a list")
         metadata = ref_metadata(right)
         for res in resources:
             if not isinstance(res, dict) or res.get("type") != "urn:altinn:resource":
@@ -147,12 +159,14 @@ def ref_rights(entry: dict[str, Any]) -> tuple[ConsentRight, ...]:
             value = res.get("value")
             if not isinstance(value, str) or altinn3._RESOURCE.fullmatch(value) is None:
                 raise _bad("consentRights resource value is not a resource id")
-            target = merged.setdefault(value, {})
+            target = merged.setdefault((value, actions), {})
             for key, val in metadata.items():
                 vals = target.setdefault(key, [])
                 if val not in vals:
                     vals.append(val)
-    return tuple(ConsentRight(res, {k: tuple(v) for k, v in md.items()}) for res, md in merged.items())
+    return tuple(
+        ConsentRight(res, {k: tuple(v) for k, v in md.items()}, acts) for (res, acts), md in merged.items()
+    )
 
 
 def ref_altinn3(details: Any, *, issuer: str, key_id: str | None) -> Consent | None:
@@ -175,6 +189,11 @@ def ref_altinn3(details: Any, *, issuer: str, key_id: str | None) -> Consent | N
     consumer = org_from_iso6523(entry.get("to"))
     if consumer is None:
         raise _bad("consent 'to' is not an organisation")
+    handled_by = None
+    if entry.get("handledBy") is not None:
+        handled_by = org_from_iso6523(entry["handledBy"])
+        if handled_by is None:
+            raise _bad("consent 'handledBy' is not an organisation")
     valid_to = parse_iso_instant(entry.get("validTo"), claim="validTo")
     consented = (
         parse_iso_instant(entry["consented"], claim="consented") if "consented" in entry else None
@@ -189,6 +208,7 @@ def ref_altinn3(details: Any, *, issuer: str, key_id: str | None) -> Consent | N
         rights=ref_rights(entry),
         issuer=issuer,
         key_id=key_id,
+        handled_by=handled_by,
     )
 
 
@@ -198,7 +218,7 @@ def ref_altinn3(details: Any, *, issuer: str, key_id: str | None) -> Consent | N
 def _outcome(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return ("ok", fn(*args, **kwargs))
-    except InvalidTokenError as exc:
+    except (InvalidTokenError, InvalidConsentError) as exc:
         return ("refused", exc.reason, exc.detail)
 
 
@@ -308,7 +328,7 @@ _RESOURCES = st.lists(
         {
             "type": st.sampled_from(["urn:altinn:resource"] * 5 + ["urn:altinn:resourcex"]),
             "value": st.sampled_from(
-                ["ske-skattegrunnlag", "r1", "r1", "974761076_4804_1"] * 2 + ["r 1", "", 5]
+                ["ske-skattegrunnlag", "r1", "r1", "974761076_4804_1", "skd_4628_210607"] * 2 + ["r 1", "", 5]
             ),
         }
     )
@@ -323,10 +343,11 @@ def _right(draw: Any) -> Any:
     right: dict[str, Any] = {}
     if draw(_present()):
         right["action"] = draw(
-            st.sampled_from([["consent"]] * 5 + [["read"], ["read", "consent"], "consent", []])
+            st.sampled_from([["consent"]] * 5 + [["read"], ["read", "consent"], "consent", [],
+                                                  ["Read", "Write"], ["READ", "read"], [1], None, ["a b"]])
         )
     if draw(_present()):
-        right["resource"] = draw(_RESOURCES) if draw(_present()) else []
+        right["resource"] = draw(_RESOURCES) if draw(_present()) else draw(st.sampled_from([[], None, "r1"]))
     spellings = draw(st.sampled_from([("metadata",)] * 4 + [("metaData",), (), ("metadata", "metaData")]))
     for spelling in spellings:
         right[spelling] = draw(_METADATA)
@@ -366,6 +387,13 @@ def _details(draw: Any) -> Any:
             ),
             ("validTo", st.sampled_from(["2026-11-30T11:19:35Z"] * 4 + ["2026-11-30T11:19:35", 1])),
             ("consented", st.sampled_from(["2026-11-29T11:19:35.1234567+01:00", None])),
+            (
+                "handledBy",
+                st.sampled_from(
+                    [None, None, {"authority": "iso6523-actorid-upis", "ID": "0192:312345678"},
+                     "urn:altinn:organization:identifier-no:312345678", "312345678"]
+                ),
+            ),
             ("consentRights", st.lists(_right(), min_size=1, max_size=3)),
         ):
             if draw(_present()):

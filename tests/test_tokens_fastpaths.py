@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from samtykke_gateway.exceptions import InvalidTokenError
+from samtykke_gateway.exceptions import InvalidConsentError, InvalidTokenError
 from samtykke_gateway.identifiers import Party, is_org_number, is_person_id, party_from_digits
 from samtykke_gateway.jose import parse_compact
 from samtykke_gateway.testing import DevIssuer
@@ -44,7 +44,7 @@ _ENTRY_PIECES = st.sampled_from(
 def _outcome(fn: Any, *args: Any) -> Any:
     try:
         return fn(*args)
-    except InvalidTokenError as exc:
+    except (InvalidTokenError, InvalidConsentError) as exc:
         return ("refused", exc.reason)
 
 
@@ -142,7 +142,7 @@ def test_parsers_reuse_results_for_the_same_verified_claims() -> None:
     assert consent_from_altinn2_claims(a2, issuer="altinn", key_id="k") is consent
     test_claims = VerifiedClaims(a2, actual_iss="altinn-test-tools")
     consent_from_altinn2_claims(test_claims, issuer="altinn", key_id="k")
-    with pytest.raises(InvalidTokenError) as refused:  # options are part of the key
+    with pytest.raises(InvalidConsentError) as refused:  # options are part of the key
         consent_from_altinn2_claims(
             test_claims, issuer="altinn", key_id="k", allow_test_tokens=False
         )

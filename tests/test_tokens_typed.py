@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from samtykke_gateway.exceptions import InvalidTokenError
+from samtykke_gateway.exceptions import InvalidConsentError, InvalidTokenError
 from samtykke_gateway.jose import _reference_json_object
 from samtykke_gateway.testing import DevIssuer
 from samtykke_gateway.tokens import typed
@@ -76,9 +76,10 @@ _RESOURCE = st.fixed_dictionaries(
     optional={"extra": st.sampled_from([None, [1, [2]]])},
 ).map(lambda r: r if r.get("extra") else {k: v for k, v in r.items() if k != "extra"})
 _RIGHT = st.fixed_dictionaries(
-    {"resource": st.one_of(st.lists(_RESOURCE, min_size=1, max_size=3), st.none(), st.just("r1"))},
+    {"resource": st.one_of(st.lists(_RESOURCE, min_size=1, max_size=3), st.none(), st.just("r1"), st.just([]))},
     optional={
-        "action": st.sampled_from([*[["consent"]] * 6, ["read"], [], ["consent", "read"], "consent", None]),
+        "action": st.sampled_from([*[["consent"]] * 6, ["read"], [], ["consent", "read"], "consent", None,
+                                   ["Read", "Write"], ["READ", "read"], [1], ["a b"], ["x" * 65], ["r"] * 17]),
         "metadata": st.one_of(_METADATA, st.none(), st.just([])),
         "metaData": st.one_of(_METADATA, st.none()),
     },
@@ -102,7 +103,7 @@ _DETAIL = st.fixed_dictionaries(
         "validTo": _INSTANTS,
         "consentRights": st.one_of(st.lists(_RIGHT, min_size=1, max_size=3), st.none()),
     },
-    optional={"consented": _INSTANTS},
+    optional={"consented": _INSTANTS, "handledBy": st.one_of(_ORGS, st.none())},
 )
 _DEEP: Any = 1
 for _ in range(34):
@@ -166,7 +167,7 @@ def _strict(payload: bytes) -> Any:
         return ("malformed", str(exc))
     try:
         return maskinporten_from_claims(claims, issuer="maskinporten", key_id="k", expires_at=1.0)
-    except InvalidTokenError as exc:
+    except (InvalidTokenError, InvalidConsentError) as exc:
         return ("refused", exc.reason, exc.detail)
 
 
@@ -257,6 +258,44 @@ def test_typed_result_equals_the_strict_result_for_the_usual_token() -> None:
     assert built == _strict(payload)
     rights = {r.resource: dict(r.metadata) for r in built.consent.rights}
     assert rights == {"ske-a": {"inntektsaar": ("2022", "2021")}, "r2": {}}
+    assert built.issued_at == float(NOW)
+
+
+def test_typed_and_strict_read_the_published_shapes_alike() -> None:
+    """Issue 11 shapes on the fast path: ``["read"]``, migrated ``["Read","Write"]`` with
+    ``skd_4628_210607`` and lower-cased keys, a right without a resource, ``handledBy``."""
+    detail = DevIssuer.altinn3_consent(
+        subject="12879397780", consumer="999999999",
+        rights=[("skd_4628_210607", {"inntektsaar": "2022"}), (None, {"inntektsaar": "2021"})],
+        consent_id="443805FC-5901-4d4d-a37d-643897984acf", consented="2026-11-29T13:15:31Z",
+        valid_to="2026-11-30T13:15:31Z", actions=["Read", "Write"], handled_by="312345678",
+    )
+    payload = _serialise(_a3_claims(authorization_details=[detail]), "compact")
+    decoded = typed.decode_maskinporten(payload)
+    assert decoded is not None
+    built = typed.maskinporten_from_typed(decoded, issuer="maskinporten", key_id="k", expires_at=1.0)
+    assert built is not None and built.consent is not None
+    assert built == _strict(payload)
+    assert built.consent.handled_by == "312345678"
+    assert [(r.resource, dict(r.metadata), r.actions) for r in built.consent.rights] == [
+        ("skd_4628_210607", {"inntektsaar": ("2022",)}, ("read", "write"))
+    ]
+    # the same resource under other actions is not merged into the same right
+    split = DevIssuer.altinn3_consent(
+        subject="12879397780", consumer="999999999", rights=[("r1", {"inntektsaar": "2022"})],
+        consent_id="443805FC-5901-4d4d-a37d-643897984acf", valid_to="2026-11-30T13:15:31Z",
+    )
+    split["consentRights"].append(
+        {"action": ["write"], "resource": [{"type": "urn:altinn:resource", "value": "r1"}],
+         "metadata": {"inntektsaar": "2021"}}
+    )
+    payload = _serialise(_a3_claims(authorization_details=[split]), "compact")
+    decoded = typed.decode_maskinporten(payload)
+    assert decoded is not None
+    built = typed.maskinporten_from_typed(decoded, issuer="maskinporten", key_id="k", expires_at=1.0)
+    assert built is not None and built == _strict(payload) and built.consent is not None
+    assert built.consent.rights_for(["r1"], ["consent", "read"]) == (built.consent.rights[0],)
+    assert dict(built.consent.rights[0].metadata) == {"inntektsaar": ("2022",)}
 
 
 # -- verify_typed against verify + maskinporten_from_claims -------------------------------------
@@ -265,7 +304,7 @@ def test_typed_result_equals_the_strict_result_for_the_usual_token() -> None:
 def _outcome(fn: Any) -> Any:
     try:
         return ("ok", fn())
-    except InvalidTokenError as exc:
+    except (InvalidTokenError, InvalidConsentError) as exc:
         return ("refused", exc.reason, exc.detail)
 
 
@@ -285,7 +324,7 @@ async def _compare(dev: DevIssuer, policy: IssuerPolicy, token: str, *, cache: i
 
     try:
         expected: Any = ("ok", await strict())
-    except InvalidTokenError as exc:
+    except (InvalidTokenError, InvalidConsentError) as exc:
         expected = ("refused", exc.reason, exc.detail)
     fast = _outcome(
         lambda: fast_verifier.verify_typed(
@@ -435,8 +474,9 @@ _MUTATIONS = st.one_of(
     st.tuples(st.just((*_D, "consentRights")), st.lists(_RIGHT, max_size=4)),
     st.tuples(st.sampled_from([(*_R, "metadata"), (*_R, "metaData")]),
               st.one_of(_METADATA, st.just(_DROP))),
-    st.tuples(st.just((*_R, "action")), st.sampled_from([["read"], [], _DROP])),
-    st.tuples(st.just((*_R, "resource")), st.lists(_RESOURCE, max_size=3)),
+    st.tuples(st.just((*_R, "action")), st.sampled_from([["read"], [], _DROP, ["Read", "Write"], ["READ"], [7]])),
+    st.tuples(st.just((*_R, "resource")), st.one_of(st.lists(_RESOURCE, max_size=3), st.just(_DROP))),
+    st.tuples(st.just((*_D, "handledBy")), st.one_of(_ORGS, st.just(_DROP))),
 )
 
 

@@ -469,3 +469,68 @@ def test_dev_issuer_token_shapes(dev: DevIssuer) -> None:
     assert mp_claims["authorization_details"] == [consent]
     with pytest.raises(ValueError):
         dev.rotate("nav")
+
+
+# -- issue 11: token age (now - iat), on the gate's injected clock --------------------------------
+
+
+def _gate_at(now: float, *, issuer_bound: float | None, **route_keys: Any) -> tuple[Any, Any]:
+    import tomllib
+
+    from samtykke_gateway.config import parse_config
+    from samtykke_gateway.demo import demo_config_text
+    from samtykke_gateway.gate import Gate
+    from samtykke_gateway.tokens.verify import TokenVerifier
+
+    data = tomllib.loads(demo_config_text(issuer_url="http://127.0.0.1:9", upstream_url="http://127.0.0.1:9",
+                                          audit_url="memory://"))
+    if issuer_bound is not None:
+        data["issuers"]["maskinporten"]["max_token_age_seconds"] = issuer_bound
+    data["routes"][1].update(route_keys)
+    from importlib import resources
+    from pathlib import Path
+
+    config = parse_config(data, base_dir=Path(str(resources.files("samtykke_gateway.data"))))
+    return Gate(config, issuers={}, verifier=TokenVerifier(), clock=lambda: now), config.routes[1]
+
+
+def _mp(iat: float | None) -> Any:
+    from samtykke_gateway.tokens.model import MaskinportenToken
+
+    return MaskinportenToken("maskinporten", "k", "999999999", frozenset({"s"}), 2e9, issued_at=iat)
+
+
+@pytest.mark.parametrize(
+    ("issuer_bound", "route_bound", "age", "refused"),
+    [
+        (None, None, 10_000, False),  # no bound configured: age is not checked
+        (300, None, 300, False),  # exactly at the bound
+        (300, None, 301, True),
+        (None, 60, 61, True),
+        (300, 60, 120, True),  # the stricter (route) wins
+        (60, 300, 120, True),  # the stricter (issuer) wins
+        (300, 600, 299.5, False),
+    ],
+)
+def test_token_age_bound_is_the_stricter_of_issuer_and_route(
+    issuer_bound: float | None, route_bound: float | None, age: float, refused: bool
+) -> None:
+    now = 1_800_000_000.0
+    keys = {} if route_bound is None else {"max_token_age_seconds": route_bound}
+    gate, route = _gate_at(now, issuer_bound=issuer_bound, **keys)
+    if not refused:
+        gate.check_token_age(_mp(now - age), route.max_token_age_seconds)
+        return
+    with pytest.raises(InvalidTokenError) as info:
+        gate.check_token_age(_mp(now - age), route.max_token_age_seconds)
+    assert info.value.status_code == 401 and info.value.reason == "token_too_old"
+    assert info.value.www_authenticate == 'Bearer error="invalid_token"'
+
+
+def test_token_without_iat_is_too_old_only_where_age_is_bounded() -> None:
+    gate, route = _gate_at(1_800_000_000.0, issuer_bound=None)
+    gate.check_token_age(_mp(None), route.max_token_age_seconds)
+    bounded, route = _gate_at(1_800_000_000.0, issuer_bound=120)
+    with pytest.raises(InvalidTokenError) as info:
+        bounded.check_token_age(_mp(None), route.max_token_age_seconds)
+    assert info.value.reason == "token_too_old"

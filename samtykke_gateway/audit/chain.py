@@ -37,7 +37,7 @@ import orjson
 
 from ..exceptions import AuditUnavailableError
 from .base import VerifyResult
-from .record import DisclosureRecord
+from .record import OMITTED_WHEN_NONE, DisclosureRecord
 
 __all__ = [
     "GENESIS_HASH",
@@ -259,6 +259,9 @@ def prepare(record: DisclosureRecord) -> PreparedRecord:
         names, values_of = _fields_of(type(record))
         values = values_of(record)
         obj = dict(zip(names, values, strict=True))  # field names: str keys
+        for name in OMITTED_WHEN_NONE:  # stored as before the field existed
+            if obj[name] is None:
+                del obj[name]
         text = _fast_json(obj) if _plain_values(values) else None
         if text is None:
             text = _reference_json(obj)

@@ -13,7 +13,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DisclosureRecord"]
+__all__ = ["OMITTED_WHEN_NONE", "DisclosureRecord"]
+
+#: Fields added after logs were first written: left out of the stored record while ``None``,
+#: so a record without them is stored (and hashed) exactly as before they existed, and a
+#: stored record without them reads back with ``None``.
+OMITTED_WHEN_NONE = ("handled_by",)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -25,6 +30,9 @@ class DisclosureRecord:
     :mod:`samtykke_gateway.exceptions` (``"ok"`` when allowed).
     ``token_kind`` is ``"altinn2"``, ``"altinn3"``, ``"altinn3-migrated"`` or ``None``.
     ``consumer``/``supplier``/``subject`` are bare digit strings (org number / person id).
+    ``handled_by``: when an Altinn 3 token was issued to the consent's handler (route
+    ``accept_handled_by``): the handler's org number (the caller), while ``consumer`` is the
+    consent's recipient (``to``); ``None`` otherwise (docs/protocol.md §3.3, §7).
     ``metadata`` is the consent metadata that applied (JSON object of str → list[str]).
     ``requested_params``/``effective_params``: query parameters as received / as forwarded.
     ``released_paths``: field paths that left the gateway (rights-package path language).
@@ -51,6 +59,7 @@ class DisclosureRecord:
     subject: str | None = None
     consumer: str | None = None
     supplier: str | None = None
+    handled_by: str | None = None
     client_id: str | None = None
     resource: str | None = None
     rights_package: str | None = None
@@ -64,8 +73,13 @@ class DisclosureRecord:
     detail: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of every field (stable key order = field order)."""
-        return dataclasses.asdict(self)
+        """JSON-ready dict of every field (stable key order = field order), without the
+        :data:`OMITTED_WHEN_NONE` fields that are ``None``."""
+        out = dataclasses.asdict(self)
+        for name in OMITTED_WHEN_NONE:
+            if out[name] is None:
+                del out[name]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DisclosureRecord:

@@ -19,7 +19,7 @@ from itertools import repeat
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ..exceptions import InvalidTokenError
+from ..exceptions import InvalidConsentError
 from ..identifiers import is_org_number, party_from_digits
 from .memo import remember, remembered
 from .model import Consent, ConsentRight
@@ -44,8 +44,8 @@ _GUID = re.compile(
 _CANONICAL_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _bad(detail: str) -> InvalidTokenError:
-    return InvalidTokenError(detail, reason="bad_consent_claims")
+def _bad(detail: str) -> InvalidConsentError:
+    return InvalidConsentError(detail, reason="bad_consent_claims")
 
 
 def _canonical_guid(code: str) -> str:
@@ -59,7 +59,7 @@ def parse_service_entry(entry: str) -> tuple[str, dict[str, str]]:
     """``"4630,2,fraOgMed=2017-06,tilOgMed=2017-08"`` → (``"4630_2"``, {fraogmed: .., tilogmed: ..}).
 
     Metadata keys are lower-cased (compared case-insensitively, as Altinn 3 migration does).
-    :raises InvalidTokenError: (401, ``bad_consent_claims``) for an entry of any other shape.
+    :raises InvalidConsentError: (403, ``bad_consent_claims``) for an entry of any other shape.
     """
     simple = _SIMPLE_ENTRY.fullmatch(entry)
     if simple is not None:
@@ -93,7 +93,7 @@ def parse_altinn_date(value: Any, *, claim: str) -> float:
 
     Accepts int/float epoch seconds, ``"yyyy-MM-dd HH:mm:ss"``, ``"dd.MM.yyyy HH:mm:ss"`` and
     ``"yyyy-MM-ddTHH:mm:ss"`` (Europe/Oslo when no zone), or ISO 8601 with an offset.
-    :raises InvalidTokenError: (401, ``bad_consent_claims``) otherwise.
+    :raises InvalidConsentError: (403, ``bad_consent_claims``) otherwise.
     """
     if type(value) is int and 0 <= value <= 253402300799:  # the usual case, in one test
         return float(value)
@@ -136,14 +136,14 @@ def consent_from_altinn2_claims(
 
     :param allow_test_tokens: ``False`` in production profiles: a token with ``actual_iss``
         (Altinn test-generator marker) is refused.
-    :raises InvalidTokenError: (401) missing/ill-typed identity claims or unparsable entries.
+    :raises InvalidConsentError: (403) missing/ill-typed identity claims or unparsable entries.
     """
     options = (issuer, key_id, allow_test_tokens)
     known = remembered(claims, "altinn2", options)
     if known is not None:
         return known
     if not allow_test_tokens and "actual_iss" in claims:
-        raise InvalidTokenError(
+        raise InvalidConsentError(
             "test-generator consent tokens are not accepted in this profile",
             reason="test_token_refused",
         )

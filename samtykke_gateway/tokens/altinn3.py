@@ -6,6 +6,14 @@ Source: Altinn 3 resource-owner consent guide (altinn-studio-docs
 case; the same resource in several ``consentRights`` (allowed values are the union);
 ``consented``/``validTo`` with ``Z`` or an offset and up to 7 fraction digits. Exactly one
 ``urn:altinn:consent`` entry per token. Doc typos (``concent``) are never accepted.
+
+Since issue 11 (docs/protocol.md §3.3): ``action`` is kept on each right (lower-cased; which
+actions cover a read is the route's ``accepted_actions``, decided in
+:mod:`~samtykke_gateway.binding`); a right that lists no resource (``resource`` absent,
+``null`` or ``[]``) grants nothing and does not void the others; ``handledBy`` (ISO 6523
+object or URN string, like ``to``) is read into :attr:`Consent.handled_by`. A malformed
+consent is :class:`~samtykke_gateway.exceptions.InvalidConsentError` (403): the bearer that
+carries it is authentic.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from ..exceptions import InvalidTokenError
+from ..exceptions import InvalidConsentError
 from ..identifiers import org_from_iso6523, party_from_urn
 from .model import Consent, ConsentRight
 
@@ -27,18 +35,33 @@ _ISO = re.compile(
 _ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._:-]{0,127}")
 _RESOURCE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._:-]{0,127}")
 _RESOURCE_TYPE = "urn:altinn:resource"
+_ACTION = re.compile(r"[!-~]{1,64}")  # printable ASCII, no space
 _MAX_RIGHTS = 64
 _MAX_META = 64
+_MAX_ACTIONS = 16
 
 
-def _bad(detail: str) -> InvalidTokenError:
-    return InvalidTokenError(detail, reason="bad_consent_claims")
+def _bad(detail: str) -> InvalidConsentError:
+    return InvalidConsentError(detail, reason="bad_consent_claims")
+
+
+def actions_of(raw: list[str]) -> tuple[str, ...] | None:
+    """``consentRights[].action`` (a list of strings) → lower-cased, sorted, each once; ``None``
+    when an entry is not 1-64 printable ASCII characters or there are more than 16."""
+    if len(raw) > _MAX_ACTIONS:
+        return None
+    out = set()
+    for action in raw:
+        if type(action) is not str or _ACTION.fullmatch(action) is None:
+            return None
+        out.add(action.lower())
+    return tuple(sorted(out))
 
 
 def parse_iso_instant(value: Any, *, claim: str) -> float:
     """ISO 8601 instant with ``Z`` or ``±HH:MM`` and 0–7 fraction digits → epoch seconds.
 
-    :raises InvalidTokenError: (401, ``bad_consent_claims``) for anything else (no zone, wrong type).
+    :raises InvalidConsentError: (403, ``bad_consent_claims``) for anything else (no zone, wrong type).
     """
     if not isinstance(value, str) or len(value) > 40:
         raise _bad(f"{claim} is missing or not a string")
@@ -79,17 +102,27 @@ def _rights(entry: dict[str, Any]) -> tuple[ConsentRight, ...]:
     raw = entry.get("consentRights")
     if not isinstance(raw, list) or not raw or len(raw) > _MAX_RIGHTS:
         raise _bad("consentRights is missing or not a list")
-    # resource -> lower-cased key -> values (tuples, so a right's metadata is used as is)
-    merged: dict[str, dict[str, tuple[str, ...]]] = {}
+    # (resource, actions) -> lower-cased key -> values (tuples, so a right's metadata is used
+    # as is). Rights merge only with the same actions: a year consented for "write" alone must
+    # not join a year consented for "read".
+    merged: dict[tuple[str, tuple[str, ...]], dict[str, tuple[str, ...]]] = {}
     for right in raw:
         if not isinstance(right, dict):
             raise _bad("consentRights entry is not an object")
         action = right.get("action")
-        if action is not None and (not isinstance(action, list) or "consent" not in action):
-            raise _bad("consentRights action does not include 'consent'")
+        if action is None:
+            actions: tuple[str, ...] | None = ()  # covers nothing: no action is accepted
+        elif isinstance(action, list):
+            actions = actions_of(action)
+        else:
+            actions = None
+        if actions is None:
+            raise _bad("consentRights action is not a list of action names")
         resources = right.get("resource")
-        if not isinstance(resources, list) or not resources:
-            raise _bad("consentRights resource is missing")
+        if resources is None or resources == []:
+            continue  # a right without a resource grants nothing and voids nothing
+        if not isinstance(resources, list):
+            raise _bad("consentRights resource is not a list")
         metadata = _metadata(right)
         for res in resources:
             if not isinstance(res, dict) or res.get("type") != _RESOURCE_TYPE:
@@ -97,32 +130,33 @@ def _rights(entry: dict[str, Any]) -> tuple[ConsentRight, ...]:
             value = res.get("value")
             if not isinstance(value, str) or _RESOURCE.fullmatch(value) is None:
                 raise _bad("consentRights resource value is not a resource id")
-            merge_right(merged, value, metadata, shared=len(resources) > 1)
-    return tuple([ConsentRight(res, md) for res, md in merged.items()])
+            merge_right(merged, (value, actions), metadata, shared=len(resources) > 1)
+    return tuple([ConsentRight(res, md, actions) for (res, actions), md in merged.items()])
 
 
 def merge_right(
-    merged: dict[str, dict[str, tuple[str, ...]]],
-    resource: str,
+    merged: dict[tuple[str, tuple[str, ...]], dict[str, tuple[str, ...]]],
+    key: tuple[str, tuple[str, ...]],
     metadata: dict[str, tuple[str, ...]],
     *,
     shared: bool,
 ) -> None:
     """Add one ``consentRights`` entry's ``metadata`` (lower-cased key → one-value tuple) for
-    ``resource`` to ``merged``: the same resource in several rights allows the union of their
-    values per key (Altinn 3 validate-consent guide; SPEC §5). ``shared``: the metadata dict
-    also serves other resources of the same right, so it is copied before it can be merged into.
+    ``key`` = (resource, actions) to ``merged``: the same resource with the same actions in
+    several rights allows the union of their values per key (Altinn 3 validate-consent guide;
+    docs/protocol.md §3.3, §5). ``shared``: the metadata dict also serves other resources of
+    the same right, so it is copied before it can be merged into.
     """
-    target = merged.get(resource)
+    target = merged.get(key)
     if target is None:
-        merged[resource] = metadata.copy() if shared else metadata
+        merged[key] = metadata.copy() if shared else metadata
         return
-    for key, one in metadata.items():
-        vals = target.get(key)
+    for name, one in metadata.items():
+        vals = target.get(name)
         if vals is None:
-            target[key] = one
+            target[name] = one
         elif one[0] not in vals:
-            target[key] = (*vals, one[0])
+            target[name] = (*vals, one[0])
 
 
 def consent_from_authorization_details(
@@ -131,7 +165,8 @@ def consent_from_authorization_details(
     """``authorization_details`` claim (RFC 9396) → :class:`Consent` of kind ``"altinn3"``.
 
     :returns: ``None`` when the claim is absent or holds no ``urn:altinn:consent`` entry.
-    :raises InvalidTokenError: (401) more than one consent entry, or a malformed one.
+    :raises InvalidConsentError: (403, ``bad_consent_claims``) more than one consent entry, or
+        a malformed one.
     """
     if details is None:
         return None
@@ -154,6 +189,11 @@ def consent_from_authorization_details(
     consumer = org_from_iso6523(entry.get("to"))
     if consumer is None:
         raise _bad("consent 'to' is not an organisation")
+    handled_by = None
+    if entry.get("handledBy") is not None:
+        handled_by = org_from_iso6523(entry["handledBy"])
+        if handled_by is None:
+            raise _bad("consent 'handledBy' is not an organisation")
     # parse_iso_instant inline for a well-formed instant; it names the failure otherwise.
     valid_to: Any = entry.get("validTo")
     if type(valid_to) is str and len(valid_to) <= 40 and _ISO.fullmatch(valid_to) is not None:
@@ -184,4 +224,5 @@ def consent_from_authorization_details(
         key_id,
         None,
         consented,
+        handled_by,
     )

@@ -39,7 +39,9 @@ def maskinporten_from_claims(
     cache has seen before is not parsed again.
 
     :raises InvalidTokenError: (401) ``consumer`` missing or not ISO 6523 ``0192:<orgno>``,
-        ``scope`` not a string, ``supplier`` malformed, malformed consent entry.
+        ``scope`` not a string, ``supplier`` malformed.
+    :raises InvalidConsentError: (403, ``bad_consent_claims``) a malformed Altinn 3 consent
+        entry (the bearer is authentic; the consent is the problem, docs/protocol.md §4).
     """
     options = (issuer, key_id, expires_at)
     known = remembered(claims, "maskinporten", options)
@@ -77,6 +79,8 @@ def maskinporten_from_claims(
     jti = claims.get("jti")
     if jti is not None and (type(jti) is not str or len(jti) > 512):
         jti = _opt_str(claims, "jti")
+    iat = claims.get("iat")
+    issued_at = float(iat) if type(iat) is int or type(iat) is float else None
     token = MaskinportenToken(
         issuer,
         key_id,
@@ -88,5 +92,6 @@ def maskinporten_from_claims(
         client_id,
         jti,
         consent,
+        issued_at,
     )
     return remember(claims, "maskinporten", options, token)

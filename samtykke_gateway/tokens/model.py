@@ -30,10 +30,15 @@ class ConsentRight(msgspec.Struct, frozen=True, gc=False):
     ``resource``: Altinn 2 service ``"{serviceCode}_{editionCode}"`` or Altinn 3 resource id.
     ``metadata``: lower-cased key → tuple of values, as consented (Altinn does not validate
     values; the gateway parses them strictly where a route constrains them).
+    ``actions``: Altinn 3 ``consentRights[].action``, lower-cased, sorted, each once
+    (``("consent",)``, ``("read",)``, ``("read", "write")`` for a migrated consent); ``()`` for
+    Altinn 2 (no actions) and for an Altinn 3 right that lists none — such a right covers
+    nothing on a route (docs/protocol.md §3.3).
     """
 
     resource: str
     metadata: Mapping[str, tuple[str, ...]] = msgspec.field(default_factory=dict)
+    actions: tuple[str, ...] = ()
 
 
 class Consent(msgspec.Struct, frozen=True, gc=False):
@@ -42,6 +47,8 @@ class Consent(msgspec.Struct, frozen=True, gc=False):
     ``valid_to`` / ``delegated``: epoch seconds (UTC). ``consumer``/``supplier``: 9-digit org
     numbers (``CoveredBy``/``HandledBy`` in Altinn 2, ``to`` in Altinn 3; Altinn 3 suppliers
     come from the Maskinporten token). ``issuer``/``key_id``: of the token that carried it.
+    ``handled_by``: Altinn 3 ``handledBy`` (9-digit org number), the organisation that handles
+    the consent for the recipient ``consumer``; ``None`` when absent (docs/protocol.md §3.3).
     """
 
     kind: ConsentKind
@@ -54,18 +61,28 @@ class Consent(msgspec.Struct, frozen=True, gc=False):
     key_id: str | None
     supplier: str | None = None
     delegated: float | None = None
+    handled_by: str | None = None
 
-    def rights_for(self, resources: Iterable[str]) -> tuple[ConsentRight, ...]:
-        """The rights whose resource is one of ``resources`` (order kept)."""
+    def rights_for(
+        self, resources: Iterable[str], actions: Iterable[str] | None = None
+    ) -> tuple[ConsentRight, ...]:
+        """The rights whose resource is one of ``resources`` (order kept); with ``actions``
+        (lower-cased), only those whose own actions include at least one of them."""
         wanted = set(resources)
-        return tuple(r for r in self.rights if r.resource in wanted)
+        if actions is None:
+            return tuple(r for r in self.rights if r.resource in wanted)
+        accepted = set(actions)
+        return tuple(
+            r for r in self.rights if r.resource in wanted and not accepted.isdisjoint(r.actions)
+        )
 
 
 class MaskinportenToken(msgspec.Struct, frozen=True, gc=False):
     """A verified Maskinporten access token (Digdir ``maskinporten_protocol_token``).
 
     ``scopes``: the space-separated ``scope`` claim as a set. ``client_id`` is for the log
-    only, never for authorisation. ``expires_at``: epoch seconds.
+    only, never for authorisation. ``expires_at`` / ``issued_at`` (``iat``, ``None`` when
+    absent): epoch seconds.
     """
 
     issuer: str
@@ -78,3 +95,4 @@ class MaskinportenToken(msgspec.Struct, frozen=True, gc=False):
     client_id: str | None = None
     jti: str | None = None
     consent: Consent | None = None
+    issued_at: float | None = None

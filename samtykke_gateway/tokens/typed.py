@@ -42,7 +42,7 @@ from datetime import datetime
 import msgspec
 
 from ..identifiers import party_from_urn
-from .altinn3 import _ID, _ISO, _RESOURCE, _RESOURCE_TYPE, CONSENT_TYPE, merge_right
+from .altinn3 import _ID, _ISO, _RESOURCE, _RESOURCE_TYPE, CONSENT_TYPE, actions_of, merge_right
 from .model import Consent, ConsentRight, MaskinportenToken
 
 __all__ = ["MaskinportenClaims", "decode_maskinporten", "maskinporten_from_typed"]
@@ -63,7 +63,7 @@ class _Resource(msgspec.Struct, **_STRUCT):  # type: ignore[call-arg]
 
 
 class _Right(msgspec.Struct, kw_only=True, **_STRUCT):  # type: ignore[call-arg]
-    resource: list[_Resource]
+    resource: list[_Resource] | None = None
     action: list[str] | None = None
     metadata: dict[str, str] | None = None
     metaData: dict[str, str] | None = None  # noqa: N815 - the claim's spelling
@@ -76,6 +76,7 @@ class _Detail(msgspec.Struct, kw_only=True, **_STRUCT):  # type: ignore[call-arg
     id: str
     from_: str = msgspec.field(name="from")
     to: _Org | str
+    handledBy: _Org | str | None = None  # noqa: N815
     validTo: str  # noqa: N815
     consentRights: list[_Right]  # noqa: N815
     consented: str | None = None
@@ -160,14 +161,15 @@ def _rights(rights: list[_Right]) -> tuple[ConsentRight, ...]:
     """``altinn3._rights`` for typed rights (same merge, same result)."""
     if not rights or len(rights) > 64:
         raise _Undecided
-    merged: dict[str, dict[str, tuple[str, ...]]] = {}
+    merged: dict[tuple[str, tuple[str, ...]], dict[str, tuple[str, ...]]] = {}
     for right in rights:
         action = right.action
-        if action is not None and "consent" not in action:
+        actions = () if action is None else actions_of(action)
+        if actions is None:
             raise _Undecided
         resources = right.resource
         if not resources:
-            raise _Undecided
+            continue  # no resource: grants nothing, voids nothing (as the strict parser)
         raw = right.metadata
         if raw is None:
             raw = right.metaData
@@ -186,8 +188,8 @@ def _rights(rights: list[_Right]) -> tuple[ConsentRight, ...]:
             value = res.value
             if res.type != _RESOURCE_TYPE or _RESOURCE.fullmatch(value) is None:
                 raise _Undecided
-            merge_right(merged, value, metadata, shared=len(resources) > 1)
-    return tuple([ConsentRight(res, md) for res, md in merged.items()])
+            merge_right(merged, (value, actions), metadata, shared=len(resources) > 1)
+    return tuple([ConsentRight(res, md, acts) for (res, acts), md in merged.items()])
 
 
 def _consent(details: list[_Detail], issuer: str, key_id: str | None) -> Consent | None:
@@ -206,6 +208,7 @@ def _consent(details: list[_Detail], issuer: str, key_id: str | None) -> Consent
     if subject is None:
         raise _Undecided
     consumer = _org(entry.to)
+    handled_by = None if entry.handledBy is None else _org(entry.handledBy)
     valid_to = _instant(entry.validTo)
     consented = None if entry.consented is None else _instant(entry.consented)
     return Consent(
@@ -219,6 +222,7 @@ def _consent(details: list[_Detail], issuer: str, key_id: str | None) -> Consent
         key_id,
         None,
         consented,
+        handled_by,
     )
 
 
@@ -258,4 +262,5 @@ def maskinporten_from_typed(
         client_id,
         jti,
         consent,
+        None if claims.iat is None else float(claims.iat),
     )
