@@ -64,6 +64,8 @@ class Gateway:
         self.state: ConsentState = state or open_state(
             config, metrics=self.observer if isinstance(self.observer, GatewayMetrics) else None
         )
+        if isinstance(self.state, ConsentStateService):  # first start vs reset: docs/protocol.md §8
+            self.state.bind_disclosure_log(self.store)
         self.issuers: dict[str, IssuerPolicy] = build_issuer_policies(config, self.http)
         if isinstance(self.observer, GatewayMetrics):
             self.observer.bind_issuers(self.issuers)

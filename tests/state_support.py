@@ -57,6 +57,18 @@ async def redis_prefix() -> AsyncIterator[tuple[str, str]]:
             await client.aclose()
 
 
+async def empty_disclosure_log() -> bool:
+    """The first-start witness of a new deployment (its disclosure log never held a record)."""
+    return True
+
+
+def redis_backend(url: str, prefix: str, **kw: Any) -> Any:
+    """A :class:`RedisBackend` of a new deployment: a missing generation marker is a first start."""
+    from samtykke_gateway.state.redis_backend import RedisBackend
+
+    return RedisBackend(url, key_prefix=prefix, disclosure_log_empty=empty_disclosure_log, **kw)
+
+
 def with_routes(config: GatewayConfig, **changes_by_route: dict[str, Any]) -> GatewayConfig:
     """``with_routes(cfg, spesifisertsummertskattegrunnlag={"one_time": True})``."""
     routes = tuple(

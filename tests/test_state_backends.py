@@ -16,7 +16,7 @@ from samtykke_gateway.exceptions import StateUnavailableError
 from samtykke_gateway.state import Claim, MemoryBackend, StateBackend
 from samtykke_gateway.state.redis_backend import RedisBackend
 
-from .state_support import DEAD_REDIS_URL, redis_prefix
+from .state_support import DEAD_REDIS_URL, redis_backend, redis_prefix
 
 pytestmark = pytest.mark.anyio
 KINDS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
@@ -30,7 +30,7 @@ async def backends(kind: str, n: int = 1) -> AsyncIterator[list[StateBackend]]:
         yield [one] * n
         return
     async with redis_prefix() as (url, prefix):
-        made = [RedisBackend(url, key_prefix=prefix) for _ in range(n)]
+        made = [redis_backend(url, prefix) for _ in range(n)]
         try:
             yield made  # type: ignore[misc]
         finally:

@@ -11,7 +11,7 @@ import pytest
 from samtykke_gateway.cli import main
 from samtykke_gateway.state.redis_backend import RedisBackend
 
-from .state_support import DEAD_REDIS_URL, redis_prefix, write_config
+from .state_support import DEAD_REDIS_URL, redis_backend, redis_prefix, write_config
 
 
 def _config(tmp_path: Path, state: str) -> str:
@@ -52,7 +52,7 @@ def test_revoke_writes_to_redis(tmp_path: Path, capsys: pytest.CaptureFixture[st
             assert rc == 0
             assert await check(url, prefix, cid)
             assert await asyncio.to_thread(main, ["state", "status", "--config", cfg, cid]) == 0
-            b = RedisBackend(url, key_prefix=prefix)
+            b = redis_backend(url, prefix)
             try:
                 from samtykke_gateway.state import Claim
 
