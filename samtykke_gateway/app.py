@@ -5,8 +5,10 @@ Answered here and never proxied (paths configurable: ``[gateway] health_path`` /
 
 - ``/healthz`` — 200 ``{"status": "ok"}`` while the process serves (Kubernetes liveness);
 - ``/readyz`` — 200 when every issuer's keys are loaded, the disclosure store answers a ping and
-  the consent state is usable (backend ping, revocation file readable, feed not stale);
-  503 with the failing checks otherwise (readiness: the replica leaves the Service);
+  the consent state is usable (backend ping, revocation file readable, feed not stale, Redis
+  not reset: ``consent_state_reset``); 503 with the failing checks otherwise (readiness: the
+  replica leaves the Service); ``consent_state_durability`` says what Redis promises about
+  keeping the state (a warning, never a failure);
 - ``/metrics`` — Prometheus text format from the gateway's own registry.
 
 Every other request gets a correlation id before the middleware sees it (the caller's
@@ -122,6 +124,11 @@ class SidecarApp:
         except GatewayError as exc:
             checks["consent_state"] = exc.reason
             ok = False
+        durability = getattr(self.gateway.state, "durability", None)
+        if durability is not None and (promise := await durability()) is not None:
+            # a warning only (a Redis without persistence still serves; a reset it causes is
+            # caught by the generation marker): consent_state_durability
+            checks["consent_state_durability"] = f"{promise['verdict']}: {promise['detail']}"
         return ok, checks
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
