@@ -122,8 +122,8 @@ def _print_state(config: GatewayConfig) -> None:
     if durability is not None:
         verdict, detail = durability
         print(f"  {'':<19}Redis durability: {verdict.upper() if verdict != 'ok' else 'ok'}: {detail}")
-        if verdict != "ok":
-            print(f"WARNING: Redis durability {verdict}: {detail} (docs/protocol.md §8; config/README.md [state])")
+        if verdict == "warning":  # unknown (unreachable here, CONFIG refused) stays on the line above
+            print(f"WARNING: Redis durability: {detail} (docs/protocol.md §8; config/README.md [state])")
 
 
 def _without_password(url: str | None) -> str | None:

@@ -90,7 +90,7 @@ def test_check_config_warns_about_a_redis_without_persistence(tmp_path: Path,
         assert main(["check-config", "--config", _config(tmp_path, f'[state]\nurl = "{plain.url}"\n')]) == 0
         out = capsys.readouterr().out
         assert "Redis durability: WARNING: no persistence" in out
-        assert "WARNING: Redis durability warning: no persistence" in out
+        assert "WARNING: Redis durability: no persistence" in out
         assert main(["check-config", "--config", _config(tmp_path, f'[state]\nurl = "{aof.url}"\n')]) == 0
         out = capsys.readouterr().out
         assert "Redis durability: ok: AOF, appendfsync always" in out and "WARNING" not in out

@@ -185,7 +185,7 @@ async def test_a_replica_running_through_the_reset_adopts_the_operators_confirma
         config = _config(issuer_url, server.url)
         store = MemoryStore()
         await store.open()
-        async with _gateway_on(config, store) as (client, gw):
+        async with _gateway_on(config, store) as (client, _):
             assert await _status(client, dev_issuer, str(uuid.uuid4())) == (200, None)
             await asyncio.to_thread(server.restart)
             assert await _status(client, dev_issuer, str(uuid.uuid4())) == (503, "consent_state_reset")

@@ -249,5 +249,11 @@ def durability_line(config: Any) -> tuple[str, str] | None:
         finally:
             await backend.close()
 
-    result = asyncio.run(run())
+    async def bounded() -> dict[str, str]:
+        try:
+            return await asyncio.wait_for(run(), 5.0)  # a name that never resolves, a silent host
+        except TimeoutError:
+            return {"verdict": "unknown", "detail": "Redis did not answer within 5 s"}
+
+    result = asyncio.run(bounded())
     return result["verdict"], result["detail"]
