@@ -36,6 +36,7 @@ import contextlib
 import json
 import os
 import shutil
+import shlex
 import signal
 import socket
 import statistics
@@ -291,7 +292,7 @@ def scenario_redis(run: Run, upstream: str, issuer_url: str, issuer: DevIssuer, 
     double = sum(1 for (first, _, _), (again, _, _) in zip(spend, replay, strict=True) if first == again == 200)
     ready = httpx.get(url + "/readyz", timeout=10).json()
     result: dict[str, Any] = {
-        "redis": " ".join(args),
+        "redis": shlex.join(args),
         "spend": _count(spend),
         "replay_after_redis_crash_and_restart": _count(replay),
         "double_deliveries": double,
