@@ -10,6 +10,11 @@ Answered here and never proxied (paths configurable: ``[gateway] health_path`` /
   failing checks otherwise (readiness: the replica leaves the Service). A configured issuer no
   route uses and the legacy Altinn 2 consent feed are reported, never a failure: a stale feed
   refuses only the Altinn 2 consents it covers (docs/protocol.md §8);
+- ``/readyz`` — 200 when every issuer's keys are loaded, the disclosure store answers a ping and
+  the consent state is usable (backend ping, revocation file readable, feed not stale, Redis
+  not reset: ``consent_state_reset``); 503 with the failing checks otherwise (readiness: the
+  replica leaves the Service); ``consent_state_durability`` says what Redis promises about
+  keeping the state (a warning, never a failure);
 - ``/metrics`` — Prometheus text format from the gateway's own registry.
 
 Every other request gets a correlation id before the middleware sees it (the caller's
@@ -145,6 +150,11 @@ class SidecarApp:
         feed = self.gateway.state.feed_status() if isinstance(self.gateway.state, ConsentStateService) else None
         if feed is not None:
             checks["consent_feed"] = feed
+        durability = getattr(self.gateway.state, "durability", None)
+        if durability is not None and (promise := await durability()) is not None:
+            # a warning only (a Redis without persistence still serves; a reset it causes is
+            # caught by the generation marker): consent_state_durability
+            checks["consent_state_durability"] = f"{promise['verdict']}: {promise['detail']}"
         return ok, checks
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:

@@ -12,6 +12,7 @@
     samtykke-gateway audit verify|export|purge ...
     samtykke-gateway revoke --config FILE CONSENT_ID...
     samtykke-gateway state status --config FILE CONSENT_ID
+    samtykke-gateway state confirm-reset --config FILE
 
 Exit codes: 0 ok, 1 a check failed, 2 usage or configuration error.
 """
@@ -141,6 +142,14 @@ def _print_state(config: GatewayConfig) -> None:
               f" (services {', '.join(feed.services) or '-'}; stale after "
               f"{f'{feed.max_staleness_seconds:g} s' if feed.max_staleness_seconds else 'never'})")
     print(f"  {'':<19}reused jti: {config.jti_replay}")
+    from .state.admin import durability_line
+
+    durability = durability_line(config)
+    if durability is not None:
+        verdict, detail = durability
+        print(f"  {'':<19}Redis durability: {verdict.upper() if verdict != 'ok' else 'ok'}: {detail}")
+        if verdict == "warning":  # unknown (unreachable here, CONFIG refused) stays on the line above
+            print(f"WARNING: Redis durability: {detail} (docs/protocol.md §8; config/README.md [state])")
 
 
 def _without_password(url: str | None) -> str | None:

@@ -75,6 +75,8 @@ class Gateway:
         self.state: ConsentState = state or open_state(
             config, metrics=self.observer if isinstance(self.observer, GatewayMetrics) else None
         )
+        if isinstance(self.state, ConsentStateService):  # first start vs reset: docs/protocol.md §8
+            self.state.bind_disclosure_log(self.store)
         #: issuers whose key set starts empty although ``carry_keys_from`` was given
         self.new_key_sources: frozenset[str] = frozenset()
         self.issuers: dict[str, IssuerPolicy] = self._issuer_policies(config, carry_keys_from)

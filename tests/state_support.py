@@ -57,6 +57,18 @@ async def redis_prefix() -> AsyncIterator[tuple[str, str]]:
             await client.aclose()
 
 
+async def empty_disclosure_log() -> bool:
+    """The first-start witness of a new deployment (its disclosure log never held a record)."""
+    return True
+
+
+def redis_backend(url: str, prefix: str, **kw: Any) -> Any:
+    """A :class:`RedisBackend` of a new deployment: a missing generation marker is a first start."""
+    from samtykke_gateway.state.redis_backend import RedisBackend
+
+    return RedisBackend(url, key_prefix=prefix, disclosure_log_empty=empty_disclosure_log, **kw)
+
+
 def with_routes(config: GatewayConfig, **changes_by_route: dict[str, Any]) -> GatewayConfig:
     """``with_routes(cfg, spesifisertsummertskattegrunnlag={"one_time": True})``."""
     routes = tuple(
@@ -130,3 +142,67 @@ def sidecar_process(args: list[str], *, port: int, log_path: Path, env: dict[str
 def cli() -> list[str]:
     """The console script, run with this interpreter."""
     return [sys.executable, "-m", "samtykke_gateway.cli"]
+
+
+class OwnRedis:
+    """A redis-server of this test's own on 127.0.0.1 (never the shared one): it can be killed
+    and restarted. ``args``: persistence options, e.g. ``["--save", "", "--appendonly", "no"]``.
+    Skips when no ``redis-server`` binary is installed (fails under ``SAMTYKKE_REQUIRE_SERVICES=1``)."""
+
+    def __init__(self, directory: Path, args: list[str]) -> None:
+        import shutil
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            if os.environ.get("SAMTYKKE_REQUIRE_SERVICES") == "1":
+                pytest.fail("redis-server is not installed but SAMTYKKE_REQUIRE_SERVICES=1")
+            pytest.skip("redis-server is not installed (restart tests run their own Redis)")
+        self.binary, self.directory, self.args = binary, directory, args
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_seconds: float = 10.0) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+             "--protected-mode", "yes", *self.args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited {self.proc.returncode}")
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not answer PING")
+
+    def kill(self) -> None:
+        """SIGKILL (a crash: nothing is saved on the way out) and wait."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+@contextlib.contextmanager
+def own_redis(directory: Path, *, persistent: bool) -> Iterator[OwnRedis]:
+    """Without persistence (``--save "" --appendonly no``, like the CI Redis) or with AOF
+    ``appendfsync always``."""
+    args = (["--save", "", "--appendonly", "yes", "--appendfsync", "always"] if persistent
+            else ["--save", "", "--appendonly", "no"])
+    server = OwnRedis(directory, args)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

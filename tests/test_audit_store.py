@@ -106,6 +106,19 @@ def test_sqlite_url_forms(tmp_path: Path) -> None:
     assert relative.synchronous == "NORMAL"  # type: ignore[attr-defined]
 
 
+async def test_head_seq_is_zero_until_the_first_record_and_survives_a_purge(
+        store_url: tuple[str, str, str | None]) -> None:
+    """The consent state's first-start witness (a Redis generation marker is created only while
+    the disclosure log never held a record)."""
+    _, url, _ = store_url
+    async with opened(url) as store:
+        assert await store.head_seq() == 0  # type: ignore[attr-defined]
+        await fill(store, 3, time="2000-01-01T00:00:00.000000Z")
+        assert await store.head_seq() == 3  # type: ignore[attr-defined]
+        assert await store.purge(older_than_days=1) == 3
+        assert await store.head_seq() == 3  # type: ignore[attr-defined]
+
+
 async def test_append_then_verify_and_export(store_url: tuple[str, str, str | None]) -> None:
     _, url, _ = store_url
     async with opened(url) as store:

@@ -16,7 +16,7 @@ from samtykke_gateway.exceptions import StateUnavailableError
 from samtykke_gateway.state import Claim, MemoryBackend, StateBackend
 from samtykke_gateway.state.redis_backend import RedisBackend
 
-from .state_support import DEAD_REDIS_URL, redis_prefix
+from .state_support import DEAD_REDIS_URL, redis_backend, redis_prefix
 
 pytestmark = pytest.mark.anyio
 KINDS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
@@ -30,7 +30,7 @@ async def backends(kind: str, n: int = 1) -> AsyncIterator[list[StateBackend]]:
         yield [one] * n
         return
     async with redis_prefix() as (url, prefix):
-        made = [RedisBackend(url, key_prefix=prefix) for _ in range(n)]
+        made = [redis_backend(url, prefix) for _ in range(n)]
         try:
             yield made  # type: ignore[misc]
         finally:
@@ -221,3 +221,140 @@ async def test_clear_claim_drops_a_claim_never_a_spent_mark(kind: str) -> None:
         assert await b.clear_claim(done) is False
         assert await b.spent(done) == "spent"
         assert await b.clear_claim(str(uuid.uuid4())) is False
+
+
+# -- the generation marker: a Redis that lost its data (docs/protocol.md §8) ----------------------
+
+async def _wipe(url: str, prefix: str) -> None:
+    """What a Redis restarted without persistence does to this deployment's keys."""
+    import redis.asyncio as redis_asyncio
+
+    client = redis_asyncio.Redis.from_url(url)
+    try:
+        keys = [k async for k in client.scan_iter(match=prefix + "*", count=500)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+async def _log_with_records() -> bool:
+    return False
+
+
+@pytest.mark.redis
+async def test_a_wiped_redis_is_a_reset_for_every_replica_until_an_operator_confirms() -> None:
+    async with redis_prefix() as (url, prefix):
+        a, b = redis_backend(url, prefix), redis_backend(url, prefix)
+        late = redis_backend(url, prefix)  # started after the reset, with an empty log of its own
+        try:
+            cid = str(uuid.uuid4())
+            first = claim(cid, one_time=True)
+            await a.finish(first, await a.begin(first), released=True)
+            assert (await b.begin(claim(cid, one_time=True))).outcome == "spent"
+            await _wipe(url, prefix)
+            for replica in (a, b, late):
+                with pytest.raises(StateUnavailableError) as info:
+                    await replica.begin(claim(cid, one_time=True))
+                assert info.value.status_code == 503 and info.value.reason == "consent_state_reset"
+            with pytest.raises(StateUnavailableError):
+                await late.ping()
+            marker = await a.generation()
+            assert marker is not None and marker.kind == "reset"
+            written, confirmed = await redis_backend(url, prefix).confirm_reset()
+            assert written and confirmed is not None and confirmed.origin == "operator"
+            for replica in (a, b, late):
+                await replica.ping()
+                assert (await replica.begin(claim(str(uuid.uuid4())))).outcome == "ok"
+        finally:
+            for replica in (a, b, late):
+                await replica.close()
+
+
+@pytest.mark.redis
+async def test_no_marker_and_a_disclosure_log_with_records_is_a_reset_not_a_first_start() -> None:
+    async with redis_prefix() as (url, prefix):
+        restarted = RedisBackend(url, key_prefix=prefix, disclosure_log_empty=_log_with_records)
+        unknown = RedisBackend(url, key_prefix=prefix)  # a store that cannot tell: same answer
+        try:
+            for replica in (restarted, unknown):
+                with pytest.raises(StateUnavailableError) as info:
+                    await replica.begin(claim(str(uuid.uuid4())))
+                assert info.value.reason == "consent_state_reset"
+            marker = await restarted.generation()
+            assert marker is not None and marker.kind == "reset"  # left for every other replica
+        finally:
+            await restarted.close()
+            await unknown.close()
+
+
+@pytest.mark.redis
+async def test_an_unreadable_disclosure_log_at_first_start_decides_nothing() -> None:
+    async def broken() -> bool:
+        raise OSError("disk gone")
+
+    async with redis_prefix() as (url, prefix):
+        b = RedisBackend(url, key_prefix=prefix, disclosure_log_empty=broken)
+        try:
+            with pytest.raises(StateUnavailableError) as info:
+                await b.begin(claim(str(uuid.uuid4())))
+            assert info.value.reason == "state_unavailable"
+            assert await b.generation() is None  # neither a first generation nor a reset marker
+        finally:
+            await b.close()
+
+
+@pytest.mark.redis
+async def test_another_replicas_first_start_or_an_older_marker_is_no_confirmation() -> None:
+    import redis.asyncio as redis_asyncio
+
+    async with redis_prefix() as (url, prefix):
+        running = redis_backend(url, prefix)
+        client = redis_asyncio.Redis.from_url(url, decode_responses=True)
+        try:
+            await running.ping()  # joins the first generation
+            old = await client.get(prefix + "generation")
+            await _wipe(url, prefix)
+            fresh = redis_backend(url, prefix)  # a fresh replica, empty log: creates a first-start marker
+            await fresh.ping()
+            with pytest.raises(StateUnavailableError) as info:
+                await running.begin(claim(str(uuid.uuid4())))
+            assert info.value.reason == "consent_state_reset"
+            with pytest.raises(StateUnavailableError):  # the running replica left the reset marker
+                await fresh.begin(claim(str(uuid.uuid4())))
+            await fresh.close()
+            written, confirmed = await running.confirm_reset()
+            assert written and confirmed is not None
+            await running.ping()
+            # a snapshot brings back the first, older marker: that is a reset, not a confirmation
+            await client.set(prefix + "generation", old)
+            with pytest.raises(StateUnavailableError) as info:
+                await running.ping()
+            assert info.value.reason == "consent_state_reset"
+        finally:
+            await running.close()
+            await client.aclose()
+
+
+@pytest.mark.redis
+async def test_confirm_reset_leaves_a_usable_generation_alone() -> None:
+    async with redis_prefix() as (url, prefix):
+        b = redis_backend(url, prefix)
+        try:
+            await b.ping()
+            before = await b.generation()
+            written, now = await b.confirm_reset()
+            assert not written and now == before and before is not None and before.kind == "generation"
+        finally:
+            await b.close()
+
+
+def test_a_marker_that_does_not_parse_counts_as_a_reset() -> None:
+    from samtykke_gateway.state.redis_backend import parse_marker
+
+    assert parse_marker(None) is None
+    for value in ("", "{", "[]", '{"generation": 5}', '{"generation": "x"}', "null"):
+        marker = parse_marker(value)
+        assert marker is not None and marker.kind == "reset", value
+    ok = parse_marker('{"generation": "g1", "created": 1.5, "origin": "operator"}')
+    assert ok is not None and ok.kind == "generation" and ok.generation == "g1" and ok.created == 1.5

@@ -1,4 +1,5 @@
-"""``samtykke-gateway revoke`` / ``state status``: Redis, revocation file, refusal without either."""
+"""``samtykke-gateway revoke`` / ``state status`` / ``state confirm-reset``: Redis, revocation file, refusal
+without either; ``check-config`` on the Redis's durability."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from samtykke_gateway.cli import main
 from samtykke_gateway.state.redis_backend import RedisBackend
 
-from .state_support import DEAD_REDIS_URL, redis_prefix, write_config
+from .state_support import DEAD_REDIS_URL, own_redis, redis_backend, redis_prefix, write_config
 
 
 def _config(tmp_path: Path, state: str) -> str:
@@ -52,7 +53,7 @@ def test_revoke_writes_to_redis(tmp_path: Path, capsys: pytest.CaptureFixture[st
             assert rc == 0
             assert await check(url, prefix, cid)
             assert await asyncio.to_thread(main, ["state", "status", "--config", cfg, cid]) == 0
-            b = RedisBackend(url, key_prefix=prefix)
+            b = redis_backend(url, prefix)
             try:
                 from samtykke_gateway.state import Claim
 
@@ -73,3 +74,25 @@ def test_revoke_writes_to_redis(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_revoke_with_redis_down_exits_1(tmp_path: Path) -> None:
     cfg = _config(tmp_path, f'[state]\nurl = "{DEAD_REDIS_URL}"\n')
     assert main(["revoke", "--config", cfg, str(uuid.uuid4())]) == 1
+
+
+def test_confirm_reset_needs_redis(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["state", "confirm-reset", "--config", _config(tmp_path, "")]) == 2
+    assert "nothing to confirm" in capsys.readouterr().err
+    cfg = _config(tmp_path, f'[state]\nurl = "{DEAD_REDIS_URL}"\n')
+    assert main(["state", "confirm-reset", "--config", cfg]) == 1
+
+
+def test_check_config_warns_about_a_redis_without_persistence(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with own_redis(tmp_path / "plain", persistent=False) as plain, \
+            own_redis(tmp_path / "aof", persistent=True) as aof:
+        assert main(["check-config", "--config", _config(tmp_path, f'[state]\nurl = "{plain.url}"\n')]) == 0
+        out = capsys.readouterr().out
+        assert "Redis durability: WARNING: no persistence" in out
+        assert "WARNING: Redis durability: no persistence" in out
+        assert main(["check-config", "--config", _config(tmp_path, f'[state]\nurl = "{aof.url}"\n')]) == 0
+        out = capsys.readouterr().out
+        assert "Redis durability: ok: AOF, appendfsync always" in out and "WARNING" not in out
+    assert main(["check-config", "--config", _config(tmp_path, f'[state]\nurl = "{DEAD_REDIS_URL}"\n')]) == 0
+    assert "Redis durability: UNKNOWN: Redis unreachable" in capsys.readouterr().out

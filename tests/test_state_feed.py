@@ -37,7 +37,7 @@ from samtykke_gateway.state.feed import (
 from samtykke_gateway.state.redis_backend import RedisBackend
 from samtykke_gateway.testing import DevIssuer
 
-from .state_support import free_port, redis_prefix, state_config
+from .state_support import free_port, redis_backend, redis_prefix, state_config
 from .support import INCOME_PATH, TAX_BASE_PERSON, TAX_BASE_SCOPE, a2_headers, a3_headers, make_config, tax_base_path
 from .test_state_enforcement import a3, gateway
 
@@ -137,7 +137,7 @@ async def backend_of(kind: str) -> AsyncIterator[tuple[StateBackend, Any]]:
         made: list[RedisBackend] = []
 
         def new() -> RedisBackend:
-            made.append(RedisBackend(url, key_prefix=prefix))
+            made.append(redis_backend(url, prefix))
             return made[-1]
 
         try:

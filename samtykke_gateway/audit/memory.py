@@ -58,6 +58,11 @@ class MemoryStore:
     async def ping(self) -> None:
         self._check()
 
+    async def head_seq(self) -> int:
+        """seq of the chain head: 0 for a log that never held a record."""
+        self._check()
+        return self.head[0]
+
     def _check(self) -> None:
         if not self._open:
             raise AuditUnavailableError("disclosure store is not open")

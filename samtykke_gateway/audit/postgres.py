@@ -238,6 +238,15 @@ class PostgresStore:
 
         await self._with_connection("ping", check, limit_seconds=self.connect_timeout_seconds + 1)
 
+    async def head_seq(self) -> int:
+        """seq of the chain head: 0 for a log that never held a record (a purge keeps it)."""
+        async def read(conn: psycopg.AsyncConnection[Any]) -> int:
+            cur = await conn.execute("SELECT seq FROM chain_head WHERE id = 1")
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._with_connection("head", read, limit_seconds=self.connect_timeout_seconds + 1)
+
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Session settings, once per pooled connection (nothing here ever changes them)."""
         # Below the write timeout, so a lock wait ends as a clean SQL error (connection kept)

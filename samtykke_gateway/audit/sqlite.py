@@ -187,6 +187,11 @@ class SqliteStore:
     async def ping(self) -> None:
         await self._submit(lambda: self._connection().execute("SELECT seq FROM chain_head"), "ping")
 
+    async def head_seq(self) -> int:
+        """seq of the chain head: 0 for a log that never held a record (a purge keeps it)."""
+        return int(await self._submit(
+            lambda: self._connection().execute("SELECT seq FROM chain_head WHERE id = 1").fetchone()[0], "head"))
+
     # -- writes --------------------------------------------------------------------------------
 
     async def append(self, record: DisclosureRecord) -> None:

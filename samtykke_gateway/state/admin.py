@@ -5,6 +5,7 @@
     samtykke-gateway revoke --config FILE CONSENT_ID [CONSENT_ID ...]
     samtykke-gateway state status --config FILE CONSENT_ID
     samtykke-gateway state clear-claim --config FILE CONSENT_ID
+    samtykke-gateway state confirm-reset --config FILE
 
 ``revoke`` writes to the shared backend when ``[state] url`` is Redis (every replica sees it on
 its next request) and appends to ``[state] revocation_file`` when one is configured (replicas
@@ -15,6 +16,14 @@ process can reach: the command refuses (exit 2). Ids are stored lower-case.
 ``state status`` while no request is in flight), never a ``spent`` mark: use it only when the
 disclosure log shows the consent was not delivered (a replica died mid-request, or the state
 backend failed while giving the claim back). Redis only.
+
+``state confirm-reset`` ends the fail-closed state after Redis lost its data (503
+``consent_state_reset``, see :mod:`.redis_backend`): it writes a new generation marker that
+every replica adopts on its next request. Spent one-time consents and revocations recorded
+before the reset are gone: check the disclosure log for one-time consents already delivered and
+re-run ``revoke`` for revocations still needed before confirming. With a usable generation in
+place it changes nothing (exit 1). Also the one step for a deployment whose disclosure log
+already has records when it first meets a Redis without a marker (an upgrade, a new Redis).
 
 Exit codes: 0 done, 1 the backend or file could not be written, 2 usage/config error.
 """
@@ -49,6 +58,9 @@ def add_state_parsers(sub: Any) -> None:
     s.add_argument("--config", required=True)
     s.add_argument("consent_id", metavar="CONSENT_ID")
     s.set_defaults(func=_usage_errors(_cmd_clear_claim))
+    s = ssub.add_parser("confirm-reset", help="after Redis lost its data: start a new consent-state generation")
+    s.add_argument("--config", required=True)
+    s.set_defaults(func=_cmd_confirm_reset)
 
 
 class _NotAConsentId(ValueError):
@@ -177,3 +189,71 @@ def _cmd_clear_claim(args: argparse.Namespace) -> int:
         return 1
     print("claim cleared" if cleared else "no claim to clear (unused, or spent: a spent mark is never cleared)")
     return 0 if cleared else 1
+
+
+def _cmd_confirm_reset(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from . import open_backend
+    from .redis_backend import RedisBackend
+
+    config = load_config(args.config)
+    backend = open_backend(config)
+    if not isinstance(backend, RedisBackend):
+        print("memory:// state lives inside each gateway process: nothing to confirm", file=sys.stderr)
+        return 2
+
+    async def run() -> tuple[bool, Any, Any]:
+        try:
+            before = await backend.generation()
+            written, now = await backend.confirm_reset()
+            return written, before, now
+        finally:
+            await backend.close()
+
+    try:
+        written, before, now = asyncio.run(run())
+    except StateUnavailableError:
+        print("the state backend is unreachable", file=sys.stderr)
+        return 1
+    if not written:
+        print(f"no reset to confirm: {now.describe()}")
+        return 1
+    print(f"was: {before.describe() if before is not None else 'no generation marker'}")
+    print(f"consent state reset confirmed: {now.describe()}. One-time consents spent and revocations "
+          "recorded before the reset are not known to the gateway: the disclosure log shows the deliveries; "
+          "re-run `samtykke-gateway revoke` for revocations still needed.")
+    return 0
+
+
+def durability_line(config: Any) -> tuple[str, str] | None:
+    """(verdict, detail) of the configured Redis's persistence for ``check-config``; ``None``
+    for memory://. Verdict ``ok`` / ``warning`` / ``unknown`` (unreachable included)."""
+    from . import open_backend
+    from .redis_backend import RedisBackend
+
+    backend = open_backend(config)
+    if not isinstance(backend, RedisBackend):
+        return None
+
+    async def run() -> dict[str, str]:
+        try:
+            try:
+                marker = await backend.generation()  # read only: check-config never writes
+            except StateUnavailableError:
+                return {"verdict": "unknown", "detail": "Redis unreachable"}
+            result = await backend.durability()
+            if marker is not None and marker.kind == "reset":
+                result = {"verdict": "warning", "detail": "the consent state was reset and no operator has "
+                          "confirmed it (`samtykke-gateway state confirm-reset`); " + result["detail"]}
+            return result
+        finally:
+            await backend.close()
+
+    async def bounded() -> dict[str, str]:
+        try:
+            return await asyncio.wait_for(run(), 5.0)  # a name that never resolves, a silent host
+        except TimeoutError:
+            return {"verdict": "unknown", "detail": "Redis did not answer within 5 s"}
+
+    result = asyncio.run(bounded())
+    return result["verdict"], result["detail"]

@@ -27,6 +27,10 @@ Altinn 2 consent on a route with one of the feed's services. Altinn 3 consents (
 too) never depend on it, and it never fails :meth:`ConsentStateService.ping` (readiness): a feed
 outage is shared by every replica, so taking replicas out would take down the routes it does
 not protect (docs/protocol.md §8). Revocations it recorded stay in force for every consent id.
+A Redis that lost its data (the generation marker is gone or says reset,
+:mod:`.redis_backend`) is treated like an unreachable backend, with its own reason: 503
+``consent_state_reset`` on every route that needs the backend, until an operator runs
+``samtykke-gateway state confirm-reset`` (``docs/protocol.md §8``).
 
 Consent ids compare lower-case. A claim left by a replica that died mid-delivery counts as
 spent (nothing tells whether the body left): the ``once:`` key expires with the consent.
@@ -127,6 +131,20 @@ class ConsentStateService:
         # asked for again and again; so is the day, until Oslo midnight.
         self._jti_keys: dict[str, str] = {}
         self._day: tuple[float, float, str] = (0.0, -1.0, "")  # [start, end) epoch, "YYYY-MM-DD"
+
+    def bind_disclosure_log(self, store: Any) -> None:
+        """Tell the backend which disclosure log witnesses a first start: a missing generation
+        marker is taken for the first start only while that log never held a record (chain
+        head ``seq`` 0; a store without ``head_seq`` cannot tell, so a missing marker is then a
+        reset). The gateway that uses this service calls it (the newest one wins on reload)."""
+        if not hasattr(self.backend, "disclosure_log_empty"):
+            return
+
+        async def empty() -> bool:
+            head_seq = getattr(store, "head_seq", None)
+            return head_seq is not None and int(await head_seq()) == 0
+
+        self.backend.disclosure_log_empty = empty
 
     async def start(self) -> None:
         """Load the revocation file and start the feed poller. Idempotent."""
@@ -269,6 +287,13 @@ class ConsentStateService:
             if self.revocation_file.error is not None:
                 raise StateUnavailableError(self.revocation_file.error, reason="revocation_file_unreadable")
         await self.backend.ping()
+
+    async def durability(self) -> dict[str, str] | None:
+        """What the shared backend promises about keeping the state (Redis persistence):
+        ``{"verdict": "ok" | "warning" | "unknown", "detail": text}``; ``None`` for a backend
+        in this process (memory://). Never raises."""
+        read = getattr(self.backend, "durability", None)
+        return None if read is None else dict(await read())
 
     async def close(self) -> None:
         """Stop the feed poller and close the backend. Idempotent."""
