@@ -40,7 +40,7 @@ from .middleware import ConsentMiddleware
 from .proxy import UpstreamProxy
 from .state import ConsentStateService
 
-__all__ = ["SidecarApp", "create_sidecar", "issuers_in_use", "new_correlation_id"]
+__all__ = ["SidecarApp", "create_sidecar", "new_correlation_id"]
 
 def new_correlation_id() -> str:
     """A fresh correlation id (:func:`samtykke_gateway.ids.new_id`): never a 9+ digit run."""
@@ -54,15 +54,6 @@ def _correlation_of(headers: list[tuple[bytes, bytes]]) -> tuple[str, list[tuple
     rest = [(k, v) for k, v in headers if k.lower() != b"x-correlation-id"]
     rest.append((b"x-correlation-id", value.encode("ascii")))
     return value, rest
-
-
-def issuers_in_use(config: GatewayConfig) -> frozenset[str]:
-    """Names of the ``[issuers.*]`` some route needs: ``maskinporten`` always (every request
-    carries a Maskinporten bearer), ``altinn`` when a route accepts Altinn 2 consents."""
-    used = {"maskinporten"}
-    if any(route.altinn2_services for route in config.routes):
-        used.add("altinn")
-    return frozenset(used)
 
 
 def check_sidecar_config(config: GatewayConfig) -> str:
@@ -125,7 +116,7 @@ class SidecarApp:
         Keys not loaded are fetched here, all used issuers at once (at most once per refetch
         cooldown after a failure); a due refresh of loaded keys starts in the background."""
         checks: dict[str, Any] = {}
-        used = issuers_in_use(self.config)
+        used = self.config.issuers_in_use
         issuers = {n: p for n, p in self.gateway.issuers.items() if n in used}
         for name in self.gateway.issuers:
             if name not in used:

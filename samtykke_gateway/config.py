@@ -332,6 +332,16 @@ class GatewayConfig:
         """``False`` under ``prod``: Altinn test-generator tokens (``actual_iss``) are refused."""
         return self.profile != "prod"
 
+    @property
+    def issuers_in_use(self) -> frozenset[str]:
+        """Names of the ``[issuers.*]`` some route needs: ``maskinporten`` always (every request
+        carries a Maskinporten bearer), ``altinn`` when a route accepts Altinn 2 consents
+        (legacy, docs/protocol.md §2). Only these are loaded at start and checked by readiness."""
+        used = {"maskinporten"}
+        if any(route.altinn2_services for route in self.routes):
+            used.add("altinn")
+        return frozenset(used)
+
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -144,18 +144,7 @@ def build_issuer_policies(
     """One :class:`IssuerPolicy` (with its own :class:`KeySet`) per configured issuer."""
 
     def policy(cfg: IssuerConfig) -> IssuerPolicy:
-        keys = KeySet(
-            name=cfg.name,
-            http=http,
-            jwks_url=cfg.jwks_url,
-            metadata_url=cfg.metadata_url,
-            min_ttl_seconds=cfg.min_ttl_seconds,
-            max_ttl_seconds=cfg.max_ttl_seconds,
-            default_ttl_seconds=cfg.default_ttl_seconds,
-            refetch_cooldown_seconds=cfg.refetch_cooldown_seconds,
-            fetch_timeout_seconds=cfg.fetch_timeout_seconds,
-            clock=clock,
-        )
+        keys = KeySet.from_issuer_config(cfg, http, clock=clock)
         return IssuerPolicy(
             name=cfg.name,
             issuer=cfg.issuer,

@@ -13,7 +13,6 @@ verifying tokens (``docs/protocol.md §4`` step 3).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable
 
@@ -25,7 +24,6 @@ from .config import GatewayConfig
 from .exceptions import KeysUnavailableError
 from .gate import Gate, build_issuer_policies
 from .hooks import ConsentState, Observer
-from .keys import KeySet
 from .metrics import GatewayMetrics
 from .policy import Router
 from .state import ConsentStateService, open_state
@@ -89,17 +87,15 @@ class Gateway:
 
     def _issuer_policies(self, config: GatewayConfig, previous: Gateway | None) -> dict[str, IssuerPolicy]:
         policies = build_issuer_policies(config, self.http)
-        for name, policy in policies.items():
-            # built here (not by build_issuer_policies) for max_stale_seconds and the carry-over
-            keys = KeySet.from_issuer_config(config.issuers[name], self.http)
-            old = previous.issuers.get(name) if previous is not None else None
-            if previous is not None and (old is None or not keys.carry_over(old.keys)):
-                self.new_key_sources |= {name}
-            policies[name] = dataclasses.replace(policy, keys=keys)
+        if previous is not None:
+            for name, policy in policies.items():
+                old = previous.issuers.get(name)
+                if old is None or not policy.keys.carry_over(old.keys):
+                    self.new_key_sources |= {name}
         return policies
 
     async def start(self, *, require_new_keys: bool = False) -> None:
-        """Open the disclosure store and load the key sets, all issuers at once. Idempotent.
+        """Open the disclosure store and load the key sets of the issuers in use, all at once. Idempotent.
 
         Best effort by default: a key set that cannot load now is retried on first use (after
         the refetch cooldown); requests then fail closed with 503. Carried-over keys are not
@@ -118,9 +114,11 @@ class Gateway:
                 await self.store.open()
             if self._own_state and isinstance(self.state, ConsentStateService):
                 await self.state.start()
-            ready = await asyncio.gather(*(p.keys.ensure_loaded() for p in self.issuers.values()))
+            # only issuers some route uses: a legacy [issuers.altinn] no route needs is not fetched
+            used = [p for name, p in self.issuers.items() if name in self.config.issuers_in_use]
+            ready = await asyncio.gather(*(p.keys.ensure_loaded() for p in used))
             if require_new_keys:
-                missing = [p.keys for p, ok in zip(self.issuers.values(), ready, strict=True)
+                missing = [p.keys for p, ok in zip(used, ready, strict=True)
                            if not ok and p.name in self.new_key_sources]
                 if missing:
                     raise KeysUnavailableError("; ".join(
