@@ -815,9 +815,23 @@ class _Exchange:
 
     async def _send_error(self, exc: GatewayError) -> None:
         status, headers, body = render_error(exc, correlation_id=self.correlation_id, style=self.config.error_style)
+        if self._body_unread():
+            # answered before the request body was read to its end: ask the server to close the
+            # connection after this answer (RFC 9112 §9.6), so a client that goes silent (or
+            # trickles the rest) cannot hold it; the server discards what is left unread
+            headers.append((b"connection", b"close"))
         self.response_started = True
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
         await self.send({"type": "http.response.body", "body": body})
+
+    def _body_unread(self) -> bool:
+        """Whether the request declared a body (``Content-Length`` above 0, or
+        ``Transfer-Encoding``) that neither the gateway nor the app is known to have read to its
+        end."""
+        if self.body is not None or self.request_body_done:
+            return False
+        return "transfer-encoding" in self.headers or any(
+            v.strip() not in ("", "0") for v in self.headers.get("content-length", ()))
 
     async def _append(self) -> None:
         """Append the record durably.
