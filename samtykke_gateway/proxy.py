@@ -22,8 +22,10 @@ Upstream failures raise, so the middleware renders and logs them: refused / unre
 failure / closed before answering → :class:`UpstreamError` (502, ``upstream_unreachable``);
 reset or cut off mid-exchange → ``upstream_broken``; unparsable answer or a protocol switch →
 ``upstream_bad_response``; no connection, no response head, or no body data within its bound →
-:class:`UpstreamTimeoutError` (504, ``upstream_timeout``). aiohttp's exceptions never leave this
-module, and aiohttp is imported only here.
+:class:`UpstreamTimeoutError` (504, ``upstream_timeout``). The gateway's own process or host out
+of file descriptors (``EMFILE``/``ENFILE`` opening the upstream connection) is not an upstream
+failure: :class:`UnavailableError` (503, ``gateway_out_of_file_descriptors``). aiohttp's
+exceptions never leave this module, and aiohttp is imported only here.
 
 Retries are aiohttp's (RFC 9112 §9.3.1.1): a request with an idempotent method whose connection
 fails after it was obtained (typically a pooled connection the upstream had just closed) is
@@ -38,6 +40,7 @@ library is used.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -47,7 +50,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
-from .exceptions import ClientDisconnectedError, UpstreamError, UpstreamTimeoutError
+from .exceptions import ClientDisconnectedError, UnavailableError, UpstreamError, UpstreamTimeoutError
 from .headers import HOP_BY_HOP, strip_hop_by_hop
 
 __all__ = ["HOP_BY_HOP", "UpstreamProxy", "strip_hop_by_hop"]
@@ -218,6 +221,8 @@ class UpstreamProxy:
         :raises UpstreamError: (502) refused, unreachable, TLS failure, closed or reset before
             answering, malformed answer, protocol switch.
         :raises UpstreamTimeoutError: (504) no connection or no response head in time.
+        :raises UnavailableError: (503, ``gateway_out_of_file_descriptors``) no socket could be
+            opened: this process (``EMFILE``) or the host (``ENFILE``) is out of file descriptors.
         """
         if self._session is None:
             self._session = self._create_session()
@@ -228,6 +233,10 @@ class UpstreamProxy:
             except (aiohttp.ClientError, OSError) as exc:
                 if _body_cut(exc):  # aiohttp stopped without the final chunk: the upstream sees a cut
                     raise ClientDisconnectedError("the client disconnected while sending the body") from None
+                if (code := _out_of_fds(exc)) is not None:
+                    log.error("no file descriptor for an upstream connection (%s)", errno.errorcode[code])
+                    raise UnavailableError("the gateway is out of file descriptors",
+                                           reason="gateway_out_of_file_descriptors") from None
                 raise
         except TimeoutError:  # aiohttp's connect and read timeouts are TimeoutError subclasses
             raise UpstreamTimeoutError("the data API did not answer in time", reason="upstream_timeout") from None
@@ -278,6 +287,24 @@ async def _read(content: aiohttp.StreamReader) -> bytes:
         raise UpstreamTimeoutError("the data API stalled", reason="upstream_timeout") from None
     except (aiohttp.ClientError, OSError) as exc:
         raise _failure(exc, "the data API broke off", "upstream_broken") from None
+
+
+_FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+def _out_of_fds(exc: BaseException) -> int | None:
+    """``EMFILE``/``ENFILE`` when ``exc`` (or what it wraps: aiohttp keeps the ``OSError`` as
+    ``os_error`` and as the cause) says no file descriptor was left, else ``None``."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        for candidate in (seen, getattr(seen, "os_error", None)):
+            code = getattr(candidate, "errno", None)
+            if isinstance(candidate, OSError) and code in _FD_ERRNOS:
+                return int(code)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class _BodyCut(Exception):
