@@ -61,7 +61,7 @@ from .exceptions import (
 from .ids import accept_correlation_id, new_id
 from .gate import Grant, RequestFacts, bearer_token, params_as_dict
 from .gateway import Gateway
-from .headers import check_request_framing, claim_header_value
+from .headers import check_request_framing, claim_header_value, is_client_address_header, peer_trusted
 from .policy import encode_path, normalize_path
 from .responder import Release, declared_length, scoped_release, streaming_headers
 
@@ -286,7 +286,9 @@ class _Exchange:
         with the canonical path, and without the tokens or any ``X-Samtykke-*`` header."""
         canonical = encode_path(self.root_segments + segments)
         drop = {b"authorization", self.config.consent_header.encode()}
-        headers = [(k, v) for k, v in self.raw_headers if not _dropped(k, drop)]
+        keep_addresses = self._peer_trusted()
+        headers = [(k, v) for k, v in self.raw_headers
+                   if not _dropped(k, drop) and (keep_addresses or not is_client_address_header(k))]
         passed = dict(self.scope, path=unquote(canonical), raw_path=canonical.encode("ascii"), headers=headers)
         await self.app(passed, self.receive, self.send)
 
@@ -577,9 +579,11 @@ class _Exchange:
                 drop |= {b"connection"} | {t.strip().lower() for t in value.split(b",") if t.strip()}
         drop.discard(b"transfer-encoding")
         drop.discard(b"content-length")
+        keep_addresses = self._peer_trusted()
         headers = [(k, v) for k, v in incoming
                    if (lk := k.lower()) not in drop and not lk.startswith(_GATEWAY_PREFIX)
-                   and (b"_" not in lk or not _dropped(lk, drop))]
+                   and (b"_" not in lk or not _dropped(lk, drop))
+                   and (keep_addresses or not is_client_address_header(lk))]
         if scoped:
             headers.append((b"accept-encoding", b"gzip, deflate, br"))
         headers.append((b"x-correlation-id", self.correlation_id.encode("ascii")))
@@ -823,6 +827,13 @@ class _Exchange:
         self.response_started = True
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
         await self.send({"type": "http.response.body", "body": body})
+
+    def _peer_trusted(self) -> bool:
+        """Whether the connection's peer is in ``gateway.trusted_proxies``: only then do
+        ``X-Forwarded-*``, ``X-Real-IP``, ``Via`` and the other client-address headers
+        (:data:`~samtykke_gateway.headers.CLIENT_ADDRESS_HEADERS`) reach the app; the sidecar's
+        proxy then sets its own."""
+        return peer_trusted(self.scope.get("client"), self.config.trusted_proxies)
 
     def _body_unread(self) -> bool:
         """Whether the request declared a body (``Content-Length`` above 0, or

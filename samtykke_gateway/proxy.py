@@ -4,9 +4,13 @@ each request to the data API with aiohttp's client and streams the answer back.
 HTTP/1.1 proxy semantics (RFC 9110 §7.6): hop-by-hop headers and every header nominated by
 ``Connection`` are dropped both ways (§7.6.1), and ``Expect`` (the body is already flowing; an
 interim 1xx from the upstream is skipped by the client); ``Host`` is rewritten for the upstream
-(§7.2); ``X-Forwarded-For/-Proto/-Host`` are set by the gateway — a client's own values, and
-``Forwarded``, are dropped unless the peer is a configured trusted proxy, whose
-``X-Forwarded-*`` values are kept and extended (``Forwarded`` is never passed on). No header is
+(§7.2); ``X-Forwarded-For/-Proto/-Host`` and ``X-Real-IP`` are set by the gateway — a client's
+own values, ``Forwarded`` and every other header that names a client address
+(:data:`~samtykke_gateway.headers.CLIENT_ADDRESS_HEADERS`: ``True-Client-IP``,
+``CF-Connecting-IP``, ``Via``, ...) are dropped unless the peer is a configured trusted proxy,
+whose ``X-Forwarded-*`` values are kept and extended and whose other address headers are kept
+(``Forwarded`` is never passed on); ``X-Real-IP`` is the right-most ``X-Forwarded-For`` address
+that is not a trusted proxy (the peer itself when it is not one). No header is
 added on the gateway's own account (no ``User-Agent``, ``Accept``, ``Accept-Encoding``,
 ``Content-Type``, no cookies: on unscoped routes the upstream must answer in a coding the
 *client* asked for); bodies are never decompressed here and redirects never followed; proxy
@@ -51,7 +55,7 @@ import aiohttp
 from yarl import URL
 
 from .exceptions import ClientDisconnectedError, UnavailableError, UpstreamError, UpstreamTimeoutError
-from .headers import HOP_BY_HOP, strip_hop_by_hop
+from .headers import HOP_BY_HOP, is_client_address_header, peer_trusted, strip_hop_by_hop
 
 __all__ = ["HOP_BY_HOP", "UpstreamProxy", "strip_hop_by_hop"]
 
@@ -59,7 +63,7 @@ log = logging.getLogger("samtykke_gateway.proxy")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _NOT_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"host",
-                            b"expect"})
+                            b"expect", b"x-real-ip"})
 # Headers aiohttp would otherwise add (ClientRequest defaults, payload Content-Type).
 _NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 # Bytes kept as they are in a forwarded query: printable ASCII (anything else is %-encoded).
@@ -136,14 +140,20 @@ class UpstreamProxy:
             await session.close()
 
     def _peer_trusted(self, scope: dict[str, Any]) -> bool:
-        client = scope.get("client")
-        if not client or not self.trusted_proxies:
-            return False
-        try:
-            addr = ipaddress.ip_address(client[0])
-        except ValueError:
-            return False
-        return any(addr in net for net in self.trusted_proxies)
+        return peer_trusted(scope.get("client"), self.trusted_proxies)
+
+    def _real_ip(self, chain: list[str]) -> str:
+        """The right-most address in ``chain`` (``X-Forwarded-For`` entries, the peer last) that
+        is not a trusted proxy; an entry that is not an IP address ends the walk (it is taken as
+        it is: RFC 7239 allows ``unknown`` and obfuscated identifiers)."""
+        for entry in reversed(chain):
+            try:
+                addr = ipaddress.ip_address(entry.strip().strip("[]"))
+            except ValueError:
+                return entry.strip()
+            if not any(addr in net for net in self.trusted_proxies):
+                return entry.strip()
+        return chain[0].strip()
 
     def _request_headers(self, scope: dict[str, Any]) -> list[tuple[str, str]]:
         """The upstream request's header fields, in order.
@@ -155,12 +165,15 @@ class UpstreamProxy:
         out = [("host", self._host_header)]
         prior_for: list[str] = []
         client_host = proto = fwd_host = None
+        trusted = self._peer_trusted(scope)
         for name, value in strip_hop_by_hop(scope.get("headers", ())):
             lname = name.lower()
             text = _text(value)
             if lname not in _NOT_FORWARDED:
                 if b"_" in lname and lname.replace(b"_", b"-") in _NOT_FORWARDED:
                     continue  # X_Forwarded_For: a CGI/WSGI-style upstream reads it as the real one
+                if is_client_address_header(lname) and (not trusted or b"_" in lname):
+                    continue  # True-Client-IP, Via, ...: only a trusted proxy may say these
                 out.append((name.decode("latin-1"), text))
             elif lname == b"x-forwarded-for":
                 prior_for.append(text)
@@ -172,11 +185,14 @@ class UpstreamProxy:
                 client_host = text
         client = scope.get("client")
         peer = str(client[0]) if client else "unknown"
-        if self._peer_trusted(scope):
+        if trusted:
+            chain = [entry for value in prior_for for entry in value.split(",") if entry.strip()]
             xff = ", ".join([*prior_for, peer])
+            real_ip = self._real_ip([*chain, peer])
         else:
-            xff, proto, fwd_host = peer, None, None
+            xff, proto, fwd_host, real_ip = peer, None, None, peer
         out.append(("x-forwarded-for", xff))
+        out.append(("x-real-ip", real_ip))
         out.append(("x-forwarded-proto", proto or scope.get("scheme", "http")))
         if fwd_host or client_host:
             out.append(("x-forwarded-host", fwd_host or client_host))  # type: ignore[arg-type]

@@ -376,11 +376,12 @@ async def test_request_is_forwarded_exactly() -> None:
         assert lines[0] == b"POST /base/a%2Fb/%7E~/c%20d?x=%2F&y=1&y=2 HTTP/1.1"
         names = [line.split(b":")[0].lower() for line in lines[1:]]
         assert sorted(names) == sorted([b"host", b"x-end", b"x-utf8", b"content-length", b"x-forwarded-for",
-                                        b"x-forwarded-proto", b"x-forwarded-host"])
+                                        b"x-real-ip", b"x-forwarded-proto", b"x-forwarded-host"])
         fields = dict(line.split(b": ", 1) for line in lines[1:])
         assert fields[b"host"] == f"127.0.0.1:{port}".encode()
         assert fields[b"x-utf8"] == "Ærlig å".encode()
         assert fields[b"x-forwarded-host"] == b"gw.example" and fields[b"x-forwarded-for"] == b"127.0.0.1"
+        assert fields[b"x-real-ip"] == b"127.0.0.1"
         assert body == b"data"
         await proxy.aclose()
 
