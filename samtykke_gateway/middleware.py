@@ -86,6 +86,8 @@ _GATEWAY_PREFIX = b"x-samtykke-"  # our claim headers: a client's own copies nev
 _OVERRIDES = frozenset({b"x-original-url", b"x-rewrite-url", b"x-http-method-override", b"x-http-method",
                         b"x-method-override", b"x-forwarded-prefix", b"x-forwarded-path"})
 _MAX_QUERY_BYTES = 8192
+#: Most query parameters (``&``-separated fields, empty ones included) in one request.
+MAX_QUERY_PARAMETERS = 100
 #: cancel_on_disconnect: seconds the app may work before the disconnect watch starts.
 _WATCH_DELAY = 1.0
 
@@ -440,9 +442,12 @@ class _Exchange:
             return []
         if len(raw) > _MAX_QUERY_BYTES:
             raise BadRequestError("query string too long", reason="bad_query")
+        if raw.count(b"&") >= MAX_QUERY_PARAMETERS:  # parse_qsl's own count (it would say ValueError)
+            raise BadRequestError(f"more than {MAX_QUERY_PARAMETERS} query parameters",
+                                  reason="too_many_parameters")
         try:
             return parse_qsl(raw.decode("ascii"), keep_blank_values=True, strict_parsing=False,
-                             encoding="utf-8", errors="strict", max_num_fields=100)
+                             encoding="utf-8", errors="strict", max_num_fields=MAX_QUERY_PARAMETERS)
         except (UnicodeDecodeError, ValueError):
             raise BadRequestError("query string is malformed", reason="bad_query") from None
 
