@@ -8,20 +8,27 @@
   on where a body ends (request smuggling).
 * :func:`claim_header_value` — a value copied from a verified claim into an upstream header
   must be printable ASCII without CR/LF (RFC 9110 §5.5), else the request is refused.
+* :data:`CLIENT_ADDRESS_HEADERS` / :func:`peer_trusted` — headers through which a client could
+  claim another address (or scheme, or host) than the connection's; they are passed on only
+  from a peer in ``gateway.trusted_proxies``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 
 from .exceptions import BadRequestError, InvalidTokenError
 
 __all__ = [
+    "CLIENT_ADDRESS_HEADERS",
     "HOP_BY_HOP",
     "Headers",
     "check_request_framing",
     "claim_header_value",
+    "is_client_address_header",
+    "peer_trusted",
     "strip_hop_by_hop",
 ]
 
@@ -41,6 +48,38 @@ HOP_BY_HOP = frozenset(
         b"trailers",
         b"transfer-encoding",
         b"upgrade",
+    }
+)
+
+#: Request headers that name the client's address, or the scheme/host it used, as some proxy,
+#: CDN or load balancer says it saw them (issue 16: all but ``X-Forwarded-*``/``Forwarded``
+#: reached the upstream with a spoofed address). Lower-case; an ``_`` spelling (read by
+#: CGI/WSGI-style servers as the same ``HTTP_*`` variable) counts as the same name.
+CLIENT_ADDRESS_HEADERS = frozenset(
+    {
+        b"forwarded",  # RFC 7239
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-forwarded-server",
+        b"x-forwarded",
+        b"forwarded-for",
+        b"x-original-forwarded-for",
+        b"x-real-ip",
+        b"true-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"x-client-ip",
+        b"x-cluster-client-ip",
+        b"client-ip",
+        b"x-proxyuser-ip",
+        b"x-originating-ip",
+        b"x-remote-ip",
+        b"x-remote-addr",
+        b"x-azure-clientip",
+        b"x-azure-socketip",
+        b"via",  # RFC 9110 §7.6.3: names the proxies (and their addresses) on the way
     }
 )
 
@@ -84,6 +123,26 @@ def check_request_framing(headers: Sequence[tuple[bytes, bytes]]) -> None:
         raise BadRequestError("Content-Length is not a number", reason="ambiguous_framing")
     if codings and codings[0].strip().lower() != b"chunked":
         raise BadRequestError("unsupported Transfer-Encoding", reason="ambiguous_framing")
+
+
+def is_client_address_header(name: bytes) -> bool:
+    """Whether ``name`` (any case, ``_`` or ``-``) is one of :data:`CLIENT_ADDRESS_HEADERS`."""
+    lname = name.lower()
+    return lname in CLIENT_ADDRESS_HEADERS or (b"_" in lname and lname.replace(b"_", b"-") in CLIENT_ADDRESS_HEADERS)
+
+
+def peer_trusted(client: Sequence[object] | None,
+                 networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Whether the connection's peer (ASGI ``scope["client"]``, ``(host, port)``) is inside one
+    of ``networks`` (``gateway.trusted_proxies``). No peer, or one that is not an IP address
+    (a Unix socket), is not trusted."""
+    if not client or not networks:
+        return False
+    try:
+        addr = ipaddress.ip_address(str(client[0]))
+    except ValueError:
+        return False
+    return any(addr in net for net in networks)
 
 
 def claim_header_value(value: str) -> bytes:

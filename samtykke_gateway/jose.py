@@ -219,7 +219,8 @@ def parse_compact(token: str | bytes, *, max_bytes: int = 16384) -> CompactJWS:
     :param max_bytes: upper bound on the token length, checked before any other work.
     :returns: :class:`CompactJWS`.
     :raises InvalidTokenError: ``reason="malformed_token"`` for anything that is not a strict
-        compact JWS with JSON-object header and payload (RFC 7515 §7.1, RFC 7519 §7.2).
+        compact JWS with JSON-object header and payload (RFC 7515 §7.1, RFC 7519 §7.2), and for
+        a header with ``enc`` or ``zip`` (JWE / compression markers, RFC 7516 §4.1.2-§4.1.3).
     """
     return CompactJWS(*parse_compact_tuple(token, max_bytes=max_bytes))
 
@@ -362,6 +363,11 @@ def _parse_compact_reference(
             header = strict_json_object(_b64decode(header_b64, "header"))
         except ValueError as exc:
             raise _malformed(f"The token header is not a strict JSON object ({exc}).") from None
+        if "enc" in header or "zip" in header:
+            # JWE parameters (RFC 7516 §4.1.2, §4.1.3): an encrypted or compressed token is not
+            # the plain JWS this reads. Checked before the header is cached, so the fast paths
+            # (which only take cached headers) never see one either.
+            raise _malformed("The token header has 'enc' or 'zip': an encrypted or compressed token is not accepted.")
         _remember_header(header_b64, header)
     payload_raw = _b64decode(payload_b64, "payload")
     signature = _b64decode(signature_b64, "signature") if signature_b64 else b""

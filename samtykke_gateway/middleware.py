@@ -61,7 +61,7 @@ from .exceptions import (
 from .ids import accept_correlation_id, new_id
 from .gate import Grant, RequestFacts, bearer_token, params_as_dict
 from .gateway import Gateway
-from .headers import check_request_framing, claim_header_value
+from .headers import check_request_framing, claim_header_value, is_client_address_header, peer_trusted
 from .policy import encode_path, normalize_path
 from .responder import Release, declared_length, scoped_release, streaming_headers
 
@@ -86,6 +86,8 @@ _GATEWAY_PREFIX = b"x-samtykke-"  # our claim headers: a client's own copies nev
 _OVERRIDES = frozenset({b"x-original-url", b"x-rewrite-url", b"x-http-method-override", b"x-http-method",
                         b"x-method-override", b"x-forwarded-prefix", b"x-forwarded-path"})
 _MAX_QUERY_BYTES = 8192
+#: Most query parameters (``&``-separated fields, empty ones included) in one request.
+MAX_QUERY_PARAMETERS = 100
 #: cancel_on_disconnect: seconds the app may work before the disconnect watch starts.
 _WATCH_DELAY = 1.0
 
@@ -289,7 +291,9 @@ class _Exchange:
         with the canonical path, and without the tokens or any ``X-Samtykke-*`` header."""
         canonical = encode_path(self.root_segments + segments)
         drop = {b"authorization", self.config.consent_header.encode()}
-        headers = [(k, v) for k, v in self.raw_headers if not _dropped(k, drop)]
+        keep_addresses = self._peer_trusted()
+        headers = [(k, v) for k, v in self.raw_headers
+                   if not _dropped(k, drop) and (keep_addresses or not is_client_address_header(k))]
         passed = dict(self.scope, path=unquote(canonical), raw_path=canonical.encode("ascii"), headers=headers)
         await self.app(passed, self.receive, self.send)
 
@@ -441,9 +445,12 @@ class _Exchange:
             return []
         if len(raw) > _MAX_QUERY_BYTES:
             raise BadRequestError("query string too long", reason="bad_query")
+        if raw.count(b"&") >= MAX_QUERY_PARAMETERS:  # parse_qsl's own count (it would say ValueError)
+            raise BadRequestError(f"more than {MAX_QUERY_PARAMETERS} query parameters",
+                                  reason="too_many_parameters")
         try:
             return parse_qsl(raw.decode("ascii"), keep_blank_values=True, strict_parsing=False,
-                             encoding="utf-8", errors="strict", max_num_fields=100)
+                             encoding="utf-8", errors="strict", max_num_fields=MAX_QUERY_PARAMETERS)
         except (UnicodeDecodeError, ValueError):
             raise BadRequestError("query string is malformed", reason="bad_query") from None
 
@@ -580,9 +587,11 @@ class _Exchange:
                 drop |= {b"connection"} | {t.strip().lower() for t in value.split(b",") if t.strip()}
         drop.discard(b"transfer-encoding")
         drop.discard(b"content-length")
+        keep_addresses = self._peer_trusted()
         headers = [(k, v) for k, v in incoming
                    if (lk := k.lower()) not in drop and not lk.startswith(_GATEWAY_PREFIX)
-                   and (b"_" not in lk or not _dropped(lk, drop))]
+                   and (b"_" not in lk or not _dropped(lk, drop))
+                   and (keep_addresses or not is_client_address_header(lk))]
         if scoped:
             headers.append((b"accept-encoding", b"gzip, deflate, br"))
         headers.append((b"x-correlation-id", self.correlation_id.encode("ascii")))
@@ -819,9 +828,30 @@ class _Exchange:
     async def _send_error(self, exc: GatewayError) -> None:
         status, headers, body = render_error(exc, correlation_id=self.correlation_id, style=self.config.error_style,
                                              codes=self.error_codes)
+        if self._body_unread():
+            # answered before the request body was read to its end: ask the server to close the
+            # connection after this answer (RFC 9112 §9.6), so a client that goes silent (or
+            # trickles the rest) cannot hold it; the server discards what is left unread
+            headers.append((b"connection", b"close"))
         self.response_started = True
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
         await self.send({"type": "http.response.body", "body": body})
+
+    def _peer_trusted(self) -> bool:
+        """Whether the connection's peer is in ``gateway.trusted_proxies``: only then do
+        ``X-Forwarded-*``, ``X-Real-IP``, ``Via`` and the other client-address headers
+        (:data:`~samtykke_gateway.headers.CLIENT_ADDRESS_HEADERS`) reach the app; the sidecar's
+        proxy then sets its own."""
+        return peer_trusted(self.scope.get("client"), self.config.trusted_proxies)
+
+    def _body_unread(self) -> bool:
+        """Whether the request declared a body (``Content-Length`` above 0, or
+        ``Transfer-Encoding``) that neither the gateway nor the app is known to have read to its
+        end."""
+        if self.body is not None or self.request_body_done:
+            return False
+        return "transfer-encoding" in self.headers or any(
+            v.strip() not in ("", "0") for v in self.headers.get("content-length", ()))
 
     async def _append(self) -> None:
         """Append the record durably.

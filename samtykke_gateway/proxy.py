@@ -4,9 +4,13 @@ each request to the data API with aiohttp's client and streams the answer back.
 HTTP/1.1 proxy semantics (RFC 9110 §7.6): hop-by-hop headers and every header nominated by
 ``Connection`` are dropped both ways (§7.6.1), and ``Expect`` (the body is already flowing; an
 interim 1xx from the upstream is skipped by the client); ``Host`` is rewritten for the upstream
-(§7.2); ``X-Forwarded-For/-Proto/-Host`` are set by the gateway — a client's own values, and
-``Forwarded``, are dropped unless the peer is a configured trusted proxy, whose
-``X-Forwarded-*`` values are kept and extended (``Forwarded`` is never passed on). No header is
+(§7.2); ``X-Forwarded-For/-Proto/-Host`` and ``X-Real-IP`` are set by the gateway — a client's
+own values, ``Forwarded`` and every other header that names a client address
+(:data:`~samtykke_gateway.headers.CLIENT_ADDRESS_HEADERS`: ``True-Client-IP``,
+``CF-Connecting-IP``, ``Via``, ...) are dropped unless the peer is a configured trusted proxy,
+whose ``X-Forwarded-*`` values are kept and extended and whose other address headers are kept
+(``Forwarded`` is never passed on); ``X-Real-IP`` is the right-most ``X-Forwarded-For`` address
+that is not a trusted proxy (the peer itself when it is not one). No header is
 added on the gateway's own account (no ``User-Agent``, ``Accept``, ``Accept-Encoding``,
 ``Content-Type``, no cookies: on unscoped routes the upstream must answer in a coding the
 *client* asked for); bodies are never decompressed here and redirects never followed; proxy
@@ -22,8 +26,10 @@ Upstream failures raise, so the middleware renders and logs them: refused / unre
 failure / closed before answering → :class:`UpstreamError` (502, ``upstream_unreachable``);
 reset or cut off mid-exchange → ``upstream_broken``; unparsable answer or a protocol switch →
 ``upstream_bad_response``; no connection, no response head, or no body data within its bound →
-:class:`UpstreamTimeoutError` (504, ``upstream_timeout``). aiohttp's exceptions never leave this
-module, and aiohttp is imported only here.
+:class:`UpstreamTimeoutError` (504, ``upstream_timeout``). The gateway's own process or host out
+of file descriptors (``EMFILE``/``ENFILE`` opening the upstream connection) is not an upstream
+failure: :class:`UnavailableError` (503, ``gateway_out_of_file_descriptors``). aiohttp's
+exceptions never leave this module, and aiohttp is imported only here.
 
 Retries are aiohttp's (RFC 9112 §9.3.1.1): a request with an idempotent method whose connection
 fails after it was obtained (typically a pooled connection the upstream had just closed) is
@@ -38,6 +44,7 @@ library is used.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -47,8 +54,8 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
-from .exceptions import ClientDisconnectedError, UpstreamError, UpstreamTimeoutError
-from .headers import HOP_BY_HOP, strip_hop_by_hop
+from .exceptions import ClientDisconnectedError, UnavailableError, UpstreamError, UpstreamTimeoutError
+from .headers import HOP_BY_HOP, is_client_address_header, peer_trusted, strip_hop_by_hop
 
 __all__ = ["HOP_BY_HOP", "UpstreamProxy", "strip_hop_by_hop"]
 
@@ -56,7 +63,7 @@ log = logging.getLogger("samtykke_gateway.proxy")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _NOT_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"host",
-                            b"expect"})
+                            b"expect", b"x-real-ip"})
 # Headers aiohttp would otherwise add (ClientRequest defaults, payload Content-Type).
 _NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 # Bytes kept as they are in a forwarded query: printable ASCII (anything else is %-encoded).
@@ -133,14 +140,20 @@ class UpstreamProxy:
             await session.close()
 
     def _peer_trusted(self, scope: dict[str, Any]) -> bool:
-        client = scope.get("client")
-        if not client or not self.trusted_proxies:
-            return False
-        try:
-            addr = ipaddress.ip_address(client[0])
-        except ValueError:
-            return False
-        return any(addr in net for net in self.trusted_proxies)
+        return peer_trusted(scope.get("client"), self.trusted_proxies)
+
+    def _real_ip(self, chain: list[str]) -> str:
+        """The right-most address in ``chain`` (``X-Forwarded-For`` entries, the peer last) that
+        is not a trusted proxy; an entry that is not an IP address ends the walk (it is taken as
+        it is: RFC 7239 allows ``unknown`` and obfuscated identifiers)."""
+        for entry in reversed(chain):
+            try:
+                addr = ipaddress.ip_address(entry.strip().strip("[]"))
+            except ValueError:
+                return entry.strip()
+            if not any(addr in net for net in self.trusted_proxies):
+                return entry.strip()
+        return chain[0].strip()
 
     def _request_headers(self, scope: dict[str, Any]) -> list[tuple[str, str]]:
         """The upstream request's header fields, in order.
@@ -152,12 +165,15 @@ class UpstreamProxy:
         out = [("host", self._host_header)]
         prior_for: list[str] = []
         client_host = proto = fwd_host = None
+        trusted = self._peer_trusted(scope)
         for name, value in strip_hop_by_hop(scope.get("headers", ())):
             lname = name.lower()
             text = _text(value)
             if lname not in _NOT_FORWARDED:
                 if b"_" in lname and lname.replace(b"_", b"-") in _NOT_FORWARDED:
                     continue  # X_Forwarded_For: a CGI/WSGI-style upstream reads it as the real one
+                if is_client_address_header(lname) and (not trusted or b"_" in lname):
+                    continue  # True-Client-IP, Via, ...: only a trusted proxy may say these
                 out.append((name.decode("latin-1"), text))
             elif lname == b"x-forwarded-for":
                 prior_for.append(text)
@@ -169,11 +185,14 @@ class UpstreamProxy:
                 client_host = text
         client = scope.get("client")
         peer = str(client[0]) if client else "unknown"
-        if self._peer_trusted(scope):
+        if trusted:
+            chain = [entry for value in prior_for for entry in value.split(",") if entry.strip()]
             xff = ", ".join([*prior_for, peer])
+            real_ip = self._real_ip([*chain, peer])
         else:
-            xff, proto, fwd_host = peer, None, None
+            xff, proto, fwd_host, real_ip = peer, None, None, peer
         out.append(("x-forwarded-for", xff))
+        out.append(("x-real-ip", real_ip))
         out.append(("x-forwarded-proto", proto or scope.get("scheme", "http")))
         if fwd_host or client_host:
             out.append(("x-forwarded-host", fwd_host or client_host))  # type: ignore[arg-type]
@@ -218,6 +237,8 @@ class UpstreamProxy:
         :raises UpstreamError: (502) refused, unreachable, TLS failure, closed or reset before
             answering, malformed answer, protocol switch.
         :raises UpstreamTimeoutError: (504) no connection or no response head in time.
+        :raises UnavailableError: (503, ``gateway_out_of_file_descriptors``) no socket could be
+            opened: this process (``EMFILE``) or the host (``ENFILE``) is out of file descriptors.
         """
         if self._session is None:
             self._session = self._create_session()
@@ -228,6 +249,10 @@ class UpstreamProxy:
             except (aiohttp.ClientError, OSError) as exc:
                 if _body_cut(exc):  # aiohttp stopped without the final chunk: the upstream sees a cut
                     raise ClientDisconnectedError("the client disconnected while sending the body") from None
+                if (code := _out_of_fds(exc)) is not None:
+                    log.error("no file descriptor for an upstream connection (%s)", errno.errorcode[code])
+                    raise UnavailableError("the gateway is out of file descriptors",
+                                           reason="gateway_out_of_file_descriptors") from None
                 raise
         except TimeoutError:  # aiohttp's connect and read timeouts are TimeoutError subclasses
             raise UpstreamTimeoutError("the data API did not answer in time", reason="upstream_timeout") from None
@@ -278,6 +303,24 @@ async def _read(content: aiohttp.StreamReader) -> bytes:
         raise UpstreamTimeoutError("the data API stalled", reason="upstream_timeout") from None
     except (aiohttp.ClientError, OSError) as exc:
         raise _failure(exc, "the data API broke off", "upstream_broken") from None
+
+
+_FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+def _out_of_fds(exc: BaseException) -> int | None:
+    """``EMFILE``/``ENFILE`` when ``exc`` (or what it wraps: aiohttp keeps the ``OSError`` as
+    ``os_error`` and as the cause) says no file descriptor was left, else ``None``."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        for candidate in (seen, getattr(seen, "os_error", None)):
+            code = getattr(candidate, "errno", None)
+            if isinstance(candidate, OSError) and code in _FD_ERRNOS:
+                return int(code)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class _BodyCut(Exception):

@@ -249,32 +249,58 @@ MAX_HEAD_BYTES = 64 * 1024
 #: Most seconds from a connection's first moment (or a request's first byte) until its header
 #: block is complete; a client trickling headers (slowloris) is disconnected after this.
 HEAD_TIMEOUT_SECONDS = 10.0
+#: Most seconds an idle keep-alive connection stays open after an answer (uvicorn's
+#: ``timeout_keep_alive``).
+KEEP_ALIVE_SECONDS = 5.0
+#: Most seconds without a byte of a request body that has begun, while the server is reading
+#: (a client that stops half-way through its body is disconnected after this).
+BODY_IDLE_TIMEOUT_SECONDS = 30.0
 
 
 def bounded_http_options(max_head_bytes: int = MAX_HEAD_BYTES,
-                         head_timeout_seconds: float = HEAD_TIMEOUT_SECONDS) -> dict[str, Any]:
-    """``uvicorn.run`` keyword arguments that bound request heads in size and time.
+                         head_timeout_seconds: float = HEAD_TIMEOUT_SECONDS,
+                         keep_alive_seconds: float = KEEP_ALIVE_SECONDS,
+                         body_idle_timeout_seconds: float = BODY_IDLE_TIMEOUT_SECONDS) -> dict[str, Any]:
+    """``uvicorn.run`` keyword arguments that bound request heads in size and time, and
+    connections in time.
 
     uvicorn's httptools protocol reads a header block of any size and waits for it as long as
     the client trickles it (a review held a connection for minutes, and had a 10 MB header block
-    authorised and forwarded); its h11 protocol bounds the size only. With httptools installed
-    (extra ``fast``) a subclass counts head bytes as the parser reports them (400 and close over
-    ``max_head_bytes``) and closes a connection whose head is not complete within
-    ``head_timeout_seconds``; without it, h11 with ``h11_max_incomplete_event_size``.
-    A front proxy's own header limits still belong in front of the gateway.
+    authorised and forwarded); its h11 protocol bounds the size only. Both keep a connection
+    open for as long as a client trickles the rest of a request body the server has already
+    answered (each byte cancels the keep-alive timer, which is armed again only by the next
+    answer: a fault run held connections for 60 s and more, until the process ran out of file
+    descriptors). With httptools installed (extra ``fast``) a subclass
 
-    :returns: ``{"http": protocol class}`` or ``{"http": "h11", "h11_max_incomplete_event_size": n}``.
+    * counts head bytes as the parser reports them (400 and close over ``max_head_bytes``) and
+      closes a connection whose head is not complete within ``head_timeout_seconds``;
+    * closes a connection whose request body has begun but receives no byte for
+      ``body_idle_timeout_seconds`` while the server is reading (not while uvicorn holds the
+      client back because the app has not read what came so far);
+    * closes the connection once an answer is complete while its request body has not ended
+      (an early answer: 400, 401, 405, 408, 413, ...; the gateway's own early answers also say
+      ``Connection: close``, which every server honours, h11 included).
+
+    Without httptools: h11 with ``h11_max_incomplete_event_size``. Idle keep-alive connections
+    are closed after ``keep_alive_seconds`` (uvicorn's ``timeout_keep_alive``) either way. A
+    front proxy's own limits still belong in front of the gateway.
+
+    :returns: ``{"http": protocol class, "timeout_keep_alive": s}`` or ``{"http": "h11",
+        "h11_max_incomplete_event_size": n, "timeout_keep_alive": s}``.
     """
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:
-        return {"http": "h11", "h11_max_incomplete_event_size": max_head_bytes}
+        return {"http": "h11", "h11_max_incomplete_event_size": max_head_bytes,
+                "timeout_keep_alive": keep_alive_seconds}
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
         _head_bytes = 0  # as the parser reports them (url, names, values)
         _raw_head_bytes = 0  # as received while a head is open (llhttp buffers a long value)
         _in_head = True  # between requests, or inside a request head
         _head_timer: asyncio.TimerHandle | None = None
+        _body_pending = False  # a request head is complete and its body has not ended
+        _body_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -288,14 +314,27 @@ def bounded_http_options(max_head_bytes: int = MAX_HEAD_BYTES,
             super().data_received(data)
             if self._in_head and self._raw_head_bytes > max_head_bytes + 65536 and not self.transport.is_closing():
                 self.send_400_response("Request head too large")  # writes the 400 and closes
+            elif self._body_pending:
+                self._arm_body()  # body bytes came: the idle deadline starts again
+            elif self._body_timer is not None:
+                self._disarm_body()
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
             self._in_head = True
             self._raw_head_bytes = 0
+            self._body_pending = False
+
+        def on_response_complete(self) -> None:
+            if self._body_pending and not self.transport.is_closing():
+                # answered before the request body ended: what is left would only be read and
+                # dropped, for as long as the client cares to trickle it
+                self.transport.close()
+            super().on_response_complete()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._disarm_body()
             super().connection_lost(exc)
 
         def on_message_begin(self) -> None:
@@ -316,6 +355,7 @@ def bounded_http_options(max_head_bytes: int = MAX_HEAD_BYTES,
         def on_headers_complete(self) -> None:
             self._disarm()
             self._in_head = False
+            self._body_pending = True  # until on_message_complete (at once for a request without one)
             super().on_headers_complete()
 
         def _count(self, n: int) -> None:
@@ -337,7 +377,25 @@ def bounded_http_options(max_head_bytes: int = MAX_HEAD_BYTES,
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.close()
 
-    return {"http": BoundedHttpToolsProtocol}
+        def _arm_body(self) -> None:
+            self._disarm_body()
+            self._body_timer = asyncio.get_running_loop().call_later(body_idle_timeout_seconds, self._body_timeout)
+
+        def _disarm_body(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+
+        def _body_timeout(self) -> None:
+            self._body_timer = None
+            if self.transport is None or self.transport.is_closing() or not self._body_pending:
+                return
+            if self.flow is not None and self.flow.read_paused:
+                self._arm_body()  # uvicorn holds the client back (the app has not read yet)
+                return
+            self.transport.close()  # the app's receive() now says http.disconnect
+
+    return {"http": BoundedHttpToolsProtocol, "timeout_keep_alive": keep_alive_seconds}
 
 
 def _warn_memory_state(config: GatewayConfig) -> None:

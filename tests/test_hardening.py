@@ -97,6 +97,24 @@ async def test_governed_parameter_variants_are_refused(query: str, dev_issuer: D
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["middleware", "sidecar"])
+async def test_more_than_100_query_parameters_is_400_too_many_parameters(mode: str, dev_issuer: DevIssuer,
+                                                                          issuer_url: str) -> None:
+    """Issue 16: the limit was undocumented and answered as a malformed query."""
+    async with running_gateway(mode, issuer_url) as gw:
+        fields = "&".join(f"x{i}=1" for i in range(99))
+        ok = await gw.client.get(INCOME_PATH + "?fraOgMed=2018-07&" + fields, headers=a2_headers(dev_issuer))
+        assert ok.status_code == 200, ok.text  # 100 parameters
+        for extra in ("&x=1", "&"):  # an empty field counts too
+            response = await gw.client.get(INCOME_PATH + "?fraOgMed=2018-07&" + fields + extra,
+                                           headers=a2_headers(dev_issuer))
+            assert response.status_code == 400, response.text
+            assert response.json()["reason"] == "too_many_parameters"
+            assert gw.records[-1].reason == "too_many_parameters"
+        assert len(gw.upstream.requests) == 1
+
+
+@pytest.mark.anyio
 async def test_query_subject_case_variant_cannot_name_another_person(dev_issuer: DevIssuer, issuer_url: str) -> None:
     routes = tomllib.loads((Path(__file__).parent.parent / "samtykke_gateway/data/demo.toml").read_text())["routes"]
     route = dict(routes[1])

@@ -174,6 +174,56 @@ async def test_forwarded_headers_extended_for_trusted_proxy(dev_issuer: DevIssue
         assert d["x-forwarded-host"] == "api.example"
 
 
+SPOOFED_ADDRESSES = {
+    "X-Real-IP": "6.6.6.1", "True-Client-IP": "6.6.6.2", "CF-Connecting-IP": "6.6.6.3", "X-Client-IP": "6.6.6.4",
+    "X-Cluster-Client-IP": "6.6.6.5", "Client-IP": "6.6.6.6", "X-Original-Forwarded-For": "6.6.6.7",
+    "X-Forwarded": "for=6.6.6.8", "X-ProxyUser-Ip": "6.6.6.9", "Via": "1.1 6.6.6.10", "Fastly-Client-IP": "6.6.6.11",
+    "X-Forwarded-For": "6.6.6.12", "Forwarded": "for=6.6.6.13", "X-Forwarded-Host": "evil.example",
+    "X-Forwarded-Proto": "https", "X-Forwarded-Port": "443", "X_Real_IP": "6.6.6.14", "True_Client_IP": "6.6.6.15",
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_client_address_headers_from_an_untrusted_peer_never_pass(mode: str, dev_issuer: DevIssuer,
+                                                                         issuer_url: str) -> None:
+    """Issue 16: ``X-Real-IP``, ``True-Client-IP``, ``Via`` & co. reached the upstream with a
+    spoofed address. The sidecar's upstream sees only the gateway's own ``X-Forwarded-For`` and
+    ``X-Real-IP`` (the peer); the app behind the middleware sees none of them."""
+    async with served(mode, issuer_url) as gw:
+        response = await gw.client.get(STREAM_PATH + "?case=echo", headers={**a3_headers(dev_issuer),
+                                                                           **SPOOFED_ADDRESSES})
+        assert response.status_code == 200
+        seen = gw.lab.requests[-1]["headers"]
+        assert not any("6.6.6." in value or "evil" in value for _, value in seen), seen
+        names = [name for name, _ in seen]
+        if mode == "sidecar":
+            assert dict(seen)["x-forwarded-for"] == dict(seen)["x-real-ip"] == "127.0.0.1"
+            assert names.count("x-real-ip") == 1 and names.count("x-forwarded-for") == 1
+            assert dict(seen)["x-forwarded-proto"] == "http"
+        else:
+            assert not {n.replace("_", "-") for n in names} & {n.lower().replace("_", "-") for n in SPOOFED_ADDRESSES}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_client_address_headers_from_a_trusted_proxy_pass_and_x_real_ip_follows_the_chain(
+        mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """From a trusted proxy its address headers pass; the sidecar's ``X-Real-IP`` is the
+    right-most ``X-Forwarded-For`` address that is not a trusted proxy (not the proxy's own
+    ``X-Real-IP``), so both headers name the same client."""
+    async with served(mode, issuer_url, gateway={"trusted_proxies": ["127.0.0.0/8", "10.0.0.0/8"]}) as gw:
+        sent = {"X-Forwarded-For": "198.51.100.9, 203.0.113.7, 10.0.0.5", "X-Real-IP": "10.0.0.5",
+                "True-Client-IP": "203.0.113.7", "Via": "1.1 front"}
+        response = await gw.client.get(STREAM_PATH + "?case=echo", headers={**a3_headers(dev_issuer), **sent})
+        assert response.status_code == 200
+        seen = dict(gw.lab.requests[-1]["headers"])
+        assert seen["true-client-ip"] == "203.0.113.7" and seen["via"] == "1.1 front"
+        if mode == "sidecar":
+            assert seen["x-forwarded-for"] == "198.51.100.9, 203.0.113.7, 10.0.0.5, 127.0.0.1"
+            assert seen["x-real-ip"] == "203.0.113.7"
+        else:
+            assert seen["x-forwarded-for"] == sent["X-Forwarded-For"] and seen["x-real-ip"] == "10.0.0.5"
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_gateway_headers_to_upstream(mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
     """Claims copied into upstream headers arrive once each; client-supplied copies are dropped."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import errno
 import gzip
 import ipaddress
 import ssl
@@ -375,11 +376,12 @@ async def test_request_is_forwarded_exactly() -> None:
         assert lines[0] == b"POST /base/a%2Fb/%7E~/c%20d?x=%2F&y=1&y=2 HTTP/1.1"
         names = [line.split(b":")[0].lower() for line in lines[1:]]
         assert sorted(names) == sorted([b"host", b"x-end", b"x-utf8", b"content-length", b"x-forwarded-for",
-                                        b"x-forwarded-proto", b"x-forwarded-host"])
+                                        b"x-real-ip", b"x-forwarded-proto", b"x-forwarded-host"])
         fields = dict(line.split(b": ", 1) for line in lines[1:])
         assert fields[b"host"] == f"127.0.0.1:{port}".encode()
         assert fields[b"x-utf8"] == "Ærlig å".encode()
         assert fields[b"x-forwarded-host"] == b"gw.example" and fields[b"x-forwarded-for"] == b"127.0.0.1"
+        assert fields[b"x-real-ip"] == b"127.0.0.1"
         assert body == b"data"
         await proxy.aclose()
 
@@ -505,3 +507,76 @@ async def test_aclose_closes_only_what_it_created() -> None:
         await proxy.aclose()
         await proxy.aclose()
         assert session.closed
+
+
+# ---------------------------------------------------------------------------- out of file descriptors
+
+_FD_SCRIPT = r'''
+import asyncio, json, os, resource, sys
+import httpx
+from samtykke_gateway.app import SidecarApp
+from samtykke_gateway.devserver import ThreadedServer
+from samtykke_gateway.testing import DevIssuer
+from tests.proxy_support import SCOPED_PATH, TAX_BASE_2022 as PAYLOAD, answer_lifespan
+from tests.support import a3_headers, make_config
+
+async def upstream(scope, receive, send):  # answers, and closes: no pooled connection to reuse
+    if scope["type"] == "lifespan":
+        await answer_lifespan(receive, send)
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", b"%d" % len(PAYLOAD)),
+        (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": PAYLOAD})
+
+async def main():
+    issuer = DevIssuer()
+    with ThreadedServer(issuer.asgi_app()) as iss, ThreadedServer(upstream) as up:
+        sidecar = SidecarApp(make_config(iss.url, up.url))
+        out = {}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sidecar), base_url="http://gw") as client:
+            headers = a3_headers(issuer)
+            await sidecar.gateway.start()
+            out["before"] = (await client.get(SCOPED_PATH, headers=headers)).status_code
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 16, hard))
+            held = []
+            try:
+                while True:
+                    held.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError as exc:
+                out["filled"] = exc.errno
+            response = await client.get(SCOPED_PATH, headers=headers)
+            out["exhausted"] = [response.status_code, response.json().get("reason")]
+            records = sidecar.gateway.store.records
+            out["record"] = [records[-1].reason, records[-1].status]
+            for fd in held:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            out["after"] = (await client.get(SCOPED_PATH, headers=headers)).status_code
+        await sidecar.shutdown()
+        await sidecar.gateway.close()
+    print(json.dumps(out))
+
+asyncio.run(main())
+'''
+
+
+def test_out_of_file_descriptors_is_503_with_its_own_reason_not_upstream_unreachable() -> None:
+    """Issue 16: with the fd table full, the upstream connection cannot be opened; the fault run
+    saw 502 ``upstream_unreachable`` (the wrong cause). A real ``EMFILE`` from the kernel (a
+    subprocess with a lowered ``RLIMIT_NOFILE``, every descriptor taken) through real aiohttp."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", _FD_SCRIPT], cwd=root, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["before"] == 200
+    assert out["filled"] == errno.EMFILE
+    assert out["exhausted"] == [503, "gateway_out_of_file_descriptors"]
+    assert out["record"] == ["gateway_out_of_file_descriptors", 503]
+    assert out["after"] == 200  # nothing sticks once descriptors are free again

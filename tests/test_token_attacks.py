@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from samtykke_gateway.devserver import ThreadedServer
 from samtykke_gateway.exceptions import InvalidTokenError
+from samtykke_gateway.jose import parse_compact_tuple, split_compact_fast
 from samtykke_gateway.testing import DevIssuer, DevKey, b64url, encode_token
 from samtykke_gateway.tokens.verify import REASONS, IssuerPolicy, TokenVerifier
 
@@ -260,6 +261,28 @@ async def test_header_key_references_never_fetched_or_used(
 async def test_crit_refused(dev: DevIssuer, policies: dict[str, IssuerPolicy], crit: Any) -> None:
     header = a2_header(dev, crit=crit, b64=False, **{"x-unknown": 1})
     await refused("crit_not_supported", signed(dev, header, a2_payload(dev)), policies["altinn"])
+
+
+# -- JWE / compression markers -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra", [{"enc": "A256GCM"}, {"zip": "DEF"}, {"enc": None}, {"zip": ""},
+                                   {"enc": "A128CBC-HS256", "zip": "DEF"}], ids=repr)
+async def test_enc_and_zip_headers_refused_on_the_strict_and_fast_paths(
+        dev: DevIssuer, policies: dict[str, IssuerPolicy], extra: dict[str, Any]) -> None:
+    """Issue 16: ``enc`` / ``zip`` mark an encrypted or compressed token (RFC 7516 §4.1.2-3),
+    not the plain JWS the verifier reads; a validly signed one was accepted."""
+    payload = a2_payload(dev)
+    control = signed(dev, a2_header(dev), payload)
+    await TokenVerifier().verify(control, policies["altinn"])
+    assert split_compact_fast(control) is not None  # the fast path is live for a known header
+    token = signed(dev, a2_header(dev, **extra), payload)
+    for _ in range(2):  # a second sight would take the fast paths had the header been cached
+        await refused("malformed_token", token, policies["altinn"])
+        assert split_compact_fast(token) is None  # jose's fast parse and verify_typed's entry
+        with pytest.raises(InvalidTokenError) as info:
+            parse_compact_tuple(token)
+        assert info.value.reason == "malformed_token"
 
 
 # -- hostile kid -------------------------------------------------------------------------------
