@@ -6,7 +6,7 @@ Same process, same RS256 token (RSA-2048, an Altinn 2 style consent token from t
 
 * ``raw``         — ``cryptography`` ``RSAPublicKey.verify`` with PKCS#1 v1.5 / SHA-256 (baseline);
 * ``first sight`` — ``TokenVerifier.verify`` with the cache disabled: parse, alg, key lookup,
-  signature, iss, exp/nbf/iat (SPEC §4 steps 1–4);
+  signature, iss, exp/nbf/iat (docs/protocol.md §4 steps 1–4);
 * ``fresh``       — cache enabled, a distinct token every call (miss + insert);
 * ``seen before`` — cache enabled, the same token again;
 * ``jwt.decode``  — PyJWT's ``jwt.decode`` for reference.

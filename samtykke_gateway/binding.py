@@ -1,4 +1,4 @@
-"""Binding a verified consent to *this* request (SPEC §4 steps 5–8, §5).
+"""Binding a verified consent to *this* request (docs/protocol.md §4 steps 5–8, §5).
 
 Pure functions, no I/O: consumer, supplier, subject, resource, validity and the route's
 metadata constraints. Each refusal is an :class:`InsufficientConsentError` (403) with a stable
@@ -438,7 +438,7 @@ def apply_constraints(
     path_params: Mapping[str, str],
     query: Sequence[tuple[str, str]],
 ) -> tuple[list[tuple[str, str]], ScopeContext]:
-    """Enforce the route's metadata constraints (SPEC §5).
+    """Enforce the route's metadata constraints (docs/protocol.md §5).
 
     :returns: (effective query parameters to forward, scope context with the effective period).
     :raises BadRequestError: (400) a governed parameter is repeated or malformed.

@@ -161,7 +161,7 @@ class SubjectSource:
 @dataclass(frozen=True, slots=True)
 class YearConstraint:
     """Request year (``source`` path/query parameter ``param``, ``YYYY``) must equal one of the
-    consented values of metadata ``metadata`` (lower-cased), e.g. ``inntektsaar`` (SPEC §5)."""
+    consented values of metadata ``metadata`` (lower-cased), e.g. ``inntektsaar`` (docs/protocol.md §5)."""
 
     source: Literal["path", "query"]
     param: str
@@ -172,7 +172,7 @@ class YearConstraint:
 class PeriodConstraint:
     """Requested ``from_param..to_param`` (``YYYY-MM`` query parameters) must lie inside the
     consented ``from_metadata..to_metadata``; a missing request bound is set to the consented
-    bound before forwarding (SPEC §5 *Decision*)."""
+    bound before forwarding (docs/protocol.md §5 *Decision*)."""
 
     from_param: str = "fraOgMed"
     to_param: str = "tilOgMed"

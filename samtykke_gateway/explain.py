@@ -2,7 +2,7 @@
 
 What a data source's support desk runs when a bank says "you rejected my token". It runs the
 *real* checks (the same :class:`~samtykke_gateway.gate.Gate`, verifier and key sets the
-gateway uses), and prints each step in SPEC §4 order with pass / FAIL / not reached and the
+gateway uses), and prints each step in docs/protocol.md §4 order with pass / FAIL / not reached and the
 reason code; the decoded claims with personal identifiers masked unless
 ``--show-personal-data``; and, when the request passes, what the rights package would release.
 

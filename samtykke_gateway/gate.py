@@ -1,6 +1,6 @@
 """One decision: request facts → :class:`Grant` or a :class:`GatewayError` (framework-free).
 
-The order is SPEC §4: tokens (parse, algorithm, key, signature, issuer, times), Maskinporten
+The order is docs/protocol.md §4: tokens (parse, algorithm, key, signature, issuer, times), Maskinporten
 scope and consumer, consent (validity, consumer, supplier, resource), subject, metadata
 constraints, consent state. The :class:`DisclosureRecord` passed in is filled as facts become
 known, so a refusal is logged with everything learnt before it.
@@ -180,7 +180,7 @@ class Gate:
         self.clock = clock
 
     async def maskinporten(self, token: str) -> MaskinportenToken:
-        """Verify a Maskinporten access token (SPEC §4 steps 1–5, without the scope check)."""
+        """Verify a Maskinporten access token (docs/protocol.md §4 steps 1–5, without the scope check)."""
         if len(token) > self.config.max_token_bytes:
             raise InvalidTokenError("token is too large", reason="malformed_token")
         policy = self.issuers["maskinporten"]

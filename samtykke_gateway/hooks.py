@@ -1,4 +1,4 @@
-"""Extension points the enforcement path calls: consent state (SPEC §4 step 9, §8) and
+"""Extension points the enforcement path calls: consent state (docs/protocol.md §4 step 9, §8) and
 observation (metrics). :class:`~samtykke_gateway.gateway.Gateway` builds the real ones from the
 config (:mod:`samtykke_gateway.state`, :mod:`samtykke_gateway.metrics`); the ``Null*`` classes
 here are for callers that inject their own and want nothing.
@@ -16,7 +16,7 @@ __all__ = ["ConsentState", "NullObserver", "NullState", "Observer"]
 
 
 class ConsentState(Protocol):
-    """Revocation, one-time consents, usage limits, ``jti`` replay (SPEC §8).
+    """Revocation, one-time consents, usage limits, ``jti`` replay (docs/protocol.md §8).
 
     ``before_forward`` runs after every consent check passed and before anything is forwarded;
     it raises :class:`ConsentSpentError` (403), :class:`UsageLimitError` (429) or

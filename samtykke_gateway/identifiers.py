@@ -2,7 +2,7 @@
 
 Person ids (fødselsnummer, D-number, synthetic Tenor persons with month + 80) are 11 ASCII
 digits; organisation numbers are 9 ASCII digits (synthetic test orgs start with 2 or 3).
-Identifiers are compared as exact ASCII digit strings (SPEC §4 step 7): never through
+Identifiers are compared as exact ASCII digit strings (docs/protocol.md §4 step 7): never through
 ``int()``, which accepts full-width digits, whitespace and underscores.
 """
 

@@ -1,6 +1,6 @@
 """Strict JWS compact serialization parsing (RFC 7515 §3.1, §7.1). No cryptography here.
 
-This is the first step of SPEC §4: the token is split, size-bounded, base64url-decoded and its
+This is the first step of docs/protocol.md §4: the token is split, size-bounded, base64url-decoded and its
 header and payload are decoded as JSON objects. Everything that a lenient parser would quietly
 accept is refused, because two parsers that disagree about one token are an attack surface:
 

@@ -1,4 +1,4 @@
-"""One issuer's signing keys: an async, cached JWK Set (RFC 7517 §5) — SPEC §3.1, §3.2, §4 step 3.
+"""One issuer's signing keys: an async, cached JWK Set (RFC 7517 §5) — docs/protocol.md §3.1, §3.2, §4 step 3.
 
 :class:`KeySet` fetches the issuer's JWKS over HTTP with an injected :class:`httpx.AsyncClient`
 (never blocking the event loop), optionally discovering it first from RFC 8414 authorization
@@ -21,7 +21,7 @@ server metadata (``jwks_uri``). Behaviour:
   ``kid`` (or thumbprint) published twice is ambiguous and never matches;
 * lookup by ``kid``, then ``x5t``, then the SHA-1 thumbprint of each published ``x5c[0]``
   certificate (Altinn 2 uses the thumbprint as ``kid``). Certificates are not chain-validated:
-  trust comes from the HTTPS endpoint (SPEC §3.1).
+  trust comes from the HTTPS endpoint (docs/protocol.md §3.1).
 
 Nothing named in a token header (``jku``, ``x5u``, ``jwk``, ``x5c``) is ever fetched or used.
 httpx, JSON and key-parsing exceptions are translated here; none leaves this module.
@@ -275,7 +275,7 @@ class KeySet:
     :param metadata_url: absolute URL of ``/.well-known/oauth-authorization-server``; its
         ``jwks_uri`` is used (rediscovered after a failed fetch).
     :param min_ttl_seconds: lower clamp of the cache lifetime.
-    :param max_ttl_seconds: upper clamp (Altinn: up to 86 400 s, SPEC §3.1).
+    :param max_ttl_seconds: upper clamp (Altinn: up to 86 400 s, docs/protocol.md §3.1).
     :param default_ttl_seconds: lifetime when the response has no usable ``max-age``.
     :param refetch_cooldown_seconds: minimum time between two fetches caused by an unknown key,
         counted from the last such fetch or the end of the last failed fetch — never from the

@@ -281,7 +281,7 @@ class _Exchange:
             where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
             log.error("unexpected error while deciding: %s at %s (correlation_id=%s)",
                       type(exc).__name__, where, self.correlation_id)
-            # the gateway cannot decide: 503 (SPEC §4), never a 500 that looks like the data API's
+            # the gateway cannot decide: 503 (docs/protocol.md §4), never a 500 that looks like the data API's
             await self._deny(UnavailableError("the gateway could not decide", reason="internal_error"))
             return
         await self._forward(upstream_scope)

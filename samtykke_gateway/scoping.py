@@ -1,4 +1,4 @@
-"""Response scoping: what of an upstream JSON body leaves the data source (SPEC §6).
+"""Response scoping: what of an upstream JSON body leaves the data source (docs/protocol.md §6).
 
 A *rights package* is deny-by-default field projection plus whole-row filters. It is read
 from the TOML table ``[rights_packages.<name>]`` (see ``config/rights_packages.example.toml``)
@@ -82,7 +82,7 @@ class ScopeContext:
     """Per-request facts the row filters may use.
 
     :param period_from: first month released, ``"YYYY-MM"`` (the consented / effective period
-        start; income API ``fraOgMed``, SPEC §5). ``None``: ``within_period`` rows are removed.
+        start; income API ``fraOgMed``, docs/protocol.md §5). ``None``: ``within_period`` rows are removed.
     :param period_to: last month released, ``"YYYY-MM"``, inclusive.
     :raises ValueError: a bound that is not ``YYYY-MM`` with month ``01``..``12``.
     """
@@ -114,7 +114,7 @@ class ScopedBody:
 
 
 class RightsPackage:
-    """A compiled rights package (SPEC §6): deny-by-default projection plus row filters.
+    """A compiled rights package (docs/protocol.md §6): deny-by-default projection plus row filters.
 
     Build with :meth:`from_config`. Immutable and thread-safe; compile once, apply per request.
     The path language is described in this module's docstring.

@@ -2,7 +2,7 @@
 
 Used by the tests, the ``mint`` CLI command and the demo. Keys are RSA-2048, generated at
 runtime (never stored); each has a self-signed certificate so ``x5c``/``x5t`` work as with
-Altinn 2 (SPEC §3.1). :meth:`DevIssuer.asgi_app` serves the JWK sets and RFC 8414 metadata.
+Altinn 2 (docs/protocol.md §3.1). :meth:`DevIssuer.asgi_app` serves the JWK sets and RFC 8414 metadata.
 
 Nothing here is hardened: :func:`encode_token` signs whatever it is given (attack tests need
 ``HS256`` with a PEM as the secret, ``alg: none``, duplicate members and the like).
@@ -204,7 +204,7 @@ class DevIssuer:
     """Offline Altinn 2 + Maskinporten (+ Altinn 3 consent) issuer.
 
     Holds a primary key per role (``"altinn"``, ``"maskinporten"``); :meth:`rotate` adds a new
-    primary and keeps the previous one published as secondary (SPEC §3.1 rotation).
+    primary and keeps the previous one published as secondary (docs/protocol.md §3.1 rotation).
     """
 
     ALTINN_ISSUER = "altinn.no"
@@ -336,7 +336,7 @@ class DevIssuer:
         drop: Sequence[str] = (),
         key: DevKey | None = None,
     ) -> str:
-        """An Altinn 2 consent token (SPEC §3.1), RS256.
+        """An Altinn 2 consent token (docs/protocol.md §3.1), RS256.
 
         ``claims`` merge over the payload, ``header`` over the header; ``drop`` removes names
         from both. Times are epoch seconds unless given as strings.
@@ -380,7 +380,7 @@ class DevIssuer:
         drop: Sequence[str] = (),
         key: DevKey | None = None,
     ) -> str:
-        """A Maskinporten access token (SPEC §3.2), optionally with Altinn 3 consent (§3.3)."""
+        """A Maskinporten access token (docs/protocol.md §3.2), optionally with Altinn 3 consent (§3.3)."""
         key = key or self.key("maskinporten")
         now = _now()
         payload: dict[str, Any] = {

@@ -1,5 +1,5 @@
 """``[issuers.*] audience``: the token's ``aud`` must name the data source when configured
-(RFC 7519 §4.1.3; SPEC §3.2: Maskinporten sets ``aud`` only when the client asked for one)."""
+(RFC 7519 §4.1.3; docs/protocol.md §3.2: Maskinporten sets ``aud`` only when the client asked for one)."""
 
 from __future__ import annotations
 

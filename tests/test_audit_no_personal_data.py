@@ -1,4 +1,4 @@
-"""No personal data in application logs or metrics (issue 5, SPEC §7): person ids, tokens and
+"""No personal data in application logs or metrics (issue 5, docs/protocol.md §7): person ids, tokens and
 consent ids live in the disclosure record only.
 
 The sidecar as ``samtykke-gateway serve`` builds it (:class:`ReloadingApp`: decision log +

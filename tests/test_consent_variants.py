@@ -1,4 +1,4 @@
-"""Every real-world token variant verifies (issue 3, SPEC §3), and identity look-alikes do not.
+"""Every real-world token variant verifies (issue 3, docs/protocol.md §3), and identity look-alikes do not.
 
 End to end through the in-process middleware: a variant "verifies" when the request is
 answered 200 with the scoped body.

@@ -1,4 +1,4 @@
-"""Strict compact JWS parsing (RFC 7515 §7.1) — SPEC §4 step 1."""
+"""Strict compact JWS parsing (RFC 7515 §7.1) — docs/protocol.md §4 step 1."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""KeySet against a real HTTP server on 127.0.0.1 — SPEC §3.1, §3.2, §4 step 3 (RFC 7517, 8414)."""
+"""KeySet against a real HTTP server on 127.0.0.1 — docs/protocol.md §3.1, §3.2, §4 step 3 (RFC 7517, 8414)."""
 
 from __future__ import annotations
 

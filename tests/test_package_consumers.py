@@ -1,5 +1,5 @@
 """``[rights_packages.<name>] consumers``: only consumers with an agreement for a rights package
-may use it, whatever their consent covers (the data source's agreements, SPEC §6)."""
+may use it, whatever their consent covers (the data source's agreements, docs/protocol.md §6)."""
 
 from __future__ import annotations
 

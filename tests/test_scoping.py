@@ -1,4 +1,4 @@
-"""Response scoping (SPEC §6): rights packages, the path language, exact numbers."""
+"""Response scoping (docs/protocol.md §6): rights packages, the path language, exact numbers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Consent state on the enforcement path (SPEC §4 step 9, §8), through the real middleware in
+"""Consent state on the enforcement path (docs/protocol.md §4 step 9, §8), through the real middleware in
 front of the example upstream, with the memory backend and real Redis: one-time consents,
 revocation (backend, file), daily limits, jti replay, and fail-closed behaviour with Redis down."""
 

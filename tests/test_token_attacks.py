@@ -1,4 +1,4 @@
-"""The attack catalogue: one test per known JWT attack class — SPEC §4 steps 1–4, RFC 8725.
+"""The attack catalogue: one test per known JWT attack class — docs/protocol.md §4 steps 1–4, RFC 8725.
 
 Every forged token is built with named helpers from real RSA keys generated at test time.
 """

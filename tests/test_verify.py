@@ -1,4 +1,4 @@
-"""TokenVerifier: the happy paths, the order of checks, the cache — SPEC §4 steps 1–4."""
+"""TokenVerifier: the happy paths, the order of checks, the cache — docs/protocol.md §4 steps 1–4."""
 
 from __future__ import annotations
 
@@ -414,7 +414,7 @@ async def test_ecdsa_tokens(alg: str, curve: ec.EllipticCurve) -> None:
         await expect("alg_not_allowed", wrong_curve, policy)
 
 
-# -- the dev issuer's shapes (SPEC §3) ------------------------------------------------------------
+# -- the dev issuer's shapes (docs/protocol.md §3) ------------------------------------------------------------
 
 
 async def test_dev_issuer_documents(dev: DevIssuer, server: ThreadedServer) -> None:

@@ -1,4 +1,4 @@
-"""Disclosure log (SPEC §7): one hash-chained record per request, durable before release
+"""Disclosure log (docs/protocol.md §7): one hash-chained record per request, durable before release
 (plus an end record for a streamed answer).
 
 ``open_store(url)`` picks the backend from the URL scheme; the caller then owns the store

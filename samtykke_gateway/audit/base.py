@@ -3,7 +3,7 @@
 A store is opened once by whoever creates it (``await store.open()``) and closed by the same
 owner. ``append`` is the only call on the request path; it returns only when the record is
 durable and raises :class:`~samtykke_gateway.exceptions.AuditUnavailableError` for every
-failure, so the caller withholds the response body (SPEC §7).
+failure, so the caller withholds the response body (docs/protocol.md §7).
 
 Application logs never carry a record field: stores log the store URL without password, the
 exception class and the SQLSTATE / SQLite error name - never the database's message text,

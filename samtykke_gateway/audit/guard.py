@@ -1,5 +1,5 @@
 """Remember that the disclosure store is down, so requests are refused *before* they are
-forwarded (SPEC §7: nothing may leave, and nothing should be done, without a record).
+forwarded (docs/protocol.md §7: nothing may leave, and nothing should be done, without a record).
 
 The store is only found down when a write fails, and a request's record is written after the
 data API has answered (it holds the upstream status and what was released). Without this

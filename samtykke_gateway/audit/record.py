@@ -1,4 +1,4 @@
-"""The disclosure record (SPEC §7): one per request, allowed or denied; a streamed (unscoped)
+"""The disclosure record (docs/protocol.md §7): one per request, allowed or denied; a streamed (unscoped)
 answer has a second one for its end (reason ``stream_end`` or ``stream_cut``, same correlation
 id), because what leaves can only be counted after it left.
 

@@ -2,7 +2,7 @@
 
 Durability: ``journal_mode=WAL`` with ``synchronous=FULL`` (the default here). In WAL mode
 FULL fsyncs the WAL at every commit, so a record is on disk when ``append`` returns - the
-promise SPEC §7 needs ("durable before the body is released"). ``NORMAL`` only fsyncs at
+promise docs/protocol.md §7 needs ("durable before the body is released"). ``NORMAL`` only fsyncs at
 checkpoints: it survives a gateway crash but may lose the last commits on power loss or a
 kernel crash, after the response already left; it is accepted (``?synchronous=NORMAL``) for
 benchmarks, not recommended. (``EXTRA`` only adds journal-directory syncs, i.e. equals FULL

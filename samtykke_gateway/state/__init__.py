@@ -1,4 +1,4 @@
-"""Consent state: revocation, one-time consents, daily limits, ``jti`` accounting (SPEC §8).
+"""Consent state: revocation, one-time consents, daily limits, ``jti`` accounting (docs/protocol.md §8).
 
 ::
 

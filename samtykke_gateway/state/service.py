@@ -1,4 +1,4 @@
-"""The consent-state hook the enforcement path calls (SPEC §4 step 9, §8).
+"""The consent-state hook the enforcement path calls (docs/protocol.md §4 step 9, §8).
 
 :class:`ConsentStateService` implements :class:`~samtykke_gateway.hooks.ConsentState` over a
 :class:`~.backend.StateBackend`, the optional revocation file and the optional consent feed.

@@ -1,4 +1,4 @@
-"""Altinn 2 consent token claims → :class:`Consent` (SPEC §3.1, Altinn 2 samtykke guide).
+"""Altinn 2 consent token claims → :class:`Consent` (docs/protocol.md §3.1, Altinn 2 samtykke guide).
 
 Accepted variants (all seen in official examples):
 

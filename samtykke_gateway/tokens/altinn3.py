@@ -1,7 +1,7 @@
 """Altinn 3 consent (``authorization_details`` of type ``urn:altinn:consent``) → :class:`Consent`.
 
 Source: Altinn 3 resource-owner consent guide (altinn-studio-docs
-``content/authorization/guides/resource-owner/consent``), SPEC §3.3. Accepted variants:
+``content/authorization/guides/resource-owner/consent``), docs/protocol.md §3.3. Accepted variants:
 ``to`` as ISO 6523 object or URN string; ``metadata`` or ``metaData``; metadata keys in any
 case; the same resource in several ``consentRights`` (allowed values are the union);
 ``consented``/``validTo`` with ``Z`` or an offset and up to 7 fraction digits. Exactly one

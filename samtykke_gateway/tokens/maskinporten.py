@@ -1,5 +1,5 @@
 """Maskinporten access token claims → :class:`MaskinportenToken` (Digdir
-``maskinporten_protocol_token``, ``maskinporten_func_samtykke``; SPEC §3.2)."""
+``maskinporten_protocol_token``, ``maskinporten_func_samtykke``; docs/protocol.md §3.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One consent model for both generations (SPEC §1, §3).
+"""One consent model for both generations (docs/protocol.md §1, §3).
 
 An Altinn 2 consent token and an Altinn 3 ``authorization_details`` entry both become a
 :class:`Consent`; the Maskinporten access token that identifies the caller becomes a

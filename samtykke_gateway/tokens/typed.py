@@ -83,7 +83,7 @@ class _Detail(msgspec.Struct, kw_only=True, **_STRUCT):  # type: ignore[call-arg
 
 
 class MaskinportenClaims(msgspec.Struct, kw_only=True, **_STRUCT):  # type: ignore[call-arg]
-    """The claims a Maskinporten access token carries (SPEC §3.2, §3.3), nothing else."""
+    """The claims a Maskinporten access token carries (docs/protocol.md §3.2, §3.3), nothing else."""
 
     iss: str
     exp: int

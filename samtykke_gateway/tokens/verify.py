@@ -1,4 +1,4 @@
-"""Signature and registered-claim verification of one JWS/JWT — SPEC §4 steps 1–4.
+"""Signature and registered-claim verification of one JWS/JWT — docs/protocol.md §4 steps 1–4.
 
 The order is fixed and fails closed at each step:
 
@@ -121,10 +121,10 @@ class IssuerPolicy:
     :ivar issuer: exact expected ``iss`` (``"altinn.no"``, ``"https://maskinporten.no/"``).
     :ivar algorithms: allow-list, e.g. ``("RS256",)``; subset of :data:`SUPPORTED_ALGORITHMS`.
     :ivar keys: the issuer's key set.
-    :ivar leeway_seconds: clock skew tolerated on ``exp``/``nbf``/``iat`` (SPEC §4 step 4).
+    :ivar leeway_seconds: clock skew tolerated on ``exp``/``nbf``/``iat`` (docs/protocol.md §4 step 4).
     :ivar audiences: when not empty, the token's ``aud`` (a string, or an array of strings;
         RFC 7519 §4.1.3) must name one of them, else ``wrong_audience`` (401). Maskinporten
-        sets ``aud`` only when the client asked for an audience (SPEC §3.2); a data source that
+        sets ``aud`` only when the client asked for an audience (docs/protocol.md §3.2); a data source that
         requires audience-restricted tokens configures ``[issuers.maskinporten] audience``.
     :raises ConfigError: empty or unsupported algorithm list, negative/non-finite leeway.
     """
@@ -209,7 +209,7 @@ class TokenVerifier:
         self._cache: _Cache | None = LRUCache(maxsize=cache_size) if cache_size else None
 
     async def verify(self, token: str, issuer: IssuerPolicy) -> VerifiedToken:
-        """Verify ``token`` for ``issuer`` (SPEC §4 steps 1–4).
+        """Verify ``token`` for ``issuer`` (docs/protocol.md §4 steps 1–4).
 
         :param token: compact JWS as received (ASCII string, at most 16 KiB).
         :param issuer: the policy to verify under; a token is never accepted under another
