@@ -50,9 +50,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from samtykke_gateway.devserver import ThreadedServer  # noqa: E402
-from samtykke_gateway.metrics import parse_text  # noqa: E402
-from samtykke_gateway.testing import DevIssuer  # noqa: E402
+from samtykke_gateway.dev.server import ThreadedServer  # noqa: E402
+from samtykke_gateway.observe.metrics import parse_text  # noqa: E402
+from samtykke_gateway.dev.issuer import DevIssuer  # noqa: E402
 
 PERSON = "12879397780"
 BANK = "999999999"
@@ -61,7 +61,7 @@ SCOPE = "skatteetaten:spesifisertsummertskattegrunnlag"
 RESOURCE = "ske-spesifisert-summert-skattegrunnlag"
 LUA = 'wrk.headers["Authorization"] = "Bearer {bearer}"\n'
 UPSTREAM = (
-    "import sys, uvicorn; from samtykke_gateway.examples import ExampleUpstream; "
+    "import sys, uvicorn; from samtykke_gateway.dev.examples import ExampleUpstream; "
     "uvicorn.run(ExampleUpstream().app, host='127.0.0.1', port=int(sys.argv[1]), loop='uvloop', "
     "http='httptools', log_level='warning', access_log=False)"
 )
@@ -248,7 +248,7 @@ def main() -> int:
                 v.port = free_port()
                 config = write_config(tmp / f"{v.port}.toml", issuer_url=issuer.url,
                                       upstream_url=f"http://127.0.0.1:{up_port}", audit_url=v.audit_url)
-                cmd = [sys.executable, "-m", "samtykke_gateway.cli", "serve", "--config", str(config),
+                cmd = [sys.executable, "-m", "samtykke_gateway.cli.main", "serve", "--config", str(config),
                        "--host", "127.0.0.1", "--port", str(v.port)]
                 stack.enter_context(process(cmd, v.port, ready="/readyz",
                                             env={"SAMTYKKE_GATEWAY_LOG_LEVEL": "WARNING"}))

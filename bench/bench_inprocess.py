@@ -42,11 +42,11 @@ from starlette.requests import Request  # noqa: E402
 from starlette.responses import Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
-from samtykke_gateway.demo import demo_config  # noqa: E402
-from samtykke_gateway.devserver import ThreadedServer  # noqa: E402
-from samtykke_gateway.examples import example_body  # noqa: E402
-from samtykke_gateway.middleware import ConsentMiddleware  # noqa: E402
-from samtykke_gateway.testing import DevIssuer  # noqa: E402
+from samtykke_gateway.cli.demo import demo_config  # noqa: E402
+from samtykke_gateway.dev.server import ThreadedServer  # noqa: E402
+from samtykke_gateway.dev.examples import example_body  # noqa: E402
+from samtykke_gateway.asgi.middleware import ConsentMiddleware  # noqa: E402
+from samtykke_gateway.dev.issuer import DevIssuer  # noqa: E402
 
 BODY = example_body("spesifisertsummertskattegrunnlag-2022.json")
 ROUTE = "/api/formueinntekt/spesifisertsummertskattegrunnlag/{rettighetspakke}/{inntektsaar}/{personidentifikator}"

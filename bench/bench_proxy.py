@@ -54,8 +54,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from samtykke_gateway.devserver import ThreadedServer  # noqa: E402
-from samtykke_gateway.testing import DevIssuer  # noqa: E402
+from samtykke_gateway.dev.server import ThreadedServer  # noqa: E402
+from samtykke_gateway.dev.issuer import DevIssuer  # noqa: E402
 
 PERSON = "12879397780"
 BANK = "999999999"
@@ -266,9 +266,9 @@ def check(url: str, headers: dict[str, str]) -> None:
 def scoping_alone(rounds: int = 7, n: int = 300) -> list[tuple[str, float, float]]:
     """(example, best MB/s, median MB/s) of :func:`scope_body` (decode, apply, exact encode) per
     published example, ``rounds`` rounds of ``n`` calls; MB = 10^6 bytes of *input*."""
-    from samtykke_gateway.demo import demo_config
-    from samtykke_gateway.examples import example_body
-    from samtykke_gateway.scoping import ScopeContext, scope_body
+    from samtykke_gateway.cli.demo import demo_config
+    from samtykke_gateway.dev.examples import example_body
+    from samtykke_gateway.scoping.package import ScopeContext, scope_body
 
     cfg = demo_config(issuer_url="http://x", upstream_url="http://x")
     cases = [

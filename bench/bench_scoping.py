@@ -1,7 +1,7 @@
 """Throughput of ``scope_body`` over the published example bodies.
 
 Run: ``python bench/bench_scoping.py [--seconds 0.5]``. For each body in
-``samtykke_gateway/data/*.json`` it prints MB/s (input bytes per second, 10**6) for
+``samtykke_gateway/dev/data/*.json`` it prints MB/s (input bytes per second, 10**6) for
 
 - ``baseline``: ``json.loads`` + ``json.dumps(separators=(",", ":"), ensure_ascii=False)``
   + ``.encode()`` of the same body (stdlib round trip, numbers not exact);
@@ -31,10 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from samtykke_gateway.scoping import RightsPackage, ScopeContext, scope_body  # noqa: E402
-from samtykke_gateway.scoping_json import decode_json, encode_json  # noqa: E402
+from samtykke_gateway.scoping.package import RightsPackage, ScopeContext, scope_body  # noqa: E402
+from samtykke_gateway.scoping.exact_json import decode_json, encode_json  # noqa: E402
 
-DATA = ROOT / "samtykke_gateway" / "data"
+DATA = ROOT / "samtykke_gateway" / "dev" / "data"
 CONFIG = ROOT / "config" / "rights_packages.example.toml"
 CONTEXT = ScopeContext(period_from="2018-01", period_to="2018-12")
 

@@ -3,7 +3,7 @@
 Run: ``python bench/bench_tokens.py [--rounds 40] [--n 200]``
 
 Same process, same tokens (RS256 / RSA-2048 from the dev issuer), driven through
-:class:`~samtykke_gateway.gate.Gate` exactly as a request is:
+:class:`~samtykke_gateway.policy.decide.Gate` exactly as a request is:
 
 * ``raw RSA x1``   — ``cryptography`` ``RSAPublicKey.verify`` (PKCS#1 v1.5 / SHA-256) of the
   A3 token's signature: the one unavoidable cost of an A3 request (baseline);
@@ -43,10 +43,10 @@ import jwt
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from samtykke_gateway.demo import demo_config
-from samtykke_gateway.gate import Gate
-from samtykke_gateway.jose import parse_compact
-from samtykke_gateway.testing import DevIssuer
+from samtykke_gateway.cli.demo import demo_config
+from samtykke_gateway.policy.decide import Gate
+from samtykke_gateway.tokens.jose import parse_compact
+from samtykke_gateway.dev.issuer import DevIssuer
 from samtykke_gateway.tokens.verify import TokenVerifier
 
 SUBJECT_A2 = "01029413157"

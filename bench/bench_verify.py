@@ -33,8 +33,8 @@ import jwt
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from samtykke_gateway.jose import parse_compact
-from samtykke_gateway.testing import DevIssuer
+from samtykke_gateway.tokens.jose import parse_compact
+from samtykke_gateway.dev.issuer import DevIssuer
 from samtykke_gateway.tokens.verify import TokenVerifier
 
 

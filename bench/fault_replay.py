@@ -57,8 +57,8 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from samtykke_gateway.devkit import load_dev_issuer  # noqa: E402
-from samtykke_gateway.testing import DevIssuer  # noqa: E402
+from samtykke_gateway.dev.kit import load_dev_issuer  # noqa: E402
+from samtykke_gateway.dev.issuer import DevIssuer  # noqa: E402
 
 BANK = "999999999"
 INCOME_PERSON = "01029413157"
@@ -66,7 +66,7 @@ TAX_PERSON = "12879397780"
 INCOME_PATH = f"/api/innrapportert/inntektsmottaker/sbl/{INCOME_PERSON}/oppgave/inntekt?fraOgMed=2018-07"
 TAX_PATH = f"/api/formueinntekt/spesifisertsummertskattegrunnlag/sbl/2022/{TAX_PERSON}"
 LIFETIME = 900
-CLI = [sys.executable, "-m", "samtykke_gateway.cli"]
+CLI = [sys.executable, "-m", "samtykke_gateway.cli.main"]
 
 
 class Deadline(Exception):
@@ -142,7 +142,7 @@ def _a3(issuer: DevIssuer, consent_id: str) -> dict[str, str]:
 
 def _config(run: Run, name: str, *, issuer_url: str, upstream_url: str, extra: str = "",
             issuer_options: str = "", gateway_options: str = "", one_time: bool = False) -> Path:
-    data = resources.files("samtykke_gateway.data")
+    data = resources.files("samtykke_gateway.dev.data")
     (run.work / "inntekt-sbl-loennsinntekt-beskrivelse.txt").write_bytes(
         data.joinpath("inntekt-sbl-loennsinntekt-beskrivelse.txt").read_bytes())
     text = (data.joinpath("demo.toml").read_text().replace("${ISSUER_URL}", issuer_url)
@@ -396,7 +396,7 @@ def scenario_hanging_jwks(run: Run, upstream: str, hang_seconds: float) -> dict[
 @contextlib.contextmanager
 def _upstream(run: Run) -> Iterator[str]:
     port = _free_port()
-    proc = run.spawn([sys.executable, "-c", "import uvicorn; from samtykke_gateway.examples import ExampleUpstream; "
+    proc = run.spawn([sys.executable, "-c", "import uvicorn; from samtykke_gateway.dev.examples import ExampleUpstream; "
                       f"uvicorn.run(ExampleUpstream().app, host='127.0.0.1', port={port}, log_level='warning')"],
                      "upstream.log")
     url = f"http://127.0.0.1:{port}"
@@ -430,7 +430,7 @@ def main() -> int:
                 if shutil.which("redis-server") is None:
                     results["3_redis_reset"] = "skipped: no redis-server binary"
                 else:
-                    from samtykke_gateway.devserver import ThreadedServer
+                    from samtykke_gateway.dev.server import ThreadedServer
 
                     issuer = DevIssuer()
                     with ThreadedServer(issuer.asgi_app()) as jwks:

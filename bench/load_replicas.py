@@ -53,9 +53,9 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 
-from samtykke_gateway.devserver import ThreadedServer  # noqa: E402
-from samtykke_gateway.metrics import parse_text  # noqa: E402
-from samtykke_gateway.testing import DevIssuer  # noqa: E402
+from samtykke_gateway.dev.server import ThreadedServer  # noqa: E402
+from samtykke_gateway.observe.metrics import parse_text  # noqa: E402
+from samtykke_gateway.dev.issuer import DevIssuer  # noqa: E402
 
 BANK = "999999999"
 INCOME_PERSON = "01029413157"
@@ -288,10 +288,10 @@ def main() -> int:
             up_port = _free_port()
             up_log = work / "upstream.log"
             procs.append(subprocess.Popen(
-                [sys.executable, "-c", "import uvicorn; from samtykke_gateway.examples import ExampleUpstream; "
+                [sys.executable, "-c", "import uvicorn; from samtykke_gateway.dev.examples import ExampleUpstream; "
                  f"uvicorn.run(ExampleUpstream().app, host='127.0.0.1', port={up_port}, log_level='warning')"],
                 stdout=up_log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT))
-            data = resources.files("samtykke_gateway.data")
+            data = resources.files("samtykke_gateway.dev.data")
             (work / "inntekt-sbl-loennsinntekt-beskrivelse.txt").write_bytes(
                 data.joinpath("inntekt-sbl-loennsinntekt-beskrivelse.txt").read_bytes())
             text = (data.joinpath("demo.toml").read_text().replace("${ISSUER_URL}", issuer.url)
@@ -300,7 +300,7 @@ def main() -> int:
                              'name = "spesifisertsummertskattegrunnlag"\none_time = true\n'))
             config = work / "gateway.toml"
             config.write_text(text + f'\n[state]\nurl = "{args.redis}"\nkey_prefix = "{prefix}"\n')
-            cli = [sys.executable, "-m", "samtykke_gateway.cli"]
+            cli = [sys.executable, "-m", "samtykke_gateway.cli.main"]
             revoked_ids = [cid for cid, _ in pools["revoked"]]
             subprocess.run([*cli, "revoke", "--config", str(config), *revoked_ids], check=True,
                            stdout=subprocess.DEVNULL)

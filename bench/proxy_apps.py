@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from samtykke_gateway.examples import example_body
+from samtykke_gateway.dev.examples import example_body
 
 BODY = example_body("spesifisertsummertskattegrunnlag-2022.json")
 TAX_BASE_ROUTE = "/api/formueinntekt/spesifisertsummertskattegrunnlag/{rettighetspakke}/{inntektsaar}/{personidentifikator}"
@@ -156,7 +156,7 @@ def aiohttp_proxy() -> Any:
 
 
 def _config() -> Any:
-    from samtykke_gateway.demo import demo_config
+    from samtykke_gateway.cli.demo import demo_config
 
     return demo_config(
         issuer_url=os.environ["BENCH_ISSUER"],
@@ -166,7 +166,7 @@ def _config() -> Any:
 
 
 def sidecar() -> Any:
-    from samtykke_gateway.app import SidecarApp
+    from samtykke_gateway.sidecar.app import SidecarApp
 
     return SidecarApp(_config())
 
@@ -182,7 +182,7 @@ def bare_app() -> Any:
 def middleware_app() -> Any:
     from starlette.middleware import Middleware
 
-    from samtykke_gateway.middleware import ConsentMiddleware
+    from samtykke_gateway.asgi.middleware import ConsentMiddleware
 
     return Starlette(
         routes=[Route(TAX_BASE_ROUTE, _body)],

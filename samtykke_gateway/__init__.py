@@ -8,10 +8,10 @@ reverse proxy, :func:`load_config` for TOML configuration, the error tree in
 
 from __future__ import annotations
 
-from .app import SidecarApp
-from .audit.record import DisclosureRecord
-from .config import GatewayConfig, load_config, parse_config
-from .exceptions import (
+from samtykke_gateway.sidecar.app import SidecarApp
+from samtykke_gateway.audit.record import DisclosureRecord
+from samtykke_gateway.config import GatewayConfig, load_config, parse_config
+from samtykke_gateway.exceptions import (
     AuditUnavailableError,
     AuthenticationError,
     BadRequestError,
@@ -32,10 +32,10 @@ from .exceptions import (
     UpstreamTimeoutError,
     UsageLimitError,
 )
-from .gate import Grant
-from .gateway import Gateway
-from .middleware import CONSENT_SCOPE_KEY, ConsentMiddleware
-from .tokens.model import Consent, ConsentRight, MaskinportenToken
+from samtykke_gateway.policy.decide import Grant
+from samtykke_gateway.runtime import Gateway
+from samtykke_gateway.asgi.middleware import CONSENT_SCOPE_KEY, ConsentMiddleware
+from samtykke_gateway.tokens.model import Consent, ConsentRight, MaskinportenToken
 
 __all__ = [
     "CONSENT_SCOPE_KEY",

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from .exceptions import ConfigError
-from .identifiers import is_org_number
-from .scoping import RightsPackage
-from .scoping_paths import parse_path
+from samtykke_gateway.exceptions import ConfigError
+from samtykke_gateway.config_text import read_config_text
+from samtykke_gateway.identifiers import is_org_number
+from samtykke_gateway.scoping.package import RightsPackage
+from samtykke_gateway.scoping.paths import parse_path
 
 __all__ = [
     "FeedAuthConfig",
@@ -1016,31 +1017,6 @@ def _resolve_store_url(url: str, base_dir: Path, key: str) -> str:
     if url.startswith(("postgresql://", "postgres://", "memory://")):
         return url
     raise ConfigError(key, "must be sqlite:///PATH, postgresql://... or memory://")
-
-
-def read_config_text(path: Path, key_path: str) -> str:
-    """A UTF-8 text file the config reads (the config itself, value lists).
-
-    A leading UTF-8 byte order mark is dropped (TOML has none; Windows editors write one).
-    A file that is not UTF-8 (e.g. "år" saved in Latin-1) is a :class:`ConfigError` naming the
-    byte offset and line, never the bytes: a ``UnicodeDecodeError``'s repr quotes the whole
-    file, passwords in database URLs included, and must not reach a log or a traceback.
-
-    :raises ConfigError: the file cannot be read or is not UTF-8.
-    """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(key_path, f"cannot read {'config file ' if not key_path else ''}{path}: {exc.strerror}") from None
-    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (Windows editors): not content
-        data = data[3:]
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        start = exc.start
-    line = data.count(b"\n", 0, start) + 1
-    del data
-    raise ConfigError(key_path, f"{path}: not UTF-8 at byte {start} (line {line}); save the file as UTF-8")
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import hypothesis.internal.conjecture.utils  # noqa: F401
 import pytest
 
-from samtykke_gateway.devserver import ThreadedServer
-from samtykke_gateway.testing import DevIssuer
+from samtykke_gateway.dev.server import ThreadedServer
+from samtykke_gateway.dev.issuer import DevIssuer
 
 
 @pytest.fixture

@@ -26,13 +26,13 @@ from urllib.parse import parse_qs
 import brotli
 import httpx
 
-from samtykke_gateway.app import SidecarApp
+from samtykke_gateway.sidecar.app import SidecarApp
 from samtykke_gateway.audit.record import DisclosureRecord
-from samtykke_gateway.devserver import ThreadedServer
-from samtykke_gateway.examples import example_body
-from samtykke_gateway.middleware import ConsentMiddleware
+from samtykke_gateway.dev.server import ThreadedServer
+from samtykke_gateway.dev.examples import example_body
+from samtykke_gateway.asgi.middleware import ConsentMiddleware
 
-from .support import TAX_BASE_PERSON, TAX_BASE_RESOURCE, TAX_BASE_SCOPE, make_config, tax_base_path
+from tests.support import TAX_BASE_PERSON, TAX_BASE_RESOURCE, TAX_BASE_SCOPE, make_config, tax_base_path
 
 SCOPED_PATH = tax_base_path("2022")
 STREAM_PATH = f"/api/lab/stream/{TAX_BASE_PERSON}"
@@ -52,7 +52,7 @@ UNSCOPED_ROUTE = {
 
 def routes_with_unscoped() -> list[dict[str, Any]]:
     """The demo routes plus one unscoped route (no rights package: streams through)."""
-    text = resources.files("samtykke_gateway.data").joinpath("demo.toml").read_text(encoding="utf-8")
+    text = resources.files("samtykke_gateway.dev.data").joinpath("demo.toml").read_text(encoding="utf-8")
     return [*tomllib.loads(text)["routes"], UNSCOPED_ROUTE]
 
 

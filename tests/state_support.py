@@ -20,7 +20,7 @@ import pytest
 
 from samtykke_gateway.config import GatewayConfig
 
-from .support import make_config
+from tests.support import make_config
 
 DEAD_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connection refused at once
 
@@ -95,10 +95,10 @@ def write_config(path: Path, *, issuer_url: str, upstream_url: str, audit_url: s
     """The packaged demo config as a file, placeholders filled, ``extra`` TOML appended."""
     from importlib import resources
 
-    text = resources.files("samtykke_gateway.data").joinpath("demo.toml").read_text(encoding="utf-8")
+    text = resources.files("samtykke_gateway.dev.data").joinpath("demo.toml").read_text(encoding="utf-8")
     text = (text.replace("${ISSUER_URL}", issuer_url).replace("${UPSTREAM_URL}", upstream_url)
             .replace("${AUDIT_URL}", audit_url))
-    data_dir = resources.files("samtykke_gateway.data")
+    data_dir = resources.files("samtykke_gateway.dev.data")
     for name in ("inntekt-sbl-loennsinntekt-beskrivelse.txt",):
         (path.parent / name).write_bytes(data_dir.joinpath(name).read_bytes())
     path.write_text(text + "\n" + extra, encoding="utf-8")
@@ -141,7 +141,7 @@ def sidecar_process(args: list[str], *, port: int, log_path: Path, env: dict[str
 
 def cli() -> list[str]:
     """The console script, run with this interpreter."""
-    return [sys.executable, "-m", "samtykke_gateway.cli"]
+    return [sys.executable, "-m", "samtykke_gateway.cli.main"]
 
 
 class OwnRedis:

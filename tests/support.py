@@ -13,15 +13,15 @@ from typing import Any
 
 import httpx
 
-from samtykke_gateway.app import SidecarApp
+from samtykke_gateway.sidecar.app import SidecarApp
 from samtykke_gateway.audit.memory import MemoryStore
 from samtykke_gateway.audit.record import DisclosureRecord
 from samtykke_gateway.config import GatewayConfig, parse_config
-from samtykke_gateway.demo import _merge, demo_config, demo_config_text
-from samtykke_gateway.devserver import ThreadedServer
-from samtykke_gateway.examples import ExampleUpstream
-from samtykke_gateway.middleware import ConsentMiddleware
-from samtykke_gateway.testing import DevIssuer
+from samtykke_gateway.cli.demo import _merge, demo_config, demo_config_text
+from samtykke_gateway.dev.server import ThreadedServer
+from samtykke_gateway.dev.examples import ExampleUpstream
+from samtykke_gateway.asgi.middleware import ConsentMiddleware
+from samtykke_gateway.dev.issuer import DevIssuer
 
 INCOME_PERSON = "01029413157"
 TAX_BASE_PERSON = "12879397780"
@@ -118,7 +118,7 @@ def make_config(
     text = demo_config_text(issuer_url=issuer_url, upstream_url=upstream_url, audit_url=audit_url)
     data = _merge(tomllib.loads(text), overrides)
     edit(data)
-    return parse_config(data, base_dir=Path(str(resources.files("samtykke_gateway.data"))))
+    return parse_config(data, base_dir=Path(str(resources.files("samtykke_gateway.dev.data"))))
 
 
 def altinn3_only(data: dict[str, Any]) -> None:

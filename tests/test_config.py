@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from samtykke_gateway.cli import main
+from samtykke_gateway.cli.main import main
 from samtykke_gateway.config import load_config, parse_config
 from samtykke_gateway.exceptions import ConfigError
 
@@ -95,9 +95,9 @@ async def test_altinn3_only_example_works_against_a_tiny_upstream(dev_issuer, is
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from samtykke_gateway.app import SidecarApp
-    from samtykke_gateway.devserver import ThreadedServer
-    from samtykke_gateway.testing import DevIssuer
+    from samtykke_gateway.sidecar.app import SidecarApp
+    from samtykke_gateway.dev.server import ThreadedServer
+    from samtykke_gateway.dev.issuer import DevIssuer
 
     async def saldo(request: Request) -> JSONResponse:
         fnr = request.path_params["fnr"]
@@ -207,7 +207,7 @@ def test_serve_refuses_invalid_config_without_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[gateway]\nprofile = 'nope'\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "samtykke_gateway.cli", "serve", "--config", str(bad)],
+        [sys.executable, "-m", "samtykke_gateway.cli.main", "serve", "--config", str(bad)],
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2

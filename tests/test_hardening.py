@@ -12,13 +12,13 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from samtykke_gateway import ConsentMiddleware
-from samtykke_gateway.app import SidecarApp
-from samtykke_gateway.cli import main
+from samtykke_gateway.sidecar.app import SidecarApp
+from samtykke_gateway.cli.main import main
 from samtykke_gateway.config import parse_config
 from samtykke_gateway.exceptions import ConfigError
-from samtykke_gateway.testing import DevIssuer
+from samtykke_gateway.dev.issuer import DevIssuer
 
-from .support import (
+from tests.support import (
     BANK,
     INCOME_PATH,
     TAX_BASE_PERSON,
@@ -116,7 +116,7 @@ async def test_more_than_100_query_parameters_is_400_too_many_parameters(mode: s
 
 @pytest.mark.anyio
 async def test_query_subject_case_variant_cannot_name_another_person(dev_issuer: DevIssuer, issuer_url: str) -> None:
-    routes = tomllib.loads((Path(__file__).parent.parent / "samtykke_gateway/data/demo.toml").read_text())["routes"]
+    routes = tomllib.loads((Path(__file__).parent.parent / "samtykke_gateway/dev/data/demo.toml").read_text())["routes"]
     route = dict(routes[1])
     route.update(name="ssg-query", path="/api/q/{rettighetspakke}/{inntektsaar}", subject={"query": "fnr"})
     async with running_gateway("middleware", issuer_url, routes=[*routes, route]) as gw:
@@ -196,7 +196,7 @@ async def test_path_parameters_cannot_be_repeated_in_the_query(query: str, dev_i
 
 @pytest.mark.anyio
 async def test_header_subject_cannot_be_nominated_away_or_shadowed(dev_issuer: DevIssuer, issuer_url: str) -> None:
-    routes = tomllib.loads((Path(__file__).parent.parent / "samtykke_gateway/data/demo.toml").read_text())["routes"]
+    routes = tomllib.loads((Path(__file__).parent.parent / "samtykke_gateway/dev/data/demo.toml").read_text())["routes"]
     route = dict(routes[1])
     route.update(name="ssg-header", path="/api/h/{rettighetspakke}/{inntektsaar}", subject={"header": "NAV-PersonIdent"})
     async with running_gateway("middleware", issuer_url, routes=[*routes, route]) as gw:
@@ -291,7 +291,7 @@ async def test_a_bug_in_the_gate_fails_closed_with_503(dev_issuer: DevIssuer, is
         raise KeyError("01029413157")
 
     async with running_gateway("middleware", issuer_url) as gw:
-        from samtykke_gateway.gate import Gate
+        from samtykke_gateway.policy.decide import Gate
 
         monkeypatch.setattr(Gate, "authorize", broken)
         response = await gw.client.get(tax_base_path("2022"), headers=_a3(dev_issuer))
@@ -307,7 +307,7 @@ async def test_sidecar_trickling_upstream_is_504_at_the_deadline(dev_issuer: Dev
     import asyncio
     import time
 
-    from samtykke_gateway.examples import example_body
+    from samtykke_gateway.dev.examples import example_body
 
     body = example_body("spesifisertsummertskattegrunnlag-2022.json")
 

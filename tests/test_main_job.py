@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from samtykke_gateway.testing import DevIssuer, encode_token
+from samtykke_gateway.dev.issuer import DevIssuer, encode_token
 
-from .support import (
+from tests.support import (
     BANK,
     INCOME_PATH,
     INCOME_PERSON,

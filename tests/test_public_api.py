@@ -8,9 +8,9 @@ from fastapi import FastAPI, Request
 
 import samtykke_gateway
 from samtykke_gateway import ConsentMiddleware
-from samtykke_gateway.testing import DevIssuer
+from samtykke_gateway.dev.issuer import DevIssuer
 
-from .support import TAX_BASE_PERSON, a3_headers, make_config, tax_base_path
+from tests.support import TAX_BASE_PERSON, a3_headers, make_config, tax_base_path
 
 
 def test_all_is_sorted_and_importable() -> None:

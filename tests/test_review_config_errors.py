@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from samtykke_gateway.cli import main
+from samtykke_gateway.cli.main import main
 from samtykke_gateway.config import load_config
 from samtykke_gateway.exceptions import ConfigError
-from samtykke_gateway.serve import ReloadingApp, _reload_done
+from samtykke_gateway.sidecar.serve import ReloadingApp, _reload_done
 
-from .state_support import cli, free_port, sidecar_process, write_config
+from tests.state_support import cli, free_port, sidecar_process, write_config
 
 SECRET = "hunter2-db-password"
 
@@ -100,7 +100,7 @@ async def test_reload_failure_of_any_kind_logs_no_exception_text(tmp_path: Path,
         def boom(_path: object) -> None:
             raise UnicodeDecodeError("utf-8", SECRET.encode() + b"\xff", len(SECRET), len(SECRET) + 1, "invalid")
 
-        monkeypatch.setattr("samtykke_gateway.serve.load_config", boom)
+        monkeypatch.setattr("samtykke_gateway.sidecar.serve.load_config", boom)
         with caplog.at_level(logging.INFO):
             assert not await app.reload()
         text = "\n".join(r.getMessage() for r in caplog.records)
@@ -316,7 +316,7 @@ def test_a_bad_consent_id_argument_is_not_called_an_invalid_config(tmp_path: Pat
 
 @pytest.mark.anyio
 async def test_unset_feed_api_key_variable_is_logged_readably(monkeypatch: pytest.MonkeyPatch) -> None:
-    from samtykke_gateway.logs import JsonFormatter, redact
+    from samtykke_gateway.observe.logs import JsonFormatter, redact
     from samtykke_gateway.state.feed import FeedError, _HttpFeed
 
     monkeypatch.delenv("F3_APIKEY", raising=False)

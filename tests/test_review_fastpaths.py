@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from samtykke_gateway.audit import chain
-from samtykke_gateway.testing import DevIssuer, encode_token
+from samtykke_gateway.dev.issuer import DevIssuer, encode_token
 
-from .support import (
+from tests.support import (
     BANK,
     TAX_BASE_PERSON,
     TAX_BASE_RESOURCE,

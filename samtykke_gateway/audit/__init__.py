@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
-from .base import DisclosureStore, VerifyResult
-from .record import DisclosureRecord
+from samtykke_gateway.audit.base import DisclosureStore, VerifyResult
+from samtykke_gateway.audit.record import DisclosureRecord
 
 __all__ = ["DisclosureRecord", "DisclosureStore", "VerifyResult", "open_store"]
 
@@ -35,13 +35,13 @@ def open_store(url: str) -> DisclosureStore:
     if not sep:
         raise ValueError(f"audit store URL has no scheme: expected {_EXPECTED}")
     if scheme == "memory":
-        from .memory import MemoryStore
+        from samtykke_gateway.audit.memory import MemoryStore
 
         return MemoryStore()
     if scheme == "sqlite":
         return _sqlite(rest)
     if scheme in ("postgresql", "postgres"):
-        from .postgres import PostgresStore
+        from samtykke_gateway.audit.postgres import PostgresStore
 
         return PostgresStore.from_url(url)
     raise ValueError(f"unknown audit store scheme {scheme!r}: expected {_EXPECTED}")
@@ -51,7 +51,7 @@ _EXPECTED = "memory://, sqlite:///path.db, postgresql://..."
 
 
 def _sqlite(rest: str) -> DisclosureStore:
-    from .sqlite import SqliteStore
+    from samtykke_gateway.audit.sqlite import SqliteStore
 
     path, _, query = rest.partition("?")
     if not path.startswith("/") or path == "/":

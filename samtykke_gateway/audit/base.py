@@ -16,7 +16,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from .record import DisclosureRecord
+from samtykke_gateway.audit.record import DisclosureRecord
 
 __all__ = ["DisclosureStore", "VerifyResult"]
 

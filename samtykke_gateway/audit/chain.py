@@ -35,9 +35,9 @@ from typing import Any
 
 import orjson
 
-from ..exceptions import AuditUnavailableError
-from .base import VerifyResult
-from .record import OMITTED_WHEN_NONE, DisclosureRecord
+from samtykke_gateway.exceptions import AuditUnavailableError
+from samtykke_gateway.audit.base import VerifyResult
+from samtykke_gateway.audit.record import OMITTED_WHEN_NONE, DisclosureRecord
 
 __all__ = [
     "GENESIS_HASH",
@@ -99,7 +99,7 @@ def _fast_json(obj: dict[str, Any]) -> str | None:
     as ``repr``), except that orjson writes non-ASCII as UTF-8 and DEL (0x7f) raw where
     ``ensure_ascii`` escapes both (-> ``None``) and raises on lone surrogates and ints
     beyond 64 bits (-> ``None``). Property-tested against :func:`_reference_json` in
-    ``tests/test_audit_canonical.py``.
+    ``tests/audit/test_audit_canonical.py``.
     """
     try:
         out = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ..exceptions import AuditUnavailableError
-from .base import DisclosureStore
+from samtykke_gateway.exceptions import AuditUnavailableError
+from samtykke_gateway.audit.base import DisclosureStore
 
 __all__ = ["AuditGuard"]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Collection
 
-from ..exceptions import AuditUnavailableError
-from .base import VerifyResult
-from .chain import (
+from samtykke_gateway.exceptions import AuditUnavailableError
+from samtykke_gateway.audit.base import VerifyResult
+from samtykke_gateway.audit.chain import (
     GENESIS_HASH,
     ChainRow,
     ChainVerifier,
@@ -22,7 +22,7 @@ from .chain import (
     project_column,
     purge_cutoff,
 )
-from .record import DisclosureRecord
+from samtykke_gateway.audit.record import DisclosureRecord
 
 __all__ = ["MemoryStore"]
 

@@ -47,9 +47,9 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "postgresql:// audit stores need psycopg: pip install 'samtykke-gateway[postgres]'"
     ) from exc
 
-from ..exceptions import AuditUnavailableError
-from .base import VerifyResult
-from .chain import (
+from samtykke_gateway.exceptions import AuditUnavailableError
+from samtykke_gateway.audit.base import VerifyResult
+from samtykke_gateway.audit.chain import (
     GENESIS_HASH,
     PROJECTED,
     ChainRow,
@@ -63,7 +63,7 @@ from .chain import (
     purge_cutoff,
     purgeable_prefix,
 )
-from .record import DisclosureRecord
+from samtykke_gateway.audit.record import DisclosureRecord
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 

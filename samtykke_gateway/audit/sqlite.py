@@ -43,9 +43,9 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from ..exceptions import AuditUnavailableError
-from .base import VerifyResult
-from .chain import (
+from samtykke_gateway.exceptions import AuditUnavailableError
+from samtykke_gateway.audit.base import VerifyResult
+from samtykke_gateway.audit.chain import (
     GENESIS_HASH,
     PROJECTED,
     ChainRow,
@@ -59,7 +59,7 @@ from .chain import (
     purge_cutoff,
     purgeable_prefix,
 )
-from .record import DisclosureRecord
+from samtykke_gateway.audit.record import DisclosureRecord
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .backend import BeginResult, Claim, StateBackend
-from .memory import MemoryBackend
-from .revocation_file import RevocationFile, append_revocations
-from .service import ConsentStateService, StateMetrics
+from samtykke_gateway.state.backend import BeginResult, Claim, StateBackend
+from samtykke_gateway.state.memory import MemoryBackend
+from samtykke_gateway.state.revocation_file import RevocationFile, append_revocations
+from samtykke_gateway.state.service import ConsentStateService, StateMetrics
 
 if TYPE_CHECKING:
-    from ..config import GatewayConfig
+    from samtykke_gateway.config import GatewayConfig
 
 __all__ = [
     "BeginResult",
@@ -41,7 +41,7 @@ __all__ = [
 def open_backend(config: GatewayConfig, *, metrics: StateMetrics | None = None) -> StateBackend:
     """The backend named by ``[state] url`` (``memory://`` or ``redis(s)://``)."""
     if config.state_url.startswith(("redis://", "rediss://")):
-        from .redis_backend import RedisBackend
+        from samtykke_gateway.state.redis_backend import RedisBackend
 
         return RedisBackend(config.state_url, key_prefix=config.state_key_prefix,
                             on_error=metrics.state_error if metrics is not None else None)
@@ -54,7 +54,7 @@ def open_state(config: GatewayConfig, *, metrics: StateMetrics | None = None) ->
     revocations = RevocationFile(config.revocation_file) if config.revocation_file else None
     feed = None
     if config.state_feed is not None:
-        from .feed import ConsentFeedPoller
+        from samtykke_gateway.state.feed import ConsentFeedPoller
 
         feed = ConsentFeedPoller.from_config(config.state_feed, backend, metrics=metrics)
     return ConsentStateService(

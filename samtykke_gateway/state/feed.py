@@ -63,11 +63,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from ..exceptions import StateUnavailableError
-from .backend import StateBackend
+from samtykke_gateway.exceptions import StateUnavailableError
+from samtykke_gateway.state.backend import StateBackend
 
 if TYPE_CHECKING:
-    from ..config import FeedAuthConfig, FeedConfig
+    from samtykke_gateway.config import FeedAuthConfig, FeedConfig
 
 __all__ = [
     "Altinn2ConsentFeed",

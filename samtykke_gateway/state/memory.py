@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from .backend import BeginResult, Claim
+from samtykke_gateway.state.backend import BeginResult, Claim
 
 __all__ = ["MemoryBackend"]
 

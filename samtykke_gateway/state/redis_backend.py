@@ -46,9 +46,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from ..exceptions import StateUnavailableError
-from ..ids import new_id
-from .backend import BeginResult, Claim
+from samtykke_gateway.exceptions import StateUnavailableError
+from samtykke_gateway.correlation import new_id
+from samtykke_gateway.state.backend import BeginResult, Claim
 
 __all__ = ["Generation", "RedisBackend", "parse_marker"]
 

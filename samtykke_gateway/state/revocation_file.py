@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ..exceptions import StateUnavailableError
+from samtykke_gateway.exceptions import StateUnavailableError
 
 __all__ = ["CONSENT_ID", "RevocationFile", "append_revocations", "normalize_consent_id"]
 

@@ -1,6 +1,6 @@
 """The consent-state hook the enforcement path calls (docs/protocol.md §4 step 9, §8).
 
-:class:`ConsentStateService` implements :class:`~samtykke_gateway.hooks.ConsentState` over a
+:class:`ConsentStateService` implements :class:`~samtykke_gateway.observe.hooks.ConsentState` over a
 :class:`~.backend.StateBackend`, the optional revocation file and the optional consent feed.
 
 Per request, in this order (``before_forward``):
@@ -47,18 +47,18 @@ from datetime import time as dt_time
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
-from ..ids import new_id
-from ..exceptions import (
+from samtykke_gateway.correlation import new_id
+from samtykke_gateway.exceptions import (
     ConsentSpentError,
     InvalidTokenError,
     StateUnavailableError,
     UsageLimitError,
 )
-from .backend import BeginResult, Claim, StateBackend
-from .revocation_file import RevocationFile
+from samtykke_gateway.state.backend import BeginResult, Claim, StateBackend
+from samtykke_gateway.state.revocation_file import RevocationFile
 
 if TYPE_CHECKING:
-    from ..gate import Grant
+    from samtykke_gateway.policy.decide import Grant
 
 __all__ = ["ConsentStateService", "StateMetrics"]
 
@@ -93,7 +93,7 @@ class _Feed(Protocol):
 
 
 class ConsentStateService:
-    """:class:`~samtykke_gateway.hooks.ConsentState` implementation.
+    """:class:`~samtykke_gateway.observe.hooks.ConsentState` implementation.
 
     :param backend: memory or Redis backend (closed by :meth:`close`).
     :param check_revocation: check revocations on every route.

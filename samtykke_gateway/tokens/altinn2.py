@@ -19,10 +19,10 @@ from itertools import repeat
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ..exceptions import InvalidConsentError
-from ..identifiers import is_org_number, party_from_digits
-from .memo import remember, remembered
-from .model import Consent, ConsentRight
+from samtykke_gateway.exceptions import InvalidConsentError
+from samtykke_gateway.identifiers import is_org_number, party_from_digits
+from samtykke_gateway.tokens.memo import remember, remembered
+from samtykke_gateway.tokens.model import Consent, ConsentRight
 
 __all__ = ["consent_from_altinn2_claims", "parse_altinn_date", "parse_service_entry"]
 

@@ -9,7 +9,7 @@ case; the same resource in several ``consentRights`` (allowed values are the uni
 
 Since issue 11 (docs/protocol.md §3.3): ``action`` is kept on each right (lower-cased; which
 actions cover a read is the route's ``accepted_actions``, decided in
-:mod:`~samtykke_gateway.binding`); a right that lists no resource (``resource`` absent,
+:mod:`~samtykke_gateway.policy.binding`); a right that lists no resource (``resource`` absent,
 ``null`` or ``[]``) grants nothing and does not void the others; ``handledBy`` (ISO 6523
 object or URN string, like ``to``) is read into :attr:`Consent.handled_by`. A malformed
 consent is :class:`~samtykke_gateway.exceptions.InvalidConsentError` (403): the bearer that
@@ -22,9 +22,9 @@ import re
 from datetime import datetime
 from typing import Any
 
-from ..exceptions import InvalidConsentError
-from ..identifiers import org_from_iso6523, party_from_urn
-from .model import Consent, ConsentRight
+from samtykke_gateway.exceptions import InvalidConsentError
+from samtykke_gateway.identifiers import org_from_iso6523, party_from_urn
+from samtykke_gateway.tokens.model import Consent, ConsentRight
 
 __all__ = ["CONSENT_TYPE", "consent_from_authorization_details", "parse_iso_instant"]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..exceptions import InvalidTokenError
-from ..identifiers import org_from_iso6523
-from .altinn3 import consent_from_authorization_details
-from .memo import remember, remembered
-from .model import MaskinportenToken
+from samtykke_gateway.exceptions import InvalidTokenError
+from samtykke_gateway.identifiers import org_from_iso6523
+from samtykke_gateway.tokens.altinn3 import consent_from_authorization_details
+from samtykke_gateway.tokens.memo import remember, remembered
+from samtykke_gateway.tokens.model import MaskinportenToken
 
 __all__ = ["maskinporten_from_claims"]
 

@@ -17,7 +17,7 @@ from typing import Literal
 
 import msgspec
 
-from ..identifiers import Party
+from samtykke_gateway.identifiers import Party
 
 __all__ = ["Consent", "ConsentKind", "ConsentRight", "MaskinportenToken"]
 

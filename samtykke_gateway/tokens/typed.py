@@ -1,7 +1,7 @@
 """Typed one-pass reading of the usual Maskinporten claims set (with or without an Altinn 3
 consent) — a fast path in front of the strict readers (issue 3, speed).
 
-The strict path reads a payload in three steps: :func:`~samtykke_gateway.jose.strict_json_object`
+The strict path reads a payload in three steps: :func:`~samtykke_gateway.tokens.jose.strict_json_object`
 (JSON → dict, duplicate names refused, depth bounded), then
 :func:`~samtykke_gateway.tokens.maskinporten.maskinporten_from_claims` and
 :func:`~samtykke_gateway.tokens.altinn3.consent_from_authorization_details` (dict → models,
@@ -13,7 +13,7 @@ would read to the same result, and the caller then runs the strict path, which d
 its own error). So a refusal always comes from the strict code, with its reason.
 
 Why an accepted payload reads alike (pinned by property tests in
-``tests/test_tokens_typed.py``):
+``tests/tokens/test_tokens_typed.py``):
 
 * the schema is closed (``forbid_unknown_fields`` on every level) and typed without ``Any``,
   so nesting is bounded by the schema (depth 6 ≤ the strict bound 32);
@@ -41,9 +41,9 @@ from datetime import datetime
 
 import msgspec
 
-from ..identifiers import party_from_urn
-from .altinn3 import _ID, _ISO, _RESOURCE, _RESOURCE_TYPE, CONSENT_TYPE, actions_of, merge_right
-from .model import Consent, ConsentRight, MaskinportenToken
+from samtykke_gateway.identifiers import party_from_urn
+from samtykke_gateway.tokens.altinn3 import _ID, _ISO, _RESOURCE, _RESOURCE_TYPE, CONSENT_TYPE, actions_of, merge_right
+from samtykke_gateway.tokens.model import Consent, ConsentRight, MaskinportenToken
 
 __all__ = ["MaskinportenClaims", "decode_maskinporten", "maskinporten_from_typed"]
 
@@ -108,7 +108,7 @@ _ENCODER = msgspec.json.Encoder()
 def decode_maskinporten(payload: bytes) -> MaskinportenClaims | None:
     """``payload`` (decoded JWS payload bytes) → :class:`MaskinportenClaims`, or ``None`` when
     the strict reader must decide (see the module docstring for why an accepted payload reads
-    exactly as :func:`~samtykke_gateway.jose.strict_json_object` reads it)."""
+    exactly as :func:`~samtykke_gateway.tokens.jose.strict_json_object` reads it)."""
     if 92 in payload:  # a backslash: escapes are the strict reader's business
         return None
     try:

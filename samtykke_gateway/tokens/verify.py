@@ -2,10 +2,10 @@
 
 The order is fixed and fails closed at each step:
 
-1. :func:`~samtykke_gateway.jose.parse_compact` (strict compact JWS, RFC 7515 §7.1);
+1. :func:`~samtykke_gateway.tokens.jose.parse_compact` (strict compact JWS, RFC 7515 §7.1);
 2. ``alg`` exactly on the issuer's allow-list (asymmetric only: never ``none`` or ``HS*``,
    RFC 8725 §3.1); any ``crit`` refused — we understand no extension (RFC 7515 §4.1.11);
-3. key from the issuer's :class:`~samtykke_gateway.keys.KeySet` by ``kid`` / ``x5t``; the key
+3. key from the issuer's :class:`~samtykke_gateway.tokens.keys.KeySet` by ``kid`` / ``x5t``; the key
    type must fit ``alg``. ``jku``/``x5u``/``jwk``/``x5c`` in the header are ignored;
 4. signature (``cryptography``, padding/hash objects built once), then ``iss`` by exact string
    equality, then ``exp`` (required) / ``nbf`` / ``iat`` (optional) with leeway (RFC 7519 §4.1).
@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from samtykke_gateway.exceptions import ConfigError, InvalidTokenError
-from samtykke_gateway.jose import parse_compact_tuple, split_compact_fast
-from samtykke_gateway.keys import KeySet
+from samtykke_gateway.tokens.jose import parse_compact_tuple, split_compact_fast
+from samtykke_gateway.tokens.keys import KeySet
 from samtykke_gateway.tokens.memo import VerifiedClaims, remember
 
 __all__ = ["REASONS", "SUPPORTED_ALGORITHMS", "IssuerPolicy", "TokenVerifier", "VerifiedToken"]

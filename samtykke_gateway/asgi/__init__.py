@@ -1,0 +1,1 @@
+"""The ASGI adapter: the consent middleware, the scoped release, headers, error bodies."""

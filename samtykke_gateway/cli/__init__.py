@@ -1,0 +1,1 @@
+"""The ``samtykke-gateway`` command line: serve, check-config, explain, demo, audit, state."""

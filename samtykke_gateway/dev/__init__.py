@@ -1,0 +1,1 @@
+"""The offline dev kit: a dev issuer, its commands, a threaded server, an example upstream."""

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, JSON logs, OpenTelemetry tracing, observer hooks."""

@@ -1,0 +1,500 @@
+"""Binding a verified consent to *this* request (docs/protocol.md §4 steps 5–8, §5).
+
+Pure functions, no I/O: consumer, supplier, subject, resource, validity and the route's
+metadata constraints. Each refusal is an :class:`InsufficientConsentError` (403) with a stable
+reason code, or a :class:`BadRequestError` (400) when the request itself is malformed.
+Identifiers are compared as exact ASCII digit strings.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from samtykke_gateway.config import RouteConfig, SubjectSource
+from samtykke_gateway.exceptions import BadRequestError, GatewayError, InsufficientConsentError
+from samtykke_gateway.identifiers import Party, party_from_digits
+from samtykke_gateway.tokens.jose import MAX_JSON_DEPTH, strict_json_object
+from samtykke_gateway.scoping.package import ScopeContext
+from samtykke_gateway.tokens.model import Consent, ConsentRight, MaskinportenToken
+
+__all__ = [
+    "Binding",
+    "RequestBodyTimeoutError",
+    "RequestBodyTooLargeError",
+    "UnsupportedMediaTypeError",
+    "apply_constraints",
+    "bind_consent",
+    "body_subject",
+    "check_consumer",
+    "check_governed_headers",
+    "check_governed_params",
+    "delegation_source_accepted",
+    "request_subject",
+]
+
+_YEAR = re.compile(r"[0-9]{4}")
+_MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
+_MAX_SUBJECT_CHARS = 64
+
+
+def _deny(reason: str, detail: str) -> InsufficientConsentError:
+    return InsufficientConsentError(detail, reason=reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """The part of a consent that covers this request.
+
+    ``token_kind``: ``"altinn2"``, ``"altinn3"`` or ``"altinn3-migrated"``.
+    ``resource``: the route resource that matched. ``rights``: matched consent rights.
+    ``handled_by``: the handler's org number when the token was issued to the consent's
+    handler (route ``accept_handled_by``), else ``None``.
+    """
+
+    token_kind: str
+    resource: str
+    rights: tuple[ConsentRight, ...]
+    handled_by: str | None = None
+
+    @property
+    def metadata(self) -> dict[str, list[str]]:
+        """Union of the matched rights' metadata (lower-cased key → values)."""
+        out: dict[str, list[str]] = {}
+        for right in self.rights:
+            for key, values in right.metadata.items():
+                target = out.setdefault(key, [])
+                target.extend(v for v in values if v not in target)
+        return out
+
+
+class RequestBodyTooLargeError(GatewayError):
+    """413: a request body the gateway must read is larger than ``max_request_body_bytes``."""
+
+    status_code = 413
+    default_reason = "request_body_too_large"
+    kode = "SG-413"
+
+
+class RequestBodyTimeoutError(GatewayError):
+    """408 (RFC 9110 §15.5.9): a request body the gateway must read did not arrive within
+    ``request_body_timeout_seconds`` (a slow upload would hold the request open)."""
+
+    status_code = 408
+    default_reason = "request_body_timeout"
+    kode = "SG-408"
+
+
+class UnsupportedMediaTypeError(GatewayError):
+    """415: a body subject needs ``Content-Type: application/json`` without a content coding."""
+
+    status_code = 415
+    default_reason = "unsupported_media_type"
+    kode = "SG-415"
+
+
+def request_subject(
+    route: RouteConfig,
+    path_params: Mapping[str, str],
+    query: Sequence[tuple[str, str]],
+    headers: Mapping[str, list[str]],
+    body: bytes | None = None,
+) -> str:
+    """The data subject as the request names it (raw string, not yet validated).
+
+    :param body: the whole request body, read by the caller, on a route whose subject is in
+        the body (see :func:`body_subject`); ``None`` otherwise.
+    :raises BadRequestError: (400) the subject is missing, repeated or absurdly long.
+    :raises UnsupportedMediaTypeError: (415) a body subject in anything but JSON.
+    """
+    source, name = route.subject.source, route.subject.name
+    if source == "path":
+        values = [path_params.get(name, "")]
+    elif source == "query":
+        values = [v for k, v in query if k == name]
+    elif source == "header":
+        values = headers.get(name, [])
+    else:
+        reserved = frozenset(n.lower() for n in route.governed_params | route.path_params)
+        values = [body_subject(route.subject, headers, body, reserved=reserved)]
+    if len(values) > 1:  # the same name twice: which one the data API reads is not ours to guess
+        if source == "header":
+            raise BadRequestError("the data subject header is repeated", reason="ambiguous_header")
+        raise BadRequestError("the data subject parameter is repeated", reason="duplicate_parameter")
+    if len(values) != 1 or not values[0]:
+        raise BadRequestError("the request must name exactly one data subject", reason="subject_missing")
+    if len(values[0]) > _MAX_SUBJECT_CHARS:
+        raise BadRequestError("the data subject is malformed", reason="subject_malformed")
+    return values[0]
+
+
+def _json_content_type(headers: Mapping[str, list[str]]) -> None:
+    """``Content-Type: application/json`` (parameters allowed; a charset only ``utf-8``), once,
+    and no content coding other than ``identity``: the upstream must read the same text."""
+    values = headers.get("content-type", [])
+    if len(values) != 1:
+        raise UnsupportedMediaTypeError("the request body must be sent as application/json")
+    media, _, params = values[0].partition(";")
+    if media.strip().lower() != "application/json":
+        raise UnsupportedMediaTypeError("the request body must be sent as application/json")
+    for param in params.split(";"):
+        pname, _, pvalue = param.partition("=")
+        if pname.strip().lower() == "charset" and pvalue.strip().strip('"').lower() != "utf-8":
+            raise UnsupportedMediaTypeError("the request body must be UTF-8 JSON")
+    for coding in headers.get("content-encoding", []):
+        if coding.strip().lower() not in ("", "identity"):
+            raise UnsupportedMediaTypeError("a request body with a content coding is not read here")
+
+
+def _same_ignoring_case(a: str, b: str) -> bool:
+    # Frameworks fold case differently (.NET: per-character upper case; Python: casefold):
+    # any of them calling two names equal makes them one name to some reader. Readers that
+    # keep names as C strings (cJSON and the like) end a name at its first NUL.
+    a = a.split("\0", 1)[0]
+    return a.lower() == b.lower() or a.upper() == b.upper() or a.casefold() == b.casefold()
+
+
+def body_subject(subject: SubjectSource, headers: Mapping[str, list[str]], body: bytes | None,
+                 *, reserved: frozenset[str] = frozenset()) -> str:
+    """The subject member of a JSON request body (``subject = { body = "person.ident" }``).
+
+    Strict: ``application/json`` (UTF-8), a JSON object with no duplicate member names at any
+    depth (:func:`~samtykke_gateway.tokens.jose.strict_json_object`, nesting bounded), the member a
+    JSON string, and no sibling of any member on the path whose name differs only in case or
+    by what follows a NUL (ASP.NET Core binds JSON case-insensitively, C-string readers end a
+    name at NUL: either could read the other one). The body itself
+    is never changed: the caller forwards the bytes that were checked.
+
+    :param reserved: lower-cased names the body's top-level object must not carry in any case
+        (the route's governed query parameters and path parameters: frameworks that merge
+        body, query and route values, such as Laravel's ``input()`` or Rails' ``params``,
+        could read the body's value instead of the one the gateway checked).
+    :raises UnsupportedMediaTypeError: (415, ``unsupported_media_type``).
+    :raises BadRequestError: (400) ``body_not_json``, ``duplicate_member``,
+        ``ambiguous_parameter``, ``subject_missing``, ``subject_malformed``.
+    """
+    if body is None:
+        raise BadRequestError("the request body must name the data subject", reason="subject_missing")
+    _json_content_type(headers)
+    try:
+        top = strict_json_object(body, max_depth=MAX_JSON_DEPTH)
+    except ValueError as exc:
+        if str(exc) == "duplicate member name":
+            raise BadRequestError("a member name is repeated in the request body", reason="duplicate_member") from None
+        raise BadRequestError("the request body is not a JSON object (UTF-8, bounded nesting)",
+                              reason="body_not_json") from None
+    if any(_same_ignoring_case(key, name) for key in top for name in reserved):
+        raise BadRequestError("a request body member names a path or governed query parameter of the route",
+                              reason="ambiguous_parameter")
+    node: object = top
+    for part in subject.field_path:
+        if type(node) is not dict or part not in node:
+            raise BadRequestError("the request body does not name the data subject", reason="subject_missing")
+        if any(key != part and _same_ignoring_case(key, part) for key in node):
+            raise BadRequestError("a request body member differs from the subject field only in case or after a NUL",
+                                  reason="ambiguous_parameter")
+        node = node[part]
+    if type(node) is not str:  # a number would lose leading zeros
+        raise BadRequestError("the data subject must be a JSON string", reason="subject_malformed")
+    path = subject.field_path
+    # besides the nested member, a top-level member literally named "person.ident": lookups
+    # such as lodash _.get or Laravel Arr::get read that one instead
+    dotted = [".".join(path[:i]) for i in range(2, len(path) + 1)]
+    if dotted and any(_same_ignoring_case(key, name) for key in top for name in dotted):
+        raise BadRequestError("a request body member is named like the dotted path to the subject",
+                              reason="ambiguous_parameter")
+    return node
+
+
+def _without_slash(url: str) -> str:
+    return url[:-1] if url.endswith("/") else url
+
+
+def delegation_source_accepted(value: str | None, delegation_sources: Sequence[str]) -> bool:
+    """Whether a supplier token's ``delegation_source`` is one of ``delegation_sources``,
+    compared without a trailing ``/`` on either side (Altinn publishes
+    ``https://tt02.altinn.no/``, Digdir ``https://www.altinn.no``; docs/protocol.md §3.3)."""
+    if value is None:
+        return False
+    own = _without_slash(value)
+    return any(own == _without_slash(source) for source in delegation_sources)
+
+
+def check_consumer(
+    consent: Consent,
+    mp: MaskinportenToken,
+    delegation_sources: Sequence[str],
+    *,
+    accept_handled_by: bool = False,
+) -> str | None:
+    """``CoveredBy``/``to`` == Maskinporten ``consumer``; supplier rules (docs/protocol.md §4
+    step 6).
+
+    Altinn 2: when ``HandledBy`` is present it must equal the Maskinporten ``supplier``.
+    Altinn 3: when the token has a ``supplier``, ``delegation_source`` must be a configured
+    Altinn delegation source (trailing ``/`` ignored). A token issued to the consent's handler
+    (``consumer`` == ``handledBy`` != ``to``) is accepted only with ``accept_handled_by``.
+
+    :returns: the handler's org number when the handler rule let the request through, else
+        ``None``.
+    :raises InsufficientConsentError: (403) ``consumer_mismatch`` / ``supplier_mismatch`` /
+        ``handled_by_not_accepted``.
+    """
+    handler = None
+    if consent.consumer != mp.consumer:
+        if consent.kind != "altinn3" or consent.handled_by is None or consent.handled_by != mp.consumer:
+            raise _deny("consumer_mismatch", "the consent was given to another organisation")
+        if not accept_handled_by:
+            raise _deny(
+                "handled_by_not_accepted",
+                "the token was issued to the consent's handler (handledBy), which this route does not accept",
+            )
+        handler = mp.consumer
+    if consent.kind == "altinn2":
+        if consent.supplier is not None and consent.supplier != mp.supplier:
+            raise _deny("supplier_mismatch", "the consent names another supplier (HandledBy)")
+    elif mp.supplier is not None and not delegation_source_accepted(mp.delegation_source, delegation_sources):
+        raise _deny("supplier_mismatch", "supplier token without a trusted delegation_source")
+    return handler
+
+
+#: Altinn 3 id of a consent migrated from Altinn 2: ``{org}_{serviceCode}_{editionCode}``
+#: (``skd_4628_210607``; Altinn's validate-consent guide, docs/protocol.md §3.3).
+MIGRATED_RESOURCE = re.compile(r"[a-z0-9]{2,20}_[0-9]{1,10}_[0-9]{1,10}")
+
+
+def bind_consent(
+    route: RouteConfig,
+    consent: Consent,
+    mp: MaskinportenToken,
+    subject: str,
+    *,
+    now: float,
+    leeway_seconds: float,
+    delegation_sources: Sequence[str],
+) -> Binding:
+    """Check that ``consent`` covers ``route`` for ``subject`` at ``now`` (epoch seconds).
+
+    Altinn 3: a right covers the route when its resource is one of the route's
+    ``altinn3_resources`` (or migrated ids) and its actions include one of the route's
+    ``accepted_actions``; rights of the route's resources with other actions only are
+    ``consent_action_not_accepted``. A matched resource id of the migrated form
+    ``{org}_{serviceCode}_{editionCode}`` makes the kind ``"altinn3-migrated"``.
+
+    :raises InsufficientConsentError: (403) ``consent_expired``, ``consent_not_yet_valid``,
+        ``consumer_mismatch``, ``handled_by_not_accepted``, ``supplier_mismatch``,
+        ``subject_mismatch``, ``service_not_consented`` / ``resource_not_consented``,
+        ``consent_action_not_accepted``.
+    """
+    if consent.valid_to <= now:
+        raise _deny("consent_expired", "the consent is no longer valid (ValidToDate/validTo)")
+    if consent.delegated is not None and consent.delegated > now + leeway_seconds:
+        raise _deny("consent_not_yet_valid", "the consent was given in the future")
+    handler = check_consumer(consent, mp, delegation_sources, accept_handled_by=route.accept_handled_by)
+    party: Party | None = party_from_digits(subject)
+    if party is None or party != consent.subject:
+        raise _deny("subject_mismatch", "the consent was given by another data subject")
+    if consent.kind == "altinn2":
+        rights = consent.rights_for(route.altinn2_services)
+        if not rights:
+            raise _deny("service_not_consented", "the consent does not cover this service")
+        return Binding("altinn2", rights[0].resource, rights)
+    actions = route.accepted_actions
+    held = False
+    for resources in (route.altinn3_resources, route.migrated_resources):
+        if not resources:
+            continue
+        rights = consent.rights_for(resources, actions)
+        if rights:
+            resource = rights[0].resource
+            migrated = resource in route.migrated_resources or MIGRATED_RESOURCE.fullmatch(resource) is not None
+            kind = "altinn3-migrated" if migrated else "altinn3"
+            return Binding(kind, resource, rights, handler)
+        held = held or bool(consent.rights_for(resources))
+    if held:
+        raise _deny(
+            "consent_action_not_accepted",
+            "the consent covers this resource only for actions this route does not accept",
+        )
+    raise _deny("resource_not_consented", "the consent does not cover this resource")
+
+
+_ARRAY_SUFFIX = re.compile(r"\[[^\]]*\]")
+
+
+def _name_parts(name: str) -> set[str]:
+    """How frameworks may read a query parameter name: case-folded, array syntax removed, and
+    each dotted component (ASP.NET model binding reads ``model.fnr`` as ``fnr``)."""
+    base = _ARRAY_SUFFIX.sub("", name).strip().lower()
+    return {base, *base.split(".")}
+
+
+_BRACKET = re.compile(r"\[([^\]]*)\]")
+
+
+def _nested_name_parts(name: str) -> set[str]:
+    """A query parameter name as a nested path, for the body field check: bracket syntax as
+    Rails, PHP and ``qs`` read it (``person[ident]`` is ``person.ident``), each component and
+    each leading path (``person``, ``person.ident``): a query value merged over the body can
+    replace the field or any object holding it."""
+    components = [c for c in _BRACKET.sub(r".\1", name.strip().lower()).split(".") if c]
+    return {*components, *(".".join(components[:i]) for i in range(1, len(components) + 1))}
+
+
+def check_governed_params(route: RouteConfig, query: Sequence[tuple[str, str]]) -> None:
+    """Refuse query parameters an upstream could read as a governed one (subject, period,
+    year) or as a path parameter: a governed name repeated; a variant that differs only in
+    case, array syntax or a dotted prefix/suffix (``FNR``, ``fnr[]``, ``tilOgMed[0]``,
+    ``model.fnr``); any query parameter naming a path parameter (``?personidentifikator=``,
+    ``?inntektsaar=``: frameworks that merge route and query values could let it win); names
+    with control characters; on a route whose subject is a JSON body field, a query parameter
+    naming that field (its dotted path, last name or a leading path, in any case, dotted or
+    bracket syntax such as ``person[ident]``: frameworks merge query and body values). Forwarding such names could let the request name another person, year or
+    rights package than the one checked.
+
+    :raises BadRequestError: (400, ``duplicate_parameter`` / ``ambiguous_parameter`` /
+        ``bad_query``).
+    """
+    if not query:
+        return
+    governed = {name.lower(): name for name in route.governed_params}
+    path_params = {name.lower() for name in route.path_params} - set(governed)
+    body_names = route.subject.shadows  # empty unless the subject is in the JSON body
+    seen: set[str] = set()
+    for name, _ in query:
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+            raise BadRequestError("a query parameter name has control characters", reason="bad_query")
+        parts = _name_parts(name)
+        if parts & path_params:
+            raise BadRequestError(
+                "a query parameter names a path parameter of this route", reason="ambiguous_parameter"
+            )
+        if body_names and (parts | _nested_name_parts(name)) & body_names:
+            raise BadRequestError(
+                "a query parameter names the body field that carries the subject", reason="ambiguous_parameter"
+            )
+        hits = [governed[p] for p in parts if p in governed]
+        if not hits:
+            continue
+        if len(hits) > 1 or name != hits[0]:
+            raise BadRequestError(
+                "a query parameter differs from a governed parameter only in case, array syntax"
+                " or a dotted prefix",
+                reason="ambiguous_parameter",
+            )
+        if name in seen:
+            raise BadRequestError(f"query parameter {name} is repeated", reason="duplicate_parameter")
+        seen.add(name)
+
+
+def check_governed_headers(route: RouteConfig, headers: Mapping[str, list[str]], consent_header: str) -> None:
+    """Refuse requests where headers the gateway reads could differ from what the upstream sees:
+    ``Connection`` nominating the subject, ``Authorization`` or consent header (it would be
+    dropped before the upstream, RFC 9110 §7.6.1; on a body-subject route also
+    ``Content-Type``/``Content-Encoding``, under which the body was checked), or a header whose
+    name differs from the
+    subject header only by ``_``/``-`` (CGI, PHP and nginx with ``underscores_in_headers`` read
+    ``NAV_PersonIdent`` as ``NAV-PersonIdent``), and likewise ``Content_Length`` /
+    ``Transfer_Encoding`` on any route and ``Content_Type`` / ``Content_Encoding`` on a
+    body-subject route.
+
+    :param headers: lower-cased name → values. :raises BadRequestError: (400).
+    """
+    read = {"authorization", consent_header}
+    # framing, and on a body route the headers the body was checked under: a "_" variant
+    # (Content_Type, Transfer_Encoding) is the real header to a CGI-style upstream
+    underscored = {"content-length", "transfer-encoding"}
+    if route.subject.source == "body":  # the body was checked as read under these
+        read |= {"content-type", "content-encoding"}
+        underscored |= {"content-type", "content-encoding"}
+    for name in headers:
+        if "_" in name and name.replace("_", "-") in underscored:
+            raise BadRequestError("a header differs from a framing or content header only by '_'/'-'",
+                                  reason="ambiguous_header")
+    if route.subject.source == "header":
+        read.add(route.subject.name)
+        folded = route.subject.name.replace("_", "-")
+        for name in headers:
+            if name != route.subject.name and name.replace("_", "-") == folded:
+                raise BadRequestError("a header differs from the subject header only by '_'/'-'",
+                                      reason="ambiguous_header")
+    for value in headers.get("connection", []):
+        nominated = {t.strip().lower() for t in value.split(",")}
+        if nominated & read:
+            raise BadRequestError("Connection nominates a header the gateway checks", reason="ambiguous_header")
+
+
+def _single(query: Sequence[tuple[str, str]], name: str) -> str | None:
+    values = [v for k, v in query if k == name]
+    if len(values) > 1:
+        raise BadRequestError(f"query parameter {name} is repeated", reason="duplicate_parameter")
+    return values[0] if values else None
+
+
+def apply_constraints(
+    route: RouteConfig,
+    binding: Binding,
+    path_params: Mapping[str, str],
+    query: Sequence[tuple[str, str]],
+) -> tuple[list[tuple[str, str]], ScopeContext]:
+    """Enforce the route's metadata constraints (docs/protocol.md §5).
+
+    :returns: (effective query parameters to forward, scope context with the effective period).
+    :raises BadRequestError: (400) a governed parameter is repeated or malformed.
+    :raises InsufficientConsentError: (403) ``metadata_missing`` (no parsable consented value)
+        or ``metadata_out_of_range`` (the request asks for more than the consent covers).
+    """
+    check_governed_params(route, query)
+    effective = list(query)
+    context = ScopeContext()
+    if route.year is not None:
+        yc = route.year
+        requested = path_params.get(yc.param) if yc.source == "path" else _single(query, yc.param)
+        allowed = {
+            v for r in binding.rights for v in r.metadata.get(yc.metadata, ()) if _YEAR.fullmatch(v)
+        }
+        if not allowed:
+            raise _deny("metadata_missing", f"the consent has no valid {yc.metadata}")
+        if requested is None:
+            raise BadRequestError(f"the request must name {yc.param}", reason="parameter_missing")
+        if requested not in allowed:
+            raise _deny("metadata_out_of_range", f"{yc.param} is not a consented year")
+    if route.period is not None:
+        pc = route.period
+        candidates = []
+        for right in binding.rights:
+            # Each right is one consented period; several values for one bound are ambiguous
+            # and yield no period (fail closed).
+            froms = right.metadata.get(pc.from_metadata, ())
+            tos = right.metadata.get(pc.to_metadata, ())
+            if (
+                len(froms) == 1
+                and len(tos) == 1
+                and _MONTH.fullmatch(froms[0])
+                and _MONTH.fullmatch(tos[0])
+                and froms[0] <= tos[0]
+            ):
+                candidates.append((froms[0], tos[0]))
+        if not candidates:
+            raise _deny("metadata_missing", "the consent has no valid period")
+        req_from = _single(query, pc.from_param)
+        req_to = _single(query, pc.to_param)
+        for value, name in ((req_from, pc.from_param), (req_to, pc.to_param)):
+            if value is not None and not _MONTH.fullmatch(value):
+                raise BadRequestError(f"{name} must be YYYY-MM", reason="bad_parameter")
+        chosen = None
+        for c_from, c_to in candidates:
+            eff_from = req_from if req_from is not None else c_from
+            eff_to = req_to if req_to is not None else c_to
+            if c_from <= eff_from <= eff_to <= c_to:
+                chosen = (eff_from, eff_to)
+                break
+        if chosen is None:
+            if req_from is not None and req_to is not None and req_from > req_to:
+                raise BadRequestError("the requested period is empty", reason="bad_parameter")
+            raise _deny("metadata_out_of_range", "the requested period is outside the consented period")
+        effective = [(k, v) for k, v in effective if k not in (pc.from_param, pc.to_param)]
+        effective += [(pc.from_param, chosen[0]), (pc.to_param, chosen[1])]
+        context = ScopeContext(period_from=chosen[0], period_to=chosen[1])
+    return effective, context

@@ -1,0 +1,344 @@
+"""One decision: request facts → :class:`Grant` or a :class:`GatewayError` (framework-free).
+
+The order is docs/protocol.md §4: tokens (parse, algorithm, key, signature, issuer, times), Maskinporten
+scope and consumer, consent (validity, consumer, supplier, resource), subject, metadata
+constraints, consent state. The :class:`DisclosureRecord` passed in is filled as facts become
+known, so a refusal is logged with everything learnt before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from samtykke_gateway.audit.record import DisclosureRecord
+from samtykke_gateway.policy.binding import (
+    Binding,
+    apply_constraints,
+    bind_consent,
+    check_governed_headers,
+    check_governed_params,
+    request_subject,
+)
+from samtykke_gateway.config import GatewayConfig, IssuerConfig
+from samtykke_gateway.exceptions import (
+    BadRequestError,
+    ForbiddenError,
+    InsufficientConsentError,
+    InvalidConsentError,
+    InvalidTokenError,
+    MissingTokenError,
+    NotFoundError,
+)
+from samtykke_gateway.tokens.keys import KeySet
+from samtykke_gateway.policy.routing import RouteMatch
+from samtykke_gateway.scoping.package import RightsPackage, ScopeContext
+from samtykke_gateway.tokens.altinn2 import consent_from_altinn2_claims
+from samtykke_gateway.tokens.maskinporten import maskinporten_from_claims
+from samtykke_gateway.tokens.model import Consent, MaskinportenToken
+from samtykke_gateway.tokens.typed import decode_maskinporten, maskinporten_from_typed
+from samtykke_gateway.tokens.verify import IssuerPolicy, TokenVerifier
+
+__all__ = [
+    "CONSENT_TOKEN_REASONS",
+    "Gate",
+    "Grant",
+    "RequestFacts",
+    "bearer_token",
+    "build_issuer_policies",
+    "params_as_dict",
+]
+
+#: Reason of a failed Altinn 2 consent-token verification (403) for each reason the verifier
+#: gives a bearer (401): the consent token is a consent problem, never the bearer's
+#: (docs/protocol.md §4).
+CONSENT_TOKEN_REASONS = {
+    "malformed_token": "consent_token_malformed",
+    "alg_not_allowed": "consent_token_alg_not_allowed",
+    "crit_not_supported": "consent_token_crit_not_supported",
+    "unknown_key": "consent_token_unknown_key",
+    "bad_signature": "consent_token_bad_signature",
+    "wrong_issuer": "consent_token_wrong_issuer",
+    "wrong_audience": "consent_token_wrong_audience",
+    "token_expired": "consent_token_expired",
+    "token_not_yet_valid": "consent_token_not_yet_valid",
+    "bad_time_claim": "consent_token_bad_time_claim",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the gate needs from an HTTP request.
+
+    ``headers``: lower-cased name → list of values (repeats kept). ``query``: decoded
+    ``(name, value)`` pairs in order. ``body``: the whole request body, read only on a route
+    whose subject is a JSON body field (``None`` elsewhere: bodies stream through).
+    """
+
+    method: str
+    query: Sequence[tuple[str, str]]
+    headers: Mapping[str, list[str]]
+    body: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """An allowed request: what to forward and what may be released.
+
+    ``rights_package`` is ``None`` on unscoped routes (the body streams through).
+    ``effective_query``: the query to forward (constraints applied).
+    """
+
+    match: RouteMatch
+    maskinporten: MaskinportenToken
+    consent: Consent
+    binding: Binding
+    subject: str
+    effective_query: list[tuple[str, str]]
+    scope_context: ScopeContext
+    rights_package: RightsPackage | None
+    rights_package_name: str | None
+
+
+def bearer_token(headers: Mapping[str, list[str]]) -> str:
+    """The RFC 6750 §2.1 bearer token from ``Authorization``.
+
+    :raises MissingTokenError: (401) no Authorization header.
+    :raises BadRequestError: (400) more than one Authorization header.
+    :raises InvalidTokenError: never here; a non-Bearer scheme is treated as missing.
+    """
+    values = headers.get("authorization", [])
+    if not values:
+        raise MissingTokenError("no bearer token (Authorization: Bearer ...)", reason="missing_token")
+    if len(values) > 1:
+        raise BadRequestError("more than one Authorization header", reason="duplicate_header")
+    scheme, _, token = values[0].strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise MissingTokenError("Authorization must use the Bearer scheme", reason="missing_token")
+    return token
+
+
+def _consent_header_token(headers: Mapping[str, list[str]], name: str) -> str | None:
+    values = headers.get(name, [])
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequestError("more than one consent token header", reason="duplicate_header")
+    value = values[0].strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1].strip()
+    if value.lower().startswith("bearer "):
+        value = value[7:].strip()
+    return value or None
+
+
+def build_issuer_policies(
+    config: GatewayConfig, http: httpx.AsyncClient, *, clock: Callable[[], float] = time.monotonic
+) -> dict[str, IssuerPolicy]:
+    """One :class:`IssuerPolicy` (with its own :class:`KeySet`) per configured issuer."""
+
+    def policy(cfg: IssuerConfig) -> IssuerPolicy:
+        keys = KeySet.from_issuer_config(cfg, http, clock=clock)
+        return IssuerPolicy(
+            name=cfg.name,
+            issuer=cfg.issuer,
+            algorithms=cfg.algorithms,
+            keys=keys,
+            leeway_seconds=config.leeway_seconds,
+            audiences=cfg.audiences,
+        )
+
+    return {name: policy(cfg) for name, cfg in config.issuers.items()}
+
+
+class Gate:
+    """Decides one request. Holds no per-request state.
+
+    :param config: validated configuration.
+    :param issuers: ``{"altinn": IssuerPolicy, "maskinporten": IssuerPolicy}``.
+    :param verifier: signature/time verification with its bounded cache.
+    :param clock: epoch seconds (UTC), injectable for tests.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        issuers: Mapping[str, IssuerPolicy],
+        verifier: TokenVerifier,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.issuers = issuers
+        self.verifier = verifier
+        self.clock = clock
+
+    async def maskinporten(self, token: str) -> MaskinportenToken:
+        """Verify a Maskinporten access token (docs/protocol.md §4 steps 1–5, without the scope check)."""
+        if len(token) > self.config.max_token_bytes:
+            raise InvalidTokenError("token is too large", reason="malformed_token")
+        policy = self.issuers["maskinporten"]
+        # The usual token in one synchronous pass; None leaves it to the strict path below.
+        fast = self.verifier.verify_typed(
+            token, policy, decode_maskinporten, maskinporten_from_typed, "maskinporten"
+        )
+        if fast is not None:
+            return fast
+        verified = await self.verifier.verify(token, policy)
+        return maskinporten_from_claims(
+            verified.claims,
+            issuer=verified.issuer,
+            key_id=verified.key_id,
+            expires_at=verified.expires_at,
+        )
+
+    async def altinn2(self, token: str) -> Consent:
+        """Verify an Altinn 2 consent token and parse its claims (docs/protocol.md §3.1).
+
+        :raises InvalidConsentError: (403) the consent token is malformed, wrongly signed,
+            expired, ...: reason ``consent_token_*`` (:data:`CONSENT_TOKEN_REASONS`), or
+            ``bad_consent_claims`` / ``test_token_refused``.
+        :raises InsufficientConsentError: (403, ``altinn2_not_accepted``) no Altinn 2 issuer.
+        :raises KeysUnavailableError: (503) Altinn's keys cannot be loaded.
+        """
+        policy = self.issuers.get("altinn")
+        if policy is None:
+            raise InsufficientConsentError("Altinn 2 consents are not accepted here", reason="altinn2_not_accepted")
+        if len(token) > self.config.max_token_bytes:
+            raise InvalidConsentError("the consent token is too large", reason="consent_token_malformed")
+        try:
+            verified = await self.verifier.verify(token, policy)
+        except InvalidTokenError as exc:
+            reason = CONSENT_TOKEN_REASONS.get(exc.reason, "consent_token_invalid")
+            raise InvalidConsentError(f"consent token: {exc.detail}", reason=reason) from None
+        return consent_from_altinn2_claims(
+            verified.claims,
+            issuer=verified.issuer,
+            key_id=verified.key_id,
+            allow_test_tokens=self.config.allow_test_tokens,
+        )
+
+    def max_token_age(self, route_bound: float | None) -> float | None:
+        """The stricter of the Maskinporten issuer's and the route's ``max_token_age_seconds``
+        (``None``: no bound)."""
+        issuer = self.config.issuers.get("maskinporten")
+        bounds = [b for b in (issuer.max_token_age_seconds if issuer else None, route_bound) if b is not None]
+        return min(bounds) if bounds else None
+
+    def check_token_age(self, mp: MaskinportenToken, route_bound: float | None) -> None:
+        """Refuse a Maskinporten token older than the bound: ``now - iat`` in seconds, on the
+        gate's clock (a revocation takes effect only when Maskinporten issues the next token,
+        so a data source may bound how long an issued token is honoured; docs/protocol.md §4).
+
+        :raises InvalidTokenError: (401, ``token_too_old``) over the bound, or no ``iat`` to
+            measure it by: the client's remedy is a new Maskinporten token.
+        """
+        bound = self.max_token_age(route_bound)
+        if bound is None:
+            return
+        if mp.issued_at is None:
+            raise InvalidTokenError("the token has no iat, and its age is bounded here", reason="token_too_old")
+        if self.clock() - mp.issued_at > bound:
+            raise InvalidTokenError(
+                f"the token is older than {bound:g} s (iat); fetch a new one", reason="token_too_old"
+            )
+
+    async def authorize(self, facts: RequestFacts, match: RouteMatch, record: DisclosureRecord) -> Grant:
+        """Run every check for ``facts`` on the matched route; fill ``record`` as it goes.
+
+        :raises GatewayError: the first failing check (401/403/400/404/503), never anything else
+            for bad input.
+        """
+        route = match.route
+        record.route = route.name
+        mp = await self.maskinporten(bearer_token(facts.headers))
+        record.issuer, record.key_id = mp.issuer, mp.key_id
+        record.consumer, record.supplier = mp.consumer, mp.supplier
+        record.client_id, record.jti = mp.client_id, mp.jti
+        self.check_token_age(mp, route.max_token_age_seconds)
+        if route.scope not in mp.scopes:
+            raise ForbiddenError("the access token lacks the route's scope", reason="scope_missing")
+
+        consent_token = _consent_header_token(facts.headers, self.config.consent_header)
+        if mp.consent is not None:
+            if consent_token is not None:
+                raise BadRequestError(
+                    "send either an Altinn 3 token or an Altinn 2 consent header, not both",
+                    reason="ambiguous_consent",
+                )
+            consent = mp.consent
+            record.token_kind = "altinn3"
+        else:
+            if consent_token is None:
+                raise InvalidConsentError(
+                    f"no consent: neither authorization_details nor the {self.config.consent_header} header",
+                    reason="missing_consent_token",
+                )
+            consent = await self.altinn2(consent_token)
+            record.token_kind = "altinn2"
+            record.consent_issuer, record.consent_key_id = consent.issuer, consent.key_id
+        record.consent_id = consent.consent_id
+
+        check_governed_params(route, facts.query)
+        check_governed_headers(route, facts.headers, self.config.consent_header)
+        subject = request_subject(route, match.params, facts.query, facts.headers, facts.body)
+        record.subject = subject
+        binding = bind_consent(
+            route,
+            consent,
+            mp,
+            subject,
+            now=self.clock(),
+            leeway_seconds=self.config.leeway_seconds,
+            delegation_sources=self.config.altinn3_delegation_sources,
+        )
+        if consent.kind == "altinn2":
+            record.supplier = consent.supplier or mp.supplier
+        if binding.handled_by is not None:  # the handler called for the recipient
+            record.consumer, record.handled_by = consent.consumer, binding.handled_by
+        record.token_kind = binding.token_kind
+        record.resource = binding.resource
+        record.metadata = binding.metadata
+        effective, context = apply_constraints(route, binding, match.params, facts.query)
+        if route.response_subject is not None:
+            context = dataclasses.replace(context, subject=subject, subject_path=route.response_subject)
+        record.effective_params = params_as_dict(effective)
+
+        package_name = route.rights_package
+        if route.rights_package_param is not None:
+            package_name = route.rights_package_map.get(match.params.get(route.rights_package_param, ""))
+            if package_name is None:
+                raise NotFoundError("unknown rights package", reason="unknown_rights_package")
+        record.rights_package = package_name
+        allowed = self.config.package_consumers.get(package_name) if package_name else None
+        # the data consumer is the consent's recipient (== the caller, unless a handler called)
+        if allowed is not None and consent.consumer not in allowed:
+            raise ForbiddenError(
+                "the consumer has no agreement for this rights package", reason="rights_package_not_allowed"
+            )
+        package = self.config.rights_packages[package_name] if package_name else None
+        return Grant(
+            match=match,
+            maskinporten=mp,
+            consent=consent,
+            binding=binding,
+            subject=subject,
+            effective_query=effective,
+            scope_context=context,
+            rights_package=package,
+            rights_package_name=package_name,
+        )
+
+
+def params_as_dict(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """Query pairs → ``name → [values]`` (order kept), the disclosure record's form."""
+    out: dict[str, list[str]] = {}
+    for k, v in pairs:
+        out.setdefault(k, []).append(v)
+    return out

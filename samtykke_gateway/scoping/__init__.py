@@ -1,0 +1,1 @@
+"""Scoping: rights packages, the path language, the compiled walk, exact JSON."""

@@ -1,0 +1,1 @@
+"""The sidecar: the middleware around the upstream proxy, and its server."""

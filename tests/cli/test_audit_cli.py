@@ -1,0 +1,229 @@
+"""``samtykke-gateway audit verify|export|purge`` through the argparse handlers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.audit.test_audit_support import BANK, OTHER, PERSON, VENDOR, make_record
+
+from samtykke_gateway.audit import open_store
+from samtykke_gateway.cli.audit import add_audit_parser, run_audit
+
+
+def _cli(*argv: str) -> tuple[int, str]:
+    parser = argparse.ArgumentParser(prog="samtykke-gateway")
+    add_audit_parser(parser.add_subparsers(dest="command", required=True))
+    out = io.StringIO()
+    return run_audit(parser.parse_args(list(argv)), out=out), out.getvalue()
+
+
+def _seed(url: str) -> None:
+    async def seed() -> None:
+        store = open_store(url)
+        await store.open()
+        try:
+            await store.append(make_record(1, time="2026-01-10T10:00:00Z"))
+            await store.append(
+                make_record(
+                    2,
+                    time="2026-02-10T10:00:00Z",
+                    decision="deny",
+                    reason="consent_expired",
+                    status=403,
+                    released_paths=[],
+                    upstream_status=None,
+                )
+            )
+            await store.append(make_record(3, time="2026-03-10T10:00:00Z", subject=OTHER))
+            await store.append(make_record(4, time="2026-04-10T10:00:00Z", supplier=None))
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path}/audit.db"
+    _seed(url)
+    return url
+
+
+def test_verify_ok(db: str) -> None:
+    code, out = _cli("audit", "verify", "--store", db)
+    assert code == 0
+    assert "chain OK: 4 records checked" in out
+
+
+def test_verify_broken_names_the_seq_and_the_problem(db: str) -> None:
+    with sqlite3.connect(db.removeprefix("sqlite:///")) as conn:
+        conn.execute("DELETE FROM disclosure WHERE seq = 2")
+    code, out = _cli("audit", "verify", "--store", db)
+    assert code == 1
+    assert "chain BROKEN at seq 2: deleted" in out
+
+
+def test_export_json_lists_disclosures_and_denied_attempts_separately(db: str) -> None:
+    code, out = _cli("audit", "export", "--store", db, "--subject", PERSON)
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["subject"] == PERSON
+    assert [d["time"] for d in doc["disclosures"]] == [
+        "2026-01-10T10:00:00Z",
+        "2026-04-10T10:00:00Z",
+    ]
+    first = doc["disclosures"][0]
+    assert (first["consumer"], first["supplier"], first["legal_basis"]) == (BANK, VENDOR, "consent")
+    assert first["consent_id"] == make_record(1).consent_id
+    assert first["resource"] == "ske-inntekt"
+    assert first["fields_released"] == ["arbeidsinntektMaaned[].inntekt[].beloep"]
+    assert doc["disclosures"][1]["supplier"] is None
+    assert [(d["reason"], d["status"]) for d in doc["denied_attempts"]] == [
+        ("consent_expired", 403)
+    ]
+
+
+def test_export_window_and_csv(db: str) -> None:
+    code, out = _cli(
+        "audit", "export", "--store", db, "--subject", PERSON,
+        "--since", "2026-02-01", "--until", "2026-05-01T00:00:00+02:00", "--format", "csv",
+    )  # fmt: skip
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(r["section"], r["time"]) for r in rows] == [
+        ("disclosure", "2026-04-10T10:00:00Z"),
+        ("denied_attempt", "2026-02-10T10:00:00Z"),
+    ]
+    assert rows[0]["legal_basis"] == "consent"
+    assert rows[1]["reason"] == "consent_expired"
+
+
+def test_export_neutralises_spreadsheet_formulas(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/a.db"
+
+    async def seed() -> None:
+        store = open_store(url)
+        await store.open()
+        await store.append(make_record(1, resource='=HYPERLINK("http://evil")'))
+        await store.close()
+
+    asyncio.run(seed())
+    code, out = _cli("audit", "export", "--store", url, "--subject", PERSON, "--format", "csv")
+    assert code == 0
+    assert next(iter(csv.DictReader(io.StringIO(out))))["resource"].startswith("'=")
+
+
+def test_purge_then_verify(db: str) -> None:
+    code, out = _cli("audit", "purge", "--store", db, "--older-than", "1")
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[0] == "purged 4 records older than 1 days"
+    assert lines[1].startswith("checkpoint: 4; head: 4:")  # the head to pin after a purge
+    assert _cli("audit", "verify", "--store", db)[0] == 0
+
+
+@pytest.mark.parametrize("days", ["0", "0.5", "-5", "1e9", "99999999999", "nan", "inf"])
+def test_purge_refuses_unusable_ages_without_a_traceback(
+    db: str, days: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 0 would wipe the log that answers Art. 15 requests; 1e9 overflowed timedelta (traceback)
+    code, out = _cli("audit", "purge", "--store", db, "--older-than", days)
+    err = capsys.readouterr().err
+    assert code == 2 and "purged" not in out
+    assert "Traceback" not in err
+    export_code, export_out = _cli("audit", "export", "--store", db, "--subject", PERSON)
+    assert export_code == 0 and json.loads(export_out)["disclosures"]  # nothing was removed
+
+
+def test_config_with_a_relative_sqlite_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf_dir = tmp_path / "etc"
+    conf_dir.mkdir()
+    _seed(f"sqlite:///{conf_dir}/logs.db")
+    config = conf_dir / "gateway.toml"
+    config.write_text('[gateway]\nprofile = "tt02"\n\n[audit]\nurl = "sqlite:///logs.db"\n')
+    monkeypatch.chdir(tmp_path)  # resolves against the config's directory, not the cwd
+    code, out = _cli("audit", "verify", "--config", str(config))
+    assert code == 0 and "4 records" in out, out
+
+
+def test_config_fallback_reads_the_audit_table(tmp_path: Path) -> None:
+    import samtykke_gateway.cli.audit as admin
+
+    config = tmp_path / "gateway.toml"
+    config.write_text('[audit]\nurl = "sqlite:///sub/logs.db"\n')
+    assert admin._audit_url_from_toml(config) == f"sqlite:///{tmp_path}/sub/logs.db"
+    config.write_text('[audit]\nurl = "sqlite:////abs/logs.db"\n')
+    assert admin._audit_url_from_toml(config) == "sqlite:////abs/logs.db"
+
+
+def test_missing_sqlite_file_is_an_error_not_an_empty_chain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _cli("audit", "verify", "--store", f"sqlite:///{tmp_path}/typo.db")[0] == 2
+    assert "no disclosure log" in capsys.readouterr().err
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_store_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _cli("audit", "verify", "--store", "mysql://x")[0] == 2
+    (tmp_path / "f").write_text("x")
+    assert _cli("audit", "verify", "--store", f"sqlite:///{tmp_path}/f/a.db")[0] == 2
+    assert _cli("audit", "verify", "--config", f"{tmp_path}/missing.toml")[0] == 2
+    _seed(f"sqlite:///{tmp_path}/b.db")
+    code, _ = _cli("audit", "export", "--store", f"sqlite:///{tmp_path}/b.db", "--subject", PERSON,
+                   "--since", "soon")  # fmt: skip
+    assert code == 2
+    (tmp_path / "garbage.db").write_bytes(b"not a database at all" * 100)
+    assert _cli("audit", "verify", "--store", f"sqlite:///{tmp_path}/garbage.db")[0] == 2
+    err = capsys.readouterr().err
+    assert "Invalid isoformat" in err
+    assert "garbage.db unavailable: disclosure store open failed (SQLITE_NOTADB)" in err
+
+
+def test_console_entry_point_routes_audit(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    cli = pytest.importorskip("samtykke_gateway.cli.main")
+    assert cli.main(["audit", "verify", "--store", db]) == 0
+    assert "chain OK: 4 records checked" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--subject", "abc"], "--subject must be"),
+        (["--subject", ""], "--subject must be"),
+        (["--subject", "0102941315"], "--subject must be"),  # 10 digits: a typo
+        (["--subject", PERSON, "--since", "9999-12-31T23:59:59-05:00"], "audit:"),  # past year 9999 in UTC
+        (["--subject", PERSON, "--until", "0001-01-01T00:00:00+01:00"], "audit:"),
+        (["--subject", PERSON, "--since", "2026-05-01", "--until", "2026-04-01"], "--since must be before"),
+    ],
+)
+def test_export_refuses_what_would_answer_nothing(
+    db: str, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # found by a fresh user: a typo'd subject answered an Art. 15 request with "nothing", an
+    # out-of-range date raised a traceback
+    code, out = _cli("audit", "export", "--store", db, *args)
+    err = capsys.readouterr().err
+    assert code == 2 and out == "" and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("anchor", ["0:" + "a" * 64, "\u0661\u0662:" + "a" * 64, "12:" + "g" * 64, "12:" + "a" * 63])
+def test_anchor_argument_is_ascii_and_from_one(db: str, anchor: str) -> None:
+    value = anchor.encode().decode("unicode_escape")
+    assert _cli("audit", "verify", "--store", db, "--anchor", value)[0] == 2
+
+
+def test_anchor_hash_in_upper_case_is_read(db: str) -> None:
+    code, out = _cli("audit", "verify", "--store", db)
+    head = next(line.split()[1] for line in out.splitlines() if line.startswith("head: "))
+    code, out = _cli("audit", "verify", "--store", db, "--anchor", head.upper())
+    assert code == 0 and "held" in out

@@ -1,0 +1,378 @@
+"""The data subject in a JSON request body (``subject = { body = "fnr" }``), in both forms.
+
+The gateway reads the whole body (bounded), checks it strictly (application/json, UTF-8 JSON
+object, no duplicate or case-variant member names, the field a JSON string) and hands the app /
+upstream exactly the bytes it checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import tomllib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from samtykke_gateway.asgi.middleware import ConsentMiddleware
+from samtykke_gateway.dev.issuer import DevIssuer
+
+from tests.proxy_support import answer_lifespan
+from tests.support import TAX_BASE_PERSON, a3_headers, decisions, make_config, running_gateway
+
+OTHER_PERSON = "01029413157"
+DEMO = Path(__file__).resolve().parent.parent.parent / "samtykke_gateway" / "dev" / "data" / "demo.toml"
+DEMO_ROUTES: list[dict[str, Any]] = tomllib.loads(DEMO.read_text())["routes"]
+MODES = ["middleware", "sidecar"]
+JSON = {"Content-Type": "application/json"}
+LIMIT = 1024
+
+
+def body_route(name: str = "ssg-body", field: str = "fnr", prefix: str = "/api/b") -> dict[str, Any]:
+    """The tax base route (A3 resource, consented year in the path), POST, subject in the body,
+    unscoped so the echo upstream's answer comes back as it is."""
+    route = {k: v for k, v in DEMO_ROUTES[1].items() if k not in ("rights_package", "response_subject")}
+    route.update(name=name, method=["POST", "PUT"], path=prefix + "/{rettighetspakke}/{inntektsaar}",
+                 subject={"body": field}, unscoped=True)
+    return route
+
+
+ROUTES = [*DEMO_ROUTES, body_route(), body_route("ssg-nested", "person.ident", "/api/n")]
+OVERRIDES: dict[str, Any] = {"routes": ROUTES, "gateway": {"max_request_body_bytes": LIMIT}}
+
+
+class Echo:
+    """Upstream that records what it received and answers with the body it read."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await answer_lifespan(receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        headers: dict[str, list[str]] = {}
+        for k, v in scope["headers"]:
+            headers.setdefault(k.decode("latin-1").lower(), []).append(v.decode("latin-1"))
+        self.seen.append({"method": scope["method"], "path": scope["path"], "headers": headers, "body": body})
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _chunks(data: bytes, size: int = 7) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i:i + size]
+
+
+def _reason(response: Any) -> str:
+    return str(response.json().get("reason"))
+
+
+# ----------------------------------------------------------------------------- allowed
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_allowed_upstream_sees_the_checked_bytes(mode: str, chunked: bool, dev_issuer: DevIssuer,
+                                                       issuer_url: str) -> None:
+    echo = Echo()
+    # whitespace, a non-ASCII string, an escape, a number with trailing zero: never re-serialised
+    raw = ('{ "soknad": {"belop": 1.50, "navn": "Ærlig \\u00e5"},\n  "fnr" : "' + TAX_BASE_PERSON + '" }').encode()
+    async with running_gateway(mode, issuer_url, upstream_app=echo, **OVERRIDES) as gw:
+        content: Any = _chunks(raw) if chunked else raw
+        response = await gw.client.post("/api/b/sbl/2022?x=1", content=content,
+                                        headers={**a3_headers(dev_issuer), "Content-Type": "application/json; charset=UTF-8"})
+        assert response.status_code == 200, response.text
+        assert response.content == raw
+        [seen] = echo.seen
+        assert seen["body"] == raw
+        assert seen["headers"]["content-length"] == [str(len(raw))]
+        assert "transfer-encoding" not in seen["headers"]
+        assert "authorization" not in seen["headers"]
+        [record] = decisions(gw.records)
+        assert (record.decision, record.reason, record.subject) == ("allow", "ok", TAX_BASE_PERSON)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", MODES)
+async def test_nested_dotted_path(mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    echo = Echo()
+    async with running_gateway(mode, issuer_url, upstream_app=echo, **OVERRIDES) as gw:
+        headers = {**a3_headers(dev_issuer), **JSON}
+        ok = json.dumps({"person": {"ident": TAX_BASE_PERSON, "navn": "x"}, "fnr": OTHER_PERSON}).encode()
+        response = await gw.client.put("/api/n/sbl/2022", content=ok, headers=headers)
+        assert response.status_code == 200, response.text
+        assert echo.seen[0]["body"] == ok
+        cases = [
+            ({"person": {"ident": OTHER_PERSON}}, 403, "subject_mismatch"),
+            ({"person": {"ident": TAX_BASE_PERSON, "Ident": OTHER_PERSON}}, 400, "ambiguous_parameter"),
+            ({"person": {"ident": TAX_BASE_PERSON}, "PERSON": {"ident": OTHER_PERSON}}, 400, "ambiguous_parameter"),
+            ({"person": TAX_BASE_PERSON}, 400, "subject_missing"),
+            ({"person.ident": TAX_BASE_PERSON}, 400, "subject_missing"),
+            ({"person": [{"ident": TAX_BASE_PERSON}]}, 400, "subject_missing"),
+            ({"person": {"ident": int(TAX_BASE_PERSON)}}, 400, "subject_malformed"),
+        ]
+        for body, status, reason in cases:
+            response = await gw.client.put("/api/n/sbl/2022", content=json.dumps(body).encode(), headers=headers)
+            assert (response.status_code, _reason(response)) == (status, reason), body
+        assert len(echo.seen) == 1
+
+
+# ----------------------------------------------------------------------------- refused
+
+
+REFUSED: list[tuple[str, bytes, dict[str, str], int, str]] = [
+    ("wrong subject", b'{"fnr": "%s"}' % OTHER_PERSON.encode(), JSON, 403, "subject_mismatch"),
+    ("organisation instead of person", b'{"fnr": "999999999"}', JSON, 403, "subject_mismatch"),
+    ("missing field", b'{"fodselsnummer": "%s"}' % TAX_BASE_PERSON.encode(), JSON, 400, "subject_missing"),
+    ("empty string", b'{"fnr": ""}', JSON, 400, "subject_missing"),
+    ("number field", b'{"fnr": %s}' % TAX_BASE_PERSON.encode(), JSON, 400, "subject_malformed"),
+    ("null field", b'{"fnr": null}', JSON, 400, "subject_malformed"),
+    ("array field", b'{"fnr": ["%s"]}' % TAX_BASE_PERSON.encode(), JSON, 400, "subject_malformed"),
+    ("over-long string", b'{"fnr": "%s"}' % (b"1" * 65), JSON, 400, "subject_malformed"),
+    ("full-width digits", '{"fnr": "1287939778０"}'.encode(), JSON, 403, "subject_mismatch"),
+    ("duplicate subject", b'{"fnr": "%s", "fnr": "%s"}' % (TAX_BASE_PERSON.encode(), OTHER_PERSON.encode()),
+     JSON, 400, "duplicate_member"),
+    ("duplicate by escape", b'{"fnr": "%s", "f\\u006er": "%s"}' % (TAX_BASE_PERSON.encode(), OTHER_PERSON.encode()),
+     JSON, 400, "duplicate_member"),
+    ("duplicate elsewhere", b'{"fnr": "%s", "a": [{"b": 1, "b": 2}]}' % TAX_BASE_PERSON.encode(),
+     JSON, 400, "duplicate_member"),
+    ("case variant", b'{"fnr": "%s", "FNR": "%s"}' % (TAX_BASE_PERSON.encode(), OTHER_PERSON.encode()),
+     JSON, 400, "ambiguous_parameter"),
+    ("mixed-case variant", b'{"Fnr": "x", "fnr": "%s"}' % TAX_BASE_PERSON.encode(), JSON, 400, "ambiguous_parameter"),
+    ("only a case variant", b'{"Fnr": "%s"}' % TAX_BASE_PERSON.encode(), JSON, 400, "subject_missing"),
+    ("not JSON", b"fnr=%s" % TAX_BASE_PERSON.encode(), JSON, 400, "body_not_json"),
+    ("JSON array", b'[{"fnr": "%s"}]' % TAX_BASE_PERSON.encode(), JSON, 400, "body_not_json"),
+    ("trailing data", b'{"fnr": "%s"} {}' % TAX_BASE_PERSON.encode(), JSON, 400, "body_not_json"),
+    ("byte order mark", b'\xef\xbb\xbf{"fnr": "%s"}' % TAX_BASE_PERSON.encode(), JSON, 400, "body_not_json"),
+    ("not UTF-8", b'{"fnr": "%s", "n": "\xe6"}' % TAX_BASE_PERSON.encode(), JSON, 400, "body_not_json"),
+    ("NaN", b'{"fnr": "%s", "n": NaN}' % TAX_BASE_PERSON.encode(), JSON, 400, "body_not_json"),
+    ("too deep", b'{"fnr": "%s", "n": %s%s}' % (TAX_BASE_PERSON.encode(), b"[" * 40, b"]" * 40),
+     JSON, 400, "body_not_json"),
+    ("empty body", b"", JSON, 400, "body_not_json"),
+    ("text/plain", b'{"fnr": "%s"}' % TAX_BASE_PERSON.encode(), {"Content-Type": "text/plain"},
+     415, "unsupported_media_type"),
+    ("no content type", b'{"fnr": "%s"}' % TAX_BASE_PERSON.encode(), {}, 415, "unsupported_media_type"),
+    ("json suffix type", b'{"fnr": "%s"}' % TAX_BASE_PERSON.encode(), {"Content-Type": "application/problem+json"},
+     415, "unsupported_media_type"),
+    ("latin-1 charset", b'{"fnr": "%s"}' % TAX_BASE_PERSON.encode(),
+     {"Content-Type": "application/json; charset=iso-8859-1"}, 415, "unsupported_media_type"),
+    ("content coding", b'{"fnr": "%s"}' % TAX_BASE_PERSON.encode(),
+     {**JSON, "Content-Encoding": "gzip"}, 415, "unsupported_media_type"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", MODES)
+async def test_refused_bodies_never_reach_the_upstream(mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    echo = Echo()
+    async with running_gateway(mode, issuer_url, upstream_app=echo, **OVERRIDES) as gw:
+        for title, body, extra, status, reason in REFUSED:
+            response = await gw.client.post("/api/b/sbl/2022", content=body,
+                                            headers={**a3_headers(dev_issuer), **extra})
+            assert (response.status_code, _reason(response)) == (status, reason), (title, response.text)
+        assert echo.seen == []
+        assert [(r.decision, r.reason) for r in gw.records] == [("deny", c[4]) for c in REFUSED]
+        wrong = gw.records[0]
+        assert wrong.subject == OTHER_PERSON  # recorded as the request named it
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_oversized_body_is_413(mode: str, chunked: bool, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    echo = Echo()
+    body = b'{"fnr": "%s", "pad": "%s"}' % (TAX_BASE_PERSON.encode(), b"x" * (LIMIT * 3))
+    async with running_gateway(mode, issuer_url, upstream_app=echo, **OVERRIDES) as gw:
+        content: Any = _chunks(body, 512) if chunked else body
+        response = await gw.client.post("/api/b/sbl/2022", content=content, headers={**a3_headers(dev_issuer), **JSON})
+        assert response.status_code == 413, response.text
+        assert _reason(response) == "request_body_too_large"
+        # exactly at the limit is read
+        fitting = b'{"fnr": "%s", "pad": "' % TAX_BASE_PERSON.encode()
+        fitting += b"x" * (LIMIT - len(fitting) - 2) + b'"}'
+        assert len(fitting) == LIMIT
+        ok = await gw.client.post("/api/b/sbl/2022", content=fitting, headers={**a3_headers(dev_issuer), **JSON})
+        assert ok.status_code == 200, ok.text
+        assert [s["body"] for s in echo.seen] == [fitting]
+        assert [(r.reason, r.status) for r in decisions(gw.records)] == [("request_body_too_large", 413), ("ok", 200)]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", MODES)
+async def test_query_naming_the_body_field_is_refused(mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    echo = Echo()
+    body = b'{"fnr": "%s"}' % TAX_BASE_PERSON.encode()
+    async with running_gateway(mode, issuer_url, upstream_app=echo, **OVERRIDES) as gw:
+        headers = {**a3_headers(dev_issuer), **JSON}
+        for query in (f"fnr={OTHER_PERSON}", f"FNR={OTHER_PERSON}", f"fnr[]={OTHER_PERSON}", f"model.fnr={OTHER_PERSON}"):
+            response = await gw.client.post(f"/api/b/sbl/2022?{query}", content=body, headers=headers)
+            assert (response.status_code, _reason(response)) == (400, "ambiguous_parameter"), query
+        nested = b'{"person": {"ident": "%s"}}' % TAX_BASE_PERSON.encode()
+        for query in (f"ident={OTHER_PERSON}", f"person.ident={OTHER_PERSON}", f"Person.Ident={OTHER_PERSON}"):
+            response = await gw.client.post(f"/api/n/sbl/2022?{query}", content=nested, headers=headers)
+            assert (response.status_code, _reason(response)) == (400, "ambiguous_parameter"), query
+        # a header naming a person is not read on a body route: the body decides
+        response = await gw.client.post("/api/b/sbl/2022", content=body, headers={**headers, "fnr": OTHER_PERSON})
+        assert response.status_code == 200, response.text
+        assert len(echo.seen) == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", MODES)
+async def test_non_body_route_unchanged(mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """A GET route's behaviour does not depend on the body routes beside it."""
+    async with running_gateway(mode, issuer_url, **OVERRIDES) as gw:
+        response = await gw.client.get(f"/api/formueinntekt/spesifisertsummertskattegrunnlag/sbl/2022/{TAX_BASE_PERSON}",
+                                       headers=a3_headers(dev_issuer))
+        assert response.status_code == 200, response.text
+
+
+# ----------------------------------------------------------------------------- disconnects
+
+
+def _scope(body_length: int, headers: dict[str, str]) -> dict[str, Any]:
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    raw.append((b"content-length", str(body_length).encode()))
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": "/api/b/sbl/2022", "raw_path": b"/api/b/sbl/2022", "query_string": b"",
+            "root_path": "", "headers": raw, "client": ("127.0.0.1", 40000), "server": ("gateway.test", 80)}
+
+
+@pytest.mark.anyio
+async def test_client_gone_while_sending_middleware(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    echo = Echo()
+    middleware = ConsentMiddleware(echo, config=make_config(issuer_url, "http://upstream.invalid", **OVERRIDES))
+    messages = [{"type": "http.request", "body": b'{"fnr": "', "more_body": True}, {"type": "http.disconnect"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    try:
+        await middleware(_scope(100, {**a3_headers(dev_issuer), **JSON}), receive, send)
+        assert echo.seen == []
+        [record] = middleware.gateway.store.records  # type: ignore[attr-defined]
+        assert (record.decision, record.reason, record.status) == ("deny", "client_disconnected", 499)
+    finally:
+        await middleware.gateway.close()
+
+
+@pytest.mark.anyio
+async def test_replayed_body_then_the_clients_disconnect(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """The app gets the checked body as one message, then the client's own messages."""
+    received: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        received.append(await receive())
+        received.append(await receive())
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    middleware = ConsentMiddleware(app, config=make_config(issuer_url, "http://upstream.invalid", **OVERRIDES))
+    body = b'{"fnr": "%s"}' % TAX_BASE_PERSON.encode()
+    messages = [{"type": "http.request", "body": body[:5], "more_body": True},
+                {"type": "http.request", "body": body[5:], "more_body": False}, {"type": "http.disconnect"}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    try:
+        await middleware(_scope(len(body), {**a3_headers(dev_issuer), **JSON}), receive, send)
+        assert received == [{"type": "http.request", "body": body, "more_body": False}, {"type": "http.disconnect"}]
+    finally:
+        await middleware.gateway.close()
+
+
+@pytest.mark.anyio
+async def test_client_gone_while_sending_sidecar(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    echo = Echo()
+    async with running_gateway("sidecar", issuer_url, upstream_app=echo, **OVERRIDES) as gw:
+        url = urlsplit(str(gw.client.base_url))
+        head = "".join(f"{k}: {v}\r\n" for k, v in {**a3_headers(dev_issuer), **JSON}.items())
+        request = (f"POST /api/b/sbl/2022 HTTP/1.1\r\nHost: {url.hostname}\r\n{head}Content-Length: 500\r\n\r\n"
+                   '{"fnr": "').encode()
+        with socket.create_connection((url.hostname, url.port)) as sock:
+            sock.sendall(request)
+            await asyncio.sleep(0.2)
+        for _ in range(200):  # the record is written on the server's thread
+            if gw.records:
+                break
+            await asyncio.sleep(0.05)  # noqa: ASYNC110 - polling another thread's store
+        assert [(r.reason, r.status) for r in gw.records] == [("client_disconnected", 499)]
+        assert echo.seen == []
+
+
+# ----------------------------------------------------------------------------- property
+
+_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
+_NAMES = st.text(max_size=6) | st.sampled_from(["fnr", "FNR", "Fnr", "person", "ident"])
+_VALUES = st.recursive(_SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(_NAMES, c, max_size=4),
+                       max_leaves=25)
+_SUBJECTS = st.sampled_from([TAX_BASE_PERSON, OTHER_PERSON, "", "999999999"]) | _SCALARS
+
+
+def _serialised(doc: Any, ascii_only: bool) -> bytes:
+    return json.dumps(doc, ensure_ascii=ascii_only).encode("utf-8")
+
+
+_BODIES = (
+    st.builds(_serialised, st.dictionaries(_NAMES, _VALUES, max_size=5), st.booleans())
+    | st.builds(lambda rest, fnr, a: _serialised({**rest, "fnr": fnr}, a), st.dictionaries(_NAMES, _VALUES, max_size=4),
+                _SUBJECTS, st.booleans())
+    | st.builds(lambda rest, fnr, a: _serialised({"person": {**rest, "ident": fnr}}, a),
+                st.dictionaries(_NAMES, _VALUES, max_size=3), _SUBJECTS, st.booleans())
+    | st.binary(max_size=64)
+    | st.builds(lambda b, fnr: b[:20] + b'{"fnr":"%s"}' % fnr.encode() + b[20:], st.binary(max_size=40),
+                st.sampled_from([TAX_BASE_PERSON, OTHER_PERSON]))
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=_BODIES, nested=st.booleans())
+def _property(runner: asyncio.Runner, gw: Any, headers: dict[str, str], statuses: list[int], body: bytes,
+              nested: bool) -> None:
+    path = "/api/n/sbl/2022" if nested else "/api/b/sbl/2022"
+    before = len(decisions(gw.records))
+    response = runner.run(gw.client.post(path, content=body, headers=headers))
+    assert response.status_code in (200, 400, 403, 413, 415), (body, response.text)
+    assert len(decisions(gw.records)) == before + 1  # an unscoped answer's end record comes after
+    statuses.append(response.status_code)
+
+
+def test_arbitrary_bodies_never_fail_the_gateway(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    echo = Echo()
+    statuses: list[int] = []
+    with asyncio.Runner() as runner:
+        context = running_gateway("middleware", issuer_url, upstream_app=echo, **OVERRIDES)
+        gw = runner.run(context.__aenter__())
+        try:
+            _property(runner, gw, {**a3_headers(dev_issuer), **JSON}, statuses)
+        finally:
+            runner.run(context.__aexit__(None, None, None))
+    assert len(statuses) >= 100 and {200, 400, 403} <= set(statuses), sorted(set(statuses))
+    assert len(echo.seen) == statuses.count(200)
+    for seen in echo.seen:  # whatever was forwarded is byte for byte a checked body
+        assert json.loads(seen["body"])
