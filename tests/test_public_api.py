@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import __future__
+import types
+
 import httpx
 import pytest
 from fastapi import FastAPI, Request
@@ -18,6 +21,17 @@ def test_all_is_sorted_and_importable() -> None:
     assert names == sorted(names, key=lambda n: (not n.isupper(), n))
     for name in names:
         assert hasattr(samtykke_gateway, name), name
+
+
+def test_all_equals_the_public_names() -> None:
+    """httpx's ``tests/test_exported_members.py``: every public name the package binds is in
+    ``__all__`` and nothing else is (subpackages and ``from __future__`` features aside)."""
+    public = {
+        name for name, value in vars(samtykke_gateway).items()
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType | __future__._Feature)
+    }
+    assert sorted(samtykke_gateway.__all__) == sorted(public)
 
 
 @pytest.mark.anyio
