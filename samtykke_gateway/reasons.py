@@ -57,11 +57,11 @@ CATALOGUE: tuple[Reason, ...] = (
     Reason("parameter_missing", 400, "the route's year parameter is missing"),
     Reason("subject_malformed", 400, "the data subject is not an 11-digit person id or 9-digit org number"),
     Reason("subject_missing", 400, "the request does not name exactly one data subject"),
+    Reason("too_many_parameters", 400, "the query has more than 100 parameters"),
     Reason("unexpected_body", 400, "a GET or HEAD request carries a body"),
     # 401
     Reason("unauthenticated", 401, "the bearer cannot be authenticated (default of AuthenticationError)"),
     Reason("missing_token", 401, "no Maskinporten bearer token, or not the Bearer scheme", _ALL),
-    Reason("missing_consent_token", 401, "the route needs a consent and none is presented", _ALL),
     Reason("invalid_token", 401, "the token is invalid (default of InvalidTokenError)"),
     Reason("malformed_token", 401, "the token is not a well-formed compact JWS, or is too large", _ALL),
     Reason("alg_not_allowed", 401, "the token's alg is not allowed for its issuer", _ALL),
@@ -74,11 +74,28 @@ CATALOGUE: tuple[Reason, ...] = (
     Reason("token_not_yet_valid", 401, "the token's nbf/iat is in the future", _ALL),
     Reason("bad_time_claim", 401, "exp/nbf/iat is missing or not a NumericDate", _ALL),
     Reason("bad_maskinporten_claims", 401, "the Maskinporten token's claims are malformed (consumer, scope)", _ALL),
-    Reason("bad_consent_claims", 401, "the consent claims are malformed (Altinn 2 or Altinn 3)", _ALL),
-    Reason("test_token_refused", 401, "an Altinn 2 test token in production", _ALL),
+    Reason("token_too_old", 401, "the Maskinporten token is older than max_token_age_seconds (or has no iat where a bound is set)", _ALL),
     Reason("token_replayed", 401, "this access token (jti) has already been used"),
     Reason("unforwardable_claim", 401, "a claim to forward as a header has characters a header cannot carry"),
-    # 403
+    # 403: not about the consent
+    Reason("forbidden", 403, "refused, not about the consent (default of ForbiddenError)"),
+    # 403: the consent (docs/protocol.md §4: never 401, never a WWW-Authenticate challenge)
+    Reason("missing_consent_token", 403, "the route needs a consent and none is presented", _ALL),
+    Reason("bad_consent_claims", 403, "the consent (Altinn 3 authorization_details or Altinn 2 consent token claims) is malformed", _ALL),
+    Reason("test_token_refused", 403, "an Altinn 2 test-generator consent token (actual_iss) under the prod profile", _ALL),
+    Reason("consent_token_invalid", 403, "the Altinn 2 consent token fails verification (fallback of the consent_token_* codes)", _ALL),
+    Reason("consent_token_malformed", 403, "the Altinn 2 consent token is not a well-formed compact JWS, or is too large", _ALL),
+    Reason("consent_token_alg_not_allowed", 403, "the Altinn 2 consent token's alg is not allowed", _ALL),
+    Reason("consent_token_crit_not_supported", 403, "the Altinn 2 consent token header has a crit parameter", _ALL),
+    Reason("consent_token_unknown_key", 403, "the Altinn 2 consent token names a key Altinn's JWKS does not have", _ALL),
+    Reason("consent_token_bad_signature", 403, "the Altinn 2 consent token's signature does not verify", _ALL),
+    Reason("consent_token_wrong_issuer", 403, "the Altinn 2 consent token's iss is not altinn.no", _ALL),
+    Reason("consent_token_wrong_audience", 403, "the Altinn 2 consent token's aud does not name this data source", _ALL),
+    Reason("consent_token_expired", 403, "the Altinn 2 consent token's exp is past", _ALL),
+    Reason("consent_token_not_yet_valid", 403, "the Altinn 2 consent token's nbf/iat is in the future", _ALL),
+    Reason("consent_token_bad_time_claim", 403, "the Altinn 2 consent token's exp/nbf/iat is missing or malformed", _ALL),
+    Reason("consent_action_not_accepted", 403, "the consent names the route's resource only under actions the route does not accept (accepted_actions)", _ALL),
+    Reason("handled_by_not_accepted", 403, "the caller is the consent's handledBy and the route has not opted in (accept_handled_by)", _ALL),
     Reason("consent_does_not_cover_request", 403, "the consent does not cover the request (default of InsufficientConsentError)"),
     Reason("scope_missing", 403, "the access token lacks the route's scope", _ALL),
     Reason("altinn2_not_accepted", 403, "Altinn 2 consents are not accepted on this route", _ALL),
@@ -114,6 +131,7 @@ CATALOGUE: tuple[Reason, ...] = (
     Reason("upstream_bad_encoding", 502, "the upstream's compressed body is corrupt, truncated or has trailing data"),
     Reason("upstream_unknown_encoding", 502, "the upstream used a content encoding the gateway cannot decode"),
     Reason("upstream_subject_mismatch", 502, "the upstream's answer is about another data subject (response_subject)"),
+    Reason("gateway_out_of_file_descriptors", 503, "the gateway has no file descriptor left to open the upstream connection (raise ulimit -n)", _SIDECAR),
     Reason("upstream_timeout", 504, "the upstream did not answer within the read timeout or the deadline", _SIDECAR),
     # 503
     Reason("unavailable", 503, "the gateway cannot decide (default of UnavailableError)"),
@@ -126,6 +144,7 @@ CATALOGUE: tuple[Reason, ...] = (
     Reason("state_unavailable", 503, "the consent state backend (Redis) is unreachable"),
     Reason("revocation_feed_stale", 503, "the consent revocation feed is older than max_staleness_seconds"),
     Reason("revocation_file_unreadable", 503, "the revocation file cannot be read"),
+    Reason("consent_state_reset", 503, "Redis lost the consent state (generation marker gone or replaced) until an operator runs state confirm-reset"),
 )
 
 #: code -> :class:`Reason`.

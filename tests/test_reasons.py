@@ -8,6 +8,7 @@ from pathlib import Path
 
 import samtykke_gateway
 from samtykke_gateway.exceptions import GatewayError
+from samtykke_gateway.policy.decide import CONSENT_TOKEN_REASONS
 from samtykke_gateway.reasons import CATALOGUE, REASONS, markdown_table
 
 PACKAGE = Path(samtykke_gateway.__file__).parent
@@ -56,6 +57,9 @@ def emitted_reasons() -> dict[str, set[str]]:
             continue
         for code in _emitted_in(ast.parse(path.read_text(encoding="utf-8"))):
             found.setdefault(code, set()).add(path.relative_to(PACKAGE).as_posix())
+    # the Altinn 2 consent-token codes are looked up in a table, not written as reason=...
+    for code in (*CONSENT_TOKEN_REASONS.values(), "consent_token_invalid"):  # + the table's fallback
+        found.setdefault(code, set()).add("policy/decide.py")
     return found
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "RequestFacts",
     "bearer_token",
     "build_issuer_policies",
+    "key_set",
     "params_as_dict",
 ]
 
@@ -142,19 +143,32 @@ def build_issuer_policies(
     config: GatewayConfig, http: httpx.AsyncClient, *, clock: Callable[[], float] = time.monotonic
 ) -> dict[str, IssuerPolicy]:
     """One :class:`IssuerPolicy` (with its own :class:`KeySet`) per configured issuer."""
+    return {name: IssuerPolicy(
+        name=cfg.name,
+        issuer=cfg.issuer,
+        algorithms=cfg.algorithms,
+        keys=key_set(cfg, http, clock=clock),
+        leeway_seconds=config.leeway_seconds,
+        audiences=cfg.audiences,
+    ) for name, cfg in config.issuers.items()}
 
-    def policy(cfg: IssuerConfig) -> IssuerPolicy:
-        keys = KeySet.from_issuer_config(cfg, http, clock=clock)
-        return IssuerPolicy(
-            name=cfg.name,
-            issuer=cfg.issuer,
-            algorithms=cfg.algorithms,
-            keys=keys,
-            leeway_seconds=config.leeway_seconds,
-            audiences=cfg.audiences,
-        )
 
-    return {name: policy(cfg) for name, cfg in config.issuers.items()}
+def key_set(cfg: IssuerConfig, http: httpx.AsyncClient, *, clock: Callable[[], float] = time.monotonic) -> KeySet:
+    """The :class:`KeySet` an ``[issuers.<name>]`` table describes (the tokens layer never reads
+    the config: this is where the two meet)."""
+    return KeySet(
+        name=cfg.name,
+        http=http,
+        jwks_url=cfg.jwks_url,
+        metadata_url=cfg.metadata_url,
+        min_ttl_seconds=cfg.min_ttl_seconds,
+        max_ttl_seconds=cfg.max_ttl_seconds,
+        default_ttl_seconds=cfg.default_ttl_seconds,
+        refetch_cooldown_seconds=cfg.refetch_cooldown_seconds,
+        fetch_timeout_seconds=cfg.fetch_timeout_seconds,
+        max_stale_seconds=cfg.max_stale_seconds,
+        clock=clock,
+    )
 
 
 class Gate:

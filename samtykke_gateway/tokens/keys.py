@@ -40,7 +40,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -50,9 +50,6 @@ from jwt import PyJWK
 
 from samtykke_gateway.exceptions import ConfigError, InvalidTokenError, KeysUnavailableError
 from samtykke_gateway.tokens.jose import strict_json_object
-
-if TYPE_CHECKING:
-    from samtykke_gateway.config import IssuerConfig
 
 __all__ = ["KeySet", "VerificationKey", "loggable_url", "x5t_of_der"]
 
@@ -350,25 +347,6 @@ class KeySet:
         #: JWKS entries skipped in the last loaded document (wrong ``use``, symmetric,
         #: private, too small, unparsable, inconsistent ``x5t``/``x5c``).
         self.skipped_keys = 0
-
-    @classmethod
-    def from_issuer_config(
-        cls, cfg: IssuerConfig, http: httpx.AsyncClient, *, clock: Callable[[], float] = time.monotonic
-    ) -> KeySet:
-        """The key set an ``[issuers.<name>]`` table describes."""
-        return cls(
-            name=cfg.name,
-            http=http,
-            jwks_url=cfg.jwks_url,
-            metadata_url=cfg.metadata_url,
-            min_ttl_seconds=cfg.min_ttl_seconds,
-            max_ttl_seconds=cfg.max_ttl_seconds,
-            default_ttl_seconds=cfg.default_ttl_seconds,
-            refetch_cooldown_seconds=cfg.refetch_cooldown_seconds,
-            fetch_timeout_seconds=cfg.fetch_timeout_seconds,
-            max_stale_seconds=cfg.max_stale_seconds,
-            clock=clock,
-        )
 
     # -- public -----------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from samtykke_gateway.dev.server import ThreadedServer
 from samtykke_gateway.exceptions import ConfigError, InvalidTokenError, KeysUnavailableError
+from samtykke_gateway.policy.decide import key_set
 from samtykke_gateway.tokens.keys import KeySet, VerificationKey
 from samtykke_gateway.dev.issuer import DevKey, b64url
 
@@ -903,7 +904,7 @@ async def test_max_stale_seconds_is_read_from_the_issuer_table(
     issuers = load_config(config).issuers
     assert issuers["maskinporten"].max_stale_seconds == 5 and issuers["altinn"].max_stale_seconds == 86400
     clock = Clock()
-    keys = KeySet.from_issuer_config(issuers["maskinporten"], http, clock=clock)
+    keys = key_set(issuers["maskinporten"], http, clock=clock)
     await keys.get(kid="key-0", x5t=None)
     state.status = 500
     clock.now += 300 + 4
