@@ -4,6 +4,7 @@ is catalogued and documented in ``docs/reasons.md``, and the doc is the generate
 from __future__ import annotations
 
 import ast
+import concurrent.futures
 from pathlib import Path
 
 import samtykke_gateway
@@ -49,13 +50,20 @@ def _emitted_in(tree: ast.Module) -> set[str]:
     return {code for code in codes if code}  # "" is a record's placeholder before the decision
 
 
+def _parse_all(paths: list[Path]) -> list[ast.Module]:
+    """Parse in a fresh thread: CPython 3.11.7's ast module can raise "AST constructor recursion
+    depth mismatch" (gh-106905, fixed in 3.11.8) when called deep in a thread whose recursion
+    state earlier tests (hypothesis, uvicorn threads) have moved; a new thread starts clean."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: [ast.parse(p.read_text(encoding="utf-8")) for p in paths]).result()
+
+
 def emitted_reasons() -> dict[str, set[str]]:
     """code -> the package files (relative) that emit it."""
     found: dict[str, set[str]] = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        if path.name == "reasons.py":
-            continue
-        for code in _emitted_in(ast.parse(path.read_text(encoding="utf-8"))):
+    paths = [p for p in sorted(PACKAGE.rglob("*.py")) if p.name != "reasons.py"]
+    for path, tree in zip(paths, _parse_all(paths), strict=True):
+        for code in _emitted_in(tree):
             found.setdefault(code, set()).add(path.relative_to(PACKAGE).as_posix())
     # the Altinn 2 consent-token codes are looked up in a table, not written as reason=...
     for code in (*CONSENT_TOKEN_REASONS.values(), "consent_token_invalid"):  # + the table's fallback
