@@ -4,7 +4,9 @@ is catalogued and documented in ``docs/reasons.md``, and the doc is the generate
 from __future__ import annotations
 
 import ast
-import concurrent.futures
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import samtykke_gateway
@@ -50,21 +52,28 @@ def _emitted_in(tree: ast.Module) -> set[str]:
     return {code for code in codes if code}  # "" is a record's placeholder before the decision
 
 
-def _parse_all(paths: list[Path]) -> list[ast.Module]:
-    """Parse in a fresh thread: CPython 3.11.7's ast module can raise "AST constructor recursion
-    depth mismatch" (gh-106905, fixed in 3.11.8) when called deep in a thread whose recursion
-    state earlier tests (hypothesis, uvicorn threads) have moved; a new thread starts clean."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(lambda: [ast.parse(p.read_text(encoding="utf-8")) for p in paths]).result()
+def _scan() -> dict[str, list[str]]:
+    """code -> the package files (relative) whose source emits it (reason=, default_reason, ...)."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name != "reasons.py":
+            for code in _emitted_in(ast.parse(path.read_text(encoding="utf-8"))):
+                found.setdefault(code, []).append(path.relative_to(PACKAGE).as_posix())
+    return found
 
 
 def emitted_reasons() -> dict[str, set[str]]:
-    """code -> the package files (relative) that emit it."""
-    found: dict[str, set[str]] = {}
-    paths = [p for p in sorted(PACKAGE.rglob("*.py")) if p.name != "reasons.py"]
-    for path, tree in zip(paths, _parse_all(paths), strict=True):
-        for code in _emitted_in(tree):
-            found.setdefault(code, set()).add(path.relative_to(PACKAGE).as_posix())
+    """code -> the package files (relative) that emit it.
+
+    Parsed in a child interpreter: CPython 3.11.7's ast module keeps a process-wide recursion
+    counter that earlier tests' threads can leave off ("AST constructor recursion depth
+    mismatch", gh-106905, fixed in 3.11.8), after which every ``ast.parse`` in the process fails.
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", "import json, tests.test_reasons as t; print(json.dumps(t._scan()))"],
+        cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    found = {code: set(files) for code, files in json.loads(out).items()}
     # the Altinn 2 consent-token codes are looked up in a table, not written as reason=...
     for code in (*CONSENT_TOKEN_REASONS.values(), "consent_token_invalid"):  # + the table's fallback
         found.setdefault(code, set()).add("policy/decide.py")
