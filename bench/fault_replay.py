@@ -329,8 +329,8 @@ class SwitchableJwks:
 
     def start(self) -> None:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(asyncio.start_server(self._handle, "127.0.0.1", self.port),
-                                         self.loop).result(5)
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, "127.0.0.1", self.port), self.loop).result(5)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -353,8 +353,18 @@ class SwitchableJwks:
             writer.close()
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self._stop.set)
+        """Release the held connections, let every handler finish, then stop the loop."""
+
+        async def shutdown() -> None:
+            self._server.close()
+            self._stop.set()
+            handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            await asyncio.wait_for(asyncio.gather(*handlers, return_exceptions=True), 5)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
 
 
 def scenario_hanging_jwks(run: Run, upstream: str, hang_seconds: float) -> dict[str, Any]:
