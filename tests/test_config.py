@@ -31,19 +31,26 @@ def test_shipped_configs_load() -> None:
     config = load_config(TT02)
     assert config.profile == "tt02"
     assert config.issuers["maskinporten"].issuer == "https://test.maskinporten.no/"
-    assert config.issuers["altinn"].metadata_url == "https://tt02.altinn.no/.well-known/oauth-authorization-server"
+    assert set(config.issuers) == {"maskinporten"}  # Altinn 3 only: nothing of Altinn 2 configured
     assert [r.name for r in config.routes] == ["inntekt", "spesifisertsummertskattegrunnlag-stadie",
                                                "spesifisertsummertskattegrunnlag"]
-    assert config.routes[0].migrated_resources == ("skd_4804_210607",)
+    assert all(r.altinn2_services == () for r in config.routes)
+    assert config.routes[0].altinn3_resources == ("ske-innrapportert-inntekt", "skd_4804_210607")
+    assert dict(config.routes[0].error_codes) == {"unauthenticated": "IM-004", "forbidden": "IM-005",
+                                                  "consent": "IM-010"}
     # the tax base's preferred endpoint (with {stadie}; oppgjoer for sbl) beside the older one
     assert config.routes[1].path == ("/api/formueinntekt/spesifisertsummertskattegrunnlag/oppgjoer/"
                                      "{rettighetspakke}/{inntektsaar}/{personidentifikator}")
-    assert config.routes[1].migrated_resources == config.routes[2].migrated_resources == ("skd_4628_210607",)
+    assert config.routes[1].altinn3_resources == config.routes[2].altinn3_resources == (
+        "ske-spesifisert-summert-skattegrunnlag", "skd_4628_210607")
+    assert dict(config.routes[1].error_codes) == dict(config.routes[2].error_codes) == {"consent": "SSG-010"}
     assert config.audit_url == "sqlite:////var/lib/samtykke-gateway/disclosures.db"
     text = TT02.read_text()
     for resource in ("ske-innrapportert-inntekt", "ske-spesifisert-summert-skattegrunnlag"):
-        lines = [line for line in text.splitlines() if f'altinn3_resources = ["{resource}"]' in line]
-        assert lines and all("PLACEHOLDER" in line for line in lines)  # no public source: confirm in TT02
+        lines = text.splitlines()
+        at = [i for i, line in enumerate(lines) if f'altinn3_resources = ["{resource}"' in line]
+        # no public source: each is marked as a placeholder to confirm in TT02 (in the comment above)
+        assert at and all("PLACEHOLDER" in lines[i - 1] or "PLACEHOLDER" in lines[i - 2] for i in at)
     example = load_config(STUDIELAN)
     assert set(example.issuers) == {"maskinporten"}  # Altinn 3 only
     assert [(r.path, r.altinn2_services, r.altinn3_resources) for r in example.routes] == [
@@ -57,14 +64,12 @@ def test_profiles_preload_maskinporten_only_and_altinn2_on_request(profile: str)
     host = "tt02.altinn.no" if profile == "tt02" else "www.altinn.no"
     data = _data()
     data["gateway"]["profile"] = profile
-    del data["issuers"]
+    config = parse_config(data, base_dir=CONFIG_DIR)
+    assert set(config.issuers) == {"maskinporten"}
+    data["routes"][0]["altinn2_service"] = "4804_210607"  # a legacy Altinn 2 route
     with pytest.raises(ConfigError) as info:
         _parse(data)
     assert info.value.key_path == "routes[0].altinn2_service" and "[issuers.altinn]" in str(info.value)
-    for route in data["routes"]:
-        del route["altinn2_service"], route["altinn3_migrated_org"]
-    config = parse_config(data, base_dir=CONFIG_DIR)
-    assert set(config.issuers) == {"maskinporten"}
     data["issuers"] = {"altinn": {}}
     config = parse_config(data, base_dir=CONFIG_DIR)
     assert config.issuers["altinn"].issuer == "altinn.no"
@@ -342,7 +347,7 @@ def test_profiles_expect_the_published_delegation_sources() -> None:
     data = _data()
     assert parse_config(data, base_dir=CONFIG_DIR).altinn3_delegation_sources == ("https://tt02.altinn.no/",)
     data["gateway"]["profile"] = "prod"
-    data["issuers"] = {"altinn": {}}  # the legacy Altinn 2 route of the TT02 config takes prod's keys
+    data.pop("issuers", None)
     assert parse_config(data, base_dir=CONFIG_DIR).altinn3_delegation_sources == ("https://www.altinn.no",)
 
 
@@ -358,9 +363,11 @@ def test_altinn3_route_options_parse() -> None:
     assert parsed.accept_handled_by and parsed.max_token_age_seconds == 90
     assert dict(parsed.error_codes) == {"consent": "SSG-010"}
     assert config.issuers["maskinporten"].max_token_age_seconds == 300
-    default = config.routes[0]
+    default = config.routes[2]  # sets none of the four
     assert default.accepted_actions == ("consent", "read") and not default.accept_handled_by
-    assert default.max_token_age_seconds is None and dict(default.error_codes) == {}
+    assert default.max_token_age_seconds is None
+    data["routes"][2].pop("error_codes")
+    assert dict(parse_config(data, base_dir=CONFIG_DIR).routes[2].error_codes) == {}
 
 
 @pytest.mark.parametrize(
@@ -387,8 +394,8 @@ def test_altinn3_route_option_errors_name_the_key(route: dict, issuers: dict, ke
 
 def test_check_config_prints_the_altinn3_rules_per_route(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = TT02.read_text().replace(
-        'altinn3_resources = ["ske-spesifisert-summert-skattegrunnlag"]',
-        'altinn3_resources = ["ske-spesifisert-summert-skattegrunnlag"]\naccepted_actions = ["consent"]\n'
+        'error_codes = { consent = "SSG-010" }',
+        'accepted_actions = ["consent"]\n'
         'accept_handled_by = true\nmax_token_age_seconds = 120\nerror_codes = { consent = "SSG-010" }',
     )
     assert 'error_style = "skatteetaten"' in text
