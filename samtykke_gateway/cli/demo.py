@@ -103,10 +103,11 @@ INCOME_PERIOD = {"fraOgMed": "2018-06", "tilOgMed": "2018-08"}
 
 def _a3(issuer: DevIssuer, *, resource: str = "ske-spesifisert-summert-skattegrunnlag",
         metadata: Mapping[str, str] | None = None, subject: str = TAX_BASE_PERSON, consumer: str = BANK,
-        scope: str = "skatteetaten:spesifisertsummertskattegrunnlag", **mp: Any) -> dict[str, str]:
+        scope: str = "skatteetaten:spesifisertsummertskattegrunnlag", actions: tuple[str, ...] = ("consent",),
+        **mp: Any) -> dict[str, str]:
     details = [
         DevIssuer.altinn3_consent(
-            subject=subject, consumer=consumer,
+            subject=subject, consumer=consumer, actions=actions,
             rights=[(resource, dict(metadata if metadata is not None else {"inntektsaar": "2022"}))],
         )
     ]
@@ -138,12 +139,14 @@ def _cases() -> list[_Case]:
         _Case("Income July 2018, inside the consented period", income + "?fraOgMed=2018-07&tilOgMed=2018-07",
               _a3_income, 200, a3),
         _Case("Income September 2018, outside the consented period", income + "?fraOgMed=2018-09", _a3_income, 403, a3),
-        _Case("Migrated consent (resource skd_4628_210607), tax base 2022", tax_2022,
-              lambda i: _a3(i, resource="skd_4628_210607"), 200, a3),
+        _Case("Migrated consent (resource skd_4628_210607, action [Read, Write]), tax base 2022", tax_2022,
+              lambda i: _a3(i, resource="skd_4628_210607", actions=("Read", "Write")), 200, a3),
         _Case("Migrated consent (skd_4804_210607, lower-cased fraogmed/tilogmed), tilOgMed missing:"
               " set to the consented bound", income + "?fraOgMed=2018-07",
-              lambda i: _a3_income(i, resource="skd_4804_210607",
+              lambda i: _a3_income(i, resource="skd_4804_210607", actions=("Read", "Write"),
                                    metadata={"fraogmed": "2018-06", "tilogmed": "2018-08"}), 200, a3),
+        _Case("Consent right whose actions allow no read (action [write])", tax_2022,
+              lambda i: _a3(i, actions=("write",)), 403, a3),
         _Case("Consent for the income resource, asking for the tax base", tax_2022,
               lambda i: _a3(i, resource="ske-innrapportert-inntekt"), 403, a3),
         _Case("Consent given to 888888888, caller is 999999999", tax_2022, lambda i: _a3(i, consumer=OTHER_BANK), 403, a3),
