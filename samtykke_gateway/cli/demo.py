@@ -17,7 +17,6 @@ import asyncio
 import json
 import logging
 import re
-import tempfile
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -198,40 +197,50 @@ async def _play(base_url: str, issuer: DevIssuer, out: Callable[[str], None], bo
     return failures
 
 
+#: Where the demo keeps its disclosure log unless told otherwise (relative to the working folder).
+DEFAULT_AUDIT_PATH = Path(".samtykke-demo") / "disclosures.db"
+
+
 def run_demo(*, audit_path: str | None = None, body_lines: int = 40, out: Callable[[str], None] = print) -> int:
-    """Run the demo; returns the process exit code (0 = every answer as expected)."""
+    """Run the demo; returns the process exit code (0 = every answer as expected).
+
+    The disclosure log is kept after the demo (``audit_path``, default
+    ``./.samtykke-demo/disclosures.db``; a later run appends to the same hash chain), and the
+    commands that read it are printed at the end.
+    """
     # The demo's disclosure log is new by design: the store's "new, empty log" warning is for
     # production restarts, not for this.
     logging.getLogger("samtykke_gateway.audit.sqlite").setLevel(logging.ERROR)
     issuer = DevIssuer()
     upstream = ExampleUpstream()
-    with tempfile.TemporaryDirectory(prefix="samtykke-demo-") as tmp:
-        db = Path(audit_path) if audit_path else Path(tmp) / "disclosures.db"
-        with ThreadedServer(issuer.asgi_app()) as issuer_srv, ThreadedServer(upstream.app) as upstream_srv:
-            config = demo_config(
-                issuer_url=issuer_srv.url, upstream_url=upstream_srv.url, audit_url=f"sqlite:///{db.resolve()}"
-            )
-            sidecar = SidecarApp(config)
-            with ThreadedServer(sidecar) as gateway_srv:
-                out("samtykke-gateway demo")
-                out(f"  dev issuer (JWKS)   {issuer_srv.url}/altinn/jwk, {issuer_srv.url}/maskinporten/jwk")
-                out(f"  example upstream    {upstream_srv.url}  (Skatteetaten's published example bodies)")
-                out(f"  sidecar gateway     {gateway_srv.url}")
-                out(f"  disclosure log      {db}")
-                failures = asyncio.run(_play(gateway_srv.url, issuer, out, body_lines))
-        from samtykke_gateway.audit import open_store
+    db = (Path(audit_path) if audit_path else DEFAULT_AUDIT_PATH).resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    store_url = f"sqlite:///{db}"
+    with ThreadedServer(issuer.asgi_app()) as issuer_srv, ThreadedServer(upstream.app) as upstream_srv:
+        config = demo_config(issuer_url=issuer_srv.url, upstream_url=upstream_srv.url, audit_url=store_url)
+        sidecar = SidecarApp(config)
+        with ThreadedServer(sidecar) as gateway_srv:
+            out("samtykke-gateway demo")
+            out(f"  dev issuer (JWKS)   {issuer_srv.url}/altinn/jwk, {issuer_srv.url}/maskinporten/jwk")
+            out(f"  example upstream    {upstream_srv.url}  (Skatteetaten's published example bodies)")
+            out(f"  sidecar gateway     {gateway_srv.url}")
+            out(f"  disclosure log      {db}  (kept after the demo)")
+            failures = asyncio.run(_play(gateway_srv.url, issuer, out, body_lines))
+    from samtykke_gateway.audit import open_store
 
-        async def verify() -> tuple[bool, int]:
-            store = open_store(f"sqlite:///{db.resolve()}")
-            await store.open()
-            try:
-                result = await store.verify()
-                return result.ok, result.checked
-            finally:
-                await store.close()
+    async def verify() -> tuple[bool, int]:
+        store = open_store(store_url)
+        await store.open()
+        try:
+            result = await store.verify()
+            return result.ok, result.checked
+        finally:
+            await store.close()
 
-        ok, checked = asyncio.run(verify())
-        out(f"\nDisclosure log: {checked} records, hash chain {'intact' if ok else 'BROKEN'}.")
-        failures += not ok
+    ok, checked = asyncio.run(verify())
+    out(f"\nDisclosure log: {checked} records, hash chain {'intact' if ok else 'BROKEN'}. Read it with:")
+    out(f"  samtykke-gateway audit export --store {store_url} --subject {TAX_BASE_PERSON}")
+    out(f"  samtykke-gateway audit verify --store {store_url}")
+    failures += not ok
     out("Demo finished: " + ("every answer as expected." if failures == 0 else f"{failures} unexpected answers."))
     return 0 if failures == 0 else 1

@@ -230,7 +230,8 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_check_config)
 
     p = sub.add_parser("demo", help="run dev issuer + example upstream + sidecar and play a bank")
-    p.add_argument("--audit-path", default=None, help="keep the disclosure log in this SQLite file")
+    p.add_argument("--audit-path", default=None,
+                   help="the disclosure log's SQLite file, kept after the demo (default: .samtykke-demo/disclosures.db)")
     p.add_argument("--body-lines", type=int, default=40, help="lines of each scoped body to print")
     p.set_defaults(func=_cmd_demo)
 

@@ -25,3 +25,10 @@ def test_demo_exits_zero(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert a3 < out.index("skd_4628_210607") < a2 and a3 < out.index("lower-cased fraogmed") < a2
     assert "Demo finished" in out[a2:] and "-> 200" in out[a2:]
     assert "Traceback" not in proc.stderr
+    # the log the demo points at is still there afterwards, and the command it prints reads it
+    db = tmp_path / ".samtykke-demo" / "disclosures.db"
+    assert f"disclosure log      {db}" in out and db.is_file()
+    export = next(line.strip() for line in out.splitlines() if "audit export --store" in line)
+    assert export == f"samtykke-gateway audit export --store sqlite:///{db} --subject 12879397780"
+    read = subprocess.run([*cmd[:-1], *export.split()[1:]], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert read.returncode == 0 and "spesifisertsummertskattegrunnlag" in read.stdout, read.stdout + read.stderr
