@@ -40,7 +40,7 @@ __all__ = [
 #: ``extra=`` keys copied into the JSON object (everything else is dropped).
 SAFE_FIELDS = frozenset({
     "event", "route", "decision", "reason", "status", "token_kind", "gate_ms", "method",
-    "duration_ms", "result", "pages", "revocations", "config", "backend", "operation",
+    "duration_ms", "result", "pages", "revocations", "config", "listen", "backend", "operation",
 })
 
 #: Libraries that log full request URLs (paths hold person ids): kept at WARNING and above.

@@ -64,11 +64,13 @@ class ReloadingApp:
     :param config: the already validated first config (read from ``config_path`` if omitted).
     :param metrics: registry kept across reloads (new if omitted).
     :param tracer: optional OpenTelemetry tracer for every generation.
+    :param listen_url: where the server listens (``http://host:port``), for the start log line.
     """
 
     def __init__(self, config_path: str | Path, *, config: GatewayConfig | None = None,
-                 metrics: GatewayMetrics | None = None, tracer: Any = None) -> None:
+                 metrics: GatewayMetrics | None = None, tracer: Any = None, listen_url: str | None = None) -> None:
         self.config_path = str(config_path)
+        self.listen_url = listen_url
         self._first_config = config or load_config(self.config_path)
         self.metrics = metrics or GatewayMetrics()
         self.observer = DecisionLog(self.metrics)
@@ -97,7 +99,9 @@ class ReloadingApp:
 
     async def start(self) -> None:
         self.current = await self._build(self._first_config, None)
-        log.info("gateway started", extra={"event": "start", "config": self.config_path})
+        where = f" on {self.listen_url}" if self.listen_url else ""
+        log.info("gateway started%s", where, extra={"event": "start", "config": self.config_path,
+                                                     "listen": self.listen_url or ""})
 
     async def reload(self) -> bool:
         """Re-read the config file and swap it in. :returns: ``True`` when swapped."""
@@ -237,7 +241,8 @@ def serve(config_path: str, *, host: str, port: int, workers_note: bool = False)
         except RuntimeError as exc:
             print(str(exc), file=sys.stderr)
             return 2
-    app = ReloadingApp(config_path, config=config, tracer=tracer)
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    app = ReloadingApp(config_path, config=config, tracer=tracer, listen_url=f"http://{listen}")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
                 server_header=False, proxy_headers=False, log_config=None, **bounded_http_options())
     return 0

@@ -103,6 +103,9 @@ def test_sighup_reloads_valid_config_and_refuses_invalid(tmp_path: Path, issuer_
     reloads = [ln for ln in lines if ln.get("event") == "reload"]
     assert [ln["result"] for ln in reloads] == ["ok", "refused", "refused"]
     assert "gateway.health_path" in reloads[1]["message"]
+    # the start line says where it listens
+    start = next(ln for ln in lines if ln.get("event") == "start")
+    assert start["message"] == f"gateway started on {base}" and start["listen"] == base
 
 
 def _reloads(base: str) -> dict[str, int]:
