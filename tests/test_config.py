@@ -322,6 +322,21 @@ def test_non_finite_numbers_are_config_errors(table: str, key: str, value: str) 
     assert f"{table}.{key}" in str(info.value)
 
 
+def test_check_config_lists_each_rights_packages_fields_and_row_filters(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--config", str(TT02)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    income = out[out.index("  rights package inntekt-sbl: releases 8 field path(s), nothing else"):
+                 out.index("  rights package ssg-sbl")]
+    assert "      field  oppgaveInntektsmottaker[].inntekt[].loennsinntekt.beskrivelse\n" in income
+    released = [line.strip() for line in (CONFIG_DIR / "inntekt-sbl-loennsinntekt-beskrivelse.txt").read_text().splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+    assert (f"      filter rows of oppgaveInntektsmottaker[].inntekt[] kept where loennsinntekt.beskrivelse in "
+            f"{len(set(released))} values; other rows withheld whole") in income
+    assert "kept where kalendermaaned lies within the consented period" in income
+    assert released[0] not in out  # the released values themselves are not printed (a list may be long)
+
+
 def test_check_config_shows_the_newer_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = TT02.read_text() + '''
 [issuers.maskinporten]
@@ -334,7 +349,7 @@ audience = "https://api.example.no/"
     assert main(["check-config", "--config", str(config)]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "aud must name one of: https://api.example.no/" in out
-    assert "rights package ssg-sbl: only for 999999999" in out
+    assert "rights package ssg-sbl (only for 999999999): releases 8 field path(s), nothing else" in out
     assert "the answer must name the subject at oppgaveInntektsmottaker[].inntektsmottaker.personidentifikator" in out
     assert "10 s per read, 60 s per exchange" in out
 

@@ -62,8 +62,14 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
     print(f"  disclosure log     {open_store(config.audit_url).url_for_display}")
     _print_state(config)
-    for package, consumers in sorted(config.package_consumers.items()):
-        print(f"  rights package {package}: only for {', '.join(sorted(consumers))}")
+    for name, package in sorted(config.rights_packages.items()):
+        consumers = config.package_consumers.get(name)
+        only = f" (only for {', '.join(sorted(consumers))})" if consumers else ""
+        print(f"  rights package {name}{only}: releases {len(package.fields)} field path(s), nothing else")
+        for field in package.fields:
+            print(f"      field  {field}")
+        for row_filter in package.row_filters:
+            print(f"      filter {row_filter}")
     print("  routes:")
     for route in config.routes:
         methods = ",".join(sorted(route.methods))

@@ -69,7 +69,7 @@ from samtykke_gateway.scoping.exact_json import (
     encode_fast,
     encode_json,
 )
-from samtykke_gateway.scoping.paths import parse_package
+from samtykke_gateway.scoping.paths import RowFilterSpec, parse_package
 from samtykke_gateway.scoping.tree import DROP, Walk, compile_package
 
 __all__ = ["JsonNumber", "RightsPackage", "ScopeContext", "ScopedBody", "scope_body"]
@@ -120,12 +120,16 @@ class RightsPackage:
     The path language is described in this module's docstring.
     """
 
-    __slots__ = ("_walk", "description", "fields", "name")
+    __slots__ = ("_walk", "description", "fields", "name", "row_filters")
 
-    def __init__(self, name: str, *, walk: Walk, fields: tuple[str, ...], description: str):
+    def __init__(self, name: str, *, walk: Walk, fields: tuple[str, ...], description: str,
+                 row_filters: tuple[str, ...] = ()):
         self.name = name
         self.fields = fields
         self.description = description
+        #: one line per ``[[rows]]`` filter, for people (``check-config``): which rows, the
+        #: test, how many values
+        self.row_filters = row_filters
         self._walk = walk
 
     @classmethod
@@ -146,7 +150,8 @@ class RightsPackage:
         spec = parse_package(table, base_dir=base_dir, key_path=key_path)
         walk = compile_package(spec, key_path)
         fields = tuple(text for text, _steps in spec.fields)
-        return cls(name, walk=walk, fields=fields, description=spec.description)
+        return cls(name, walk=walk, fields=fields, description=spec.description,
+                   row_filters=tuple(_describe_row_filter(row) for row in spec.rows))
 
     def apply(self, document: Any, context: ScopeContext) -> tuple[Any, tuple[str, ...]]:
         """Scope a decoded JSON document; a pure function that never raises.
@@ -165,6 +170,18 @@ class RightsPackage:
 
     def __repr__(self) -> str:
         return f"RightsPackage({self.name!r}, fields={list(self.fields)!r})"
+
+
+def _describe_row_filter(row: RowFilterSpec) -> str:
+    """``"rows of a[] kept where b.c in 12 values"`` (never the values: a list may be long)."""
+    subject = ".".join(row.where) if row.where else "the row"
+    if row.op == "within_period":
+        test = "lies within the consented period"
+    else:
+        word = {"in": "in", "not_in": "not in", "equals": "equals"}.get(row.op, row.op)
+        count = len(row.values)
+        test = f"{word} {count} value{'s' if count != 1 else ''}"
+    return f"rows of {row.path} kept where {subject} {test}; other rows withheld whole"
 
 
 def scope_body(
