@@ -200,7 +200,10 @@ def _day_chart(o: Overview, colour: Mapping[str, str], t: Mapping[str, str]) -> 
             out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(1.0, bar - 1):.1f}" height="{h:.1f}" '
                        f'fill="{fill}"><title>{day}: {n}</title></rect>')
         if i == 0 or i == len(days) - 1 or (len(days) > 14 and day.endswith("-01")):
-            out.append(f'<text x="{x:.1f}" y="{top + height + 16}" font-size="10">{day}</text>')
+            anchor = "end" if i == len(days) - 1 and i else "start"  # the last label ends at its bar
+            at = x + bar if anchor == "end" else x
+            out.append(f'<text x="{at:.1f}" y="{top + height + 16}" font-size="10" '
+                       f'text-anchor="{anchor}">{day}</text>')
     out.append("</svg>\n")
     return "".join(out)
 
