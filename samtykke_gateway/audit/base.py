@@ -95,6 +95,27 @@ class DisclosureStore(Protocol):
         """
         ...
 
+    async def read_records(
+        self,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        subject: str | None = None,
+        after_seq: int = 0,
+        limit: int = 1000,
+    ) -> list[tuple[int, DisclosureRecord]]:
+        """One page of ``(seq, record)`` with ``seq > after_seq``, in chain order (ascending
+        seq), at most ``limit`` (1..10,000) - pass the last seq back to read the next page, so a
+        reader of a year of records holds one page at a time (the disclosure report).
+
+        ``since`` inclusive, ``until`` exclusive (ISO 8601, as :meth:`export`); ``subject``:
+        only records about that person/organisation.
+
+        :raises ValueError: ``since``/``until`` not ISO 8601, ``limit`` out of range.
+        :raises AuditUnavailableError: store unreachable.
+        """
+        ...
+
     async def purge(self, *, older_than_days: float) -> int:
         """Remove the oldest records whose time is before now − ``older_than_days``.
 

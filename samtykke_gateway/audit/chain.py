@@ -41,6 +41,7 @@ from samtykke_gateway.audit.record import OMITTED_WHEN_NONE, DisclosureRecord
 
 __all__ = [
     "GENESIS_HASH",
+    "MAX_READ_PAGE",
     "PROJECTED",
     "ChainRow",
     "ChainVerifier",
@@ -48,6 +49,7 @@ __all__ = [
     "canonical_json",
     "chain_hash",
     "chain_hash_text",
+    "check_page",
     "load_record",
     "normalise_time",
     "prepare",
@@ -204,6 +206,15 @@ _valid_second = ""
 
 #: Most days ``purge`` looks back (100 years): beyond it ``timedelta`` leaves the calendar.
 MAX_PURGE_DAYS = 36_500
+
+#: Most records one ``read_records`` page returns.
+MAX_READ_PAGE = 10_000
+
+
+def check_page(after_seq: int, limit: int) -> None:
+    """:raises ValueError: ``limit`` outside 1..:data:`MAX_READ_PAGE` or ``after_seq`` < 0."""
+    if not 1 <= limit <= MAX_READ_PAGE or after_seq < 0:
+        raise ValueError(f"read_records: limit must be 1..{MAX_READ_PAGE} and after_seq >= 0")
 
 
 def purge_cutoff(older_than_days: float, *, now: datetime | None = None) -> str:

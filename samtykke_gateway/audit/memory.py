@@ -16,6 +16,7 @@ from samtykke_gateway.audit.chain import (
     ChainRow,
     ChainVerifier,
     chain_hash_text,
+    check_page,
     normalise_time,
     load_record,
     prepare,
@@ -105,6 +106,34 @@ class MemoryStore:
             and (low is None or (r.at or "") >= low)
             and (high is None or (r.at or "") < high)
         ]
+
+    async def read_records(
+        self,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        subject: str | None = None,
+        after_seq: int = 0,
+        limit: int = 1000,
+    ) -> list[tuple[int, DisclosureRecord]]:
+        check_page(after_seq, limit)
+        low = normalise_time(since) if since else None
+        high = normalise_time(until) if until else None
+        key = project_column(subject)
+        self._check()
+        with self._lock:
+            rows = [r for r in self.rows if r.seq > after_seq]
+        page: list[tuple[int, DisclosureRecord]] = []
+        for r in sorted(rows, key=lambda r: r.seq):
+            if (
+                (subject is None or r.columns.get("subject") == key)
+                and (low is None or (r.at or "") >= low)
+                and (high is None or (r.at or "") < high)
+            ):
+                page.append((r.seq, load_record(r.record_json)))
+                if len(page) == limit:
+                    break
+        return page
 
     async def purge(self, *, older_than_days: float) -> int:
         cutoff = purge_cutoff(older_than_days)

@@ -56,6 +56,7 @@ from samtykke_gateway.audit.chain import (
     ChainVerifier,
     PreparedRecord,
     chain_hash_text,
+    check_page,
     normalise_time,
     load_record,
     prepare,
@@ -435,6 +436,32 @@ class PostgresStore:
             return [load_record(text) for (text,) in await cur.fetchall()]
 
         return await self._with_connection("export", query, limit_seconds=None)
+
+    async def read_records(
+        self,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        subject: str | None = None,
+        after_seq: int = 0,
+        limit: int = 1000,
+    ) -> list[tuple[int, DisclosureRecord]]:
+        check_page(after_seq, limit)
+        low = datetime.fromisoformat(normalise_time(since)) if since else None
+        high = datetime.fromisoformat(normalise_time(until)) if until else None
+        key = project_column(subject)
+
+        async def query(conn: psycopg.AsyncConnection[Any]) -> list[tuple[int, DisclosureRecord]]:
+            cur = await conn.execute(
+                "SELECT seq, record FROM disclosure WHERE seq > %s"
+                " AND (%s::text IS NULL OR subject = %s)"
+                " AND (%s::timestamptz IS NULL OR at >= %s)"
+                " AND (%s::timestamptz IS NULL OR at < %s) ORDER BY seq LIMIT %s",
+                (after_seq, key, key, low, low, high, high, limit),
+            )
+            return [(int(seq), load_record(text)) for seq, text in await cur.fetchall()]
+
+        return await self._with_connection("read", query, limit_seconds=None)
 
     # -- the one place psycopg exceptions are translated --------------------------------------
 

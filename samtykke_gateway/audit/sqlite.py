@@ -52,6 +52,7 @@ from samtykke_gateway.audit.chain import (
     ChainVerifier,
     PreparedRecord,
     chain_hash_text,
+    check_page,
     normalise_time,
     load_record,
     prepare,
@@ -234,6 +235,31 @@ class SqliteStore:
         low = normalise_time(since) if since else None
         high = normalise_time(until) if until else None
         return await self._read(lambda conn: self._export_sync(conn, subject, low, high))
+
+    async def read_records(
+        self,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        subject: str | None = None,
+        after_seq: int = 0,
+        limit: int = 1000,
+    ) -> list[tuple[int, DisclosureRecord]]:
+        check_page(after_seq, limit)
+        params: list[object] = [after_seq]
+        sql = "SELECT seq, record FROM disclosure WHERE seq > ?"
+        if subject is not None:
+            sql, params = sql + " AND subject = ?", [*params, project_column(subject)]
+        if since:
+            sql, params = sql + " AND at >= ?", [*params, normalise_time(since)]
+        if until:
+            sql, params = sql + " AND at < ?", [*params, normalise_time(until)]
+        sql, params = sql + " ORDER BY seq LIMIT ?", [*params, limit]
+
+        def page(conn: sqlite3.Connection) -> list[tuple[int, DisclosureRecord]]:
+            return [(seq, load_record(text)) for seq, text in conn.execute(sql, params)]
+
+        return await self._read(page)
 
     async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         def run() -> T:

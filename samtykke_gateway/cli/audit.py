@@ -6,10 +6,16 @@
     audit export  (--store URL | --config FILE) --subject ID [--since ISO] [--until ISO]
                   [--format json|csv]
     audit purge   (--store URL | --config FILE) --older-than DAYS
+    audit report  (--store URL | --config FILE) (--subject ID | --overview)
+                  --from DATE --to DATE --format html [--lang nb|en] [--output FILE]
 
 ``export`` answers a GDPR Art. 15 request: every disclosure about the person/organisation
 (who received it - consumer and supplier -, when, on which consent, which resource, legal
-basis, which fields), and, separately, the refused attempts. Exit codes: 0 ok, 1 the chain
+basis, which fields), and, separately, the refused attempts; ``report`` answers it as one
+HTML page a person reads (:mod:`samtykke_gateway.audit.report`), ``report --overview`` gives
+the privacy office counts without personal data (:mod:`samtykke_gateway.audit.overview`).
+With ``--config`` a report also shows each route's one-time/limit state and what its rights
+package withholds. Exit codes: 0 ok, 1 the chain
 is broken, 2 usage or store error.
 """
 
@@ -90,6 +96,19 @@ def add_audit_parser(subparsers: Any) -> None:
     p.add_argument("--since", metavar="ISO", help="from this time (inclusive, UTC if no offset)")
     p.add_argument("--until", metavar="ISO", help="up to this time (exclusive)")
     p.add_argument("--format", choices=("json", "csv"), default="json")
+    p = common("report", "an HTML report: one subject's disclosures, or an --overview of counts")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--subject", help="person id or organisation number")
+    who.add_argument("--overview", action="store_true",
+                     help="disclosures per consumer per day, refusals by reason (no personal data)")
+    p.add_argument("--from", dest="date_from", metavar="DATE", required=True,
+                   help="from this date or time (inclusive, UTC if no offset)")
+    p.add_argument("--to", dest="date_to", metavar="DATE", required=True,
+                   help="up to this date (inclusive) or time (exclusive)")
+    p.add_argument("--format", choices=("html",), default="html")
+    p.add_argument("--lang", choices=("nb", "en"), default="nb",
+                   help="nb: Norwegian bokmål (default), en: English")
+    p.add_argument("--output", metavar="FILE", help="write here instead of standard output")
     p = common("purge", "remove records older than DAYS, keeping the chain verifiable")
     p.add_argument("--older-than", metavar="DAYS", type=float, required=True,
                    help="1 to 36500; records younger than a day are never purged")
@@ -110,7 +129,8 @@ def run_audit(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
         print(f"audit: no disclosure log at {path}", file=sys.stderr)
         return 2
     command: Callable[[DisclosureStore, argparse.Namespace, TextIO], Coroutine[Any, Any, int]]
-    command = {"verify": _verify, "export": _export, "purge": _purge}[args.audit_command]
+    commands = {"verify": _verify, "export": _export, "purge": _purge, "report": _report}
+    command = commands[args.audit_command]
 
     async def run() -> int:
         await store.open()
@@ -124,7 +144,7 @@ def run_audit(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     except AuditUnavailableError as exc:
         print(f"audit: store {store.url_for_display} unavailable: {exc.detail}", file=sys.stderr)
         return 2
-    except (ValueError, OverflowError) as exc:  # e.g. a --since the calendar cannot shift to UTC
+    except (ValueError, OverflowError, ConfigError, OSError) as exc:  # e.g. a --since the calendar cannot shift to UTC
         print(f"audit: {exc}", file=sys.stderr)
         return 2
 
@@ -231,6 +251,58 @@ async def _export(store: DisclosureStore, args: argparse.Namespace, out: TextIO)
     else:
         out.write(_csv(document))
     return 0
+
+
+async def _report(store: DisclosureStore, args: argparse.Namespace, out: TextIO) -> int:
+    from samtykke_gateway.audit.html import period
+    from samtykke_gateway.audit.overview import write_overview_report
+    from samtykke_gateway.audit.report import write_subject_report
+
+    subject = args.subject
+    if subject is not None and not (is_person_id(subject) or is_org_number(subject)):
+        print("audit report: --subject must be a person id (11 digits) or an organisation number (9)",
+              file=sys.stderr)
+        return 2
+    since, until = period(args.date_from, args.date_to)
+    routes, packages = _report_facts(args)
+    target = Path(args.output) if args.output else None
+    partial = target.with_name(f".{target.name}.partial") if target else None
+    sink = partial.open("w", encoding="utf-8") if partial else out
+    try:
+        if subject is None:
+            await write_overview_report(store, sink, since=since, until=until, lang=args.lang,
+                                        routes=routes)
+            code = 0
+        else:
+            report = await write_subject_report(store, sink, subject=subject, since=since,
+                                                until=until, lang=args.lang, routes=routes,
+                                                packages=packages)
+            code = 0 if report.verify is not None and report.verify.ok else 1
+    except BaseException:
+        if partial is not None:
+            sink.close()
+            partial.unlink(missing_ok=True)
+        raise
+    if partial is not None and target is not None:
+        sink.close()
+        partial.replace(target)
+    if code:
+        print("audit report: the hash chain is BROKEN (see the report)", file=sys.stderr)
+    return code
+
+
+def _report_facts(args: argparse.Namespace) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Route one-time/limit facts and rights packages from ``--config`` (``None`` without)."""
+    if not getattr(args, "config", None):
+        return None, None
+    from samtykke_gateway.audit.report import PackageFacts, RouteFacts
+    from samtykke_gateway.config import load_config
+
+    config = load_config(Path(args.config))
+    routes = {r.name: RouteFacts(one_time=r.one_time, daily_limit=r.daily_limit) for r in config.routes}
+    packages = {name: PackageFacts(fields=tuple(p.fields), description=p.description)
+                for name, p in config.rights_packages.items()}
+    return routes, packages
 
 
 async def _purge(store: DisclosureStore, args: argparse.Namespace, out: TextIO) -> int:

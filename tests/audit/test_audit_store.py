@@ -282,3 +282,38 @@ async def test_no_personal_data_in_logs(
     text = caplog.text
     for secret in (PERSON, make_record(0).consent_id or "", make_record(0).jti or ""):
         assert secret not in text
+
+
+async def test_read_records_pages_in_chain_order_with_period_and_subject(
+    store_url: tuple[str, str, str | None],
+) -> None:
+    _, url, _ = store_url
+    async with opened(url) as store:
+        for i in range(7):
+            subject = OTHER if i == 3 else PERSON
+            await store.append(make_record(i, time=f"2026-11-0{i + 1}T08:00:00Z", subject=subject))
+        seen: list[int] = []
+        after = 0
+        while True:  # pages of 2: the next page starts after the last seq handed back
+            page = await store.read_records(
+                since="2026-11-02", until="2026-11-07", subject=PERSON, after_seq=after, limit=2
+            )
+            assert len(page) <= 2
+            seen += [seq for seq, _ in page]
+            if len(page) < 2:
+                break
+            after = page[-1][0]
+        assert seen == [2, 3, 5, 6]  # Nov 2..6 without record 4 (OTHER); until is exclusive
+        everyone = await store.read_records(since="2026-11-01", until="2026-12-01")
+        assert [seq for seq, _ in everyone] == [1, 2, 3, 4, 5, 6, 7]
+        assert everyone[3][1].subject == OTHER and everyone[0][1].correlation_id == "corr-0"
+
+
+@pytest.mark.parametrize("bad", [{"limit": 0}, {"limit": 10_001}, {"after_seq": -1}, {"since": "soon"}])
+async def test_read_records_refuses_bad_arguments(
+    store_url: tuple[str, str, str | None], bad: dict[str, Any]
+) -> None:
+    _, url, _ = store_url
+    async with opened(url) as store:
+        with pytest.raises(ValueError):
+            await store.read_records(**bad)

@@ -227,3 +227,67 @@ def test_anchor_hash_in_upper_case_is_read(db: str) -> None:
     head = next(line.split()[1] for line in out.splitlines() if line.startswith("head: "))
     code, out = _cli("audit", "verify", "--store", db, "--anchor", head.upper())
     assert code == 0 and "held" in out
+
+
+def test_report_writes_one_html_file_and_the_overview(db: str, tmp_path: Path) -> None:
+    target = tmp_path / "innsyn.html"
+    code, out = _cli("audit", "report", "--store", db, "--subject", PERSON, "--from", "2026-01-01",
+                     "--to", "2026-12-31", "--format", "html", "--output", str(target))
+    assert code == 0 and out == ""
+    page = target.read_text(encoding="utf-8")
+    assert "Utleveringer av opplysninger om" in page and "consent_expired" in page
+    assert page.count("<tr><td>2026-") == 3  # records 1 and 4 disclosed, 2 refused; 3 is OTHER's
+    assert not list(tmp_path.glob(".*partial"))
+    code, out = _cli("audit", "report", "--store", db, "--overview", "--from", "2026-01-01",
+                     "--to", "2026-04-30", "--lang", "en")
+    assert code == 0 and "Disclosure overview" in out and PERSON not in out and OTHER not in out
+
+
+def test_report_with_config_shows_one_time_routes(tmp_path: Path) -> None:
+    source = Path(__file__).parents[2] / "config" / "studielan-example.toml"
+    config = tmp_path / "gateway.toml"
+    config.write_text(source.read_text().replace('rights_package = "studielan-bank"',
+                                                 'rights_package = "studielan-bank"\none_time = true'))
+    _seed(f"sqlite:///{tmp_path}/studielan-disclosures.db")
+
+    async def more() -> None:
+        store = open_store(f"sqlite:///{tmp_path}/studielan-disclosures.db")
+        await store.open()
+        await store.append(make_record(9, time="2026-05-01T10:00:00Z", route="studielan-saldo",
+                                       rights_package="studielan-bank", released_paths=["saldo.beloep"]))
+        await store.close()
+
+    asyncio.run(more())
+    code, out = _cli("audit", "report", "--config", str(config), "--subject", PERSON,
+                     "--from", "2026-01-01", "--to", "2026-12-31", "--lang", "en")
+    assert code == 0
+    assert out.count("one-time consent – used by this disclosure") == 1
+    assert "named by the package, not in the answer: personidentifikator, saldo.valuta" in out
+    code, out = _cli("audit", "report", "--config", str(config), "--overview",
+                     "--from", "2026-01-01", "--to", "2026-12-31", "--lang", "en")
+    assert code == 0 and "<tr><th>One-time consents used</th><td>1</td></tr>" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--subject", "123", "--from", "2026-01-01", "--to", "2026-02-01"], "--subject must be"),
+        (["--subject", PERSON, "--from", "2026-03-01", "--to", "2026-02-01"], "--from must be before --to"),
+        (["--overview", "--from", "soon", "--to", "2026-02-01"], "Invalid isoformat"),
+    ],
+)
+def test_report_refuses_bad_arguments_without_a_traceback(
+    db: str, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _cli("audit", "report", "--store", db, *args)[0] == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_report_on_a_broken_chain_exits_1_and_says_so(db: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    with sqlite3.connect(db.removeprefix("sqlite:///")) as conn:
+        conn.execute("UPDATE disclosure SET record = replace(record, 'corr-1', 'corr-X') WHERE seq = 1")
+    code, out = _cli("audit", "report", "--store", db, "--subject", PERSON, "--from", "2026-01-01",
+                     "--to", "2026-12-31")
+    assert code == 1 and "BRUTT" in out and "BROKEN" in capsys.readouterr().err
