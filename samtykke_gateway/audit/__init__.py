@@ -24,9 +24,9 @@ from samtykke_gateway.audit.base import DisclosureStore, VerifyResult
 from samtykke_gateway.audit.record import DisclosureRecord
 
 __all__ = [
+    "STORE_SCHEMES",
     "DisclosureRecord",
     "DisclosureStore",
-    "STORE_SCHEMES",
     "VerifyResult",
     "open_store",
     "resolve_store_url",
