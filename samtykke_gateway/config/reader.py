@@ -35,6 +35,7 @@ class Table:
         self.used: set[str] = set()
 
     def key(self, name: str) -> str:
+        """The key path of ``name`` in this table (``routes[2].subject``)."""
         return f"{self.path}.{name}" if self.path else name
 
     def get(
@@ -45,6 +46,8 @@ class Table:
         *,
         required: bool = False,
     ) -> Any:
+        """The value of ``name`` if it is a ``kind`` (a bool is never a number), else
+        ``default``; ``required``: absent is an error that suggests a near key (a typo)."""
         self.used.add(name)
         if name not in self.data:
             if required:
@@ -61,6 +64,7 @@ class Table:
         return value
 
     def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        """A finite number within ``minimum``..:data:`MAX_NUMBER` (seconds, bytes, counts)."""
         value = float(self.get(name, (int, float), default))
         if not math.isfinite(value) or value > MAX_NUMBER:  # nan passed every check, inf broke timers
             raise ConfigError(self.key(name), f"must be a finite number up to {MAX_NUMBER:g}")
@@ -69,6 +73,7 @@ class Table:
         return value
 
     def str_list(self, name: str, pattern: re.Pattern[str] | None = None) -> tuple[str, ...]:
+        """One string or a list of strings, each matching ``pattern`` when given; absent: ``()``."""
         value = self.get(name, (list, str), [])
         items = [value] if isinstance(value, str) else value
         out = []
@@ -79,6 +84,7 @@ class Table:
         return tuple(out)
 
     def finish(self) -> None:
+        """Refuse the first key (sorted) that nothing read: unknown keys are errors."""
         unknown = sorted(set(self.data) - self.used)
         if unknown:
             raise ConfigError(self.key(unknown[0]), "unknown key")
