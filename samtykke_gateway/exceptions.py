@@ -2,27 +2,47 @@
 
 ::
 
-    GatewayError                      (base; never raised directly)
-    ├── BadRequestError               400  request is malformed (duplicate governed params, CL+TE)
-    ├── AuthenticationError           401  RFC 6750 ``WWW-Authenticate: Bearer``: ONLY the
-    │   │                                  Maskinporten bearer itself (docs/protocol.md §4)
-    │   ├── MissingTokenError         401  no bearer (no ``error=`` per RFC 6750 §3.1)
-    │   └── InvalidTokenError         401  ``error="invalid_token"``: malformed, bad signature,
-    │                                      unknown key, expired, too old, wrong issuer, alg not allowed
-    ├── ForbiddenError                403  authenticated, but not allowed (scope, rights-package agreement)
-    │   └── InsufficientConsentError  403  the consent does not cover the request
-    │       ├── InvalidConsentError   403  consent missing, malformed, wrongly signed or expired (an
-    │       │                              Altinn 2 consent token, an Altinn 3 consent detail)
-    │       └── ConsentSpentError     403  one-time consent already delivered / revoked
-    ├── NotFoundError                 404  no route (or unknown rights package)
-    ├── MethodNotAllowedError         405  the path is a route, the method is not
-    ├── UsageLimitError               429  per-consent daily usage limit reached
-    ├── UpstreamError                 502  upstream refused / unparsable / oversized / unknown encoding
-    │   └── UpstreamTimeoutError      504
-    └── UnavailableError              503  the gateway cannot decide
-        ├── KeysUnavailableError      503  no JWKS keys for an issuer (nothing cached, fetch failed)
-        ├── AuditUnavailableError     503  disclosure log store cannot take the record
-        └── StateUnavailableError     503  consent state backend (Redis) unreachable
+    ConfigError (ValueError)          the configuration is refused at start, reload or check-config;
+                                      ``key_path`` names the key; never raised per request
+
+    class                             HTTP default reason                  raised when
+    GatewayError                      500  internal_error                  (base; never raised directly)
+    ├── BadRequestError               400  bad_request                     the request is malformed (duplicate
+    │                                                                      governed params, CL+TE, no subject)
+    ├── AuthenticationError           401  unauthenticated                 RFC 6750 ``WWW-Authenticate: Bearer``:
+    │   │                                                                  ONLY the Maskinporten bearer itself
+    │   │                                                                  (docs/protocol.md §4)
+    │   ├── MissingTokenError         401  missing_token                   no bearer (no ``error=``, RFC 6750 §3.1)
+    │   └── InvalidTokenError         401  invalid_token                   ``error="invalid_token"``: malformed, bad
+    │                                                                      signature, unknown key, expired, too old,
+    │                                                                      wrong issuer, alg not allowed
+    ├── ForbiddenError                403  forbidden                       authenticated, but not allowed (scope,
+    │   │                                                                  rights-package agreement)
+    │   └── InsufficientConsentError  403  consent_does_not_cover_request  the consent does not cover the request
+    │       ├── InvalidConsentError   403  bad_consent_claims              consent missing, malformed, wrongly
+    │       │                                                              signed or expired (an Altinn 2 consent
+    │       │                                                              token, an Altinn 3 consent detail)
+    │       └── ConsentSpentError     403  consent_spent                   one-time consent delivered / revoked
+    ├── NotFoundError                 404  no_route                        no route (or unknown rights package)
+    ├── MethodNotAllowedError         405  method_not_allowed              the path is a route, the method is not
+    ├── RequestBodyTimeoutError       408  request_body_timeout            a body the gateway reads came too slowly
+    ├── RequestBodyTooLargeError      413  request_body_too_large          a body the gateway reads is too large
+    ├── UnsupportedMediaTypeError     415  unsupported_media_type          a body subject in anything but JSON
+    ├── UsageLimitError               429  usage_limit_reached             per-consent daily usage limit reached
+    ├── ClientDisconnectedError       499  client_disconnected             the client left mid-request (recorded,
+    │                                                                      never answered)
+    ├── UpstreamError                 502  upstream_error                  upstream refused / unparsable /
+    │   │                                                                  oversized / unknown encoding
+    │   └── UpstreamTimeoutError      504  upstream_timeout                the upstream was too slow
+    └── UnavailableError              503  unavailable                     the gateway cannot decide
+        ├── KeysUnavailableError      503  keys_unavailable                no JWKS keys for an issuer
+        ├── AuditUnavailableError     503  audit_unavailable               the disclosure log cannot take the record
+        └── StateUnavailableError     503  state_unavailable               consent state (Redis) unreachable
+
+``tests/test_exceptions.py`` checks this drawing against the classes (parent, status, default
+reason). The default reason is only the fallback: most refusals pass a more precise ``reason``
+(``token_expired``, ``consent_subject_mismatch``, ...); every code, with its status and meaning,
+is in the catalogue :mod:`samtykke_gateway.reasons` (``docs/reasons.md``).
 
 No consent problem is ever a 401: a client that sees 401 ``invalid_token`` fetches a new
 Maskinporten token, which cannot help when the consent is the problem (docs/protocol.md §4).
@@ -32,6 +52,12 @@ Maskinporten token, which cannot help when the consent is the problem (docs/prot
 ``reason`` is a stable machine code (goes to the disclosure log, metrics labels and the error
 body); ``detail`` is a human sentence. Neither may contain a token or a personal identifier:
 those live only in the disclosure record.
+
+Errors outside this tree never reach a response: ``FeedError``
+(:mod:`samtykke_gateway.state.feed`, one failed poll of the Altinn 2 consent list: logged, retried,
+and a stale feed becomes :class:`StateUnavailableError`), ``ExplainUsageError``
+(:mod:`samtykke_gateway.cli.explain`, a bad command line: exit status 2) and a few private
+control-flow exceptions inside one module each.
 """
 
 from __future__ import annotations
@@ -42,6 +68,7 @@ __all__ = [
     "AuditUnavailableError",
     "AuthenticationError",
     "BadRequestError",
+    "ClientDisconnectedError",
     "ConfigError",
     "ConsentSpentError",
     "ForbiddenError",
@@ -53,8 +80,11 @@ __all__ = [
     "MethodNotAllowedError",
     "MissingTokenError",
     "NotFoundError",
+    "RequestBodyTimeoutError",
+    "RequestBodyTooLargeError",
     "StateUnavailableError",
     "UnavailableError",
+    "UnsupportedMediaTypeError",
     "UpstreamError",
     "UpstreamTimeoutError",
     "UsageLimitError",
@@ -180,6 +210,31 @@ class MethodNotAllowedError(GatewayError):
     def __init__(self, detail: str = "", *, reason: str | None = None, allow: tuple[str, ...] = ()) -> None:
         super().__init__(detail, reason=reason)
         self.allow = allow
+
+
+class RequestBodyTimeoutError(GatewayError):
+    """408 (RFC 9110 §15.5.9): a request body the gateway must read did not arrive within
+    ``request_body_timeout_seconds`` (a slow upload would hold the request open)."""
+
+    status_code = 408
+    default_reason = "request_body_timeout"
+    kode = "SG-408"
+
+
+class RequestBodyTooLargeError(GatewayError):
+    """413: a request body the gateway must read is larger than ``max_request_body_bytes``."""
+
+    status_code = 413
+    default_reason = "request_body_too_large"
+    kode = "SG-413"
+
+
+class UnsupportedMediaTypeError(GatewayError):
+    """415: a body subject needs ``Content-Type: application/json`` without a content coding."""
+
+    status_code = 415
+    default_reason = "unsupported_media_type"
+    kode = "SG-415"
 
 
 class UsageLimitError(GatewayError):

@@ -170,6 +170,35 @@ def test_errors_name_the_key_path(mutate, key_path: str) -> None:  # type: ignor
     assert info.value.key_path.startswith(key_path), info.value
 
 
+def test_the_config_package_exports_its_public_names() -> None:
+    import types
+
+    import samtykke_gateway.config as config_package
+
+    public = {name for name, value in vars(config_package).items()
+              if not name.startswith("_") and not isinstance(value, types.ModuleType) and name != "annotations"}
+    assert sorted(config_package.__all__) == sorted(public)
+    assert config_package.__all__ == sorted(config_package.__all__)
+
+
+def test_audit_url_is_checked_against_the_audit_store_schemes() -> None:
+    data = _data()
+    data["audit"]["url"] = "mysql://x"
+    with pytest.raises(ConfigError, match="unknown audit store scheme 'mysql'") as info:
+        _parse(data)
+    assert info.value.key_path == "audit.url"
+    data["audit"]["url"] = "sqlite:///"
+    with pytest.raises(ConfigError, match="needs a file path"):
+        _parse(data)
+    data["audit"]["url"] = "sqlite:///logs/d.db?busy_timeout_ms=200"
+    # relative to the config file's directory, options kept
+    expected = f"sqlite:///{CONFIG_DIR}/logs/d.db?busy_timeout_ms=200"
+    assert parse_config(data, base_dir=CONFIG_DIR).audit_url == expected
+    data["audit"]["url"] = "memory://"  # not durable: refused under tt02
+    with pytest.raises(ConfigError, match="not durable"):
+        _parse(data)
+
+
 def test_prod_profile_never_trusts_test_keys() -> None:
     data = _data()
     data["gateway"]["profile"] = "prod"

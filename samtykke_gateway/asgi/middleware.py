@@ -46,7 +46,7 @@ from urllib.parse import parse_qsl, unquote, urlencode
 
 from samtykke_gateway.audit.guard import UNAVAILABLE_DETAIL
 from samtykke_gateway.audit.record import DisclosureRecord
-from samtykke_gateway.policy.binding import RequestBodyTimeoutError, RequestBodyTooLargeError
+from samtykke_gateway.exceptions import RequestBodyTimeoutError, RequestBodyTooLargeError
 from samtykke_gateway.config import GatewayConfig
 from samtykke_gateway.asgi.error_bodies import render_error
 from samtykke_gateway.exceptions import (

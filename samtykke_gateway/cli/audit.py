@@ -30,7 +30,6 @@ import math
 import re
 import os
 import sys
-import tomllib
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,36 +149,16 @@ def run_audit(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
 
 
 def store_url(args: argparse.Namespace) -> str:
-    """``--store``, or ``[audit] url`` of ``--config`` (relative sqlite paths: config's dir).
+    """``--store``, or ``[audit] url`` of ``--config`` (a relative SQLite path resolved against
+    the config file's directory, as the gateway does).
 
     :raises ConfigError: unreadable or invalid config.
     """
     if getattr(args, "store", None):
         return str(args.store)
-    path = Path(args.config)
-    try:
-        from samtykke_gateway.config import load_config
-    except ImportError:  # the config module is optional while it is being written
-        return _audit_url_from_toml(path)
-    return _relative_to(str(load_config(path).audit_url), path.parent)
+    from samtykke_gateway.config import load_config
 
-
-def _audit_url_from_toml(path: Path) -> str:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError("", f"cannot read {path}: {exc}") from None
-    table = data.get("audit", {})
-    url = table.get("url", "sqlite:///samtykke-audit.db") if isinstance(table, dict) else None
-    if not isinstance(url, str):
-        raise ConfigError("audit.url", "must be a string")
-    return _relative_to(url, path.parent)
-
-
-def _relative_to(url: str, base: Path) -> str:
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        return "sqlite:///" + str((base / url[len("sqlite:///") :]).resolve())
-    return url
+    return load_config(Path(args.config)).audit_url
 
 
 def _anchors(values: list[str]) -> dict[int, str]:

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from samtykke_gateway.audit.record import DisclosureRecord
-from samtykke_gateway.policy.binding import RequestBodyTooLargeError, delegation_source_accepted
+from samtykke_gateway.exceptions import RequestBodyTooLargeError
+from samtykke_gateway.policy.binding import delegation_source_accepted
 from samtykke_gateway.exceptions import ConfigError, GatewayError, NotFoundError
 from samtykke_gateway.policy.decide import CONSENT_TOKEN_REASONS, RequestFacts
 from samtykke_gateway.tokens.jose import parse_compact

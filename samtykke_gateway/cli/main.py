@@ -155,7 +155,7 @@ def _print_state(config: GatewayConfig) -> None:
         verdict, detail = durability
         print(f"  {'':<19}Redis durability: {verdict.upper() if verdict != 'ok' else 'ok'}: {detail}")
         if verdict == "warning":  # unknown (unreachable here, CONFIG refused) stays on the line above
-            print(f"WARNING: Redis durability: {detail} (docs/protocol.md §8; config/README.md [state])")
+            print(f"WARNING: Redis durability: {detail} (docs/protocol.md §8; docs/operations.md, consent state in Redis)")
 
 
 def _without_password(url: str | None) -> str | None:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from samtykke_gateway.config import RouteConfig, SubjectSource
-from samtykke_gateway.exceptions import BadRequestError, GatewayError, InsufficientConsentError
+from samtykke_gateway.exceptions import BadRequestError, InsufficientConsentError, UnsupportedMediaTypeError
 from samtykke_gateway.identifiers import Party, party_from_digits
 from samtykke_gateway.tokens.jose import MAX_JSON_DEPTH, strict_json_object
 from samtykke_gateway.scoping.package import ScopeContext
@@ -21,9 +21,6 @@ from samtykke_gateway.tokens.model import Consent, ConsentRight, MaskinportenTok
 
 __all__ = [
     "Binding",
-    "RequestBodyTimeoutError",
-    "RequestBodyTooLargeError",
-    "UnsupportedMediaTypeError",
     "apply_constraints",
     "bind_consent",
     "body_subject",
@@ -67,31 +64,6 @@ class Binding:
                 target = out.setdefault(key, [])
                 target.extend(v for v in values if v not in target)
         return out
-
-
-class RequestBodyTooLargeError(GatewayError):
-    """413: a request body the gateway must read is larger than ``max_request_body_bytes``."""
-
-    status_code = 413
-    default_reason = "request_body_too_large"
-    kode = "SG-413"
-
-
-class RequestBodyTimeoutError(GatewayError):
-    """408 (RFC 9110 §15.5.9): a request body the gateway must read did not arrive within
-    ``request_body_timeout_seconds`` (a slow upload would hold the request open)."""
-
-    status_code = 408
-    default_reason = "request_body_timeout"
-    kode = "SG-408"
-
-
-class UnsupportedMediaTypeError(GatewayError):
-    """415: a body subject needs ``Content-Type: application/json`` without a content coding."""
-
-    status_code = 415
-    default_reason = "unsupported_media_type"
-    kode = "SG-415"
 
 
 def request_subject(

@@ -76,13 +76,34 @@ async def fill(store: DisclosureStore, n: int, **overrides: Any) -> None:
 
 
 def test_exported_names_are_sorted_and_complete() -> None:
-    assert audit.__all__ == sorted(audit.__all__)
+    assert audit.__all__ == sorted(audit.__all__, key=lambda n: (not n.isupper(), n))  # constants first (ruff RUF022)
     assert set(audit.__all__) == {
+        "STORE_SCHEMES",
         "DisclosureRecord",
         "DisclosureStore",
         "VerifyResult",
         "open_store",
+        "resolve_store_url",
+        "store_scheme",
     }
+
+
+def test_relative_sqlite_path_resolves_against_the_config_directory(tmp_path: Path) -> None:
+    assert audit.resolve_store_url("sqlite:///sub/logs.db", tmp_path) == f"sqlite:///{tmp_path}/sub/logs.db"
+    assert audit.resolve_store_url("sqlite:////abs/logs.db", tmp_path) == "sqlite:////abs/logs.db"
+    assert audit.resolve_store_url("sqlite:///x.db?max_batch=8", tmp_path) == f"sqlite:///{tmp_path}/x.db?max_batch=8"
+    assert audit.resolve_store_url("postgresql://h/db", tmp_path) == "postgresql://h/db"
+    for bad in ("sqlite:///", "sqlite://x.db", "mysql://x", "/var/lib/audit.db"):
+        with pytest.raises(ValueError):
+            audit.resolve_store_url(bad, tmp_path)
+
+
+def test_every_store_scheme_has_a_store() -> None:
+    durable = {scheme for scheme, keeps in audit.STORE_SCHEMES.items() if keeps}
+    assert durable == {"sqlite", "postgresql", "postgres"}
+    for scheme in audit.STORE_SCHEMES:
+        assert audit.store_scheme(f"{scheme.upper()}://x/y.db") == scheme
+        assert isinstance(open_store(f"{scheme}:///x.db"), DisclosureStore)  # not opened: no file
 
 
 def test_unknown_scheme_is_a_clear_value_error() -> None:

@@ -155,16 +155,6 @@ def test_config_with_a_relative_sqlite_path(
     assert code == 0 and "4 records" in out, out
 
 
-def test_config_fallback_reads_the_audit_table(tmp_path: Path) -> None:
-    import samtykke_gateway.cli.audit as admin
-
-    config = tmp_path / "gateway.toml"
-    config.write_text('[audit]\nurl = "sqlite:///sub/logs.db"\n')
-    assert admin._audit_url_from_toml(config) == f"sqlite:///{tmp_path}/sub/logs.db"
-    config.write_text('[audit]\nurl = "sqlite:////abs/logs.db"\n')
-    assert admin._audit_url_from_toml(config) == "sqlite:////abs/logs.db"
-
-
 def test_missing_sqlite_file_is_an_error_not_an_empty_chain(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
