@@ -1,17 +1,28 @@
-"""One decision: request facts → :class:`Grant` or a :class:`GatewayError` (framework-free).
+"""One decision: raw request facts → :class:`Decision` or a :class:`GatewayError` (framework-free).
 
-The order is docs/protocol.md §4: tokens (parse, algorithm, key, signature, issuer, times), Maskinporten
-scope and consumer, consent (validity, consumer, supplier, resource), subject, metadata
-constraints, consent state. The :class:`DisclosureRecord` passed in is filled as facts become
-known, so a refusal is logged with everything learnt before it.
+:meth:`Gate.decide` is the only place a request is judged; the ASGI middleware (and so the
+sidecar, which is the middleware around a proxy) and ``samtykke-gateway explain`` all call it,
+so they cannot disagree. The order is docs/protocol.md §4: request intake (query, framing, a
+``GET``/``HEAD`` body, path, root path; :mod:`samtykke_gateway.policy.intake`), route match,
+on a body-subject route the Maskinporten token and then the body, then tokens (parse,
+algorithm, key, signature, issuer, times), Maskinporten scope and consumer, consent (validity,
+consumer, supplier, resource), subject, metadata constraints, rights package, and the claims
+the upstream will see. The :class:`DisclosureRecord` passed in is filled as facts become known,
+so a refusal is logged with everything learnt before it.
+
+Not here, because they have effects: the audit guard's probe and the consent-state hook
+(revocation, one-time consents, usage limits: ``state.before_forward`` spends a one-time
+consent) run in the adapter after :meth:`Gate.decide` allowed the request, and records are
+written by the adapter. ``explain`` runs :meth:`Gate.decide` only: it never spends a consent
+and never writes a record.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -19,13 +30,15 @@ import httpx
 from samtykke_gateway.audit.record import DisclosureRecord
 from samtykke_gateway.policy.binding import (
     Binding,
+    RequestBodyTimeoutError,
+    RequestBodyTooLargeError,
     apply_constraints,
     bind_consent,
     check_governed_headers,
     check_governed_params,
     request_subject,
 )
-from samtykke_gateway.config import GatewayConfig, IssuerConfig
+from samtykke_gateway.config import GatewayConfig, IssuerConfig, RouteConfig
 from samtykke_gateway.exceptions import (
     BadRequestError,
     ForbiddenError,
@@ -36,7 +49,16 @@ from samtykke_gateway.exceptions import (
     NotFoundError,
 )
 from samtykke_gateway.tokens.keys import KeySet
-from samtykke_gateway.policy.routing import RouteMatch
+from samtykke_gateway.policy.intake import (
+    RawRequest,
+    app_segments,
+    check_no_unexpected_body,
+    check_request_framing,
+    claim_header_value,
+    declared_body_length,
+    parse_query,
+)
+from samtykke_gateway.policy.routing import RouteMatch, Router
 from samtykke_gateway.scoping.package import RightsPackage, ScopeContext
 from samtykke_gateway.tokens.altinn2 import consent_from_altinn2_claims
 from samtykke_gateway.tokens.maskinporten import maskinporten_from_claims
@@ -46,8 +68,11 @@ from samtykke_gateway.tokens.verify import IssuerPolicy, TokenVerifier
 
 __all__ = [
     "CONSENT_TOKEN_REASONS",
+    "BodyReader",
+    "Decision",
     "Gate",
     "Grant",
+    "RawRequest",
     "RequestFacts",
     "bearer_token",
     "build_issuer_policies",
@@ -104,6 +129,50 @@ class Grant:
     scope_context: ScopeContext
     rights_package: RightsPackage | None
     rights_package_name: str | None
+
+
+#: Reads the whole request body for :meth:`Gate.decide`, given the most bytes it may take:
+#: returns the bytes; raises :class:`RequestBodyTooLargeError` (413) past the limit (reading
+#: no further), :class:`~samtykke_gateway.exceptions.ClientDisconnectedError` when the client
+#: leaves, :class:`BadRequestError` (400, ``bad_request_body``) on anything but body messages.
+#: Called only on a route whose subject is a JSON body field, after the Maskinporten token.
+BodyReader = Callable[[int], Awaitable[bytes]]
+
+#: The verified claims sent upstream (``X-Samtykke-*``), in this order.
+_CLAIM_HEADERS = (b"x-samtykke-consumer", b"x-samtykke-supplier", b"x-samtykke-consent-id",
+                  b"x-samtykke-token-kind", b"x-samtykke-resource")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What :meth:`Gate.decide` allowed.
+
+    ``grant`` is ``None`` when no route names the path and ``gateway.unmatched = "pass"``
+    (middleware form): the app answers it unchecked, without the tokens.
+    ``root_segments`` / ``app_segments``: the normalised path (decoded segments) under the
+    mount prefix, and the app-relative part that was matched. ``body``: the checked request
+    body (read only on a body-subject route, else ``None``). ``claim_headers``: the verified
+    claims as upstream headers, ``(name, value)`` bytes, already checked fit for a header.
+    """
+
+    grant: Grant | None
+    root_segments: tuple[str, ...]
+    app_segments: tuple[str, ...]
+    body: bytes | None = None
+    claim_headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def claim_headers(grant: Grant) -> tuple[tuple[bytes, bytes], ...]:
+    """The verified claims the upstream sees (consumer, supplier, consent id, token kind,
+    resource), as ``X-Samtykke-*`` header pairs; absent claims are left out.
+
+    :raises InvalidTokenError: (401, ``unforwardable_claim``) a claim is not printable ASCII
+        (:func:`~samtykke_gateway.policy.intake.claim_header_value`).
+    """
+    claims = (grant.maskinporten.consumer, grant.maskinporten.supplier, grant.consent.consent_id,
+              grant.binding.token_kind, grant.binding.resource)
+    return tuple((name, claim_header_value(claim)) for name, claim in zip(_CLAIM_HEADERS, claims, strict=True)
+                 if claim is not None)
 
 
 def bearer_token(headers: Mapping[str, list[str]]) -> str:
@@ -178,6 +247,7 @@ class Gate:
     :param issuers: ``{"altinn": IssuerPolicy, "maskinporten": IssuerPolicy}``.
     :param verifier: signature/time verification with its bounded cache.
     :param clock: epoch seconds (UTC), injectable for tests.
+    :param router: the route table (built from ``config.routes`` if omitted).
     """
 
     def __init__(
@@ -187,11 +257,97 @@ class Gate:
         issuers: Mapping[str, IssuerPolicy],
         verifier: TokenVerifier,
         clock: Callable[[], float] = time.time,
+        router: Router | None = None,
     ) -> None:
         self.config = config
         self.issuers = issuers
         self.verifier = verifier
         self.clock = clock
+        self.router = router or Router(config.routes)
+        self._routes_by_name = {route.name: route for route in config.routes}
+
+    def error_codes(self, route_name: str | None) -> Mapping[str, str]:
+        """The named route's own error codes (``[routes.error_codes]``; empty for none or an
+        unknown name): after a refusal, ``record.route`` says which route had matched."""
+        route = self._routes_by_name.get(route_name) if route_name else None
+        return route.error_codes if route is not None else {}
+
+    def route(self, route_name: str | None) -> RouteConfig | None:
+        """The configured route called ``route_name`` (``record.route`` after a decision)."""
+        return self._routes_by_name.get(route_name) if route_name else None
+
+    async def decide(self, request: RawRequest, record: DisclosureRecord, *, read_body: BodyReader) -> Decision:
+        """The one decision for one request, from the raw request facts (docs/protocol.md §4).
+
+        In order: the query (:func:`~samtykke_gateway.policy.intake.parse_query`), framing
+        (RFC 9112 §6), no ``GET``/``HEAD`` body, the path normalised once and taken relative to
+        ``request.root_path``, the route match (unmatched: 404, or a pass-through
+        :class:`Decision` with ``grant=None`` under ``gateway.unmatched = "pass"``); on a route
+        whose subject is a JSON body field, the Maskinporten token first (an unauthenticated
+        caller never makes the gateway read a body), then the body through ``read_body``
+        (bounded by ``max_request_body_bytes``, also by a declared ``Content-Length``, and by
+        ``request_body_timeout_seconds``); then :meth:`authorize`, and the claims forwarded
+        upstream (:func:`claim_headers`).
+
+        Pure apart from ``read_body`` and the key sets' fetches: the audit guard and the
+        consent-state hook (``state.before_forward``, which spends one-time consents) are the
+        caller's next step, after an allow; ``explain`` does not take it.
+
+        :param request: the raw request (:class:`~samtykke_gateway.policy.intake.RawRequest`).
+        :param record: filled as facts become known (``requested_params``, ``path`` and
+            ``route`` once matched, the token and consent facts); never written here.
+        :param read_body: see :data:`BodyReader`.
+        :raises GatewayError: the first failing check: 400 (``bad_query``,
+            ``too_many_parameters``, ``ambiguous_framing``, ``unexpected_body``, ``bad_path``,
+            ...), 404 ``no_route``, 405, 408, 413, 415, 401, 403, 503; never anything else for
+            bad input.
+        """
+        query = parse_query(request.query_string)
+        record.requested_params = params_as_dict(query)
+        headers = request.headers
+        check_request_framing(request.raw_headers)
+        check_no_unexpected_body(request.method, headers)
+        root, segments = app_segments(request.raw_path, request.root_path)
+        match = self.router.match(request.method, segments)
+        if match is None:
+            if self.config.unmatched == "pass":
+                return Decision(None, root, segments)
+            raise NotFoundError("no such route", reason="no_route")
+        record.path = match.path
+        record.route = match.route.name
+        body = None
+        if match.route.subject.source == "body":
+            # the access token first: an unauthenticated caller must not make the gateway read
+            # (or, with Expect: 100-continue, ask for) a body; authorize's own check is then a
+            # cache hit
+            await self.maskinporten(bearer_token(headers))
+            body = await self._read_body(headers, read_body)
+        grant = await self.authorize(RequestFacts(request.method, query, headers, body), match, record)
+        return Decision(grant, root, segments, body, claim_headers(grant))
+
+    async def _read_body(self, headers: Mapping[str, list[str]], read_body: BodyReader) -> bytes:
+        """The whole request body, for a route whose subject is in it.
+
+        :raises RequestBodyTooLargeError: (413) ``Content-Length`` or the bytes received exceed
+            ``max_request_body_bytes`` (nothing more is read).
+        :raises BadRequestError: (400, ``ambiguous_framing``) fewer or more bytes than
+            ``Content-Length`` said.
+        :raises ClientDisconnectedError: the client disconnected before the body ended.
+        :raises RequestBodyTimeoutError: (408) the body took longer than
+            ``request_body_timeout_seconds``.
+        """
+        limit = self.config.max_request_body_bytes
+        declared = declared_body_length(headers)  # framing checked: one 1-15 digit value
+        if declared is not None and declared > limit:
+            raise RequestBodyTooLargeError("the request body is larger than this route accepts")
+        try:
+            async with asyncio.timeout(self.config.request_body_timeout_seconds):
+                body = await read_body(limit)
+        except TimeoutError:
+            raise RequestBodyTimeoutError("the request body did not arrive in time") from None
+        if declared is not None and len(body) != declared:
+            raise BadRequestError("the request body does not match Content-Length", reason="ambiguous_framing")
+        return body
 
     async def maskinporten(self, token: str) -> MaskinportenToken:
         """Verify a Maskinporten access token (docs/protocol.md §4 steps 1–5, without the scope check)."""
