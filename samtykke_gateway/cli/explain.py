@@ -2,8 +2,11 @@
 
 What a data source's support desk runs when a bank says "you rejected my token". It runs the
 *real* checks (the same :class:`~samtykke_gateway.policy.decide.Gate`, verifier and key sets the
-gateway uses), and prints each step in docs/protocol.md §4 order with pass / FAIL / not reached and the
-reason code; the decoded claims with personal identifiers masked unless
+gateway uses); with ``--path`` the verdict is the gateway's own decision
+(:meth:`Gate.decide <samtykke_gateway.policy.decide.Gate.decide>`, which the middleware and the
+sidecar call) on the request as a client sends it (:func:`explain_request`), without the steps
+that have effects (no consent is spent, no record written). It prints each step in
+docs/protocol.md §4 order with pass / FAIL / not reached and the reason code; the decoded claims with personal identifiers masked unless
 ``--show-personal-data``; and, when the request passes, what the rights package would release.
 
 ::
