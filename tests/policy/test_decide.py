@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from samtykke_gateway.asgi.middleware import ConsentMiddleware
@@ -485,8 +485,18 @@ _REQUESTS = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(request=_REQUESTS, token=st.sampled_from(_TOKENS))
+# every stage of the decision, whatever is generated
+@example(request=Request(target=tax_base_path("2022")), token="a3")
+@example(request=Request(target=INCOME_PATH + "?fraOgMed=2018-07"), token="a2")
+@example(request=Request("POST", BODY_PATH, body=b'{"fnr": "12879397780"}', chunks=3), token="a3")
+@example(request=Request(target=HEADER_PATH, headers=(("NAV-PersonIdent", TAX_BASE_PERSON),)), token="a3")
+@example(request=Request(target=tax_base_path("2022")), token="a3-expired")
+@example(request=Request(target=tax_base_path("2022", INCOME_PERSON)), token="a3")
+@example(request=Request(target=tax_base_path("2022") + "?x=%ff"), token="a3")
+@example(request=Request(target="/a%2Fb"), token="a3")
+@example(request=Request(target="/nope"), token="a3")
 def _agree(runner: asyncio.Runner, h: Harness, tokens: dict[str, tuple[str, str | None]], seen: list[Outcome],
            request: Request, token: str) -> None:
     bearer, consent = tokens[token]
@@ -503,8 +513,7 @@ def test_explain_and_the_gateway_agree_on_generated_requests(dev_issuer: DevIssu
         finally:
             runner.run(context.__aexit__(None, None, None))
     reasons = {o.reason for o in seen}
-    # the generated requests reach every stage of the decision
-    assert any(o.allowed for o in seen), reasons
-    assert {"bad_query", "bad_path", "no_route"} <= reasons, reasons
-    assert reasons & {"token_expired", "consumer_mismatch", "subject_mismatch", "metadata_out_of_range"}, reasons
+    assert sum(o.allowed for o in seen) >= 4, reasons
+    assert {"bad_query", "bad_path", "no_route", "token_expired", "subject_mismatch"} <= reasons, reasons
+    assert len(seen) >= 200
 
