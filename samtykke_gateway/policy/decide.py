@@ -25,9 +25,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import httpx
 
 from samtykke_gateway.audit.record import DisclosureRecord
+from samtykke_gateway.policy.credentials import CONSENT_TOKEN_REASONS, bearer_token, consent_header_token
+from samtykke_gateway.policy.issuers import build_issuer_policies, key_set
 from samtykke_gateway.policy.binding import (
     Binding,
     RequestBodyTimeoutError,
@@ -38,17 +39,15 @@ from samtykke_gateway.policy.binding import (
     check_governed_params,
     request_subject,
 )
-from samtykke_gateway.config import GatewayConfig, IssuerConfig, RouteConfig
+from samtykke_gateway.config import GatewayConfig, RouteConfig
 from samtykke_gateway.exceptions import (
     BadRequestError,
     ForbiddenError,
     InsufficientConsentError,
     InvalidConsentError,
     InvalidTokenError,
-    MissingTokenError,
     NotFoundError,
 )
-from samtykke_gateway.tokens.keys import KeySet
 from samtykke_gateway.policy.intake import (
     RawRequest,
     app_segments,
@@ -79,23 +78,6 @@ __all__ = [
     "key_set",
     "params_as_dict",
 ]
-
-#: Reason of a failed Altinn 2 consent-token verification (403) for each reason the verifier
-#: gives a bearer (401): the consent token is a consent problem, never the bearer's
-#: (docs/protocol.md §4).
-CONSENT_TOKEN_REASONS = {
-    "malformed_token": "consent_token_malformed",
-    "alg_not_allowed": "consent_token_alg_not_allowed",
-    "crit_not_supported": "consent_token_crit_not_supported",
-    "unknown_key": "consent_token_unknown_key",
-    "bad_signature": "consent_token_bad_signature",
-    "wrong_issuer": "consent_token_wrong_issuer",
-    "wrong_audience": "consent_token_wrong_audience",
-    "token_expired": "consent_token_expired",
-    "token_not_yet_valid": "consent_token_not_yet_valid",
-    "bad_time_claim": "consent_token_bad_time_claim",
-}
-
 
 @dataclass(frozen=True, slots=True)
 class RequestFacts:
@@ -173,71 +155,6 @@ def claim_headers(grant: Grant) -> tuple[tuple[bytes, bytes], ...]:
               grant.binding.token_kind, grant.binding.resource)
     return tuple((name, claim_header_value(claim)) for name, claim in zip(_CLAIM_HEADERS, claims, strict=True)
                  if claim is not None)
-
-
-def bearer_token(headers: Mapping[str, list[str]]) -> str:
-    """The RFC 6750 §2.1 bearer token from ``Authorization``.
-
-    :raises MissingTokenError: (401) no Authorization header.
-    :raises BadRequestError: (400) more than one Authorization header.
-    :raises InvalidTokenError: never here; a non-Bearer scheme is treated as missing.
-    """
-    values = headers.get("authorization", [])
-    if not values:
-        raise MissingTokenError("no bearer token (Authorization: Bearer ...)", reason="missing_token")
-    if len(values) > 1:
-        raise BadRequestError("more than one Authorization header", reason="duplicate_header")
-    scheme, _, token = values[0].strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise MissingTokenError("Authorization must use the Bearer scheme", reason="missing_token")
-    return token
-
-
-def _consent_header_token(headers: Mapping[str, list[str]], name: str) -> str | None:
-    values = headers.get(name, [])
-    if not values:
-        return None
-    if len(values) > 1:
-        raise BadRequestError("more than one consent token header", reason="duplicate_header")
-    value = values[0].strip()
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        value = value[1:-1].strip()
-    if value.lower().startswith("bearer "):
-        value = value[7:].strip()
-    return value or None
-
-
-def build_issuer_policies(
-    config: GatewayConfig, http: httpx.AsyncClient, *, clock: Callable[[], float] = time.monotonic
-) -> dict[str, IssuerPolicy]:
-    """One :class:`IssuerPolicy` (with its own :class:`KeySet`) per configured issuer."""
-    return {name: IssuerPolicy(
-        name=cfg.name,
-        issuer=cfg.issuer,
-        algorithms=cfg.algorithms,
-        keys=key_set(cfg, http, clock=clock),
-        leeway_seconds=config.leeway_seconds,
-        audiences=cfg.audiences,
-    ) for name, cfg in config.issuers.items()}
-
-
-def key_set(cfg: IssuerConfig, http: httpx.AsyncClient, *, clock: Callable[[], float] = time.monotonic) -> KeySet:
-    """The :class:`KeySet` an ``[issuers.<name>]`` table describes (the tokens layer never reads
-    the config: this is where the two meet)."""
-    return KeySet(
-        name=cfg.name,
-        http=http,
-        jwks_url=cfg.jwks_url,
-        metadata_url=cfg.metadata_url,
-        min_ttl_seconds=cfg.min_ttl_seconds,
-        max_ttl_seconds=cfg.max_ttl_seconds,
-        default_ttl_seconds=cfg.default_ttl_seconds,
-        refetch_cooldown_seconds=cfg.refetch_cooldown_seconds,
-        fetch_timeout_seconds=cfg.fetch_timeout_seconds,
-        max_stale_seconds=cfg.max_stale_seconds,
-        clock=clock,
-    )
 
 
 class Gate:
@@ -435,7 +352,7 @@ class Gate:
         if route.scope not in mp.scopes:
             raise ForbiddenError("the access token lacks the route's scope", reason="scope_missing")
 
-        consent_token = _consent_header_token(facts.headers, self.config.consent_header)
+        consent_token = consent_header_token(facts.headers, self.config.consent_header)
         if mp.consent is not None:
             if consent_token is not None:
                 raise BadRequestError(
