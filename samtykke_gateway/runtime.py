@@ -81,7 +81,7 @@ class Gateway:
         if isinstance(self.observer, GatewayMetrics):
             self.observer.bind_issuers(self.issuers)
         self.router = Router(config.routes)
-        self.gate = Gate(config, issuers=self.issuers, verifier=self.verifier, clock=clock)
+        self.gate = Gate(config, issuers=self.issuers, verifier=self.verifier, clock=clock, router=self.router)
         self._started = False
         self._start_lock = asyncio.Lock()
 

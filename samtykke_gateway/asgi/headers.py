@@ -2,11 +2,11 @@
 
 * :func:`strip_hop_by_hop` — RFC 9110 §7.6.1: ``Connection``, the headers it nominates, and the
   fixed hop-by-hop set never cross the gateway in either direction.
-* :func:`check_request_framing` — RFC 9112 §6.1/§6.3: a request with both ``Content-Length``
+* :func:`check_request_framing` (from :mod:`samtykke_gateway.policy.intake`) — RFC 9112 §6.1/§6.3: a request with both ``Content-Length``
   and ``Transfer-Encoding``, a repeated or non-numeric ``Content-Length``, or a transfer coding
   other than ``chunked`` is refused (400), so the gateway and the upstream can never disagree
   on where a body ends (request smuggling).
-* :func:`claim_header_value` — a value copied from a verified claim into an upstream header
+* :func:`claim_header_value` (from :mod:`samtykke_gateway.policy.intake`) — a value copied from a verified claim into an upstream header
   must be printable ASCII without CR/LF (RFC 9110 §5.5), else the request is refused.
 * :data:`CLIENT_ADDRESS_HEADERS` / :func:`peer_trusted` — headers through which a client could
   claim another address (or scheme, or host) than the connection's; they are passed on only
@@ -16,10 +16,10 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterable, Sequence
 
-from samtykke_gateway.exceptions import BadRequestError, InvalidTokenError
+# framework-free, so the decision (policy/) and ``explain`` use them too; re-exported here
+from samtykke_gateway.policy.intake import check_request_framing, claim_header_value
 
 __all__ = [
     "CLIENT_ADDRESS_HEADERS",
@@ -83,10 +83,6 @@ CLIENT_ADDRESS_HEADERS = frozenset(
     }
 )
 
-_DIGITS = re.compile(rb"[0-9]{1,15}")
-_CLAIM_VALUE = re.compile(r"[\x20-\x7e]{1,256}")
-
-
 def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     """Drop the hop-by-hop headers and every header nominated by ``Connection``.
 
@@ -101,28 +97,6 @@ def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
             nominated.update(t.strip().lower() for t in value.split(b",") if t.strip())
     drop = HOP_BY_HOP | nominated if nominated else HOP_BY_HOP
     return [(n, v) for n, v in headers if n.lower() not in drop]
-
-
-def check_request_framing(headers: Sequence[tuple[bytes, bytes]]) -> None:
-    """Refuse request framing that two HTTP/1.1 parsers could read differently.
-
-    :param headers: the request's ASGI headers (names in any case).
-    :raises BadRequestError: (400, ``ambiguous_framing``) both ``Content-Length`` and
-        ``Transfer-Encoding``; ``Content-Length`` repeated or not 1–15 ASCII digits;
-        ``Transfer-Encoding`` repeated or anything but ``chunked`` (RFC 9112 §6.1, §6.3, §7).
-    """
-    lengths = [v for n, v in headers if n.lower() == b"content-length"]
-    codings = [v for n, v in headers if n.lower() == b"transfer-encoding"]
-    if not lengths and not codings:
-        return
-    if lengths and codings:
-        raise BadRequestError("both Content-Length and Transfer-Encoding", reason="ambiguous_framing")
-    if len(lengths) > 1 or len(codings) > 1:
-        raise BadRequestError("repeated framing header", reason="ambiguous_framing")
-    if lengths and _DIGITS.fullmatch(lengths[0]) is None:
-        raise BadRequestError("Content-Length is not a number", reason="ambiguous_framing")
-    if codings and codings[0].strip().lower() != b"chunked":
-        raise BadRequestError("unsupported Transfer-Encoding", reason="ambiguous_framing")
 
 
 def is_client_address_header(name: bytes) -> bool:
@@ -143,17 +117,3 @@ def peer_trusted(client: Sequence[object] | None,
     except ValueError:
         return False
     return any(addr in net for net in networks)
-
-
-def claim_header_value(value: str) -> bytes:
-    """A claim value as an upstream header value.
-
-    :param value: the verified claim (an org number, consent id, resource id, ...).
-    :returns: its ASCII bytes.
-    :raises InvalidTokenError: (401, ``unforwardable_claim``) empty, over 256 characters, or
-        anything outside printable ASCII (CR, LF, NUL, non-ASCII): never forwarded, never
-        silently dropped.
-    """
-    if _CLAIM_VALUE.fullmatch(value) is None:
-        raise InvalidTokenError("a claim value cannot be forwarded", reason="unforwardable_claim")
-    return value.encode("ascii")

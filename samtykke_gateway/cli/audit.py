@@ -309,7 +309,7 @@ def export_document(
 ) -> dict[str, Any]:
     """The Art. 15 answer: ``disclosures`` (allowed) and ``denied_attempts``, oldest first.
 
-    A streamed (unscoped) disclosure has two records (:mod:`samtykke_gateway.asgi.middleware`): the
+    A streamed (unscoped) disclosure has two records (:mod:`samtykke_gateway.asgi.stream`): the
     decision, written before the first byte left, and its end (``stream_end`` / ``stream_cut``)
     with the bytes and SHA-256 of what left. They are shown as one disclosure whose
     ``stream_end`` is ``"complete"``, ``"cut"`` (``stream_cut_reason`` says why) or ``None``

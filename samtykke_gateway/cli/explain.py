@@ -2,14 +2,17 @@
 
 What a data source's support desk runs when a bank says "you rejected my token". It runs the
 *real* checks (the same :class:`~samtykke_gateway.policy.decide.Gate`, verifier and key sets the
-gateway uses), and prints each step in docs/protocol.md §4 order with pass / FAIL / not reached and the
-reason code; the decoded claims with personal identifiers masked unless
+gateway uses); with ``--path`` the verdict is the gateway's own decision
+(:meth:`Gate.decide <samtykke_gateway.policy.decide.Gate.decide>`, which the middleware and the
+sidecar call) on the request as a client sends it (:func:`explain_request`), without the steps
+that have effects (no consent is spent, no record written). It prints each step in
+docs/protocol.md §4 order with pass / FAIL / not reached and the reason code; the decoded claims with personal identifiers masked unless
 ``--show-personal-data``; and, when the request passes, what the rights package would release.
 
 ::
 
     samtykke-gateway explain MASKINPORTEN_TOKEN [--consent A2_CONSENT_TOKEN]
-        [--config FILE] [--path '/api/...?fraOgMed=2018-07'] [--method GET]
+        [--config FILE] [--path '/api/...?fraOgMed=2018-07'] [--method GET] [--root-path PREFIX]
         [--header 'NAV-PersonIdent: 01029413157' ...] [--body FILE] [--show-personal-data]
 
 Without ``--config`` only the structure and the time claims are shown (no keys, no
@@ -29,22 +32,21 @@ from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
 
 from samtykke_gateway.audit.record import DisclosureRecord
-from samtykke_gateway.exceptions import RequestBodyTooLargeError
+from samtykke_gateway.exceptions import ConfigError, GatewayError, RequestBodyTooLargeError
 from samtykke_gateway.policy.binding import delegation_source_accepted
-from samtykke_gateway.exceptions import ConfigError, GatewayError, NotFoundError
-from samtykke_gateway.policy.decide import CONSENT_TOKEN_REASONS, RequestFacts
+from samtykke_gateway.policy.decide import CONSENT_TOKEN_REASONS, Decision
+from samtykke_gateway.policy.intake import RawRequest
 from samtykke_gateway.tokens.jose import parse_compact
-from samtykke_gateway.policy.routing import normalize_path
 from samtykke_gateway.tokens.model import Consent, MaskinportenToken
 
 if TYPE_CHECKING:
     from samtykke_gateway.config import RouteConfig
+    from samtykke_gateway.runtime import Gateway
 
 __all__ = ["ExplainUsageError", "add_explain_parser", "consent_view", "explain", "explain_command",
-           "mask_personal_data", "parse_header_option"]
+           "explain_decision", "explain_request", "mask_personal_data", "parse_header_option"]
 
 #: Most bytes ``--body`` reads (the largest ``max_request_body_bytes`` a config may set).
 _MAX_BODY_FILE = 16 * 1024 * 1024
@@ -83,6 +85,13 @@ def parse_header_option(text: str) -> tuple[str, str]:
     return name.lower(), wire.decode("latin-1")
 
 #: (step title, reason codes that fail it), in the order the gateway checks them.
+REQUEST_STEPS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("query string (UTF-8, at most 100 parameters and 8 KiB)", frozenset({"bad_query", "too_many_parameters"})),
+    ("framing (Content-Length / Transfer-Encoding; no GET or HEAD body)",
+     frozenset({"ambiguous_framing", "unexpected_body"})),
+    ("path normalised once (dot segments, percent-encoding, under the root path)", frozenset({"bad_path"})),
+    ("route matches the request", frozenset({"no_route", "method_not_allowed"})),
+)
 TOKEN_STEPS: tuple[tuple[str, frozenset[str]], ...] = (
     ("strict JWS parse (3 base64url segments, JSON objects, size bounds)", frozenset({"malformed_token"})),
     ("algorithm on the issuer's allow-list", frozenset({"alg_not_allowed"})),
@@ -101,7 +110,6 @@ CONSENT_TOKEN_STEPS: tuple[tuple[str, frozenset[str]], ...] = tuple(
     for title, reasons in TOKEN_STEPS
 )
 BINDING_STEPS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("route matches the request", frozenset({"no_route", "method_not_allowed", "bad_path"})),
     ("Maskinporten claims (consumer ISO 6523, scope)", frozenset({"bad_maskinporten_claims"})),
     ("Maskinporten token not older than max_token_age_seconds (now - iat)", frozenset({"token_too_old"})),
     ("route scope in the token's scope", frozenset({"scope_missing"})),
@@ -121,6 +129,7 @@ BINDING_STEPS: tuple[tuple[str, frozenset[str]], ...] = (
      frozenset({"service_not_consented", "resource_not_consented", "consent_action_not_accepted"})),
     ("metadata constraints (income year, period)", frozenset({"metadata_missing", "metadata_out_of_range", "duplicate_parameter", "bad_parameter", "parameter_missing"})),
     ("rights package known and open to the consumer", frozenset({"unknown_rights_package", "rights_package_not_allowed"})),
+    ("verified claims fit to forward as headers (printable ASCII)", frozenset({"unforwardable_claim"})),
 )
 
 
@@ -199,6 +208,16 @@ class _Report:
             self.ok = False
 
 
+    def section(self, steps: tuple[tuple[str, frozenset[str]], ...], failed: GatewayError | None) -> bool:
+        """Show ``steps`` against the decision's outcome ``failed``: failed at the step that
+        names its reason, else all passed. :returns: whether the decision stopped here."""
+        if failed is None or not any(failed.reason in reasons for _, reasons in steps):
+            self.steps(steps, None)
+            return False
+        self.steps(steps, failed)
+        return True
+
+
 def _decode(token: str, show: bool) -> dict[str, Any] | None:
     try:
         jws = parse_compact(token, max_bytes=1 << 20)
@@ -219,13 +238,26 @@ async def explain(
     headers: Sequence[tuple[str, str]] = (),
     show_personal_data: bool = False,
     clock: Callable[[], float] = time.time,
+    root_path: str = "",
+    gateway: Gateway | None = None,
 ) -> tuple[bool, list[str]]:
     """Run every check; returns (all passed, report lines). Never raises for bad tokens.
 
+    With ``path`` the verdict is the gateway's own: the request goes through
+    :meth:`Gate.decide <samtykke_gateway.policy.decide.Gate.decide>` exactly as the middleware
+    and the sidecar run it (:func:`explain_decision`), so the two cannot disagree; only the
+    steps with effects are left out (consent state, audit guard, the record).
+
+    :param path: the request target, path and query, as a client sends it
+        (:func:`explain_request`).
     :param body: the JSON request body, for a route whose subject is a body field.
     :param headers: more request headers, ``(name, value)`` as :func:`parse_header_option`
         makes them (repeats kept), e.g. a route's subject header; never ``Authorization`` or
         the consent header (the tokens are given on their own).
+    :param root_path: the ASGI root path the protected app is mounted under (uvicorn
+        ``--root-path``); ``path`` then includes it, as on the wire.
+    :param gateway: judge with this gateway (its owner closes it) instead of one built from
+        ``config_path``; nothing is written to its store or its consent state.
 
     :raises ConfigError: the ``config_path`` file is invalid.
     :raises ExplainUsageError: too many or too large ``headers``, or one that carries a token.
@@ -248,7 +280,7 @@ async def explain(
         else:
             for line in json.dumps(view, indent=2, ensure_ascii=False).splitlines():
                 report.out("    " + line)
-    if config_path is None:
+    if config_path is None and gateway is None:
         report.out("\nNo --config: NOT VERIFIED. Without the issuers' keys nothing here says the token is")
         report.out("genuine (signature, issuer and key were not checked); only the time claims are shown.")
         if path is not None:
@@ -269,86 +301,176 @@ async def explain(
         report.ok = False  # unverified is never a pass
         return report.ok, report.lines
 
-    from samtykke_gateway.config import load_config
     from samtykke_gateway.runtime import Gateway
 
-    config = load_config(config_path)
+    own_gateway = gateway is None
+    if gateway is None:
+        from samtykke_gateway.audit.memory import MemoryStore
+        from samtykke_gateway.config import load_config
+
+        if config_path is None:  # (answered above, unverified)
+            raise ExplainUsageError("give --config")
+        gateway = Gateway(load_config(config_path), store=MemoryStore(), clock=clock)
+    config = gateway.config
     for name, _ in headers:
         if name == config.consent_header:
             raise ExplainUsageError(f"--header {name}: give the consent token with --consent")
-    from samtykke_gateway.audit.memory import MemoryStore
-
-    gateway = Gateway(config, store=MemoryStore(), clock=clock)
     try:
-        report.out("\nMaskinporten access token: verification")
-        try:
-            mp = await gateway.gate.maskinporten(bearer)
-            report.steps(TOKEN_STEPS, None)
-        except GatewayError as exc:
-            report.steps(TOKEN_STEPS, exc)
-            return report.ok, report.lines
-        held: Consent | None = mp.consent
-        if consent is not None:
-            report.out("\nAltinn 2 consent token: verification")
-            try:
-                held = await gateway.gate.altinn2(consent)
-                report.steps(CONSENT_TOKEN_STEPS, None)
-            except GatewayError as exc:
-                report.steps(CONSENT_TOKEN_STEPS, exc)
-                return report.ok, report.lines
         if path is None:
-            report.out("\nNo --path: binding to a request not checked. Routes in this config:")
-            for route in config.routes:
-                report.out(f"  {route.name}: {','.join(sorted(route.methods))} {route.path} (scope {route.scope})")
+            await _explain_tokens(report, gateway, bearer, consent)
             return report.ok, report.lines
-        report.out(f"\nRequest {method} {mask_personal_data(path) if not show_personal_data else path}: binding")
-        parts = urlsplit(path)
-        request_headers: dict[str, list[str]] = {"authorization": [f"Bearer {bearer}"]}
-        if consent is not None:
-            request_headers[config.consent_header] = [consent]
-        if body is not None and not any(name == "content-type" for name, _ in headers):
-            request_headers["content-type"] = ["application/json"]
-        for name, value in headers:
-            request_headers.setdefault(name, []).append(value)
-            report.out(f"  header {name}: {value if show_personal_data else mask_personal_data(value)}")
-        record = DisclosureRecord(time="", correlation_id="explain", decision="deny", reason="", status=0,
-                                  method=method, path=parts.path)
-        try:
-            match = gateway.router.match(method, normalize_path(parts.path or "/"))
-            if match is None:
-                raise NotFoundError("no route matches this path and method", reason="no_route")
-            if body is not None and match.route.subject.source == "body" and len(body) > config.max_request_body_bytes:
-                raise RequestBodyTooLargeError("the request body is larger than this route accepts")
-            facts = RequestFacts(method=method, query=parse_qsl(parts.query, keep_blank_values=True),
-                                 headers=request_headers,
-                                 body=body if match.route.subject.source == "body" else None)
-            report.out("  what the route wants and what the consent holds:")
-            for line in consent_view(match.route, held, mp, config.altinn3_delegation_sources,
-                                     max_token_age=gateway.gate.max_token_age(match.route.max_token_age_seconds)):
-                report.out("    " + line)
-            grant = await gateway.gate.authorize(facts, match, record)
-        except GatewayError as exc:
-            report.steps(BINDING_STEPS, exc)
-            return report.ok, report.lines
-        report.steps(BINDING_STEPS, None)
-        if record.handled_by is not None:
-            report.out(f"Handler {record.handled_by} called for the recipient {record.consumer} (both recorded)")
-        report.out(f"\nDecision: allow ({record.token_kind}, consent {record.consent_id}, resource {record.resource})")
-        if grant.effective_query:
-            report.out(f"Forwarded query: {grant.effective_query}")
-        if grant.rights_package is None:
-            report.out("Route is unscoped: the upstream body would be released as is.")
-        else:
-            fields = config.raw.get("rights_packages", {}).get(grant.rights_package_name, {})
-            report.out(f"Rights package {grant.rights_package_name} would release:")
-            for f in fields.get("fields", []):
-                report.out(f"  {f}")
-            for row in fields.get("rows", []):
-                cond = {k: v for k, v in row.items() if k not in ("path", "where")}
-                report.out(f"  rows of {row.get('path')} only where {row.get('where', '(row)')} {cond}")
+        await _explain_request(report, gateway, bearer, consent, path=path, method=method, body=body,
+                               headers=headers, root_path=root_path, show_personal_data=show_personal_data)
         return report.ok, report.lines
     finally:
-        await gateway.close()
+        if own_gateway:
+            await gateway.close()
+
+
+async def _explain_tokens(report: _Report, gateway: Gateway, bearer: str, consent: str | None) -> None:
+    """No ``--path``: verify the tokens on their own, then list the routes."""
+    report.out("\nMaskinporten access token: verification")
+    try:
+        await gateway.gate.maskinporten(bearer)
+        report.steps(TOKEN_STEPS, None)
+    except GatewayError as exc:
+        report.steps(TOKEN_STEPS, exc)
+        return
+    if consent is not None:
+        report.out("\nAltinn 2 consent token: verification")
+        try:
+            await gateway.gate.altinn2(consent)
+            report.steps(CONSENT_TOKEN_STEPS, None)
+        except GatewayError as exc:
+            report.steps(CONSENT_TOKEN_STEPS, exc)
+            return
+    report.out("\nNo --path: binding to a request not checked. Routes in this config:")
+    for route in gateway.config.routes:
+        report.out(f"  {route.name}: {','.join(sorted(route.methods))} {route.path} (scope {route.scope})")
+
+
+def explain_request(bearer: str, *, consent: str | None, consent_header: str, path: str, method: str = "GET",
+                    body: bytes | None = None, headers: Sequence[tuple[str, str]] = (),
+                    root_path: str = "") -> RawRequest:
+    """The request ``explain`` judges, as a client would put it on the wire.
+
+    :param path: the request target, path and query (``/api/...?fraOgMed=2018-07``), as sent:
+        its bytes are the UTF-8 encoding of the text (a client percent-encodes what it must;
+        ``explain`` does not do it for it). A ``#fragment`` is dropped, as clients do; an empty
+        path is ``/``.
+    :param headers: ``(lower-cased name, value)`` as :func:`parse_header_option` makes them.
+    :param body: the request body: sent with ``Content-Length`` (and ``Content-Type:
+        application/json`` unless ``headers`` name a content type); ``None``: no body.
+    :returns: a :class:`~samtykke_gateway.policy.intake.RawRequest` with ``Authorization:
+        Bearer <bearer>``, the consent header when ``consent`` is given, then ``headers``.
+    """
+    target = path.split("#", 1)[0]
+    raw_path, _, query = target.partition("?")
+    raw_headers = [(b"authorization", b"Bearer " + bearer.encode("utf-8"))]
+    if consent is not None:
+        raw_headers.append((consent_header.encode("latin-1"), consent.encode("utf-8")))
+    if body is not None:
+        if not any(name == "content-type" for name, _ in headers):
+            raw_headers.append((b"content-type", b"application/json"))
+        raw_headers.append((b"content-length", str(len(body)).encode("ascii")))
+    raw_headers.extend((name.encode("latin-1"), value.encode("latin-1")) for name, value in headers)
+    return RawRequest(method, (raw_path or "/").encode("utf-8"), query.encode("utf-8"), tuple(raw_headers),
+                      root_path)
+
+
+async def explain_decision(gateway: Gateway, request: RawRequest, body: bytes | None) -> tuple[
+        Decision | GatewayError, DisclosureRecord]:
+    """The gateway's decision on ``request`` (:meth:`~samtykke_gateway.policy.decide.Gate.decide`,
+    the one the middleware runs), without the steps that have effects: no audit guard, no
+    consent-state hook (a one-time consent is never spent), no record written.
+
+    :param body: the request body ``request`` announces (``None``: none; the body reader then
+        gives ``b""``, as a server does for a request without one).
+    :returns: the :class:`~samtykke_gateway.policy.decide.Decision`, or the
+        :class:`~samtykke_gateway.exceptions.GatewayError` the gateway would answer with; and
+        the disclosure record as far as the decision filled it (not written anywhere).
+    """
+    record = DisclosureRecord(time="", correlation_id="explain", decision="deny", reason="", status=0,
+                              method=request.method, path=request.raw_path.decode("latin-1")[:512])
+
+    async def read_body(limit: int) -> bytes:
+        data = body or b""
+        if len(data) > limit:
+            raise RequestBodyTooLargeError("the request body is larger than this route accepts")
+        return data
+
+    try:
+        return await gateway.gate.decide(request, record, read_body=read_body), record
+    except GatewayError as exc:
+        return exc, record
+
+
+async def _explain_request(report: _Report, gateway: Gateway, bearer: str, consent: str | None, *, path: str,
+                           method: str, body: bytes | None, headers: Sequence[tuple[str, str]], root_path: str,
+                           show_personal_data: bool) -> None:
+    """``--path``: the gateway's own decision on the request, shown step by step in its order
+    (request, Maskinporten token, Altinn 2 consent token, binding; docs/protocol.md §4)."""
+    config = gateway.config
+    request = explain_request(bearer, consent=consent, consent_header=config.consent_header, path=path,
+                              method=method, body=body, headers=headers, root_path=root_path)
+    outcome, record = await explain_decision(gateway, request, body)
+    failed = outcome if isinstance(outcome, GatewayError) else None
+    report.out(f"\nRequest {method} {path if show_personal_data else mask_personal_data(path)}")
+    for name, value in headers:
+        report.out(f"  header {name}: {value if show_personal_data else mask_personal_data(value)}")
+    if isinstance(outcome, Decision) and outcome.grant is None:
+        report.steps(REQUEST_STEPS[:-1], None)
+        report.out("  [ -- ] route matches the request: no route; gateway.unmatched = \"pass\" hands it to the"
+                   " app unchecked, without the tokens")
+        report.out("\nDecision: pass through (no consent applies; nothing is recorded)")
+        return
+    if report.section(REQUEST_STEPS, failed):
+        return
+    report.out("\nMaskinporten access token: verification")
+    if report.section(TOKEN_STEPS, failed):
+        return
+    try:  # the token as the gateway verified it (a cache hit), for the view below
+        mp: MaskinportenToken | None = await gateway.gate.maskinporten(bearer)
+    except GatewayError:
+        mp = None
+    held: Consent | None = mp.consent if mp is not None else None
+    if consent is not None:
+        report.out("\nAltinn 2 consent token: verification")
+        try:
+            held = await gateway.gate.altinn2(consent)
+        except GatewayError as exc:  # the decision may have stopped before it (shown below)
+            if failed is None or failed.reason != exc.reason:
+                report.steps(CONSENT_TOKEN_STEPS, exc)
+                report.ok = False
+                held = None
+        if report.section(CONSENT_TOKEN_STEPS, failed):
+            return
+    report.out("\nBinding to the request")
+    route = gateway.gate.route(record.route)
+    if route is not None and mp is not None:
+        report.out("  what the route wants and what the consent holds:")
+        for line in consent_view(route, held, mp, config.altinn3_delegation_sources,
+                                 max_token_age=gateway.gate.max_token_age(route.max_token_age_seconds)):
+            report.out("    " + line)
+    report.steps(BINDING_STEPS, failed)
+    if failed is not None or not isinstance(outcome, Decision) or outcome.grant is None:
+        return
+    grant = outcome.grant
+    if record.handled_by is not None:
+        report.out(f"Handler {record.handled_by} called for the recipient {record.consumer} (both recorded)")
+    report.out(f"\nDecision: allow ({record.token_kind}, consent {record.consent_id}, resource {record.resource})")
+    if grant.effective_query:
+        report.out(f"Forwarded query: {grant.effective_query}")
+    if grant.rights_package is None:
+        report.out("Route is unscoped: the upstream body would be released as is.")
+    else:
+        fields = config.raw.get("rights_packages", {}).get(grant.rights_package_name, {})
+        report.out(f"Rights package {grant.rights_package_name} would release:")
+        for f in fields.get("fields", []):
+            report.out(f"  {f}")
+        for row in fields.get("rows", []):
+            cond = {k: v for k, v in row.items() if k not in ("path", "where")}
+            report.out(f"  rows of {row.get('path')} only where {row.get('where', '(row)')} {cond}")
 
 
 def _token_arg(value: str | None, stdin_lines: list[str]) -> str | None:
@@ -386,7 +508,8 @@ def explain_command(args: argparse.Namespace) -> int:
         headers = [parse_header_option(h) for h in args.header]
         ok, lines = asyncio.run(
             explain(bearer, consent=consent, config_path=args.config, path=args.path, method=args.method.upper(),
-                    body=body, headers=headers, show_personal_data=args.show_personal_data)
+                    body=body, headers=headers, show_personal_data=args.show_personal_data,
+                    root_path=args.root_path)
         )
     except ConfigError as exc:
         print(f"invalid config: {exc}", file=sys.stderr)
@@ -417,6 +540,9 @@ def add_explain_parser(sub: Any, handler: Callable[[argparse.Namespace], int]) -
     p.add_argument("--config", default=None, help="gateway config (needed for keys and routes)")
     p.add_argument("--path", default=None, help="request path with query, e.g. '/api/...?fraOgMed=2018-07'")
     p.add_argument("--method", default="GET")
+    p.add_argument("--root-path", default="", metavar="PREFIX",
+                   help="the root path the protected app is mounted under (uvicorn --root-path); --path"
+                        " includes it, as on the wire")
     p.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
                    help="a request header, e.g. a route's subject header (repeatable; person ids masked"
                         " in the report unless --show-personal-data)")

@@ -1,22 +1,34 @@
-"""One decision: request facts → :class:`Grant` or a :class:`GatewayError` (framework-free).
+"""One decision: raw request facts → :class:`Decision` or a :class:`GatewayError` (framework-free).
 
-The order is docs/protocol.md §4: tokens (parse, algorithm, key, signature, issuer, times), Maskinporten
-scope and consumer, consent (validity, consumer, supplier, resource), subject, metadata
-constraints, consent state. The :class:`DisclosureRecord` passed in is filled as facts become
-known, so a refusal is logged with everything learnt before it.
+:meth:`Gate.decide` is the only place a request is judged; the ASGI middleware (and so the
+sidecar, which is the middleware around a proxy) and ``samtykke-gateway explain`` all call it,
+so they cannot disagree. The order is docs/protocol.md §4: request intake (query, framing, a
+``GET``/``HEAD`` body, path, root path; :mod:`samtykke_gateway.policy.intake`), route match,
+on a body-subject route the Maskinporten token and then the body, then tokens (parse,
+algorithm, key, signature, issuer, times), Maskinporten scope and consumer, consent (validity,
+consumer, supplier, resource), subject, metadata constraints, rights package, and the claims
+the upstream will see. The :class:`DisclosureRecord` passed in is filled as facts become known,
+so a refusal is logged with everything learnt before it.
+
+Not here, because they have effects: the audit guard's probe and the consent-state hook
+(revocation, one-time consents, usage limits: ``state.before_forward`` spends a one-time
+consent) run in the adapter after :meth:`Gate.decide` allowed the request, and records are
+written by the adapter. ``explain`` runs :meth:`Gate.decide` only: it never spends a consent
+and never writes a record.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import httpx
 
 from samtykke_gateway.audit.record import DisclosureRecord
+from samtykke_gateway.policy.credentials import CONSENT_TOKEN_REASONS, bearer_token, consent_header_token
+from samtykke_gateway.policy.issuers import build_issuer_policies, key_set
 from samtykke_gateway.policy.binding import (
     Binding,
     apply_constraints,
@@ -25,18 +37,27 @@ from samtykke_gateway.policy.binding import (
     check_governed_params,
     request_subject,
 )
-from samtykke_gateway.config import GatewayConfig, IssuerConfig
+from samtykke_gateway.config import GatewayConfig, RouteConfig
 from samtykke_gateway.exceptions import (
+    RequestBodyTimeoutError,
+    RequestBodyTooLargeError,
     BadRequestError,
     ForbiddenError,
     InsufficientConsentError,
     InvalidConsentError,
     InvalidTokenError,
-    MissingTokenError,
     NotFoundError,
 )
-from samtykke_gateway.tokens.keys import KeySet
-from samtykke_gateway.policy.routing import RouteMatch
+from samtykke_gateway.policy.intake import (
+    RawRequest,
+    app_segments,
+    check_no_unexpected_body,
+    check_request_framing,
+    claim_header_value,
+    declared_body_length,
+    parse_query,
+)
+from samtykke_gateway.policy.routing import RouteMatch, Router
 from samtykke_gateway.scoping.package import RightsPackage, ScopeContext
 from samtykke_gateway.tokens.altinn2 import consent_from_altinn2_claims
 from samtykke_gateway.tokens.maskinporten import maskinporten_from_claims
@@ -46,31 +67,17 @@ from samtykke_gateway.tokens.verify import IssuerPolicy, TokenVerifier
 
 __all__ = [
     "CONSENT_TOKEN_REASONS",
+    "BodyReader",
+    "Decision",
     "Gate",
     "Grant",
+    "RawRequest",
     "RequestFacts",
     "bearer_token",
     "build_issuer_policies",
     "key_set",
     "params_as_dict",
 ]
-
-#: Reason of a failed Altinn 2 consent-token verification (403) for each reason the verifier
-#: gives a bearer (401): the consent token is a consent problem, never the bearer's
-#: (docs/protocol.md §4).
-CONSENT_TOKEN_REASONS = {
-    "malformed_token": "consent_token_malformed",
-    "alg_not_allowed": "consent_token_alg_not_allowed",
-    "crit_not_supported": "consent_token_crit_not_supported",
-    "unknown_key": "consent_token_unknown_key",
-    "bad_signature": "consent_token_bad_signature",
-    "wrong_issuer": "consent_token_wrong_issuer",
-    "wrong_audience": "consent_token_wrong_audience",
-    "token_expired": "consent_token_expired",
-    "token_not_yet_valid": "consent_token_not_yet_valid",
-    "bad_time_claim": "consent_token_bad_time_claim",
-}
-
 
 @dataclass(frozen=True, slots=True)
 class RequestFacts:
@@ -106,69 +113,48 @@ class Grant:
     rights_package_name: str | None
 
 
-def bearer_token(headers: Mapping[str, list[str]]) -> str:
-    """The RFC 6750 §2.1 bearer token from ``Authorization``.
+#: Reads the whole request body for :meth:`Gate.decide`, given the most bytes it may take:
+#: returns the bytes; raises :class:`RequestBodyTooLargeError` (413) past the limit (reading
+#: no further), :class:`~samtykke_gateway.exceptions.ClientDisconnectedError` when the client
+#: leaves, :class:`BadRequestError` (400, ``bad_request_body``) on anything but body messages.
+#: Called only on a route whose subject is a JSON body field, after the Maskinporten token.
+BodyReader = Callable[[int], Awaitable[bytes]]
 
-    :raises MissingTokenError: (401) no Authorization header.
-    :raises BadRequestError: (400) more than one Authorization header.
-    :raises InvalidTokenError: never here; a non-Bearer scheme is treated as missing.
+#: The verified claims sent upstream (``X-Samtykke-*``), in this order.
+_CLAIM_HEADERS = (b"x-samtykke-consumer", b"x-samtykke-supplier", b"x-samtykke-consent-id",
+                  b"x-samtykke-token-kind", b"x-samtykke-resource")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What :meth:`Gate.decide` allowed.
+
+    ``grant`` is ``None`` when no route names the path and ``gateway.unmatched = "pass"``
+    (middleware form): the app answers it unchecked, without the tokens.
+    ``root_segments`` / ``app_segments``: the normalised path (decoded segments) under the
+    mount prefix, and the app-relative part that was matched. ``body``: the checked request
+    body (read only on a body-subject route, else ``None``). ``claim_headers``: the verified
+    claims as upstream headers, ``(name, value)`` bytes, already checked fit for a header.
     """
-    values = headers.get("authorization", [])
-    if not values:
-        raise MissingTokenError("no bearer token (Authorization: Bearer ...)", reason="missing_token")
-    if len(values) > 1:
-        raise BadRequestError("more than one Authorization header", reason="duplicate_header")
-    scheme, _, token = values[0].strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise MissingTokenError("Authorization must use the Bearer scheme", reason="missing_token")
-    return token
+
+    grant: Grant | None
+    root_segments: tuple[str, ...]
+    app_segments: tuple[str, ...]
+    body: bytes | None = None
+    claim_headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
-def _consent_header_token(headers: Mapping[str, list[str]], name: str) -> str | None:
-    values = headers.get(name, [])
-    if not values:
-        return None
-    if len(values) > 1:
-        raise BadRequestError("more than one consent token header", reason="duplicate_header")
-    value = values[0].strip()
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        value = value[1:-1].strip()
-    if value.lower().startswith("bearer "):
-        value = value[7:].strip()
-    return value or None
+def claim_headers(grant: Grant) -> tuple[tuple[bytes, bytes], ...]:
+    """The verified claims the upstream sees (consumer, supplier, consent id, token kind,
+    resource), as ``X-Samtykke-*`` header pairs; absent claims are left out.
 
-
-def build_issuer_policies(
-    config: GatewayConfig, http: httpx.AsyncClient, *, clock: Callable[[], float] = time.monotonic
-) -> dict[str, IssuerPolicy]:
-    """One :class:`IssuerPolicy` (with its own :class:`KeySet`) per configured issuer."""
-    return {name: IssuerPolicy(
-        name=cfg.name,
-        issuer=cfg.issuer,
-        algorithms=cfg.algorithms,
-        keys=key_set(cfg, http, clock=clock),
-        leeway_seconds=config.leeway_seconds,
-        audiences=cfg.audiences,
-    ) for name, cfg in config.issuers.items()}
-
-
-def key_set(cfg: IssuerConfig, http: httpx.AsyncClient, *, clock: Callable[[], float] = time.monotonic) -> KeySet:
-    """The :class:`KeySet` an ``[issuers.<name>]`` table describes (the tokens layer never reads
-    the config: this is where the two meet)."""
-    return KeySet(
-        name=cfg.name,
-        http=http,
-        jwks_url=cfg.jwks_url,
-        metadata_url=cfg.metadata_url,
-        min_ttl_seconds=cfg.min_ttl_seconds,
-        max_ttl_seconds=cfg.max_ttl_seconds,
-        default_ttl_seconds=cfg.default_ttl_seconds,
-        refetch_cooldown_seconds=cfg.refetch_cooldown_seconds,
-        fetch_timeout_seconds=cfg.fetch_timeout_seconds,
-        max_stale_seconds=cfg.max_stale_seconds,
-        clock=clock,
-    )
+    :raises InvalidTokenError: (401, ``unforwardable_claim``) a claim is not printable ASCII
+        (:func:`~samtykke_gateway.policy.intake.claim_header_value`).
+    """
+    claims = (grant.maskinporten.consumer, grant.maskinporten.supplier, grant.consent.consent_id,
+              grant.binding.token_kind, grant.binding.resource)
+    return tuple((name, claim_header_value(claim)) for name, claim in zip(_CLAIM_HEADERS, claims, strict=True)
+                 if claim is not None)
 
 
 class Gate:
@@ -178,6 +164,7 @@ class Gate:
     :param issuers: ``{"altinn": IssuerPolicy, "maskinporten": IssuerPolicy}``.
     :param verifier: signature/time verification with its bounded cache.
     :param clock: epoch seconds (UTC), injectable for tests.
+    :param router: the route table (built from ``config.routes`` if omitted).
     """
 
     def __init__(
@@ -187,11 +174,97 @@ class Gate:
         issuers: Mapping[str, IssuerPolicy],
         verifier: TokenVerifier,
         clock: Callable[[], float] = time.time,
+        router: Router | None = None,
     ) -> None:
         self.config = config
         self.issuers = issuers
         self.verifier = verifier
         self.clock = clock
+        self.router = router or Router(config.routes)
+        self._routes_by_name = {route.name: route for route in config.routes}
+
+    def error_codes(self, route_name: str | None) -> Mapping[str, str]:
+        """The named route's own error codes (``[routes.error_codes]``; empty for none or an
+        unknown name): after a refusal, ``record.route`` says which route had matched."""
+        route = self._routes_by_name.get(route_name) if route_name else None
+        return route.error_codes if route is not None else {}
+
+    def route(self, route_name: str | None) -> RouteConfig | None:
+        """The configured route called ``route_name`` (``record.route`` after a decision)."""
+        return self._routes_by_name.get(route_name) if route_name else None
+
+    async def decide(self, request: RawRequest, record: DisclosureRecord, *, read_body: BodyReader) -> Decision:
+        """The one decision for one request, from the raw request facts (docs/protocol.md §4).
+
+        In order: the query (:func:`~samtykke_gateway.policy.intake.parse_query`), framing
+        (RFC 9112 §6), no ``GET``/``HEAD`` body, the path normalised once and taken relative to
+        ``request.root_path``, the route match (unmatched: 404, or a pass-through
+        :class:`Decision` with ``grant=None`` under ``gateway.unmatched = "pass"``); on a route
+        whose subject is a JSON body field, the Maskinporten token first (an unauthenticated
+        caller never makes the gateway read a body), then the body through ``read_body``
+        (bounded by ``max_request_body_bytes``, also by a declared ``Content-Length``, and by
+        ``request_body_timeout_seconds``); then :meth:`authorize`, and the claims forwarded
+        upstream (:func:`claim_headers`).
+
+        Pure apart from ``read_body`` and the key sets' fetches: the audit guard and the
+        consent-state hook (``state.before_forward``, which spends one-time consents) are the
+        caller's next step, after an allow; ``explain`` does not take it.
+
+        :param request: the raw request (:class:`~samtykke_gateway.policy.intake.RawRequest`).
+        :param record: filled as facts become known (``requested_params``, ``path`` and
+            ``route`` once matched, the token and consent facts); never written here.
+        :param read_body: see :data:`BodyReader`.
+        :raises GatewayError: the first failing check: 400 (``bad_query``,
+            ``too_many_parameters``, ``ambiguous_framing``, ``unexpected_body``, ``bad_path``,
+            ...), 404 ``no_route``, 405, 408, 413, 415, 401, 403, 503; never anything else for
+            bad input.
+        """
+        query = parse_query(request.query_string)
+        record.requested_params = params_as_dict(query)
+        headers = request.headers
+        check_request_framing(request.raw_headers)
+        check_no_unexpected_body(request.method, headers)
+        root, segments = app_segments(request.raw_path, request.root_path)
+        match = self.router.match(request.method, segments)
+        if match is None:
+            if self.config.unmatched == "pass":
+                return Decision(None, root, segments)
+            raise NotFoundError("no such route", reason="no_route")
+        record.path = match.path
+        record.route = match.route.name
+        body = None
+        if match.route.subject.source == "body":
+            # the access token first: an unauthenticated caller must not make the gateway read
+            # (or, with Expect: 100-continue, ask for) a body; authorize's own check is then a
+            # cache hit
+            await self.maskinporten(bearer_token(headers))
+            body = await self._read_body(headers, read_body)
+        grant = await self.authorize(RequestFacts(request.method, query, headers, body), match, record)
+        return Decision(grant, root, segments, body, claim_headers(grant))
+
+    async def _read_body(self, headers: Mapping[str, list[str]], read_body: BodyReader) -> bytes:
+        """The whole request body, for a route whose subject is in it.
+
+        :raises RequestBodyTooLargeError: (413) ``Content-Length`` or the bytes received exceed
+            ``max_request_body_bytes`` (nothing more is read).
+        :raises BadRequestError: (400, ``ambiguous_framing``) fewer or more bytes than
+            ``Content-Length`` said.
+        :raises ClientDisconnectedError: the client disconnected before the body ended.
+        :raises RequestBodyTimeoutError: (408) the body took longer than
+            ``request_body_timeout_seconds``.
+        """
+        limit = self.config.max_request_body_bytes
+        declared = declared_body_length(headers)  # framing checked: one 1-15 digit value
+        if declared is not None and declared > limit:
+            raise RequestBodyTooLargeError("the request body is larger than this route accepts")
+        try:
+            async with asyncio.timeout(self.config.request_body_timeout_seconds):
+                body = await read_body(limit)
+        except TimeoutError:
+            raise RequestBodyTimeoutError("the request body did not arrive in time") from None
+        if declared is not None and len(body) != declared:
+            raise BadRequestError("the request body does not match Content-Length", reason="ambiguous_framing")
+        return body
 
     async def maskinporten(self, token: str) -> MaskinportenToken:
         """Verify a Maskinporten access token (docs/protocol.md §4 steps 1–5, without the scope check)."""
@@ -279,7 +352,7 @@ class Gate:
         if route.scope not in mp.scopes:
             raise ForbiddenError("the access token lacks the route's scope", reason="scope_missing")
 
-        consent_token = _consent_header_token(facts.headers, self.config.consent_header)
+        consent_token = consent_header_token(facts.headers, self.config.consent_header)
         if mp.consent is not None:
             if consent_token is not None:
                 raise BadRequestError(

@@ -132,8 +132,8 @@ unscoped = true
     body.write_text('{"fnr": "12879397780", "fnr": "01029413157"}')
     code, out = _run(capsys, *args, "--body", str(body))
     assert code == 1 and "[FAIL] subject named by the request" in out and "duplicate_member" in out
-    code, out = _run(capsys, *args)  # no body given
-    assert code == 1 and "subject_missing" in out
+    code, out = _run(capsys, *args)  # no body given: what the gateway answers a POST without one
+    assert code == 1 and "(415 unsupported_media_type)" in out
     assert main(["explain", token, "--config", config_file, "--path", "/api/b/2022", "--body", str(tmp_path / "nope")]) == 2
     # found by a fresh user: a body the gateway answers with 413 was "allowed", /dev/zero filled memory
     body.write_text('{"fnr": "12879397780", "pad": "%s"}' % ("x" * 70_000))
@@ -231,3 +231,20 @@ def test_explain_consent_token_failures_are_consent_steps(capsys, dev_issuer: De
                      "--config", config_file, "--path", INCOME_PATH + "?fraOgMed=2018-07")
     assert code == 1
     assert "[FAIL] exp / nbf / iat (with leeway)" in out and "(403 consent_token_expired)" in out
+
+
+def test_explain_under_a_root_path(capsys, dev_issuer: DevIssuer, config_file: str) -> None:  # type: ignore[no-untyped-def]
+    """--root-path: the path as a mounted app receives it, prefix included (as the gateway matches it)."""
+    token = a3_headers(dev_issuer)["Authorization"][7:]
+    code, out = _run(capsys, token, "--config", config_file, "--path", "/mount" + tax_base_path("2022"),
+                     "--root-path", "/mount")
+    assert code == 0, out
+    code, out = _run(capsys, token, "--config", config_file, "--path", "/mount" + tax_base_path("2022"))
+    assert code == 1 and "[FAIL] route matches the request" in out and "(404 no_route)" in out
+
+
+def test_explain_checks_the_query_as_the_gateway_does(capsys, dev_issuer: DevIssuer, config_file: str) -> None:  # type: ignore[no-untyped-def]
+    token = a3_headers(dev_issuer)["Authorization"][7:]
+    code, out = _run(capsys, token, "--config", config_file, "--path", tax_base_path("2022") + "?x=%ff")
+    assert code == 1 and "[FAIL] query string" in out and "(400 bad_query)" in out
+    assert "Maskinporten access token: verification" not in out  # the gateway stops before the tokens
