@@ -29,6 +29,7 @@ import httpx
 from samtykke_gateway.sidecar.app import SidecarApp
 from samtykke_gateway.audit.record import DisclosureRecord
 from samtykke_gateway.dev.server import ThreadedServer
+from samtykke_gateway.sidecar.serve import bounded_http_options
 from samtykke_gateway.dev.examples import example_body
 from samtykke_gateway.asgi.middleware import ConsentMiddleware
 
@@ -318,7 +319,7 @@ async def served(mode: str, issuer_url: str, *, upstream_url: str | None = None,
     with ThreadedServer(lab) as upstream_server:
         config = make_config(issuer_url, upstream_url or upstream_server.url, **overrides)
         sidecar = SidecarApp(config)
-        with ThreadedServer(sidecar, proxy_headers=False) as server:  # as `serve` runs it
+        with ThreadedServer(sidecar, proxy_headers=False, **bounded_http_options()) as server:  # as `serve` runs it
             async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
                 yield Served(mode, server.url, client, lab, sidecar.gateway.store,
                              extra={"upstream_url": upstream_server.url})

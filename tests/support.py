@@ -19,6 +19,7 @@ from samtykke_gateway.audit.record import DisclosureRecord
 from samtykke_gateway.config import GatewayConfig, parse_config
 from samtykke_gateway.cli.demo import _merge, demo_config, demo_config_text
 from samtykke_gateway.dev.server import ThreadedServer
+from samtykke_gateway.sidecar.serve import bounded_http_options
 from samtykke_gateway.dev.examples import ExampleUpstream
 from samtykke_gateway.asgi.middleware import ConsentMiddleware
 from samtykke_gateway.dev.issuer import DevIssuer
@@ -167,7 +168,7 @@ async def running_gateway(
     with ThreadedServer(app_to_protect) as upstream_server:
         config = make_config(issuer_url, upstream_server.url, edit=edit, **overrides)
         sidecar = SidecarApp(config)
-        with ThreadedServer(sidecar) as sidecar_server:
+        with ThreadedServer(sidecar, **bounded_http_options()) as sidecar_server:  # as `serve` runs it
             async with httpx.AsyncClient(base_url=sidecar_server.url, timeout=20) as client:
                 yield GatewayUnderTest(
                     mode, client, sidecar.gateway.store, upstream, config,  # type: ignore[arg-type]

@@ -260,12 +260,20 @@ KEEP_ALIVE_SECONDS = 5.0
 #: Most seconds without a byte of a request body that has begun, while the server is reading
 #: (a client that stops half-way through its body is disconnected after this).
 BODY_IDLE_TIMEOUT_SECONDS = 30.0
+#: After an early answer (given before the request body ended) the connection is half-closed and
+#: what the client still sends is read and dropped for at most this long / this many bytes, then
+#: closed: closing at once with unread bytes makes the kernel send a reset, and a client still
+#: sending its body can lose the answer to it (RFC 9112 §9.6, "lingering close").
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024
 
 
 def bounded_http_options(max_head_bytes: int = MAX_HEAD_BYTES,
                          head_timeout_seconds: float = HEAD_TIMEOUT_SECONDS,
                          keep_alive_seconds: float = KEEP_ALIVE_SECONDS,
-                         body_idle_timeout_seconds: float = BODY_IDLE_TIMEOUT_SECONDS) -> dict[str, Any]:
+                         body_idle_timeout_seconds: float = BODY_IDLE_TIMEOUT_SECONDS,
+                         linger_seconds: float = LINGER_SECONDS,
+                         linger_bytes: int = LINGER_BYTES) -> dict[str, Any]:
     """``uvicorn.run`` keyword arguments that bound request heads in size and time, and
     connections in time.
 
@@ -284,7 +292,10 @@ def bounded_http_options(max_head_bytes: int = MAX_HEAD_BYTES,
       client back because the app has not read what came so far);
     * closes the connection once an answer is complete while its request body has not ended
       (an early answer: 400, 401, 405, 408, 413, ...; the gateway's own early answers also say
-      ``Connection: close``, which every server honours, h11 included).
+      ``Connection: close``, which every server honours, h11 included) — a lingering close:
+      the answer is followed by a FIN, what the client still sends is dropped for at most
+      ``linger_seconds`` / ``linger_bytes``, then the socket closes (an immediate close with
+      unread bytes sends a reset that can destroy the answer before the client reads it).
 
     Without httptools: h11 with ``h11_max_incomplete_event_size``. Idle keep-alive connections
     are closed after ``keep_alive_seconds`` (uvicorn's ``timeout_keep_alive``) either way. A
@@ -299,6 +310,36 @@ def bounded_http_options(max_head_bytes: int = MAX_HEAD_BYTES,
         return {"http": "h11", "h11_max_incomplete_event_size": max_head_bytes,
                 "timeout_keep_alive": keep_alive_seconds}
 
+    class _LingeringTransport:
+        """The real transport, except that ``close()`` while a request body is still arriving
+        half-closes it and lets the protocol drain (see ``linger_seconds``)."""
+
+        __slots__ = ("_half_closed", "_protocol", "_transport")
+        _transport: asyncio.Transport
+        _protocol: Any  # the BoundedHttpToolsProtocol below
+        _half_closed: bool
+
+        def __init__(self, transport: asyncio.Transport, protocol: Any) -> None:
+            self._transport = transport
+            self._protocol = protocol
+            self._half_closed = False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._transport, name)
+
+        def is_closing(self) -> bool:
+            return self._half_closed or self._transport.is_closing()
+
+        def close(self) -> None:
+            if self._half_closed or self._transport.is_closing():
+                return
+            if self._protocol._body_pending and self._transport.can_write_eof():
+                self._half_closed = True
+                self._transport.write_eof()  # after the answer already buffered
+                self._protocol._start_linger()
+            else:
+                self._transport.close()
+
     class BoundedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
         _head_bytes = 0  # as the parser reports them (url, names, values)
         _raw_head_bytes = 0  # as received while a head is open (llhttp buffers a long value)
@@ -306,12 +347,22 @@ def bounded_http_options(max_head_bytes: int = MAX_HEAD_BYTES,
         _head_timer: asyncio.TimerHandle | None = None
         _body_pending = False  # a request head is complete and its body has not ended
         _body_timer: asyncio.TimerHandle | None = None
+        _raw_transport: asyncio.Transport | None = None
+        _lingering: bool = False
+        _linger_timer: asyncio.TimerHandle | None = None
+        _lingered_bytes = 0
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            self._raw_transport = transport
+            super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
             self._arm()
 
         def data_received(self, data: bytes) -> None:
+            if self._lingering:  # answered already: drop what the client still sends, bounded
+                self._lingered_bytes += len(data)
+                if self._lingered_bytes > linger_bytes:
+                    self._end_linger()
+                return
             if self._in_head:
                 self._raw_head_bytes += len(data)
                 if self._head_timer is None:  # bytes between requests (even a bare CRLF) start a head
@@ -337,10 +388,35 @@ def bounded_http_options(max_head_bytes: int = MAX_HEAD_BYTES,
                 self.transport.close()
             super().on_response_complete()
 
+        def eof_received(self) -> None:
+            if self._lingering:  # the client finished sending: nothing more to drop
+                self._end_linger()
+                return
+            super().eof_received()
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             self._disarm_body()
+            if self._linger_timer is not None:
+                self._linger_timer.cancel()
+                self._linger_timer = None
             super().connection_lost(exc)
+
+        def _start_linger(self) -> None:
+            self._lingering = True
+            self._disarm()
+            self._disarm_body()
+            if self._raw_transport is None:
+                return
+            self._raw_transport.resume_reading()  # uvicorn may have paused it for the app
+            self._linger_timer = asyncio.get_running_loop().call_later(linger_seconds, self._end_linger)
+
+        def _end_linger(self) -> None:
+            if self._linger_timer is not None:
+                self._linger_timer.cancel()
+                self._linger_timer = None
+            if self._raw_transport is not None and not self._raw_transport.is_closing():
+                self._raw_transport.close()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()

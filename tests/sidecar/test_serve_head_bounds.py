@@ -294,3 +294,39 @@ def test_the_body_idle_deadline_waits_while_the_app_has_not_read() -> None:
                                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
     assert out.startswith(b"HTTP/1.1 200 "), out[:200]
     assert out.endswith(b"\r\n\r\n400000")
+
+
+def _send_all_then_read(port: int, body_bytes: int) -> bytes:
+    """POST a large body as most HTTP clients do (httpx, requests): write the whole request, then
+    read the answer. :returns: what came back (b"" when the write failed: the answer is lost)."""
+    out = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        try:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % body_bytes)
+            for _ in range(body_bytes // 8192):
+                sock.sendall(b"b" * 8192)
+                time.sleep(0.0005)  # the server answers while the body is on its way
+            while chunk := sock.recv(65536):
+                out += chunk
+        except (BrokenPipeError, ConnectionResetError):
+            return b""
+    return out
+
+
+@pytest.mark.skipif("HttpToolsProtocol" not in str(bounded_http_options()), reason="httptools not installed")
+def test_an_early_answer_reaches_a_client_still_sending_its_body() -> None:
+    """A lingering close: the answer, a FIN, then what the client still sends is dropped (at most
+    ``linger_seconds`` / ``linger_bytes``). Closing at once with unread bytes made the kernel
+    reset the connection and the client lost the 413 it was being sent (a flaky test showed it)."""
+    with ThreadedServer(_EarlyOk(), **bounded_http_options(linger_seconds=1.0)) as server:
+        outs = [_send_all_then_read(server.port, 600_000) for _ in range(3)]
+    assert all(out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"\r\n\r\n0") for out in outs), outs
+
+
+@pytest.mark.skipif("HttpToolsProtocol" not in str(bounded_http_options()), reason="httptools not installed")
+def test_the_linger_after_an_early_answer_is_bounded_in_bytes_and_time() -> None:
+    with ThreadedServer(_EarlyOk(), **bounded_http_options(linger_seconds=0.3, linger_bytes=10_000_000)) as server:
+        out, closed_after = _held(server.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\nab",
+                                  then=b"x" * 1000)
+    assert out.startswith(b"HTTP/1.1 200 "), out[:200]
+    assert closed_after is not None and closed_after < 1.0, closed_after
