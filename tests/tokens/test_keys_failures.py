@@ -28,7 +28,7 @@ from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.state_support import free_port, write_config
 from tests.support import tax_base_path
-from tests.state.test_state_enforcement import a3
+from tests.state.test_service_enforcement import a3
 
 
 @pytest.mark.anyio

@@ -36,8 +36,8 @@ from samtykke_gateway.dev.examples import ExampleUpstream
 from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.support import INCOME_PATH, INCOME_PERSON, TAX_BASE_PERSON, a2_headers, a3_headers, make_config, tax_base_path
-from tests.audit.test_audit_postgres import TcpProxy
-from tests.audit.test_audit_support import pg_schema, with_query
+from tests.audit.test_postgres import TcpProxy
+from tests.audit_support import pg_schema, with_query
 
 __all__ = ["pg_schema"]  # the fixture, re-exported for pytest
 

@@ -39,7 +39,7 @@ from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.state_support import free_port, redis_backend, redis_prefix, state_config
 from tests.support import INCOME_PATH, TAX_BASE_PERSON, TAX_BASE_SCOPE, a2_headers, a3_headers, make_config, tax_base_path
-from tests.state.test_state_enforcement import a3, gateway
+from tests.state.test_service_enforcement import a3, gateway
 
 pytestmark = pytest.mark.anyio
 SERVICE = "4628_210607"

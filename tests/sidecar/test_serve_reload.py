@@ -25,7 +25,7 @@ from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.state_support import cli, free_port, sidecar_process, write_config
 from tests.support import tax_base_path
-from tests.state.test_state_enforcement import a3
+from tests.state.test_service_enforcement import a3
 
 pytestmark = pytest.mark.anyio
 ONE_TIME_TAX = ('name = "spesifisertsummertskattegrunnlag"\n', 'name = "spesifisertsummertskattegrunnlag"\none_time = true\n')

@@ -28,7 +28,7 @@ from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.state_support import cli, free_port, redis_prefix, sidecar_process, write_config
 from tests.support import INCOME_PATH, INCOME_PERSON, TAX_BASE_PERSON, a2_headers, tax_base_path
-from tests.state.test_state_enforcement import a3
+from tests.state.test_service_enforcement import a3
 
 pytestmark = pytest.mark.slow
 DOCKERFILE = Path(__file__).resolve().parent.parent.parent / "Dockerfile"

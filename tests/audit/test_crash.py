@@ -34,7 +34,7 @@ from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.state_support import cli, free_port, sidecar_process, write_config
 from tests.support import INCOME_PATH, INCOME_PERSON, TAX_BASE_PERSON, a2_headers, a3_headers, tax_base_path
-from tests.audit.test_audit_support import pg_schema, with_query
+from tests.audit_support import pg_schema, with_query
 
 pytestmark = pytest.mark.slow
 __all__ = ["pg_schema"]  # the fixture, re-exported for pytest

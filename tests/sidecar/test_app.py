@@ -25,7 +25,7 @@ from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.state_support import DEAD_REDIS_URL, state_config
 from tests.support import INCOME_PATH, INCOME_PERSON, TAX_BASE_PERSON, a2_headers, tax_base_path
-from tests.state.test_state_enforcement import a3
+from tests.state.test_service_enforcement import a3
 
 pytestmark = pytest.mark.anyio
 
