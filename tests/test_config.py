@@ -13,6 +13,7 @@ import pytest
 from samtykke_gateway.cli.main import main
 from samtykke_gateway.config import load_config, parse_config
 from samtykke_gateway.exceptions import ConfigError
+from tests.support import make_config
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 TT02 = CONFIG_DIR / "skatteetaten-tt02.toml"
@@ -405,3 +406,62 @@ def test_check_config_prints_the_altinn3_rules_per_route(tmp_path: Path, capsys:
     assert "handler tokens accepted: consumer == handledBy" in tax
     assert "Maskinporten token honoured up to 120 s after iat" in tax
     assert "error codes: consent SSG-010" in tax
+
+
+@pytest.mark.parametrize(
+    ("table", "values", "key_path"),
+    [
+        ("gateway", {"leeway_seconds": 99_999_999}, "gateway.leeway_seconds"),
+    ],
+)
+def test_config_bounds(table: str, values: dict, key_path: str) -> None:
+    data = tomllib.loads(TT02.read_text())
+    data[table].update(values)
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=CONFIG_DIR)
+    assert info.value.key_path == key_path
+
+
+def test_empty_algorithm_list_is_an_error() -> None:
+    data = tomllib.loads(TT02.read_text())
+    data["issuers"] = {"altinn": {"algorithms": []}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=CONFIG_DIR)
+    assert info.value.key_path == "issuers.altinn.algorithms"
+
+
+def test_route_without_rights_package_must_say_unscoped() -> None:
+    data = tomllib.loads(TT02.read_text())
+    del data["routes"][0]["rights_package"]
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=CONFIG_DIR)
+    assert info.value.key_path == "routes[0].rights_package"
+    data["routes"][0]["unscoped"] = True
+    with pytest.raises(ConfigError) as info:  # an unscoped body is never read, so never checked
+        parse_config(data, base_dir=CONFIG_DIR)
+    assert info.value.key_path == "routes[0].response_subject"
+    del data["routes"][0]["response_subject"]
+    assert not parse_config(data, base_dir=CONFIG_DIR).routes[0].scoped
+
+
+@pytest.mark.parametrize("profile", ["tt02", "prod"])
+def test_production_profiles_need_https_keys_and_a_durable_log(profile: str) -> None:
+    data = tomllib.loads(TT02.read_text())
+    data["gateway"]["profile"] = profile
+    host = "test.maskinporten.no" if profile == "tt02" else "maskinporten.no"
+    data["issuers"] = {"maskinporten": {"jwks_url": f"http://{host}/jwk"}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=CONFIG_DIR)
+    assert info.value.key_path == "issuers.maskinporten"
+    data = tomllib.loads(TT02.read_text())
+    data["gateway"]["profile"] = profile
+    data["audit"]["url"] = "memory://"
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=CONFIG_DIR)
+    assert info.value.key_path == "audit.url"
+
+
+def test_deadline_below_the_read_timeout_is_a_config_error(issuer_url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config(issuer_url, "http://127.0.0.1:9", upstream={"timeout_seconds": 10, "deadline_seconds": 5})
+    assert "upstream.deadline_seconds" in str(info.value)

@@ -17,6 +17,7 @@ from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.support import TAX_BASE_PERSON, a3_headers, make_config, running_gateway
 from tests.policy.test_body_subject import JSON, OVERRIDES, Echo
+from tests.support import INCOME_PATH, a2_headers, tax_base_path
 
 SLOW = {**OVERRIDES, "gateway": {**OVERRIDES["gateway"], "request_body_timeout_seconds": 0.5}}
 
@@ -80,3 +81,37 @@ def test_timeout_must_be_positive(issuer_url: str) -> None:
     with pytest.raises(ConfigError) as info:
         make_config(issuer_url, "http://x.invalid", gateway={"request_body_timeout_seconds": 0})
     assert "gateway.request_body_timeout_seconds" in str(info.value)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["middleware", "sidecar"])
+async def test_more_than_100_query_parameters_is_400_too_many_parameters(mode: str, dev_issuer: DevIssuer,
+                                                                          issuer_url: str) -> None:
+    """Issue 16: the limit was undocumented and answered as a malformed query."""
+    async with running_gateway(mode, issuer_url) as gw:
+        fields = "&".join(f"x{i}=1" for i in range(99))
+        ok = await gw.client.get(INCOME_PATH + "?fraOgMed=2018-07&" + fields, headers=a2_headers(dev_issuer))
+        assert ok.status_code == 200, ok.text  # 100 parameters
+        for extra in ("&x=1", "&"):  # an empty field counts too
+            response = await gw.client.get(INCOME_PATH + "?fraOgMed=2018-07&" + fields + extra,
+                                           headers=a2_headers(dev_issuer))
+            assert response.status_code == 400, response.text
+            assert response.json()["reason"] == "too_many_parameters"
+            assert gw.records[-1].reason == "too_many_parameters"
+        assert len(gw.upstream.requests) == 1
+
+
+@pytest.mark.anyio
+async def test_a_bug_in_the_gate_fails_closed_with_503(dev_issuer: DevIssuer, issuer_url: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyError("01029413157")
+
+    async with running_gateway("middleware", issuer_url) as gw:
+        from samtykke_gateway.policy.decide import Gate
+
+        monkeypatch.setattr(Gate, "authorize", broken)
+        response = await gw.client.get(tax_base_path("2022"), headers=a3_headers(dev_issuer))
+        assert response.status_code == 503 and response.json()["reason"] == "internal_error"
+        assert "01029413157" not in response.text and "Traceback" not in response.text
+        assert gw.records[-1].decision == "deny" and gw.upstream.requests == []

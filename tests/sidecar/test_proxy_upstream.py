@@ -26,6 +26,8 @@ from cryptography.x509.oid import NameOID
 
 from samtykke_gateway.exceptions import UpstreamError, UpstreamTimeoutError
 from samtykke_gateway.sidecar.proxy import UpstreamProxy
+from samtykke_gateway.dev.issuer import DevIssuer
+from tests.support import a3_headers, running_gateway, tax_base_path
 
 pytestmark = pytest.mark.anyio
 
@@ -580,3 +582,36 @@ def test_out_of_file_descriptors_is_503_with_its_own_reason_not_upstream_unreach
     assert out["exhausted"] == [503, "gateway_out_of_file_descriptors"]
     assert out["record"] == ["gateway_out_of_file_descriptors", 503]
     assert out["after"] == 200  # nothing sticks once descriptors are free again
+
+
+@pytest.mark.anyio
+async def test_sidecar_trickling_upstream_is_504_at_the_deadline(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """Found by a fresh user: ``timeout_seconds`` is per read, so an upstream sending one byte
+    a second held the bank's request for minutes. ``deadline_seconds`` bounds the exchange."""
+    import asyncio
+    import time
+
+    from samtykke_gateway.dev.examples import example_body
+
+    body = example_body("spesifisertsummertskattegrunnlag-2022.json")
+
+    async def trickling(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200,  # type: ignore[operator]
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        for i in range(0, len(body), 64):
+            await send({"type": "http.response.body", "body": body[i:i + 64], "more_body": True})  # type: ignore[operator]
+            await asyncio.sleep(0.1)
+        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+    upstream = {"timeout_seconds": 0.5, "deadline_seconds": 1.0}
+    async with running_gateway("sidecar", issuer_url, upstream_app=trickling, upstream=upstream) as gw:
+        started = time.monotonic()
+        response = await gw.client.get(tax_base_path("2022"), headers=a3_headers(dev_issuer))
+        elapsed = time.monotonic() - started
+        assert response.status_code == 504, response.text
+        assert elapsed < 4.0  # not the 6 s the trickle takes
+        assert "personidentifikator" not in response.text
+        record = gw.records[-1]
+        assert (record.decision, record.reason, record.status) == ("error", "upstream_timeout", 504)

@@ -1,0 +1,52 @@
+"""Route matching (``policy/routing.py``): methods, mounting under a prefix, paths and their encoding."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from samtykke_gateway import ConsentMiddleware
+from samtykke_gateway.dev.issuer import DevIssuer
+from tests.support import (
+    TAX_BASE_PERSON,
+    a2_headers,
+    a3_headers,
+    make_config,
+    running_gateway,
+    tax_base_path,
+)
+
+
+@pytest.mark.anyio
+async def test_wrong_method_is_405(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    async with running_gateway("middleware", issuer_url) as gw:
+        response = await gw.client.post(tax_base_path("2022"), headers=a2_headers(dev_issuer))
+        assert response.status_code == 405 and response.json()["reason"] == "method_not_allowed"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("unmatched", ["deny", "pass"])
+async def test_mounted_under_a_prefix_routes_are_still_enforced(unmatched: str, dev_issuer: DevIssuer,
+                                                                issuer_url: str) -> None:
+    """Starlette Mount / --root-path put the prefix in raw_path; routes are app-relative."""
+    inner = FastAPI()
+    inner.add_middleware(ConsentMiddleware, config=make_config(issuer_url, "http://unused.invalid",
+                                                               gateway={"unmatched": unmatched}))
+
+    @inner.get("/api/formueinntekt/spesifisertsummertskattegrunnlag/{pakke}/{aar}/{fnr}")
+    async def tax_base(request: Request, pakke: str, aar: str, fnr: str) -> dict[str, object]:
+        return {"personidentifikator": fnr, "inntektsaar": aar,
+                "granted": "samtykke.consent" in request.scope}
+
+    outer = Starlette(routes=[Mount("/skatt", app=inner)])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=outer), base_url="http://t") as client:
+        bare = await client.get("/skatt" + tax_base_path("2022"))
+        assert bare.status_code == 401, bare.text  # never served without a token
+        ok = await client.get("/skatt" + tax_base_path("2022"), headers=a3_headers(dev_issuer))
+        assert ok.status_code == 200, ok.text
+        assert ok.json() == {"personidentifikator": TAX_BASE_PERSON, "inntektsaar": "2022"}  # scoped
+
+
