@@ -1,5 +1,5 @@
 """Third fresh-user review: headers that reached the app or the upstream past the gateway's
-checks. Real servers on loopback (the harness of ``test_review_body_subject``)."""
+checks. Real servers on loopback (the harness in ``tests/body_support.py``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from samtykke_gateway.dev.issuer import DevIssuer
 from tests.proxy_support import SCOPED_PATH, STREAM_PATH, raw_exchange, routes_with_unscoped
 from tests.proxy_support import served as lab_served
 from tests.support import TAX_BASE_PERSON, a3_headers
-from tests.policy.test_review_body_subject import BODY, MODES, _head, _status, served
+from tests.body_support import BODY, MODES, raw_head, raw_status, served
 
 pytestmark = pytest.mark.anyio
 
@@ -47,11 +47,11 @@ async def test_late_trailers_never_become_request_headers(mode: str, dev_issuer:
     ``Content-Encoding``, ``X-Samtykke-*`` or anything else must not reach the app."""
     auth = a3_headers(dev_issuer)["Authorization"]
     async with served(mode, issuer_url) as gw:
-        head = _head("POST", "/api/b/sbl/2022", [("Authorization", auth), ("Content-Type", "application/json"),
+        head = raw_head("POST", "/api/b/sbl/2022", [("Authorization", auth), ("Content-Type", "application/json"),
                                                   ("Transfer-Encoding", "chunked")])
         first = head.encode("latin-1") + b"\r\n\r\n" + b"%x\r\n%s\r\n" % (len(BODY), BODY)
         raw = await asyncio.to_thread(_send_in_two_parts, gw.url, first, TRAILERS)
-        assert _status(raw) == 200, raw[:300]
+        assert raw_status(raw) == 200, raw[:300]
         [seen] = gw.echo.seen
         assert seen["body"] == BODY
         assert seen["headers"]["content-type"] == ["application/json"]
@@ -67,10 +67,10 @@ async def test_trailers_read_with_the_head_are_checked_as_headers(mode: str, dev
     ``Connection`` nominates ``Content-Type``), so nothing unchecked reaches the app."""
     auth = a3_headers(dev_issuer)["Authorization"]
     async with served(mode, issuer_url) as gw:
-        raw = gw.raw(_head("POST", "/api/b/sbl/2022", [("Authorization", auth), ("Content-Type", "application/json"),
+        raw = gw.raw(raw_head("POST", "/api/b/sbl/2022", [("Authorization", auth), ("Content-Type", "application/json"),
                                                        ("Transfer-Encoding", "chunked")]),
                      b"%x\r\n%s\r\n" % (len(BODY), BODY) + TRAILERS)
-        assert _status(raw) == 400, raw[:300]
+        assert raw_status(raw) == 400, raw[:300]
         assert gw.echo.seen == []
 
 

@@ -120,16 +120,16 @@ async def test_middleware_app_answering_a_gone_client(endpoint: Any, dev_issuer:
 async def test_body_route_checks_the_access_token_before_asking_for_the_body(mode: str, issuer_url: str) -> None:
     """``Expect: 100-continue`` with a bad token on a route whose subject is in the body: 401 at
     once, without ``100 Continue`` (it used to ask for the body and wait 10 s for it: 408)."""
-    from tests.policy.test_review_body_subject import _head, _status
-    from tests.policy.test_review_body_subject import served as body_served
+    from tests.body_support import raw_head, raw_status
+    from tests.body_support import served as body_served
 
     async with body_served(mode, issuer_url) as gw:
         started = time.monotonic()
         raw = await asyncio.to_thread(
-            gw.raw, _head("POST", "/api/b/sbl/2022", [("Authorization", "Bearer bad"),
+            gw.raw, raw_head("POST", "/api/b/sbl/2022", [("Authorization", "Bearer bad"),
                                                       ("Content-Type", "application/json"),
                                                       ("Content-Length", "21"), ("Expect", "100-continue")]))
-        assert _status(raw) == 401, raw[:200]
+        assert raw_status(raw) == 401, raw[:200]
         assert b"100 Continue" not in raw
         assert time.monotonic() - started < 3
         assert gw.echo.seen == []

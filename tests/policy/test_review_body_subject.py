@@ -8,22 +8,14 @@ normalise the request (repeated headers, ``Expect``, chunk trailers, framing mis
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
 import time
-import tomllib
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from samtykke_gateway.audit.record import DisclosureRecord
 from samtykke_gateway.dev.server import ThreadedServer
-from samtykke_gateway.asgi.middleware import ConsentMiddleware
 from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.support import (
@@ -32,106 +24,11 @@ from tests.support import (
     TAX_BASE_PERSON,
     a2_headers,
     a3_headers,
-    make_config,
     running_gateway,
     tax_base_path,
 )
 from tests.policy.test_body_subject import Echo
-
-OTHER = "01029413157"
-DEMO = Path(__file__).resolve().parent.parent.parent / "samtykke_gateway" / "dev" / "data" / "demo.toml"
-DEMO_ROUTES: list[dict[str, Any]] = tomllib.loads(DEMO.read_text())["routes"]
-MODES = ["middleware", "sidecar"]
-JSON = {"Content-Type": "application/json"}
-LIMIT = 1024
-
-
-def _route(base: int, name: str, field: str, path: str, **extra: Any) -> dict[str, Any]:
-    route = {k: v for k, v in DEMO_ROUTES[base].items() if k not in ("rights_package", "response_subject")}
-    route.update(name=name, method=["POST", "PUT", "PATCH"], path=path, subject={"body": field}, unscoped=True,
-                 **extra)
-    return route
-
-
-ROUTES = [
-    *DEMO_ROUTES,
-    _route(1, "ssg-body", "fnr", "/api/b/{rettighetspakke}/{inntektsaar}"),
-    _route(1, "ssg-nested", "person.ident", "/api/n/{rettighetspakke}/{inntektsaar}"),
-    # Altinn 2 income: the period is in the query, the subject in the body
-    _route(0, "inntekt-body", "fnr", "/api/i/{rettighetspakke}"),
-]
-OVERRIDES: dict[str, Any] = {"routes": ROUTES, "gateway": {"max_request_body_bytes": LIMIT}}
-BODY = b'{"fnr": "%s"}' % TAX_BASE_PERSON.encode()
-NESTED = b'{"person": {"ident": "%s"}}' % TAX_BASE_PERSON.encode()
-PERIOD = "fraOgMed=2018-06&tilOgMed=2018-08"
-
-
-class Served:
-    """A gateway (either form) on a real loopback server, with its echo upstream."""
-
-    def __init__(self, mode: str, url: str, echo: Echo, store: Any, extra: Any = None) -> None:
-        self.mode, self.url, self.echo, self._store, self.extra = mode, url, echo, store, extra
-
-    @property
-    def records(self) -> list[DisclosureRecord]:
-        return list(self._store.records)
-
-    async def wait_records(self, n: int) -> list[DisclosureRecord]:
-        for _ in range(200):  # written on the server's thread
-            if len(self.records) >= n:
-                break
-            await asyncio.sleep(0.02)  # noqa: ASYNC110 - polling another thread's store
-        return self.records
-
-    def raw(self, head: str, body: bytes = b"", *, read: bool = True, timeout: float = 5.0) -> bytes:
-        """Send ``head`` (request line + headers, CRLF-joined, no final blank line) and
-        ``body`` as they are; return everything the server sent until it closed or went quiet."""
-        u = urlsplit(self.url)
-        with socket.create_connection((u.hostname, u.port), timeout=timeout) as sock:
-            sock.sendall(head.encode("latin-1") + b"\r\n\r\n" + body)
-            if not read:
-                return b""
-            out = b""
-            with contextlib.suppress(TimeoutError, ConnectionResetError):
-                sock.settimeout(1.0)
-                while chunk := sock.recv(65536):
-                    out += chunk
-            return out
-
-
-@contextlib.asynccontextmanager
-async def served(mode: str, issuer_url: str, **overrides: Any) -> AsyncIterator[Served]:
-    merged = {**OVERRIDES, **overrides}
-    echo = Echo()
-    if mode == "middleware":
-        middleware = ConsentMiddleware(echo, config=make_config(issuer_url, "http://upstream.invalid", **merged))
-        with ThreadedServer(middleware) as server:
-            yield Served(mode, server.url, echo, middleware.gateway.store)
-        return
-    async with running_gateway("sidecar", issuer_url, upstream_app=echo, **merged) as gw:
-        yield Served(mode, str(gw.client.base_url).rstrip("/"), echo, gw.store, gw.extra)
-
-
-def _head(method: str, target: str, headers: list[tuple[str, str]]) -> str:
-    return "\r\n".join([f"{method} {target} HTTP/1.1", "Host: gateway.test", *(f"{k}: {v}" for k, v in headers),
-                        "Connection: close"])
-
-
-def _status(raw: bytes) -> int:
-    return int(raw.split(b" ", 2)[1]) if raw.startswith(b"HTTP/1.1 ") else 0
-
-
-def _reason(raw: bytes) -> str:
-    body = raw.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in raw else b""
-    with contextlib.suppress(ValueError):
-        return str(json.loads(body).get("reason"))
-    return ""
-
-
-async def _post(gw: Served, path: str, body: bytes, headers: dict[str, str], method: str = "POST") -> httpx.Response:
-    async with httpx.AsyncClient(base_url=gw.url, timeout=20) as client:
-        return await client.request(method, path, content=body, headers=headers)
-
+from tests.body_support import OTHER_PERSON, MODES, JSON, LIMIT, post_body_route, BODY_ROUTES, BODY_OVERRIDES, BODY, NESTED, PERIOD, Served, served, raw_head, raw_status, raw_reason, post_json
 
 # ----------------------------------------------------------------------------- framing
 
@@ -147,10 +44,10 @@ async def test_upstream_gets_exactly_the_checked_bytes_with_consistent_framing(
     async with served(mode, issuer_url) as gw:
         pieces = [BODY[i:i + 3] for i in range(0, len(BODY), 3)]
         chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\nX-Trailer: 1\r\n\r\n"
-        raw = gw.raw(_head("POST", "/api/b/sbl/2022", [("Authorization", auth), ("Content-Type", "application/json"),
+        raw = gw.raw(raw_head("POST", "/api/b/sbl/2022", [("Authorization", auth), ("Content-Type", "application/json"),
                                                        ("Transfer-Encoding", "chunked"),
                                                        ("Expect", "100-continue")]), chunked)
-        assert raw.startswith(b"HTTP/1.1 100 Continue") or _status(raw) == 200, raw[:300]
+        assert raw.startswith(b"HTTP/1.1 100 Continue") or raw_status(raw) == 200, raw[:300]
         assert b"HTTP/1.1 200 " in raw, raw[:300]
         [seen] = gw.echo.seen
         assert seen["body"] == BODY
@@ -175,9 +72,9 @@ async def test_repeated_or_listed_content_type_is_415(mode: str, dev_issuer: Dev
     ]
     async with served(mode, issuer_url) as gw:
         for headers in cases:
-            raw = gw.raw(_head("POST", "/api/b/sbl/2022", [("Authorization", auth), *headers,
+            raw = gw.raw(raw_head("POST", "/api/b/sbl/2022", [("Authorization", auth), *headers,
                                                            ("Content-Length", str(len(BODY)))]), BODY)
-            assert (_status(raw), _reason(raw)) == (415, "unsupported_media_type"), (headers, raw[:400])
+            assert (raw_status(raw), raw_reason(raw)) == (415, "unsupported_media_type"), (headers, raw[:400])
         assert gw.echo.seen == []
         records = await gw.wait_records(len(cases))
         assert [r.status for r in records] == [415] * len(cases)
@@ -189,7 +86,7 @@ async def test_utf16_and_utf32_bodies_are_refused(mode: str, dev_issuer: DevIssu
     async with served(mode, issuer_url) as gw:
         for encoding in ("utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"):
             body = BODY.decode().encode(encoding)
-            response = await _post(gw, "/api/b/sbl/2022", body, {**a3_headers(dev_issuer), **JSON})
+            response = await post_json(gw, "/api/b/sbl/2022", body, {**a3_headers(dev_issuer), **JSON})
             assert response.status_code == 400, (encoding, response.text)
         assert gw.echo.seen == []
 
@@ -210,9 +107,9 @@ async def test_connection_cannot_nominate_away_the_headers_the_body_check_read(
                 "Content-Type: application/json", f"Content-Length: {len(BODY)}", f"Connection: close, {nominated}",
             ]), BODY)
             if nominated.startswith("content-length"):  # re-set by the gateway from the checked bytes
-                assert _status(raw) == 200, raw[:400]
+                assert raw_status(raw) == 200, raw[:400]
                 continue
-            assert (_status(raw), _reason(raw)) == (400, "ambiguous_header"), (nominated, raw[:400])
+            assert (raw_status(raw), raw_reason(raw)) == (400, "ambiguous_header"), (nominated, raw[:400])
         [seen] = gw.echo.seen
         assert (seen["body"], seen["headers"]["content-length"]) == (BODY, [str(len(BODY))])
         assert seen["headers"]["content-type"] == ["application/json"]
@@ -226,16 +123,16 @@ async def test_content_length_mismatch_and_disconnect(mode: str, dev_issuer: Dev
     auth = a3_headers(dev_issuer)["Authorization"]
     headers = [("Authorization", auth), ("Content-Type", "application/json")]
     async with served(mode, issuer_url) as gw:
-        gw.raw(_head("POST", "/api/b/sbl/2022", [*headers, ("Content-Length", str(len(BODY) + 10))]), BODY,
+        gw.raw(raw_head("POST", "/api/b/sbl/2022", [*headers, ("Content-Length", str(len(BODY) + 10))]), BODY,
                read=False)
         records = await gw.wait_records(1)
         assert [(r.reason, r.status) for r in records] == [("client_disconnected", 499)]
         assert gw.echo.seen == []
         # the declared length cuts the body short: the checked body is what it covers
         long_body = b'{"fnr": "%s"}' % TAX_BASE_PERSON.encode()
-        raw = gw.raw(_head("POST", "/api/b/sbl/2022", [*headers, ("Content-Length", str(len(long_body) - 2))]),
+        raw = gw.raw(raw_head("POST", "/api/b/sbl/2022", [*headers, ("Content-Length", str(len(long_body) - 2))]),
                      long_body)
-        assert _status(raw) == 400, raw[:300]
+        assert raw_status(raw) == 400, raw[:300]
         assert gw.echo.seen == []
 
 
@@ -250,9 +147,9 @@ async def test_body_exactly_at_and_over_the_limit_chunked_raw(mode: str, dev_iss
     async with served(mode, issuer_url) as gw:
         for body, status in ((fitting, 200), (over, 413)):
             chunked = b"".join(b"1\r\n%s\r\n" % body[i:i + 1] for i in range(len(body))) + b"0\r\n\r\n"
-            raw = gw.raw(_head("POST", "/api/b/sbl/2022", [("Authorization", auth), ("Content-Type", "application/json"),
+            raw = gw.raw(raw_head("POST", "/api/b/sbl/2022", [("Authorization", auth), ("Content-Type", "application/json"),
                                                            ("Transfer-Encoding", "chunked")]), chunked)
-            assert _status(raw) == status, raw[:300]
+            assert raw_status(raw) == status, raw[:300]
         assert [s["body"] for s in gw.echo.seen] == [fitting]
 
 
@@ -260,17 +157,17 @@ async def test_body_exactly_at_and_over_the_limit_chunked_raw(mode: str, dev_iss
 
 
 REFUSED_BODIES: list[tuple[str, bytes, int, str]] = [
-    ("NUL-suffixed twin after", b'{"fnr": "%s", "fnr\\u0000": "%s"}' % (TAX_BASE_PERSON.encode(), OTHER.encode()),
+    ("NUL-suffixed twin after", b'{"fnr": "%s", "fnr\\u0000": "%s"}' % (TAX_BASE_PERSON.encode(), OTHER_PERSON.encode()),
      400, "ambiguous_parameter"),
-    ("NUL-suffixed twin before", b'{"fnr\\u0000x": "%s", "fnr": "%s"}' % (OTHER.encode(), TAX_BASE_PERSON.encode()),
+    ("NUL-suffixed twin before", b'{"fnr\\u0000x": "%s", "fnr": "%s"}' % (OTHER_PERSON.encode(), TAX_BASE_PERSON.encode()),
      400, "ambiguous_parameter"),
-    ("NUL-suffixed case twin", b'{"FNR\\u0000": "%s", "fnr": "%s"}' % (OTHER.encode(), TAX_BASE_PERSON.encode()),
+    ("NUL-suffixed case twin", b'{"FNR\\u0000": "%s", "fnr": "%s"}' % (OTHER_PERSON.encode(), TAX_BASE_PERSON.encode()),
      400, "ambiguous_parameter"),
-    ("NUL in the value", b'{"fnr": "%s\\u0000%s"}' % (TAX_BASE_PERSON.encode(), OTHER.encode()), 403,
+    ("NUL in the value", b'{"fnr": "%s\\u0000%s"}' % (TAX_BASE_PERSON.encode(), OTHER_PERSON.encode()), 403,
      "subject_mismatch"),
     ("lone surrogate name", b'{"fnr": "%s", "\\ud800": 1}' % TAX_BASE_PERSON.encode(), 400, "body_not_json"),
     ("lone surrogate value", b'{"fnr": "%s\\udc00"}' % TAX_BASE_PERSON.encode(), 400, "body_not_json"),
-    ("comment", b'{"fnr": "%s" /* , "fnr": "%s" */}' % (TAX_BASE_PERSON.encode(), OTHER.encode()), 400,
+    ("comment", b'{"fnr": "%s" /* , "fnr": "%s" */}' % (TAX_BASE_PERSON.encode(), OTHER_PERSON.encode()), 400,
      "body_not_json"),
     ("trailing comma", b'{"fnr": "%s",}' % TAX_BASE_PERSON.encode(), 400, "body_not_json"),
     ("single quotes", b"{'fnr': '%s'}" % TAX_BASE_PERSON.encode(), 400, "body_not_json"),
@@ -284,7 +181,7 @@ REFUSED_BODIES: list[tuple[str, bytes, int, str]] = [
 async def test_refused_bodies(mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
     async with served(mode, issuer_url) as gw:
         for title, body, status, reason in REFUSED_BODIES:
-            response = await _post(gw, "/api/b/sbl/2022", body, {**a3_headers(dev_issuer), **JSON})
+            response = await post_json(gw, "/api/b/sbl/2022", body, {**a3_headers(dev_issuer), **JSON})
             got = (response.status_code, response.json().get("reason"))
             assert got[0] == status and (not reason or got[1] == reason), (title, response.text)
         assert gw.echo.seen == []
@@ -295,11 +192,11 @@ async def test_refused_bodies(mode: str, dev_issuer: DevIssuer, issuer_url: str)
 async def test_unicode_case_folds_are_ambiguous(mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
     """Names .NET (ToUpperInvariant), Java (equalsIgnoreCase) or Go (EqualFold) read as the
     subject field: long s, Kelvin sign, dotless i."""
-    routes = [*ROUTES, _route(1, "ssg-ks", "kids", "/api/k/{rettighetspakke}/{inntektsaar}")]
+    routes = [*BODY_ROUTES, post_body_route(1, "ssg-ks", "kids", "/api/k/{rettighetspakke}/{inntektsaar}")]
     async with served(mode, issuer_url, routes=routes) as gw:
         for twin in ("\u212aids", "kid\u017f", "k\u0131ds", "KIDS"):
-            body = json.dumps({"kids": TAX_BASE_PERSON, twin: OTHER}).encode()
-            response = await _post(gw, "/api/k/sbl/2022", body, {**a3_headers(dev_issuer), **JSON})
+            body = json.dumps({"kids": TAX_BASE_PERSON, twin: OTHER_PERSON}).encode()
+            response = await post_json(gw, "/api/k/sbl/2022", body, {**a3_headers(dev_issuer), **JSON})
             assert (response.status_code, response.json().get("reason")) == (400, "ambiguous_parameter"), twin
         assert gw.echo.seen == []
 
@@ -316,7 +213,7 @@ async def test_deep_and_wide_bodies_never_fail_the_gateway(mode: str, dev_issuer
         big_int = b'{"fnr": "%s", "n": %s}' % (TAX_BASE_PERSON.encode(), b"9" * 5000)
         for body, statuses in ((deep, {400}), (wide, {200}), (brackets, {200}), (big_int, {400})):
             assert len(body) <= 1 << 20
-            response = await _post(gw, "/api/b/sbl/2022", body, headers)
+            response = await post_json(gw, "/api/b/sbl/2022", body, headers)
             assert response.status_code in statuses, response.text[:300]
 
 
@@ -331,9 +228,9 @@ async def test_query_bracket_syntax_naming_the_nested_body_field(mode: str, dev_
     with the JSON body (Rails: the query wins, shallowly, so ``?person=`` replaces the object)."""
     async with served(mode, issuer_url) as gw:
         headers = {**a3_headers(dev_issuer), **JSON}
-        for query in (f"person[ident]={OTHER}", f"Person[Ident]={OTHER}", f"person[ident][]={OTHER}",
-                      f"person%5Bident%5D={OTHER}", f"person={OTHER}", f"person[x]={OTHER}"):
-            response = await _post(gw, f"/api/n/sbl/2022?{query}", NESTED, headers)
+        for query in (f"person[ident]={OTHER_PERSON}", f"Person[Ident]={OTHER_PERSON}", f"person[ident][]={OTHER_PERSON}",
+                      f"person%5Bident%5D={OTHER_PERSON}", f"person={OTHER_PERSON}", f"person[x]={OTHER_PERSON}"):
+            response = await post_json(gw, f"/api/n/sbl/2022?{query}", NESTED, headers)
             assert (response.status_code, response.json().get("reason")) == (400, "ambiguous_parameter"), query
         assert gw.echo.seen == []
 
@@ -349,16 +246,16 @@ async def test_governed_metadata_named_in_the_body_is_refused(mode: str, dev_iss
         a2 = {**a2_headers(dev_issuer, subject=INCOME_PERSON, services=[
             f"{INCOME_SERVICE}_fraOgMed=2018-06", f"{INCOME_SERVICE}_tilOgMed=2018-08"]), **JSON}
         ok = b'{"fnr": "%s", "note": "x"}' % INCOME_PERSON.encode()
-        response = await _post(gw, f"/api/i/sbl?{PERIOD}", ok, a2)
+        response = await post_json(gw, f"/api/i/sbl?{PERIOD}", ok, a2)
         assert response.status_code == 200, response.text
         for name in ("fraOgMed", "tilogmed", "FRAOGMED"):
             body = b'{"fnr": "%s", "%s": "2010-01"}' % (INCOME_PERSON.encode(), name.encode())
-            response = await _post(gw, f"/api/i/sbl?{PERIOD}", body, a2)
+            response = await post_json(gw, f"/api/i/sbl?{PERIOD}", body, a2)
             assert (response.status_code, response.json().get("reason")) == (400, "ambiguous_parameter"), name
         a3 = {**a3_headers(dev_issuer), **JSON}
         for name in ("inntektsaar", "Inntektsaar", "rettighetspakke"):
             body = b'{"fnr": "%s", "%s": "2019"}' % (TAX_BASE_PERSON.encode(), name.encode())
-            response = await _post(gw, "/api/b/sbl/2022", body, a3)
+            response = await post_json(gw, "/api/b/sbl/2022", body, a3)
             assert (response.status_code, response.json().get("reason")) == (400, "ambiguous_parameter"), name
         assert len(gw.echo.seen) == 1
 
@@ -368,11 +265,11 @@ async def test_governed_metadata_named_in_the_body_is_refused(mode: str, dev_iss
 async def test_non_body_route_still_streams_a_post_body(mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
     """A POST path-subject route beside the body routes: its body is not read, not limited and
     not replaced (bigger than max_request_body_bytes, any media type, chunked)."""
-    post_path = _route(1, "ssg-post", "x", "/api/p/{rettighetspakke}/{inntektsaar}/{personidentifikator}")
+    post_path = post_body_route(1, "ssg-post", "x", "/api/p/{rettighetspakke}/{inntektsaar}/{personidentifikator}")
     post_path["subject"] = {"path": "personidentifikator"}
-    async with served(mode, issuer_url, routes=[*ROUTES, post_path]) as gw:
+    async with served(mode, issuer_url, routes=[*BODY_ROUTES, post_path]) as gw:
         big = b"z" * (LIMIT * 4)
-        response = await _post(gw, f"/api/p/sbl/2022/{TAX_BASE_PERSON}", big,
+        response = await post_json(gw, f"/api/p/sbl/2022/{TAX_BASE_PERSON}", big,
                                {**a3_headers(dev_issuer), "Content-Type": "text/plain"})
         assert response.status_code == 200, response.text
         assert gw.echo.seen[-1]["body"] == big
@@ -431,11 +328,11 @@ async def test_deadline_cuts_a_streamed_answer_visibly(dev_issuer: DevIssuer, is
             await asyncio.sleep(0.05)
         await send({"type": "http.response.body", "body": b""})
 
-    merged = {**OVERRIDES, "upstream": {"timeout_seconds": 0.3, "deadline_seconds": 1.0}}
+    merged = {**BODY_OVERRIDES, "upstream": {"timeout_seconds": 0.3, "deadline_seconds": 1.0}}
     async with running_gateway("sidecar", issuer_url, upstream_app=trickle, **merged) as gw:
         gwe = Served("sidecar", str(gw.client.base_url).rstrip("/"), Echo(), gw.store)
         started = time.monotonic()
-        raw = gwe.raw(_head("POST", "/api/b/sbl/2022", [("Authorization", a3_headers(dev_issuer)["Authorization"]),
+        raw = gwe.raw(raw_head("POST", "/api/b/sbl/2022", [("Authorization", a3_headers(dev_issuer)["Authorization"]),
                                                        ("Content-Type", "application/json"),
                                                        ("Content-Length", str(len(BODY)))]), BODY, timeout=10)
         elapsed = time.monotonic() - started
