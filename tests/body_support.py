@@ -19,8 +19,35 @@ import httpx
 from samtykke_gateway.asgi.middleware import ConsentMiddleware
 from samtykke_gateway.audit.record import DisclosureRecord
 from samtykke_gateway.dev.server import ThreadedServer
-from tests.policy.test_body_subject import Echo
+from tests.proxy_support import answer_lifespan
 from tests.support import TAX_BASE_PERSON, make_config, running_gateway
+
+class Echo:
+    """Upstream that records what it received and answers with the body it read."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await answer_lifespan(receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        headers: dict[str, list[str]] = {}
+        for k, v in scope["headers"]:
+            headers.setdefault(k.decode("latin-1").lower(), []).append(v.decode("latin-1"))
+        self.seen.append({"method": scope["method"], "path": scope["path"], "headers": headers, "body": body})
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
 
 OTHER_PERSON = "01029413157"
 DEMO_TOML = Path(__file__).resolve().parent.parent / "samtykke_gateway" / "dev" / "data" / "demo.toml"

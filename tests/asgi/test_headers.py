@@ -45,3 +45,11 @@ async def test_override_headers_and_get_bodies_never_reach_the_upstream(dev_issu
         assert not seen & {"x-original-url", "x-http-method-override", "x-forwarded-prefix"}
         with_body = await gw.client.request("GET", tax_base_path("2022"), headers=a3_headers(dev_issuer), content=b'{"fnr":"1"}')
         assert with_body.status_code == 400 and with_body.json()["reason"] == "unexpected_body"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("header", ["Content_Length", "Transfer_Encoding"])
+async def test_underscore_framing_headers_are_refused_everywhere(header: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    async with running_gateway("middleware", issuer_url) as gw:
+        response = await gw.client.get(tax_base_path("2022"), headers={**a3_headers(dev_issuer), header: "5"})
+        assert response.status_code == 400 and gw.records[-1].reason == "ambiguous_header"

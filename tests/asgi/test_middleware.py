@@ -16,7 +16,8 @@ from samtykke_gateway.exceptions import ConfigError
 from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.support import TAX_BASE_PERSON, a3_headers, make_config, running_gateway
-from tests.policy.test_body_subject import JSON, OVERRIDES, Echo
+from tests.body_support import Echo
+from tests.policy.test_body_subject import JSON, OVERRIDES
 from tests.support import INCOME_PATH, a2_headers, tax_base_path
 
 SLOW = {**OVERRIDES, "gateway": {**OVERRIDES["gateway"], "request_body_timeout_seconds": 0.5}}

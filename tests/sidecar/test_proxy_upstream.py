@@ -28,6 +28,9 @@ from samtykke_gateway.exceptions import UpstreamError, UpstreamTimeoutError
 from samtykke_gateway.sidecar.proxy import UpstreamProxy
 from samtykke_gateway.dev.issuer import DevIssuer
 from tests.support import a3_headers, running_gateway, tax_base_path
+import time
+from tests.body_support import Echo
+from tests.body_support import BODY_OVERRIDES, BODY, Served, raw_head
 
 pytestmark = pytest.mark.anyio
 
@@ -615,3 +618,35 @@ async def test_sidecar_trickling_upstream_is_504_at_the_deadline(dev_issuer: Dev
         assert "personidentifikator" not in response.text
         record = gw.records[-1]
         assert (record.decision, record.reason, record.status) == ("error", "upstream_timeout", 504)
+
+
+@pytest.mark.anyio
+async def test_deadline_cuts_a_streamed_answer_visibly(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """An unscoped answer trickling past [upstream] deadline_seconds: the client gets the head
+    and the parts so far, then the connection ends without the last chunk (never a clean,
+    complete-looking body), within about the deadline."""
+
+    async def trickle(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream")]})
+        for _ in range(100):
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+            await asyncio.sleep(0.05)
+        await send({"type": "http.response.body", "body": b""})
+
+    merged = {**BODY_OVERRIDES, "upstream": {"timeout_seconds": 0.3, "deadline_seconds": 1.0}}
+    async with running_gateway("sidecar", issuer_url, upstream_app=trickle, **merged) as gw:
+        gwe = Served("sidecar", str(gw.client.base_url).rstrip("/"), Echo(), gw.store)
+        started = time.monotonic()
+        raw = gwe.raw(raw_head("POST", "/api/b/sbl/2022", [("Authorization", a3_headers(dev_issuer)["Authorization"]),
+                                                       ("Content-Type", "application/json"),
+                                                       ("Content-Length", str(len(BODY)))]), BODY, timeout=10)
+        elapsed = time.monotonic() - started
+        assert raw.startswith(b"HTTP/1.1 200 "), raw[:200]
+        assert b"transfer-encoding: chunked" in raw.lower()
+        assert not raw.endswith(b"0\r\n\r\n"), raw[-50:]
+        assert elapsed < 4, elapsed
