@@ -5,19 +5,12 @@ import logging
 
 import pytest
 
-from tests.proxy_support import STREAM_PATH, LabUpstream, served
+from tests.proxy_support import STREAM_PATH, served
 from tests.support import a3_headers
 
 pytestmark = pytest.mark.anyio
 
 
-async def _case_304cl(self, scope, send):
-    # RFC 9110 §8.6: a 304 may carry the Content-Length the 200 would have had
-    await send({"type": "http.response.start", "status": 304,
-                "headers": [(b"etag", b'"v1"'), (b"content-length", b"1234")]})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-LabUpstream.case_304cl = _case_304cl  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("mode", ["middleware", "sidecar"])

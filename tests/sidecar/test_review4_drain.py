@@ -8,20 +8,12 @@ import time
 
 import pytest
 
-from tests.proxy_support import STREAM_PATH, LabUpstream, served
+from tests.proxy_support import STREAM_PATH, served
 from tests.support import a3_headers
 
 pytestmark = pytest.mark.anyio
-BIG = 16 * 1024 * 1024
 
 
-async def _case_bigfinal(self, scope, send):
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/octet-stream")]})
-    await send({"type": "http.response.body", "body": b"x" * BIG, "more_body": True})
-    await send({"type": "http.response.body", "body": b"the-end", "more_body": False})
-
-LabUpstream.case_bigfinal = _case_bigfinal  # type: ignore[attr-defined]
 
 
 def _read_a_little_and_leave(port: int, target: str, auth: str) -> int:

@@ -1,7 +1,6 @@
 """Regression tests from review 4 (fixed): sidecar / middleware disconnect-watch findings (real servers on 127.0.0.1)."""
 from __future__ import annotations
 
-import contextlib
 
 import asyncio
 import logging
@@ -38,21 +37,7 @@ async def test_post_with_content_length_zero(length_header, dev_issuer, issuer_u
         assert r.status_code == 200
 
 
-from tests.proxy_support import LabUpstream  # noqa: E402
 
-HOLD = {}
-
-
-async def _case_hold(self, scope, send):
-    """Start, then one part only after 8 s; note when the gateway closed the upstream request."""
-    HOLD["started"] = time.monotonic()
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
-    await asyncio.sleep(8)
-    with contextlib.suppress(OSError):
-        await send({"type": "http.response.body", "body": b"data: late\n\n", "more_body": False})
-
-
-LabUpstream.case_hold = _case_hold  # type: ignore[attr-defined]
 
 
 def _ask_and_leave(port: int, target: str, auth: str, after_seconds: float) -> float:
