@@ -19,6 +19,19 @@ from tests.support import TAX_BASE_PERSON, a3_headers, make_config, running_gate
 from tests.body_support import Echo
 from tests.policy.test_body_subject import JSON, OVERRIDES
 from tests.support import INCOME_PATH, a2_headers, tax_base_path
+import httpx
+from samtykke_gateway.dev.server import ThreadedServer
+from samtykke_gateway.asgi.middleware import ConsentMiddleware
+from tests.proxy_support import STREAM_PATH, answer_lifespan, routes_with_unscoped
+import time
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+from tests.proxy_support import served
+from tests.support import decisions
+from tests.proxy_support import SCOPED_PATH
+from tests.proxy_support import served as lab_served
 
 SLOW = {**OVERRIDES, "gateway": {**OVERRIDES["gateway"], "request_body_timeout_seconds": 0.5}}
 
@@ -116,3 +129,209 @@ async def test_a_bug_in_the_gate_fails_closed_with_503(dev_issuer: DevIssuer, is
         assert response.status_code == 503 and response.json()["reason"] == "internal_error"
         assert "01029413157" not in response.text and "Traceback" not in response.text
         assert gw.records[-1].decision == "deny" and gw.upstream.requests == []
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await answer_lifespan(receive, send)
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"head-part;", "more_body": True})
+    message = await receive()  # e.g. a generator that reads request.body() lazily
+    await send({"type": "http.response.body", "body": message["type"].encode(), "more_body": False})
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("method,extra", [("GET", {}), ("POST", {"Content-Length": "0"})])
+async def test_app_reading_body_after_start(method, extra, dev_issuer, issuer_url) -> None:
+    config = make_config(issuer_url, "http://upstream.invalid", routes=routes_with_unscoped())
+    with ThreadedServer(ConsentMiddleware(app, config=config), proxy_headers=False) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=3) as client:
+            try:
+                r = await client.request(method, STREAM_PATH, headers={**a3_headers(dev_issuer), **extra})
+                print(method, r.status_code, r.content)
+                assert r.content == b"head-part;http.request"
+            except httpx.ReadTimeout:
+                pytest.fail(f"{method}: the app never got its request message (hung until the client timed out)")
+
+
+ONE_TIME = [dict(r, one_time=True) for r in routes_with_unscoped()]
+
+
+def _half_close(url: str, target: str, auth: str) -> bytes:
+    """Send the request, close our sending side at once (FIN), read what comes back."""
+    host, port = url.removeprefix("http://").split(":")
+    out = b""
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n".encode())
+        sock.shutdown(socket.SHUT_WR)
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+        except OSError:
+            pass
+    return out
+
+
+def _leave_after(url: str, target: str, auth: str, seconds: float) -> None:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n".encode())
+        time.sleep(seconds)
+
+
+async def _wait_records(gw: Any, n: int) -> None:
+    for _ in range(150):
+        if len(gw.records) >= n:
+            return
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["middleware", "sidecar"])
+async def test_half_closed_client_spends_nothing(mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """A client that half-closes right after its request is gone for uvicorn: the streamed
+    answer must not be recorded as delivered, nor spend the one-time consent."""
+    async with served(mode, issuer_url, routes=ONE_TIME) as gw:
+        headers = a3_headers(dev_issuer)
+        # the middleware's in-process lab would answer before the FIN is even read: make it wait
+        case = "slow" if mode == "middleware" else "echo"
+        await asyncio.to_thread(_half_close, gw.url, STREAM_PATH + f"?case={case}", headers["Authorization"])
+        await _wait_records(gw, 1)
+        await asyncio.sleep(0.2)
+        assert [(r.reason, r.status) for r in gw.records] == [("client_disconnected", 499)], gw.records
+        again = await gw.client.get(STREAM_PATH + "?case=echo", headers=headers)
+        assert again.status_code == 200, again.text  # the one-time consent is still there
+
+
+async def _late_body(request: Request) -> Response:
+    await asyncio.sleep(1.0)
+    await request.body()  # raises ClientDisconnect: the client is gone
+    return Response(b"late")
+
+
+async def _late_stream(request: Request) -> Response:
+    await asyncio.sleep(1.0)
+
+    async def parts() -> Any:
+        yield b"part-1;"
+        yield b"part-2"
+
+    return StreamingResponse(parts(), media_type="application/octet-stream")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("endpoint", [_late_body, _late_stream])
+async def test_middleware_app_answering_a_gone_client(endpoint: Any, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """The middleware form around a FastAPI/Starlette app: the client leaves before the app
+    answers. The record says 499 client_disconnected (not an app failure, not 'the data API
+    gave no response'), nothing is released and the one-time consent stays."""
+    app = Starlette(routes=[Route("/api/lab/stream/{personidentifikator}", endpoint, methods=["GET", "POST"])])
+    config = make_config(issuer_url, "http://upstream.invalid", routes=ONE_TIME)
+    middleware = ConsentMiddleware(app, config=config)
+    with ThreadedServer(middleware, proxy_headers=False) as server:
+        headers = a3_headers(dev_issuer)
+        await asyncio.to_thread(_leave_after, server.url, STREAM_PATH, headers["Authorization"], 0.3)
+        store = middleware.gateway.store
+        for _ in range(150):
+            if store.records:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(1.0)  # the app wakes at 1 s
+        got = [(r.decision, r.reason, r.status, r.released_bytes) for r in store.records]
+        assert [g for g in got if g[1] not in ("stream_end", "stream_cut")] == \
+            [("error", "client_disconnected", 499, 0)], got
+        assert all(g[3] == 0 for g in got), got
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            again = await client.get(STREAM_PATH, headers=headers)
+        assert again.status_code == 200, again.text
+        assert len(decisions(store.records)) == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["middleware", "sidecar"])
+async def test_body_route_checks_the_access_token_before_asking_for_the_body(mode: str, issuer_url: str) -> None:
+    """``Expect: 100-continue`` with a bad token on a route whose subject is in the body: 401 at
+    once, without ``100 Continue`` (it used to ask for the body and wait 10 s for it: 408)."""
+    from tests.body_support import raw_head, raw_status
+    from tests.body_support import served as body_served
+
+    async with body_served(mode, issuer_url) as gw:
+        started = time.monotonic()
+        raw = await asyncio.to_thread(
+            gw.raw, raw_head("POST", "/api/b/sbl/2022", [("Authorization", "Bearer bad"),
+                                                      ("Content-Type", "application/json"),
+                                                      ("Content-Length", "21"), ("Expect", "100-continue")]))
+        assert raw_status(raw) == 401, raw[:200]
+        assert b"100 Continue" not in raw
+        assert time.monotonic() - started < 3
+        assert gw.echo.seen == []
+
+
+def _send_and_leave(url: str, data: bytes) -> None:
+    u = urlsplit(url)
+    with socket.create_connection((u.hostname, u.port), timeout=5) as sock:
+        sock.sendall(data)
+        time.sleep(0.5)  # the gateway has checked the tokens and started forwarding
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("framing", ["chunked", "content-length"])
+async def test_client_leaving_mid_body_never_completes_the_upstream_request(
+    framing: str, dev_issuer: DevIssuer, issuer_url: str
+) -> None:
+    """Sidecar: a client that closes its connection in the middle of a request body must not
+    turn into a complete (shorter) request upstream — aiohttp used to end the chunked body with
+    its final chunk. The record says ``client_disconnected`` (499); nothing was released."""
+    part = b'{"betaling": 1000, "til": '
+    async with lab_served("sidecar", issuer_url) as gw:
+        auth = a3_headers(dev_issuer)["Authorization"]
+        frame = ("Transfer-Encoding: chunked" if framing == "chunked" else "Content-Length: 1000")
+        head = (f"POST {STREAM_PATH}?case=echo HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
+                f"Content-Type: application/json\r\n{frame}\r\n\r\n").encode()
+        body = b"%x\r\n%s\r\n" % (len(part), part) if framing == "chunked" else part
+        await asyncio.to_thread(_send_and_leave, gw.url, head + body)
+        for _ in range(100):
+            if gw.records:
+                break
+            await asyncio.sleep(0.05)
+        [record] = gw.records
+        assert (record.decision, record.reason, record.status) == ("error", "client_disconnected", 499)
+        assert record.released_bytes == 0
+        await asyncio.sleep(0.3)
+        assert all(r["cut"] for r in gw.lab.requests), gw.lab.requests
+
+
+def _ask_and_leave(url: str, target: str, auth: str, after_seconds: float) -> None:
+    u = urlsplit(url)
+    with socket.create_connection((u.hostname, u.port), timeout=5) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n".encode())
+        time.sleep(after_seconds)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("target", ["scoped", "unscoped"])
+async def test_client_leaving_before_the_answer_cancels_the_upstream_request(
+    target: str, dev_issuer: DevIssuer, issuer_url: str
+) -> None:
+    """Sidecar: the client gives up while the data API is slow (3 s). The upstream request is
+    closed at once (no pooled connection held to the deadline), the record says
+    ``client_disconnected`` (499) and the one-time consent is not spent: the next request with
+    the same consent is answered."""
+    routes = [dict(r, one_time=True) for r in routes_with_unscoped()]
+    path = SCOPED_PATH if target == "scoped" else STREAM_PATH
+    async with lab_served("sidecar", issuer_url, routes=routes) as gw:
+        headers = a3_headers(dev_issuer)
+        started = time.monotonic()
+        await asyncio.to_thread(_ask_and_leave, gw.url, path + "?case=slow", headers["Authorization"], 0.5)
+        for _ in range(100):
+            if gw.records:
+                break
+            await asyncio.sleep(0.02)
+        [record] = gw.records
+        assert (record.decision, record.reason, record.status) == ("error", "client_disconnected", 499)
+        assert time.monotonic() - started < 2.5  # not after the upstream's 3 s
+        again = await gw.client.get(path + "?case=json", headers=headers)
+        assert again.status_code == 200, again.text  # the one-time consent was not spent
+        spent = await gw.client.get(path + "?case=json", headers=headers)
+        assert spent.status_code == 403 and spent.json()["reason"] == "consent_spent"

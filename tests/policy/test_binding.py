@@ -20,6 +20,9 @@ from tests.support import (
     running_gateway,
     tax_base_path,
 )
+import asyncio
+from tests.proxy_support import raw_exchange, routes_with_unscoped
+from tests.proxy_support import served as lab_served
 
 
 @pytest.mark.anyio
@@ -87,3 +90,25 @@ async def test_header_subject_cannot_be_nominated_away_or_shadowed(dev_issuer: D
             assert response.json()["reason"] == "ambiguous_header"
         assert gw.records[0].upstream_status == 404  # the first one was checked and forwarded
         assert [r.reason for r in gw.records[1:]] == ["ambiguous_header"] * 3
+
+
+@pytest.mark.anyio
+async def test_repeated_subject_header_or_parameter_is_named_as_such(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """Two subject headers (or query parameters) are a 400 that says so, not ``subject_missing``."""
+    base = next(r for r in routes_with_unscoped() if r["name"] == "spesifisertsummertskattegrunnlag")
+    by_header = dict(base, name="ssg-header", path="/api/h/{rettighetspakke}/{inntektsaar}",
+                     subject={"header": "NAV-PersonIdent"})
+    by_query = dict(base, name="ssg-query", path="/api/q/{rettighetspakke}/{inntektsaar}",
+                    subject={"query": "fnr"})
+    async with lab_served("sidecar", issuer_url, routes=[*routes_with_unscoped(), by_header, by_query]) as gw:
+        auth = a3_headers(dev_issuer)["Authorization"]
+        request = (f"GET /api/h/sbl/2022 HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
+                   f"NAV-PersonIdent: {TAX_BASE_PERSON}\r\nNAV-PersonIdent: {TAX_BASE_PERSON}\r\n"
+                   "Connection: close\r\n\r\n").encode()
+        status, _, body = await asyncio.to_thread(raw_exchange, gw.url, request)
+        assert status == 400 and b'"ambiguous_header"' in body, body
+        response = await gw.client.get(f"/api/q/sbl/2022?fnr={TAX_BASE_PERSON}&fnr={TAX_BASE_PERSON}",
+                                       headers=a3_headers(dev_issuer))
+        assert response.status_code == 400 and response.json()["reason"] == "duplicate_parameter"
+        one = await gw.client.get("/api/h/sbl/2022", headers={**a3_headers(dev_issuer), "NAV-PersonIdent": TAX_BASE_PERSON})
+        assert one.status_code == 200, one.text

@@ -18,6 +18,9 @@ from tests.support import (
     running_gateway,
     tax_base_path,
 )
+import asyncio
+from tests.proxy_support import SCOPED_PATH, raw_exchange
+from tests.proxy_support import served as lab_served
 
 
 @pytest.mark.anyio
@@ -50,3 +53,23 @@ async def test_mounted_under_a_prefix_routes_are_still_enforced(unmatched: str, 
         assert ok.json() == {"personidentifikator": TAX_BASE_PERSON, "inntektsaar": "2022"}  # scoped
 
 
+@pytest.mark.anyio
+async def test_405_names_the_allowed_methods(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """RFC 9110 §15.5.6: a 405 carries ``Allow``."""
+    async with lab_served("sidecar", issuer_url) as gw:
+        response = await gw.client.delete(SCOPED_PATH, headers=a3_headers(dev_issuer))
+        assert response.status_code == 405
+        assert {m.strip() for m in response.headers["allow"].split(",")} >= {"GET", "HEAD"}
+        assert "DELETE" not in response.headers["allow"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("bad", ["%zz", "%4", "1287939778%", "%g0" + TAX_BASE_PERSON])
+async def test_invalid_percent_encoding_in_the_path_is_400(bad: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    async with lab_served("sidecar", issuer_url) as gw:
+        auth = a3_headers(dev_issuer)["Authorization"]
+        request = (f"GET /api/formueinntekt/spesifisertsummertskattegrunnlag/sbl/2022/{bad} HTTP/1.1\r\n"
+                   f"Host: x\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n").encode()
+        status, _, body = await asyncio.to_thread(raw_exchange, gw.url, request)
+        assert status == 400 and b'"bad_path"' in body, body
+        assert gw.lab.requests == []
