@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 from tests.proxy_support import STREAM_PATH
 from tests.proxy_support import served as lab_served
 from tests.body_support import BODY, MODES, raw_head, raw_status, served
+from samtykke_gateway.exceptions import BadRequestError, InvalidTokenError
+from samtykke_gateway.asgi.headers import check_request_framing, claim_header_value, strip_hop_by_hop
 
 
 @pytest.mark.anyio
@@ -144,3 +146,54 @@ async def test_underscore_spellings_of_gateway_headers_are_dropped(mode: str, de
         assert not leaked, leaked
         assert [v for k, v in seen if k == "x-samtykke-consumer"] == ["999999999"]
         assert "888888888" not in {v for _, v in seen}
+
+
+def test_strip_hop_by_hop_drops_nominated_and_fixed_set() -> None:
+    headers = [
+        (b"Connection", b"X-A, x-b"),
+        (b"connection", b"close"),
+        (b"X-A", b"1"),
+        (b"x-B", b"2"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Upgrade", b"h2c"),
+        (b"TE", b"trailers"),
+        (b"X-C", b"kept"),
+    ]
+    assert strip_hop_by_hop(headers) == [(b"X-C", b"kept")]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"content-length", b"5"), (b"transfer-encoding", b"chunked")],
+        [(b"Content-Length", b"5"), (b"Content-Length", b"5")],
+        [(b"content-length", b"0x5")],
+        [(b"content-length", b"-1")],
+        [(b"content-length", b" 5")],
+        [(b"content-length", "５".encode())],
+        [(b"transfer-encoding", b"chunked, chunked")],
+        [(b"transfer-encoding", b"gzip, chunked")],
+        [(b"transfer-encoding", b"chunked"), (b"transfer-encoding", b"chunked")],
+    ],
+)
+def test_ambiguous_framing(headers: list[tuple[bytes, bytes]]) -> None:
+    with pytest.raises(BadRequestError) as info:
+        check_request_framing(headers)
+    assert info.value.status_code == 400 and info.value.reason == "ambiguous_framing"
+
+
+@pytest.mark.parametrize("headers", [[], [(b"content-length", b"12")], [(b"transfer-encoding", b"Chunked")]])
+def test_plain_framing_accepted(headers: list[tuple[bytes, bytes]]) -> None:
+    check_request_framing(headers)
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Evil: 1", "a\nb", "a\rb", "æøå", "", "a\x00b", "x" * 257, "tab\there"])
+def test_claim_values_validated_before_header(value: str) -> None:
+    with pytest.raises(InvalidTokenError) as info:
+        claim_header_value(value)
+    assert info.value.status_code == 401 and info.value.reason == "unforwardable_claim"
+
+
+def test_claim_value_ok() -> None:
+    assert claim_header_value("0192:999999999") == b"0192:999999999"

@@ -1,4 +1,9 @@
-"""A body-subject route reads the whole body before deciding: a slow upload is cut at
+"""The ASGI middleware (``asgi/middleware.py``) on the request path: request intake (query limits,
+the body of a body-subject route read and bounded before deciding), clients that leave before
+or while the answer is written (nothing recorded as released to them, a one-time consent stays
+unspent), apps that read their body late, and a failing Gate answered 503.
+
+A body-subject route reads the whole body before deciding: a slow upload is cut at
 ``[gateway] request_body_timeout_seconds`` with 408 and a record, nothing forwarded (found by the
 body-subject review: nothing bounded the read in time)."""
 

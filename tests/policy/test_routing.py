@@ -21,6 +21,12 @@ from tests.support import (
 import asyncio
 from tests.proxy_support import SCOPED_PATH, raw_exchange
 from tests.proxy_support import served as lab_served
+import re
+from urllib.parse import quote
+from hypothesis import given
+from hypothesis import strategies as st
+from samtykke_gateway.exceptions import BadRequestError
+from samtykke_gateway.policy.routing import encode_path, normalize_path
 
 
 @pytest.mark.anyio
@@ -73,3 +79,40 @@ async def test_invalid_percent_encoding_in_the_path_is_400(bad: str, dev_issuer:
         status, _, body = await asyncio.to_thread(raw_exchange, gw.url, request)
         assert status == 400 and b'"bad_path"' in body, body
         assert gw.lab.requests == []
+
+
+_BAD = re.compile(r"[\x00-\x1f\x7f/\\]|[\ud800-\udfff]")
+
+
+@pytest.mark.parametrize(
+    ("raw", "segments"),
+    [
+        (b"/a//b/./c/../d%41", ("a", "b", "dA")),
+        (b"/", ()),
+        (b"/a/b/..", ("a",)),
+        (b"/%2e%2E/x".replace(b"/%2e%2E", b"/a/%2e%2E"), ("x",)),
+        (b"/x/%7e/%20/%C3%A6", ("x", "~", " ", "æ")),
+    ],
+)
+def test_normalize_path(raw: bytes, segments: tuple[str, ...]) -> None:
+    assert normalize_path(raw) == segments
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"/a%2fb", b"/a%2F", b"/a%5cb", b"/a\\b", b"/a%00", b"/a%1f", b"/a%7f", b"/%ff", b"/..", b"/a/../..",
+     "/æ".encode(), b"a/b", b"/" + b"a" * 5000],
+)
+def test_normalize_path_refuses(raw: bytes) -> None:
+    with pytest.raises(BadRequestError) as info:
+        normalize_path(raw)
+    assert info.value.reason == "bad_path"
+
+
+@given(st.lists(st.text(max_size=12), max_size=5))
+def test_encode_path_is_quote_and_round_trips(segments: list[str]) -> None:
+    encoded = encode_path(segments)
+    assert encoded == "/" + "/".join(quote(s, safe="!$&'()*+,;=:@-._~") for s in segments)
+    kept = [s for s in segments if s not in ("", ".", "..")]
+    if kept == segments and all(not _BAD.search(s) for s in segments):
+        assert normalize_path(encoded.encode("ascii")) == tuple(segments)
