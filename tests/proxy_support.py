@@ -266,6 +266,8 @@ class LabUpstream:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/octet-stream")]})
         for _ in range(100):
+            if self.stopping.is_set():
+                return
             await send({"type": "http.response.body", "body": b"x", "more_body": True})
             await asyncio.sleep(0.05)
         await send({"type": "http.response.body", "body": b""})

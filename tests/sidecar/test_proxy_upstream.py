@@ -28,6 +28,7 @@ from samtykke_gateway.exceptions import UpstreamError, UpstreamTimeoutError
 from samtykke_gateway.sidecar.proxy import UpstreamProxy
 from samtykke_gateway.dev.issuer import DevIssuer
 from tests.support import a3_headers, running_gateway, tax_base_path
+import threading
 import time
 from tests.body_support import Echo
 from tests.body_support import BODY_OVERRIDES, BODY, Served, raw_head
@@ -597,6 +598,7 @@ async def test_sidecar_trickling_upstream_is_504_at_the_deadline(dev_issuer: Dev
     from samtykke_gateway.dev.examples import example_body
 
     body = example_body("spesifisertsummertskattegrunnlag-2022.json")
+    over = threading.Event()  # set when the test is over: the trickle stops
 
     async def trickling(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
         if scope["type"] != "http":
@@ -604,6 +606,8 @@ async def test_sidecar_trickling_upstream_is_504_at_the_deadline(dev_issuer: Dev
         await send({"type": "http.response.start", "status": 200,  # type: ignore[operator]
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         for i in range(0, len(body), 64):
+            if over.is_set():
+                return
             await send({"type": "http.response.body", "body": body[i:i + 64], "more_body": True})  # type: ignore[operator]
             await asyncio.sleep(0.1)
         await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
@@ -618,6 +622,7 @@ async def test_sidecar_trickling_upstream_is_504_at_the_deadline(dev_issuer: Dev
         assert "personidentifikator" not in response.text
         record = gw.records[-1]
         assert (record.decision, record.reason, record.status) == ("error", "upstream_timeout", 504)
+        over.set()
 
 
 @pytest.mark.anyio
@@ -634,10 +639,13 @@ async def test_deadline_cuts_a_streamed_answer_visibly(dev_issuer: DevIssuer, is
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/octet-stream")]})
         for _ in range(100):
+            if over.is_set():
+                return
             await send({"type": "http.response.body", "body": b"x", "more_body": True})
             await asyncio.sleep(0.05)
         await send({"type": "http.response.body", "body": b""})
 
+    over = threading.Event()  # set when the test is over: the trickle stops
     merged = {**BODY_OVERRIDES, "upstream": {"timeout_seconds": 0.3, "deadline_seconds": 1.0}}
     async with running_gateway("sidecar", issuer_url, upstream_app=trickle, **merged) as gw:
         gwe = Served("sidecar", str(gw.client.base_url).rstrip("/"), Echo(), gw.store)
@@ -650,3 +658,4 @@ async def test_deadline_cuts_a_streamed_answer_visibly(dev_issuer: DevIssuer, is
         assert b"transfer-encoding: chunked" in raw.lower()
         assert not raw.endswith(b"0\r\n\r\n"), raw[-50:]
         assert elapsed < 4, elapsed
+        over.set()

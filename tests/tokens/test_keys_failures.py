@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,12 +170,16 @@ async def test_many_concurrent_probes_fetch_the_jwks_once(dev_issuer: DevIssuer,
     """JWKS unreachable at start-up: 50 concurrent probes and 50 more right after share one
     fetch per issuer per cooldown; a hanging JWKS holds a probe at most fetch_timeout."""
     hits: list[float] = []
+    done = threading.Event()  # set when the test is over: the hanging JWKS stops hanging
 
     async def slow_jwks(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         hits.append(time.monotonic())
-        await asyncio.sleep(30)
+        for _ in range(3000):  # hangs for 30 s (or until the test is over)
+            if done.is_set():
+                return
+            await asyncio.sleep(0.01)
 
     with ThreadedServer(slow_jwks) as jwks:
         issuers = {"altinn": {"jwks_url": f"{jwks.url}/altinn/jwk", "fetch_timeout_seconds": 0.5,
@@ -190,3 +195,4 @@ async def test_many_concurrent_probes_fetch_the_jwks_once(dev_issuer: DevIssuer,
             assert {a.status_code for a in answers} == {503}
             assert time.monotonic() - started < 5
             assert len(hits) <= 2, len(hits)  # at most one per issuer (start-up fetch already counted)
+        done.set()
