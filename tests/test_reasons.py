@@ -15,6 +15,22 @@ PACKAGE = Path(samtykke_gateway.__file__).parent
 DOC = Path(__file__).resolve().parent.parent / "docs" / "reasons.md"
 
 
+def _parse(source: str) -> ast.Module:
+    """``ast.parse``, again when CPython 3.11.7's AST conversion trips over a concurrent one.
+
+    Its recursion-depth counter is shared by all threads (gh-106905, fixed in 3.11.8); a server
+    thread of an earlier test formatting a traceback (which parses the line for its carets) can
+    make this thread's parse raise ``SystemError: AST constructor recursion depth mismatch``.
+    """
+    for _ in range(4):
+        try:
+            return ast.parse(source)
+        except SystemError as error:
+            if "recursion depth mismatch" not in str(error):
+                raise
+    return ast.parse(source)
+
+
 def _strings(node: ast.expr | None) -> list[str]:
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return [node.value]
@@ -55,7 +71,7 @@ def emitted_reasons() -> dict[str, set[str]]:
     for path in sorted(PACKAGE.rglob("*.py")):
         if path.name == "reasons.py":
             continue
-        for code in _emitted_in(ast.parse(path.read_text(encoding="utf-8"))):
+        for code in _emitted_in(_parse(path.read_text(encoding="utf-8"))):
             found.setdefault(code, set()).add(path.relative_to(PACKAGE).as_posix())
     # the Altinn 2 consent-token codes are looked up in a table, not written as reason=...
     for code in (*CONSENT_TOKEN_REASONS.values(), "consent_token_invalid"):  # + the table's fallback
