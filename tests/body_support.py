@@ -22,6 +22,7 @@ from samtykke_gateway.dev.server import ThreadedServer
 from tests.proxy_support import answer_lifespan
 from tests.support import TAX_BASE_PERSON, make_config, running_gateway
 
+
 class Echo:
     """Upstream that records what it received and answers with the body it read."""
 

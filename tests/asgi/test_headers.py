@@ -3,27 +3,32 @@ hop-by-hop headers never reach the app or the upstream; framing is unambiguous."
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
+import time
+from urllib.parse import urlsplit
+
 import httpx
 import pytest
 
 from samtykke_gateway import ConsentMiddleware
+from samtykke_gateway.asgi.headers import (
+    check_request_framing,
+    claim_header_value,
+    strip_hop_by_hop,
+)
 from samtykke_gateway.dev.issuer import DevIssuer
+from samtykke_gateway.exceptions import BadRequestError, InvalidTokenError
+from tests.body_support import BODY, MODES, raw_head, raw_status, served
+from tests.proxy_support import STREAM_PATH
+from tests.proxy_support import served as lab_served
 from tests.support import (
     a3_headers,
     make_config,
     running_gateway,
     tax_base_path,
 )
-import asyncio
-import contextlib
-import socket
-import time
-from urllib.parse import urlsplit
-from tests.proxy_support import STREAM_PATH
-from tests.proxy_support import served as lab_served
-from tests.body_support import BODY, MODES, raw_head, raw_status, served
-from samtykke_gateway.exceptions import BadRequestError, InvalidTokenError
-from samtykke_gateway.asgi.headers import check_request_framing, claim_header_value, strip_hop_by_hop
 
 
 @pytest.mark.anyio

@@ -12,31 +12,41 @@ from __future__ import annotations
 import asyncio
 import select
 import socket
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
-
-from samtykke_gateway.exceptions import ConfigError
-from samtykke_gateway.dev.issuer import DevIssuer
-
-from tests.support import TAX_BASE_PERSON, a3_headers, make_config, running_gateway
-from tests.body_support import Echo
-from tests.policy.test_body_subject import JSON, OVERRIDES
-from tests.support import INCOME_PATH, a2_headers, tax_base_path
 import httpx
-from samtykke_gateway.dev.server import ThreadedServer
-from samtykke_gateway.asgi.middleware import ConsentMiddleware
-from tests.proxy_support import STREAM_PATH, answer_lifespan, routes_with_unscoped
-import time
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
-from tests.proxy_support import served
-from tests.support import decisions
-from tests.proxy_support import SCOPED_PATH
+
+from samtykke_gateway.asgi.middleware import ConsentMiddleware
+from samtykke_gateway.dev.issuer import DevIssuer
+from samtykke_gateway.dev.server import ThreadedServer
+from samtykke_gateway.exceptions import ConfigError
+from tests.body_support import Echo
+from tests.policy.test_body_subject import JSON, OVERRIDES
+from tests.proxy_support import (
+    SCOPED_PATH,
+    STREAM_PATH,
+    answer_lifespan,
+    routes_with_unscoped,
+    served,
+)
 from tests.proxy_support import served as lab_served
+from tests.support import (
+    INCOME_PATH,
+    TAX_BASE_PERSON,
+    a2_headers,
+    a3_headers,
+    decisions,
+    make_config,
+    running_gateway,
+    tax_base_path,
+)
 
 SLOW = {**OVERRIDES, "gateway": {**OVERRIDES["gateway"], "request_body_timeout_seconds": 0.5}}
 
@@ -73,7 +83,6 @@ async def test_slow_upload_is_408_in_the_sidecar(dev_issuer: DevIssuer, issuer_u
 @pytest.mark.anyio
 async def test_slow_upload_is_408_in_the_middleware(dev_issuer: DevIssuer, issuer_url: str) -> None:
     from samtykke_gateway import ConsentMiddleware
-
     from tests.policy.test_body_subject import _scope
 
     echo = Echo()

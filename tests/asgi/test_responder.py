@@ -9,17 +9,15 @@ from __future__ import annotations
 import gzip
 import tracemalloc
 import zlib
+from pathlib import Path
 
 import brotli
 import pytest
 
-from samtykke_gateway.exceptions import UpstreamError
-from samtykke_gateway.asgi.responder import decode_body
-from pathlib import Path
-from samtykke_gateway.asgi.responder import scoped_release
-from tests.proxy_support import TAX_BASE_2022
+from samtykke_gateway.asgi.responder import decode_body, scoped_release
 from samtykke_gateway.dev.issuer import DevIssuer
-from tests.proxy_support import SCOPED_PATH, served
+from samtykke_gateway.exceptions import UpstreamError
+from tests.proxy_support import SCOPED_PATH, TAX_BASE_2022, served
 from tests.support import a3_headers
 
 JSON = b'{"a": [1, 2, 3], "b": "\xc3\xa6"}'

@@ -3,12 +3,15 @@ parameters and subject locations (query, header) cannot be varied, repeated or n
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from samtykke_gateway.dev.issuer import DevIssuer
+from tests.proxy_support import raw_exchange, routes_with_unscoped
+from tests.proxy_support import served as lab_served
 from tests.support import (
     BANK,
     INCOME_PATH,
@@ -20,9 +23,6 @@ from tests.support import (
     running_gateway,
     tax_base_path,
 )
-import asyncio
-from tests.proxy_support import raw_exchange, routes_with_unscoped
-from tests.proxy_support import served as lab_served
 
 
 @pytest.mark.anyio

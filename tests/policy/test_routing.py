@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+from urllib.parse import quote
+
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from samtykke_gateway import ConsentMiddleware
 from samtykke_gateway.dev.issuer import DevIssuer
+from samtykke_gateway.exceptions import BadRequestError
+from samtykke_gateway.policy.routing import encode_path, normalize_path
+from tests.proxy_support import SCOPED_PATH, raw_exchange
+from tests.proxy_support import served as lab_served
 from tests.support import (
     TAX_BASE_PERSON,
     a2_headers,
@@ -18,15 +28,6 @@ from tests.support import (
     running_gateway,
     tax_base_path,
 )
-import asyncio
-from tests.proxy_support import SCOPED_PATH, raw_exchange
-from tests.proxy_support import served as lab_served
-import re
-from urllib.parse import quote
-from hypothesis import given
-from hypothesis import strategies as st
-from samtykke_gateway.exceptions import BadRequestError
-from samtykke_gateway.policy.routing import encode_path, normalize_path
 
 
 @pytest.mark.anyio
