@@ -9,7 +9,7 @@
 # Data:    /var/lib/samtykke-gateway (volume, owned by uid 10001): the SQLite disclosure log.
 # Probes:  GET /healthz (liveness), GET /readyz (readiness), GET /metrics (Prometheus) on 8080.
 # Logs:    JSON lines on stderr (SAMTYKKE_GATEWAY_LOG_LEVEL, default INFO).
-# tests/sidecar/test_ops_serve.py runs this file's ENTRYPOINT + CMD and HEALTHCHECK command outside Docker.
+# tests/sidecar/test_serve.py runs this file's ENTRYPOINT + CMD and HEALTHCHECK command outside Docker.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

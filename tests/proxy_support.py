@@ -67,12 +67,14 @@ class LabUpstream:
     ``requests``: one dict per request (``path``, ``raw_path``, ``query``, ``headers`` as
     lower-cased ``str`` pairs, ``body`` bytes). ``release``: a :class:`threading.Event` the
     ``stream``/``sse`` cases wait on (up to 5 s) before sending their last part;
-    ``last_part_sent`` is set when they did.
+    ``last_part_sent`` is set when they did. ``stopping``: set when the test's server shuts down;
+    the cases that stay silent for seconds (``slow``, ``hold``) end then, so no test waits them out.
     """
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.release = threading.Event()
+        self.stopping = threading.Event()
         self.last_part_sent = threading.Event()
         self.chunks_sent = 0
         self.aborted = False
@@ -194,9 +196,36 @@ class LabUpstream:
             headers, body = [(b"etag", b'"lab-etag"'), (b"cache-control", b"max-age=600")], b""
         await self._answer(send, status, headers, body)
 
+    async def _silent(self, seconds: float) -> None:
+        """Stay silent for ``seconds``, or until the test's server shuts down."""
+        for _ in range(int(seconds / 0.01)):
+            if self.stopping.is_set():
+                return
+            await asyncio.sleep(0.01)
+
     async def case_slow(self, scope: dict[str, Any], send: Any) -> None:
-        await asyncio.sleep(3)
+        await self._silent(3)
         await self._json(scope, send, TAX_BASE_2022)
+
+    async def case_hold(self, scope: dict[str, Any], send: Any) -> None:
+        """Start, then one part only after 8 s (silent long past any client that left)."""
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await self._silent(8)
+        with contextlib.suppress(OSError):
+            await send({"type": "http.response.body", "body": b"data: late\n\n", "more_body": False})
+
+    async def case_304cl(self, scope: dict[str, Any], send: Any) -> None:
+        # RFC 9110 §8.6: a 304 may carry the Content-Length the 200 would have had
+        await send({"type": "http.response.start", "status": 304,
+                    "headers": [(b"etag", b'"v1"'), (b"content-length", b"1234")]})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def case_bigfinal(self, scope: dict[str, Any], send: Any) -> None:
+        """16 MiB in one part, then a last part: the server must drain its write buffer."""
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream")]})
+        await send({"type": "http.response.body", "body": b"x" * (16 * 1024 * 1024), "more_body": True})
+        await send({"type": "http.response.body", "body": b"the-end", "more_body": False})
 
     async def case_echo(self, scope: dict[str, Any], send: Any) -> None:
         body = json.dumps({"ok": True}).encode()
@@ -238,6 +267,8 @@ class LabUpstream:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/octet-stream")]})
         for _ in range(100):
+            if self.stopping.is_set():
+                return
             await send({"type": "http.response.body", "body": b"x", "more_body": True})
             await asyncio.sleep(0.05)
         await send({"type": "http.response.body", "body": b""})
@@ -313,16 +344,22 @@ async def served(mode: str, issuer_url: str, *, upstream_url: str | None = None,
         config = make_config(issuer_url, "http://upstream.invalid", **overrides)
         middleware = ConsentMiddleware(lab, config=config)
         with ThreadedServer(middleware, proxy_headers=False) as server:
-            async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
-                yield Served(mode, server.url, client, lab, middleware.gateway.store)
+            try:
+                async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
+                    yield Served(mode, server.url, client, lab, middleware.gateway.store)
+            finally:
+                lab.stopping.set()
         return
     with ThreadedServer(lab) as upstream_server:
         config = make_config(issuer_url, upstream_url or upstream_server.url, **overrides)
         sidecar = SidecarApp(config)
         with ThreadedServer(sidecar, proxy_headers=False, **bounded_http_options()) as server:  # as `serve` runs it
-            async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
-                yield Served(mode, server.url, client, lab, sidecar.gateway.store,
-                             extra={"upstream_url": upstream_server.url})
+            try:
+                async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
+                    yield Served(mode, server.url, client, lab, sidecar.gateway.store,
+                                 extra={"upstream_url": upstream_server.url})
+            finally:
+                lab.stopping.set()
 
 
 def raw_exchange(url: str, request: bytes, *, timeout_seconds: float = 5.0) -> tuple[int, dict[str, str], bytes]:

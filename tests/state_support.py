@@ -84,6 +84,18 @@ def state_config(issuer_url: str, upstream_url: str, *, state: dict[str, Any] | 
     return with_routes(make_config(issuer_url, upstream_url, **overrides), **route_changes)
 
 
+CONFIG_SECRET = "hunter2-db-password"  # a secret in a config file: never in a message, a log line or a traceback
+
+
+def latin1_config(tmp_path: Path, issuer_url: str = "http://127.0.0.1:9",
+                  upstream_url: str = "http://127.0.0.1:9") -> Path:
+    """A valid config with a Latin-1 comment ("år") and :data:`CONFIG_SECRET` further down."""
+    path = write_config(tmp_path / "gw.toml", issuer_url=issuer_url, upstream_url=upstream_url,
+                        extra=f"# db password {CONFIG_SECRET}\n")
+    path.write_bytes("# inntekts\u00e5r\n".encode("latin-1") + path.read_bytes())
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,6 +13,8 @@ import pytest
 from samtykke_gateway.cli.main import main
 from samtykke_gateway.config import load_config, parse_config
 from samtykke_gateway.exceptions import ConfigError
+from tests.support import make_config
+from tests.state_support import CONFIG_SECRET, cli, latin1_config, write_config
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 TT02 = CONFIG_DIR / "skatteetaten-tt02.toml"
@@ -456,3 +458,253 @@ def test_check_config_prints_the_altinn3_rules_per_route(tmp_path: Path, capsys:
     assert "handler tokens accepted: consumer == handledBy" in tax
     assert "Maskinporten token honoured up to 120 s after iat" in tax
     assert "error codes: consent SSG-010" in tax
+
+
+@pytest.mark.parametrize(
+    ("table", "values", "key_path"),
+    [
+        ("gateway", {"leeway_seconds": 99_999_999}, "gateway.leeway_seconds"),
+    ],
+)
+def test_config_bounds(table: str, values: dict, key_path: str) -> None:
+    data = tomllib.loads(TT02.read_text())
+    data[table].update(values)
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=CONFIG_DIR)
+    assert info.value.key_path == key_path
+
+
+def test_empty_algorithm_list_is_an_error() -> None:
+    data = tomllib.loads(TT02.read_text())
+    data["issuers"] = {"altinn": {"algorithms": []}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=CONFIG_DIR)
+    assert info.value.key_path == "issuers.altinn.algorithms"
+
+
+def test_route_without_rights_package_must_say_unscoped() -> None:
+    data = tomllib.loads(TT02.read_text())
+    del data["routes"][0]["rights_package"]
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=CONFIG_DIR)
+    assert info.value.key_path == "routes[0].rights_package"
+    data["routes"][0]["unscoped"] = True
+    with pytest.raises(ConfigError) as info:  # an unscoped body is never read, so never checked
+        parse_config(data, base_dir=CONFIG_DIR)
+    assert info.value.key_path == "routes[0].response_subject"
+    del data["routes"][0]["response_subject"]
+    assert not parse_config(data, base_dir=CONFIG_DIR).routes[0].scoped
+
+
+@pytest.mark.parametrize("profile", ["tt02", "prod"])
+def test_production_profiles_need_https_keys_and_a_durable_log(profile: str) -> None:
+    data = tomllib.loads(TT02.read_text())
+    data["gateway"]["profile"] = profile
+    host = "test.maskinporten.no" if profile == "tt02" else "maskinporten.no"
+    data["issuers"] = {"maskinporten": {"jwks_url": f"http://{host}/jwk"}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=CONFIG_DIR)
+    assert info.value.key_path == "issuers.maskinporten"
+    data = tomllib.loads(TT02.read_text())
+    data["gateway"]["profile"] = profile
+    data["audit"]["url"] = "memory://"
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, base_dir=CONFIG_DIR)
+    assert info.value.key_path == "audit.url"
+
+
+def test_deadline_below_the_read_timeout_is_a_config_error(issuer_url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config(issuer_url, "http://127.0.0.1:9", upstream={"timeout_seconds": 10, "deadline_seconds": 5})
+    assert "upstream.deadline_seconds" in str(info.value)
+
+
+def test_check_config_masks_upstream_password(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    shutil.copy(CONFIG_DIR / "inntekt-sbl-loennsinntekt-beskrivelse.txt", tmp_path)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TT02.read_text().replace('url = "http://127.0.0.1:8081"', 'url = "http://svc:s3cret@127.0.0.1:8081"'))
+    assert main(["check-config", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out and "svc:***@127.0.0.1:8081" in out
+
+
+def test_non_utf8_config_is_a_config_error_without_content(tmp_path: Path) -> None:
+    path = latin1_config(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "not UTF-8 at byte 10 (line 1)" in message
+    assert CONFIG_SECRET not in message and "inntekts" not in message
+    assert info.value.__context__ is None and info.value.__cause__ is None  # no chained repr of the bytes
+
+
+def test_non_utf8_values_file_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "gw.toml", issuer_url="http://127.0.0.1:9", upstream_url="http://127.0.0.1:9")
+    values = tmp_path / "inntekt-sbl-loennsinntekt-beskrivelse.txt"
+    values.write_bytes(values.read_bytes() + "s\u00f8k\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "not UTF-8 at byte" in str(info.value) and info.value.key_path.startswith("rights_packages.")
+    assert info.value.__context__ is None
+
+
+def test_check_config_and_serve_refuse_non_utf8_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = latin1_config(tmp_path)
+    assert main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("invalid config: ") and "not UTF-8 at byte 10" in err and CONFIG_SECRET not in err
+    done = subprocess.run([*cli(), "serve", "--config", str(path), "--port", "1"], capture_output=True, timeout=30)
+    assert done.returncode == 2
+    assert b"not UTF-8 at byte 10" in done.stderr and b"Traceback" not in done.stderr
+    assert CONFIG_SECRET.encode() not in done.stderr
+
+
+def _demo(tmp_path: Path) -> dict:
+    import tomllib
+
+    path = write_config(tmp_path / "gw.toml", issuer_url="http://127.0.0.1:9", upstream_url="http://127.0.0.1:9")
+    return tomllib.loads(path.read_text())
+
+
+def _parse_at(tmp_path: Path, data: dict) -> object:
+    from samtykke_gateway.config import parse_config
+
+    return parse_config(data, base_dir=tmp_path)
+
+
+def _route_entry(name: str, path: str, *, method: str | list[str] = "GET", scoped: bool = True) -> dict:
+    route: dict = {"name": name, "method": method, "path": path, "scope": "skatteetaten:x",
+                   "subject": {"header": "NAV-PersonIdent"}, "altinn2_service": "4804_210607"}
+    if scoped:
+        route["rights_package"] = "inntekt-sbl"
+    else:
+        route["unscoped"] = True
+    return route
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8082/?a=b", "http://127.0.0.1:8082/base?", "http://127.0.0.1:8082/#frag",
+    "http://127.0.0.1:99999", "http://127.0.0.1:0", "http://127.0.0.1:abc", "http://127.0.0.1:-1",
+    "ftp://127.0.0.1", "http://", "http:///base", "http://:8080/", "http://127.0.0.1:8082/a b",
+    "HTTP//127.0.0.1",
+])
+def test_unusable_upstream_urls_are_config_errors(tmp_path: Path, url: str) -> None:
+    data = _demo(tmp_path)
+    data["upstream"]["url"] = url
+    with pytest.raises(ConfigError) as info:
+        _parse_at(tmp_path, data)
+    assert info.value.key_path == "upstream.url"
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8082", "https://upstream.internal/base/", "http://[::1]:65535/x",
+                                 "https://svc:pw@upstream.internal"])
+def test_usable_upstream_urls_load(tmp_path: Path, url: str) -> None:
+    data = _demo(tmp_path)
+    data["upstream"]["url"] = url
+    _parse_at(tmp_path, data)
+
+
+def test_check_config_refuses_upstream_query_and_says_credentials_are_not_sent(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path / "gw.toml", issuer_url="http://127.0.0.1:9", upstream_url="http://127.0.0.1:8082/?a=b")
+    assert main(["check-config", "--config", str(path)]) == 2
+    assert "upstream.url: must not have a query or fragment" in capsys.readouterr().err
+    path = write_config(tmp_path / "gw.toml", issuer_url="http://127.0.0.1:9", upstream_url="http://svc:pw@127.0.0.1:8082")
+    assert main(["check-config", "--config", str(path)]) == 0
+    assert "never sent to the upstream" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("first", "second", "methods"), [
+    ("/hdr/{a}", "/hdr/{b}", "GET,HEAD"),  # same shape, other parameter name
+    ("/hdr/{a}", "/hdr/x", "GET,HEAD"),  # a parameter matches the literal too
+    ("/{a}/{b}", "/hdr/{c}", "GET,HEAD"),
+    ("/hdr/{a}", "/hdr/{a}", "GET,HEAD"),
+])
+def test_a_route_shadowed_by_an_earlier_one_is_refused(tmp_path: Path, first: str, second: str, methods: str) -> None:
+    data = _demo(tmp_path)
+    data["routes"] = [_route_entry("open", first, scoped=False), _route_entry("scoped", second)]
+    with pytest.raises(ConfigError) as info:
+        _parse_at(tmp_path, data)
+    assert info.value.key_path == "routes[1].path"
+    assert f"never reached for {methods}" in str(info.value) and "routes[0] (open)" in str(info.value)
+
+
+def test_shadowing_counts_only_the_methods_both_routes_take(tmp_path: Path) -> None:
+    data = _demo(tmp_path)
+    data["routes"] = [_route_entry("a", "/hdr/{a}", method="POST"), _route_entry("b", "/hdr/{b}", method=["GET", "POST"])]
+    with pytest.raises(ConfigError, match="never reached for POST:"):
+        _parse_at(tmp_path, data)
+    data["routes"] = [_route_entry("a", "/hdr/{a}", method="POST"), _route_entry("b", "/hdr/{b}", method="GET")]
+    _parse_at(tmp_path, data)
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ("/hdr/x", "/hdr/{a}"),  # specific first: both reachable
+    ("/hdr/{a}", "/hdr/{a}/more"),  # other length
+    ("/hdr/x", "/hdr/y"),
+    ("/hdr/x/{a}", "/hdr/{b}/y"),  # overlap (/hdr/x/y) but neither hides the other
+])
+def test_routes_that_stay_reachable_load(tmp_path: Path, first: str, second: str) -> None:
+    data = _demo(tmp_path)
+    data["routes"] = [_route_entry("one", first, scoped=False), _route_entry("two", second)]
+    _parse_at(tmp_path, data)
+
+
+@pytest.mark.parametrize(("gateway", "key"), [
+    ({"health_path": "/metrics"}, "gateway.metrics_path"),
+    ({"ready_path": "/healthz"}, "gateway.ready_path"),
+    ({"health_path": "/probe", "metrics_path": "/probe"}, "gateway.metrics_path"),
+    ({"health_path": "/healthz?x=1"}, "gateway.health_path"),
+    ({"metrics_path": "/met rics"}, "gateway.metrics_path"),
+    ({"ready_path": "/hdr/x"}, "gateway.ready_path"),  # a route's own path
+])
+def test_colliding_or_unmatchable_probe_paths_are_refused(tmp_path: Path, gateway: dict, key: str) -> None:
+    data = _demo(tmp_path)
+    data["routes"].append(_route_entry("x", "/hdr/x"))
+    data["gateway"].update(gateway)
+    with pytest.raises(ConfigError) as info:
+        _parse_at(tmp_path, data)
+    assert info.value.key_path == key
+
+
+ONE_TIME = ('name = "spesifisertsummertskattegrunnlag"\n', 'name = "spesifisertsummertskattegrunnlag"\none_time = true\n')
+
+
+LIMITED = ('name = "inntekt"\n', 'name = "inntekt"\ndaily_limit = 5\n')
+
+
+def test_check_config_prints_the_state_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path / "gw.toml", issuer_url="http://127.0.0.1:9", upstream_url="http://127.0.0.1:9",
+                        extra='[state]\nurl = "redis://:s3cret@redis.internal:6379/0"\nrevocation_file = "revoked.txt"\n'
+                              'jti_replay = "refuse"\n[state.feed]\nurl = "https://feed.example/api/serviceowner/consents"\n'
+                              'api_key_env = "F3_APIKEY"\n')
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "consent state      redis://:***@redis.internal:6379/0 (shared" in out and "s3cret" not in out
+    assert f"revocation file: {tmp_path / 'revoked.txt'}" in out
+    assert "revocation feed: altinn2 https://feed.example/api/serviceowner/consents every 60 s" in out
+    assert "4804_210607" in out and "reused jti: refuse" in out and "WARNING" not in out
+
+
+def test_check_config_warns_about_one_time_and_limits_in_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path / "gw.toml", issuer_url="http://127.0.0.1:9", upstream_url="http://127.0.0.1:9")
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "consent state      memory://" in out and "revocation file: (none)" in out and "WARNING" not in out
+    path.write_text(path.read_text().replace(*ONE_TIME).replace(*LIMITED))
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert ("WARNING: routes inntekt, spesifisertsummertskattegrunnlag use one_time/daily_limit with in-memory state"
+            in out)
+    assert "a single worker/replica only, and lost on restart; use [state] url = redis://" in out
+
+
+def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    """Windows editors save UTF-8 with a byte order mark; tomllib refuses it ("Invalid
+    statement at line 1, column 1"), so the config reader drops it (second fresh-user pass)."""
+    path = write_config(tmp_path / "gw.toml", issuer_url="http://127.0.0.1:9", upstream_url="http://127.0.0.1:9")
+    plain = load_config(path)
+    path.write_bytes(b"\xef\xbb\xbf" + "# inntektsår\n".encode() + path.read_bytes())
+    assert load_config(path).upstream_url == plain.upstream_url

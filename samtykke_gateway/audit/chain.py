@@ -101,7 +101,7 @@ def _fast_json(obj: dict[str, Any]) -> str | None:
     as ``repr``), except that orjson writes non-ASCII as UTF-8 and DEL (0x7f) raw where
     ``ensure_ascii`` escapes both (-> ``None``) and raises on lone surrogates and ints
     beyond 64 bits (-> ``None``). Property-tested against :func:`_reference_json` in
-    ``tests/audit/test_audit_canonical.py``.
+    ``tests/audit/test_canonical.py``.
     """
     try:
         out = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)

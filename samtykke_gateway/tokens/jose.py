@@ -265,7 +265,7 @@ def split_compact_fast(
     on the whole token first, a segment ending in ``=`` by its last character; bad lengths and
     non-zero trailing bits by the last-character check, as in the reference. So it accepts
     exactly the segments the reference accepts, with the same bytes (pinned by property tests
-    in ``tests/tokens/test_tokens_compact_fastpath.py``). The dots are found with ``find`` (exactly
+    in ``tests/tokens/test_jose_compact_fastpath.py``). The dots are found with ``find`` (exactly
     two).
     """
     if len(token) > max_bytes or not token.isascii():

@@ -13,7 +13,7 @@ would read to the same result, and the caller then runs the strict path, which d
 its own error). So a refusal always comes from the strict code, with its reason.
 
 Why an accepted payload reads alike (pinned by property tests in
-``tests/tokens/test_tokens_typed.py``):
+``tests/tokens/test_typed.py``):
 
 * the schema is closed (``forbid_unknown_fields`` on every level) and typed without ``Any``,
   so nesting is bounded by the schema (depth 6 ≤ the strict bound 32);

@@ -19,6 +19,9 @@ from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.proxy_support import STREAM_PATH, served
 from tests.support import TAX_BASE_PERSON, a3_headers
+import socket
+import time
+from tests.proxy_support import routes_with_unscoped
 
 pytestmark = pytest.mark.anyio
 
@@ -223,3 +226,94 @@ def test_export_pairs_a_reused_correlation_id_in_order() -> None:
     assert (first["stream_end"], first["released_bytes"]) == ("complete", 1)
     assert (second["stream_end"], second["released_bytes"], second["stream_cut_reason"]) == \
         ("cut", 2, "client_disconnected")
+
+
+def _read_a_little_and_leave(port: int, target: str, auth: str) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n".encode())
+        got = 0
+        while got < 200_000:
+            got += len(sock.recv(65536))
+        time.sleep(1.0)  # the server's buffer is full; it waits to drain
+        return got      # closing with unread data: the client left
+
+
+@pytest.mark.parametrize("mode", ["middleware", "sidecar"])
+async def test_client_gone_during_drain_is_recorded_cut(mode, dev_issuer, issuer_url) -> None:
+    async with served(mode, issuer_url) as gw:
+        port = int(gw.url.rsplit(":", 1)[1])
+        got = await asyncio.to_thread(_read_a_little_and_leave, port, STREAM_PATH + "?case=bigfinal",
+                                      a3_headers(dev_issuer)["Authorization"])
+        for _ in range(300):
+            ends = [r for r in gw.records if r.reason in ("stream_end", "stream_cut")]
+            if ends:
+                break
+            await asyncio.sleep(0.02)
+        [end] = ends
+        print(mode, "client received", got, "bytes; end record:", end.reason, end.detail, end.released_bytes)
+        assert end.reason == "stream_cut", "the record says the client got the whole stream"
+
+
+def _ask_and_leave(port: int, target: str, auth: str, after_seconds: float) -> float:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n".encode())
+        time.sleep(after_seconds)
+    return time.monotonic()
+
+
+async def test_client_leaving_while_the_start_record_is_written(dev_issuer, issuer_url) -> None:
+    """The client leaves while the gateway writes the stream's start record (in_app is False):
+    the watcher notes client_gone but does not cancel, and is never restarted, so the upstream
+    request stays open until the upstream's next part or the read timeout (10 s), not at once."""
+    async with served("sidecar", issuer_url) as gw:
+        store = gw.store
+        real_append = store.append
+
+        async def slow_append(record):
+            if record.reason == "ok":
+                await asyncio.sleep(0.6)  # e.g. a PostgreSQL commit under load
+            await real_append(record)
+
+        store.append = slow_append
+        port = int(gw.url.rsplit(":", 1)[1])
+        auth = a3_headers(dev_issuer)["Authorization"]
+        left = await asyncio.to_thread(_ask_and_leave, port, STREAM_PATH + "?case=hold", auth, 0.3)
+        for _ in range(600):
+            ends = [r for r in gw.records if r.reason in ("stream_end", "stream_cut")]
+            if ends:
+                break
+            await asyncio.sleep(0.02)
+        closed = time.monotonic()
+        print("end record after %.2fs from client leaving:" % (closed - left),
+              [(r.reason, r.detail, r.released_bytes) for r in gw.records])
+        assert closed - left < 2, "the upstream request was held after the client left"
+
+
+@pytest.mark.parametrize("slow_start_record", [True, False])
+async def test_one_time_consent_not_spent_by_a_stream_nobody_received(slow_start_record, dev_issuer, issuer_url) -> None:
+    """one_time route, unscoped: the client leaves before any body byte (with a slow start
+    record: before even the response head was sent). The end record says 0 bytes, yet the
+    one-time consent is spent (released was set True when the stream opened)."""
+    routes = [dict(r, one_time=True) for r in routes_with_unscoped()]
+    async with served("sidecar", issuer_url, routes=routes) as gw:
+        if slow_start_record:
+            real_append = gw.store.append
+
+            async def slow_append(record):
+                if record.reason == "ok":
+                    await asyncio.sleep(0.6)
+                await real_append(record)
+            gw.store.append = slow_append
+        port = int(gw.url.rsplit(":", 1)[1])
+        headers = a3_headers(dev_issuer)
+        await asyncio.to_thread(_ask_and_leave, port, STREAM_PATH + "?case=hold", headers["Authorization"], 0.3)
+        for _ in range(600):
+            if any(r.reason in ("stream_end", "stream_cut") for r in gw.records):
+                break
+            await asyncio.sleep(0.02)
+        print([(r.reason, r.detail, r.status, r.released_bytes) for r in gw.records])
+        gw.store.append = type(gw.store).append.__get__(gw.store)
+        again = await gw.client.get(STREAM_PATH + "?case=echo", headers=headers)
+        print("again:", again.status_code, again.text[:120])
+        assert again.status_code == 200, "one-time consent spent though 0 bytes were delivered"

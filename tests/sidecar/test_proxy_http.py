@@ -16,6 +16,8 @@ from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.proxy_support import SCOPED_PATH, STREAM_PATH, free_port, raw_exchange, routes_with_unscoped, served
 from tests.support import INCOME_PATH, TAX_BASE_PERSON, a2_headers, a3_headers, make_config
+import time
+import logging
 
 pytestmark = pytest.mark.anyio
 MODES = ["middleware", "sidecar"]
@@ -359,3 +361,56 @@ async def test_consumer_client_disconnect_does_not_break_gateway(dev_issuer: Dev
                 await impatient.get(SCOPED_PATH + "?case=slow", headers=a3_headers(dev_issuer))
         response = await gw.client.get(SCOPED_PATH, headers=a3_headers(dev_issuer))
         assert response.status_code == 200
+
+
+async def test_empty_post_gets_an_answer(dev_issuer, issuer_url) -> None:
+    async with served("sidecar", issuer_url) as gw:
+        started = time.monotonic()
+        try:
+            r = await gw.client.post(STREAM_PATH + "?case=echo", content=b"", headers=a3_headers(dev_issuer),
+                                     timeout=5)
+            outcome = f"{r.status_code} after {time.monotonic() - started:.1f}s"
+        except httpx.ReadTimeout:
+            outcome = f"no answer after {time.monotonic() - started:.1f}s (client timed out)"
+        await asyncio.sleep(0.5)
+        print("outcome:", outcome, "| upstream saw:", len(gw.lab.requests),
+              "| records:", [(x.decision, x.reason, x.detail, x.status) for x in gw.records])
+        assert outcome.startswith("200")
+
+
+@pytest.mark.parametrize("mode", ["sidecar", "middleware"])
+async def test_pipelined(mode, dev_issuer, issuer_url) -> None:
+    async with served(mode, issuer_url) as gw:
+        gw.lab.release.set()
+        auth = a3_headers(dev_issuer)["Authorization"]
+        reqs = b"".join(
+            f"GET {p} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n{c}\r\n".encode()
+            for p, c in [(STREAM_PATH + "?case=stream", ""), (SCOPED_PATH + "?case=json", ""),
+                         (STREAM_PATH + "?case=echo", "Connection: close\r\n")])
+        _status, _headers, body = await asyncio.to_thread(raw_exchange, gw.url, reqs)
+        await asyncio.sleep(0.5)
+        print(mode, body.count(b"HTTP/1.1 200"), [(r.reason, r.detail, r.released_bytes) for r in gw.records])
+        assert body.count(b"HTTP/1.1 200") == 2  # 3 responses; the first status line is parsed off
+        assert sorted(r.reason for r in gw.records) == ["ok", "ok", "ok", "stream_end", "stream_end"]
+
+
+@pytest.mark.parametrize("length_header", ["Content-Length: 0", None])
+async def test_post_with_content_length_zero(length_header, dev_issuer, issuer_url, caplog) -> None:
+    """A POST with ``Content-Length: 0`` on an unscoped route: the disconnect watcher starts at once
+    (no framing counted) and takes the request's only (empty) body message from the proxy's body
+    reader, which then waits until the response completes."""
+    caplog.set_level(logging.DEBUG)
+    async with served("sidecar", issuer_url) as gw:
+        headers = a3_headers(dev_issuer)
+        extra = {"Content-Length": "0"} if length_header else {}
+        started = time.monotonic()
+        r = await gw.client.post(STREAM_PATH + "?case=echo", content=b"", headers={**headers, **extra})
+        elapsed = time.monotonic() - started
+        print("status", r.status_code, f"elapsed {elapsed:.2f}", r.text[:200])
+        await asyncio.sleep(0.5)
+        print([(x.decision, x.reason, x.detail, x.status) for x in gw.records])
+        print([ (x["method"], x["cut"], x["headers"]) for x in gw.lab.requests])
+        for rec in caplog.records:
+            if rec.levelno >= logging.WARNING or rec.exc_info:
+                print("LOG", rec.name, rec.levelname, rec.getMessage()[:300])
+        assert r.status_code == 200

@@ -16,6 +16,7 @@ from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.proxy_support import SCOPED_PATH, SECRET, STREAM_PATH, served
 from tests.support import TAX_BASE_PERSON, a3_headers
+import logging
 
 pytestmark = pytest.mark.anyio
 MODES = ["middleware", "sidecar"]
@@ -253,3 +254,16 @@ async def test_request_body_forwarded_on_unscoped(mode: str, dev_issuer: DevIssu
         response = await gw.client.post(STREAM_PATH + "?case=echo", headers=a3_headers(dev_issuer), content=payload)
         assert response.status_code == 200
         assert gw.lab.requests[-1]["body"] == payload
+
+
+@pytest.mark.parametrize("mode", ["middleware", "sidecar"])
+async def test_304_with_content_length(mode, dev_issuer, issuer_url, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    async with served(mode, issuer_url) as gw:
+        r = await gw.client.get(STREAM_PATH + "?case=304cl", headers={**a3_headers(dev_issuer), "If-None-Match": '"v1"'})
+        end = await gw.stream_end_for(r.headers["x-correlation-id"])
+        print(mode, r.status_code, end.reason, end.detail)
+        for rec in caplog.records:
+            if rec.levelno >= logging.WARNING:
+                print("  LOG", rec.name, rec.levelname, rec.getMessage()[:120], "exc" if rec.exc_info else "")
+        assert end.reason == "stream_end"

@@ -26,6 +26,12 @@ from cryptography.x509.oid import NameOID
 
 from samtykke_gateway.exceptions import UpstreamError, UpstreamTimeoutError
 from samtykke_gateway.sidecar.proxy import UpstreamProxy
+from samtykke_gateway.dev.issuer import DevIssuer
+from tests.support import a3_headers, running_gateway, tax_base_path
+import threading
+import time
+from tests.body_support import Echo
+from tests.body_support import BODY_OVERRIDES, BODY, Served, raw_head
 
 pytestmark = pytest.mark.anyio
 
@@ -580,3 +586,76 @@ def test_out_of_file_descriptors_is_503_with_its_own_reason_not_upstream_unreach
     assert out["exhausted"] == [503, "gateway_out_of_file_descriptors"]
     assert out["record"] == ["gateway_out_of_file_descriptors", 503]
     assert out["after"] == 200  # nothing sticks once descriptors are free again
+
+
+@pytest.mark.anyio
+async def test_sidecar_trickling_upstream_is_504_at_the_deadline(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """Found by a fresh user: ``timeout_seconds`` is per read, so an upstream sending one byte
+    a second held the bank's request for minutes. ``deadline_seconds`` bounds the exchange."""
+    import asyncio
+    import time
+
+    from samtykke_gateway.dev.examples import example_body
+
+    body = example_body("spesifisertsummertskattegrunnlag-2022.json")
+    over = threading.Event()  # set when the test is over: the trickle stops
+
+    async def trickling(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200,  # type: ignore[operator]
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        for i in range(0, len(body), 64):
+            if over.is_set():
+                return
+            await send({"type": "http.response.body", "body": body[i:i + 64], "more_body": True})  # type: ignore[operator]
+            await asyncio.sleep(0.1)
+        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+    upstream = {"timeout_seconds": 0.5, "deadline_seconds": 1.0}
+    async with running_gateway("sidecar", issuer_url, upstream_app=trickling, upstream=upstream) as gw:
+        started = time.monotonic()
+        response = await gw.client.get(tax_base_path("2022"), headers=a3_headers(dev_issuer))
+        elapsed = time.monotonic() - started
+        assert response.status_code == 504, response.text
+        assert elapsed < 4.0  # not the 6 s the trickle takes
+        assert "personidentifikator" not in response.text
+        record = gw.records[-1]
+        assert (record.decision, record.reason, record.status) == ("error", "upstream_timeout", 504)
+        over.set()
+
+
+@pytest.mark.anyio
+async def test_deadline_cuts_a_streamed_answer_visibly(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """An unscoped answer trickling past [upstream] deadline_seconds: the client gets the head
+    and the parts so far, then the connection ends without the last chunk (never a clean,
+    complete-looking body), within about the deadline."""
+
+    async def trickle(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream")]})
+        for _ in range(100):
+            if over.is_set():
+                return
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+            await asyncio.sleep(0.05)
+        await send({"type": "http.response.body", "body": b""})
+
+    over = threading.Event()  # set when the test is over: the trickle stops
+    merged = {**BODY_OVERRIDES, "upstream": {"timeout_seconds": 0.3, "deadline_seconds": 1.0}}
+    async with running_gateway("sidecar", issuer_url, upstream_app=trickle, **merged) as gw:
+        gwe = Served("sidecar", str(gw.client.base_url).rstrip("/"), Echo(), gw.store)
+        started = time.monotonic()
+        raw = gwe.raw(raw_head("POST", "/api/b/sbl/2022", [("Authorization", a3_headers(dev_issuer)["Authorization"]),
+                                                       ("Content-Type", "application/json"),
+                                                       ("Content-Length", str(len(BODY)))]), BODY, timeout=10)
+        elapsed = time.monotonic() - started
+        assert raw.startswith(b"HTTP/1.1 200 "), raw[:200]
+        assert b"transfer-encoding: chunked" in raw.lower()
+        assert not raw.endswith(b"0\r\n\r\n"), raw[-50:]
+        assert elapsed < 4, elapsed
+        over.set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,8 @@ from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.state_support import free_port, write_config
 from tests.support import tax_base_path
-from tests.state.test_state_enforcement import a3
+from tests.state.test_service_enforcement import a3
+from tests.support import running_gateway
 
 
 @pytest.mark.anyio
@@ -56,7 +58,6 @@ async def test_failed_fetch_is_logged_with_its_cause(caplog: pytest.LogCaptureFi
 
 # -- where and why a fetch failed goes to the log, never to the client (issue 14 item 7) -------
 # -- and a hanging JWKS endpoint costs one fetch timeout for all issuers (issue 16 item 5) -----
-
 
 
 def _keys_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -162,3 +163,36 @@ async def test_hanging_jwks_costs_one_fetch_timeout_at_start_and_readiness(
     finally:
         await app.shutdown()
         await gateway.close()
+
+
+@pytest.mark.anyio
+async def test_many_concurrent_probes_fetch_the_jwks_once(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """JWKS unreachable at start-up: 50 concurrent probes and 50 more right after share one
+    fetch per issuer per cooldown; a hanging JWKS holds a probe at most fetch_timeout."""
+    hits: list[float] = []
+    done = threading.Event()  # set when the test is over: the hanging JWKS stops hanging
+
+    async def slow_jwks(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        hits.append(time.monotonic())
+        for _ in range(3000):  # hangs for 30 s (or until the test is over)
+            if done.is_set():
+                return
+            await asyncio.sleep(0.01)
+
+    with ThreadedServer(slow_jwks) as jwks:
+        issuers = {"altinn": {"jwks_url": f"{jwks.url}/altinn/jwk", "fetch_timeout_seconds": 0.5,
+                              "refetch_cooldown_seconds": 30},
+                   "maskinporten": {"jwks_url": f"{jwks.url}/mp/jwk", "fetch_timeout_seconds": 0.5,
+                                    "refetch_cooldown_seconds": 30}}
+        async with running_gateway("sidecar", issuer_url, issuers=issuers) as gw:
+            started = time.monotonic()
+            hits.clear()
+            async with httpx.AsyncClient(base_url=str(gw.client.base_url), timeout=10) as client:
+                answers = await asyncio.gather(*(client.get("/readyz") for _ in range(50)))
+                answers += await asyncio.gather(*(client.get("/readyz") for _ in range(50)))
+            assert {a.status_code for a in answers} == {503}
+            assert time.monotonic() - started < 5
+            assert len(hits) <= 2, len(hits)  # at most one per issuer (start-up fetch already counted)
+        done.set()

@@ -25,7 +25,9 @@ from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.state_support import DEAD_REDIS_URL, state_config
 from tests.support import INCOME_PATH, INCOME_PERSON, TAX_BASE_PERSON, a2_headers, tax_base_path
-from tests.state.test_state_enforcement import a3
+from tests.state.test_service_enforcement import a3
+from samtykke_gateway.exceptions import ConfigError
+from tests.support import make_config
 
 pytestmark = pytest.mark.anyio
 
@@ -237,3 +239,10 @@ async def test_readyz_checks_only_the_issuers_some_route_uses(dev_issuer: DevIss
     async with sidecar(config) as (client, _, _u):
         ready = await client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["keys.altinn"] == "not loaded"
+
+
+def test_sidecar_refuses_unmatched_pass(issuer_url: str) -> None:
+    config = make_config(issuer_url, "http://127.0.0.1:9", gateway={"unmatched": "pass"})
+    with pytest.raises(ConfigError) as info:
+        SidecarApp(config)
+    assert info.value.key_path == "gateway.unmatched"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import random
@@ -28,13 +29,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from samtykke_gateway.cli.main import main
 from samtykke_gateway.dev.server import ThreadedServer
 from samtykke_gateway.dev.examples import ExampleUpstream
 from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.state_support import cli, free_port, sidecar_process, write_config
 from tests.support import INCOME_PATH, INCOME_PERSON, TAX_BASE_PERSON, a2_headers, a3_headers, tax_base_path
-from tests.audit.test_audit_support import pg_schema, with_query
+from tests.audit_support import pg_schema, with_query
 
 pytestmark = pytest.mark.slow
 __all__ = ["pg_schema"]  # the fixture, re-exported for pytest
@@ -134,7 +136,12 @@ def _serve(config: Path, port: int, log: Path):  # type: ignore[no-untyped-def]
 
 
 def _audit(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*cli(), "audit", *args], capture_output=True, text=True, timeout=60)
+    """``samtykke-gateway audit ...`` in this process (the command line's own handler; no
+    interpreter start per call), as :func:`subprocess.run` would report it."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["audit", *args])
+    return subprocess.CompletedProcess(["samtykke-gateway", "audit", *args], code, out.getvalue(), err.getvalue())
 
 
 def _crash_and_check(tmp_path: Path, dev_issuer: DevIssuer, issuer_url: str, upstream_url: str,

@@ -25,7 +25,9 @@ from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.state_support import cli, free_port, sidecar_process, write_config
 from tests.support import tax_base_path
-from tests.state.test_state_enforcement import a3
+from tests.state.test_service_enforcement import a3
+from samtykke_gateway.sidecar.serve import _reload_done
+from tests.state_support import CONFIG_SECRET
 
 pytestmark = pytest.mark.anyio
 ONE_TIME_TAX = ('name = "spesifisertsummertskattegrunnlag"\n', 'name = "spesifisertsummertskattegrunnlag"\none_time = true\n')
@@ -197,3 +199,58 @@ def test_sighup_during_jwks_outage_keeps_a_serve_process_answering(tmp_path: Pat
     lines = [json.loads(ln) for ln in (tmp_path / "log").read_text().splitlines() if ln.startswith("{")]
     reloads = [ln for ln in lines if ln.get("event") == "reload"]
     assert [(r["result"], r["message"]) for r in reloads] == [("ok", "config reloaded (cached keys kept for: altinn, maskinporten)")]
+
+
+@pytest.mark.anyio
+async def test_reload_of_non_utf8_config_is_refused_cleanly(tmp_path: Path, issuer_url: str,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    path = write_config(tmp_path / "gw.toml", issuer_url=issuer_url, upstream_url="http://127.0.0.1:9",
+                        extra=f"# db password {CONFIG_SECRET}\n")
+    app = ReloadingApp(path)
+    await app.start()
+    try:
+        current = app.current
+        path.write_bytes(b"# \xff\xfe\n" + path.read_bytes())
+        with caplog.at_level(logging.INFO):
+            assert not await app.reload()
+        assert app.current is current
+        text = "\n".join(r.getMessage() for r in caplog.records) + "".join(str(r.exc_info) for r in caplog.records)
+        assert "config reload refused" in text and "not UTF-8 at byte 2" in text
+        assert CONFIG_SECRET not in text
+    finally:
+        await app.close()
+
+
+@pytest.mark.anyio
+async def test_reload_failure_of_any_kind_logs_no_exception_text(tmp_path: Path, issuer_url: str,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    path = write_config(tmp_path / "gw.toml", issuer_url=issuer_url, upstream_url="http://127.0.0.1:9")
+    app = ReloadingApp(path)
+    await app.start()
+    try:
+        def boom(_path: object) -> None:
+            raise UnicodeDecodeError("utf-8", CONFIG_SECRET.encode() + b"\xff", len(CONFIG_SECRET), len(CONFIG_SECRET) + 1, "invalid")
+
+        monkeypatch.setattr("samtykke_gateway.sidecar.serve.load_config", boom)
+        with caplog.at_level(logging.INFO):
+            assert not await app.reload()
+        text = "\n".join(r.getMessage() for r in caplog.records)
+        assert "UnicodeDecodeError" in text and CONFIG_SECRET not in text
+        assert all(r.exc_info is None for r in caplog.records)
+    finally:
+        await app.close()
+
+
+@pytest.mark.anyio
+async def test_a_failed_sighup_task_is_retrieved_and_logged_by_class_only(caplog: pytest.LogCaptureFixture) -> None:
+    async def fails() -> None:
+        raise UnicodeDecodeError("utf-8", CONFIG_SECRET.encode() + b"\xff", len(CONFIG_SECRET), len(CONFIG_SECRET) + 1, "invalid")
+
+    task = asyncio.get_running_loop().create_task(fails())
+    await asyncio.wait([task])
+    with caplog.at_level(logging.INFO):
+        _reload_done(task)
+    assert task._log_traceback is False  # type: ignore[attr-defined]  # retrieved: asyncio stays quiet
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "UnicodeDecodeError" in text and CONFIG_SECRET not in text

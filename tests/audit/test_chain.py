@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.audit.test_audit_support import MemoryTamper, make_record
+from tests.audit_support import MemoryTamper, make_record
 
 from samtykke_gateway.audit import VerifyResult, open_store
 from samtykke_gateway.audit.chain import (

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.audit.test_audit_support import PERSON, make_record, pg_schema, with_query
+from tests.audit_support import PERSON, make_record, pg_schema, with_query
 
 from samtykke_gateway.audit import VerifyResult, open_store
 from samtykke_gateway.audit.postgres import PostgresStore

@@ -28,7 +28,8 @@ from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.state_support import cli, free_port, redis_prefix, sidecar_process, write_config
 from tests.support import INCOME_PATH, INCOME_PERSON, TAX_BASE_PERSON, a2_headers, tax_base_path
-from tests.state.test_state_enforcement import a3
+from tests.state.test_service_enforcement import a3
+from tests.state_support import CONFIG_SECRET
 
 pytestmark = pytest.mark.slow
 DOCKERFILE = Path(__file__).resolve().parent.parent.parent / "Dockerfile"
@@ -206,3 +207,36 @@ def test_serve_with_tracing_env_and_no_otel_says_how(tmp_path: Path, issuer_url:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30,
                           env={**os.environ, "SAMTYKKE_GATEWAY_TRACING": "1"})
     assert done.returncode == 2 and b"samtykke-gateway[otel]" in done.stderr, shlex.join(done.args)
+
+
+@pytest.mark.slow
+def test_sighup_with_non_utf8_config_keeps_running_and_logs_no_content(tmp_path: Path, issuer_url: str) -> None:
+    path = write_config(tmp_path / "gw.toml", issuer_url=issuer_url, upstream_url="http://127.0.0.1:9",
+                        extra=f"# db password {CONFIG_SECRET}\n")
+    port, log_path = free_port(), tmp_path / "serve.log"
+    with sidecar_process([*cli(), "serve", "--config", str(path), "--port", str(port)], port=port,
+                         log_path=log_path) as proc:
+        path.write_bytes(b"# \xff\xfe\n" + path.read_bytes())
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "config reload refused" not in log_path.read_text(errors="replace") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert proc.poll() is None
+    log = log_path.read_text(errors="replace")
+    assert "config reload refused" in log and "not UTF-8 at byte 2" in log
+    assert CONFIG_SECRET not in log and "never retrieved" not in log and "Traceback" not in log
+
+
+ONE_TIME = ('name = "spesifisertsummertskattegrunnlag"\n', 'name = "spesifisertsummertskattegrunnlag"\none_time = true\n')
+
+
+@pytest.mark.slow
+def test_serve_logs_the_in_memory_warning_once_at_start(tmp_path: Path, issuer_url: str) -> None:
+    path = write_config(tmp_path / "gw.toml", issuer_url=issuer_url, upstream_url="http://127.0.0.1:9")
+    path.write_text(path.read_text().replace(*ONE_TIME))
+    port, log_path = free_port(), tmp_path / "serve.log"
+    with sidecar_process([*cli(), "serve", "--config", str(path), "--port", str(port)], port=port, log_path=log_path):
+        pass
+    lines = [line for line in log_path.read_text().splitlines() if "one_time/daily_limit" in line]
+    assert len(lines) == 1 and '"level":"warning"' in lines[0] and "single worker/replica" in lines[0]

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.audit.test_audit_support import PERSON, make_record
+from tests.audit_support import PERSON, make_record
 
 from samtykke_gateway.audit import VerifyResult, open_store
 from samtykke_gateway.audit.sqlite import SqliteStore

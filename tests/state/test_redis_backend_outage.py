@@ -31,7 +31,7 @@ from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.state_support import own_redis, redis_prefix, state_config, write_config
 from tests.support import tax_base_path
-from tests.state.test_state_enforcement import a3, gateway
+from tests.state.test_service_enforcement import a3, gateway
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 TAX = "spesifisertsummertskattegrunnlag"

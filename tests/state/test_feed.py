@@ -39,7 +39,8 @@ from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.state_support import free_port, redis_backend, redis_prefix, state_config
 from tests.support import INCOME_PATH, TAX_BASE_PERSON, TAX_BASE_SCOPE, a2_headers, a3_headers, make_config, tax_base_path
-from tests.state.test_state_enforcement import a3, gateway
+from tests.state.test_service_enforcement import a3, gateway
+import logging
 
 pytestmark = pytest.mark.anyio
 SERVICE = "4628_210607"
@@ -409,3 +410,22 @@ async def test_unreachable_feed_never_takes_down_what_it_does_not_protect(dev_is
                     r = await client.get(tax_base_path("2022"), headers=_a2_tax_base(dev_issuer))
                     assert r.status_code == 200, r.text
                     assert (await client.get("/readyz")).json()["checks"]["consent_feed"] == "ok"
+
+
+@pytest.mark.anyio
+async def test_unset_feed_api_key_variable_is_logged_readably(monkeypatch: pytest.MonkeyPatch) -> None:
+    from samtykke_gateway.observe.logs import JsonFormatter, redact
+    from samtykke_gateway.state.feed import FeedError, _HttpFeed
+
+    monkeypatch.delenv("F3_APIKEY", raising=False)
+    feed = _HttpFeed(name="altinn2", url="http://127.0.0.1:9/consents", params={}, http=None,  # type: ignore[arg-type]
+                     api_key_env="F3_APIKEY", credentials=None)
+    with pytest.raises(FeedError) as info:
+        await feed._get(None)
+    record = logging.LogRecord("samtykke_gateway.state", logging.WARNING, __file__, 1,
+                               "consent feed poll failed: %s", (info.value,), None)
+    message = json.loads(JsonFormatter().format(record))["message"]
+    assert message == "consent feed poll failed: environment variable F3_APIKEY (the Altinn ApiKey) is not set"
+    # credentials are still masked, in every spelling
+    for text in ("ApiKey: s3cret", "apikey=s3cret", "APIKEY s3cret", "Authorization: Bearer s3cret"):
+        assert "s3cret" not in redact(text), text

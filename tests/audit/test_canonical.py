@@ -36,6 +36,8 @@ from samtykke_gateway.audit.memory import MemoryStore
 from samtykke_gateway.audit.record import OMITTED_WHEN_NONE, DisclosureRecord
 from samtykke_gateway.audit.sqlite import SqliteStore
 from samtykke_gateway.exceptions import AuditUnavailableError
+from datetime import timedelta
+from samtykke_gateway.audit import chain
 
 # -- the reference definitions (as in commit 7f774a2) ------------------------------------------
 
@@ -372,3 +374,51 @@ def test_the_fast_path_is_taken_for_a_typical_record() -> None:
     obj = _stored_fields(OLD_RECORDS[0])
     assert chain._plain_values(obj.values()) and chain._plain_dict(obj, 0)
     assert chain._fast_json(obj) == OLD_ROWS[0][3]
+
+
+class _Midnight24(datetime):
+    """``datetime`` whose ``fromisoformat`` reads ``T24:00:00`` as the next day's midnight
+    (ISO 8601's end of day) when minutes, seconds and fraction are zero, as newer CPython
+    parsers do; 3.11's refuses hour 24 outright."""
+
+    @classmethod
+    def fromisoformat(cls, text: str) -> Any:  # type: ignore[override]
+        if len(text) >= 19 and text[10] == "T" and text[11:13] == "24":
+            tail = text[13:]
+            zero = tail.rstrip("Z")
+            if zero.strip(":.0") or not zero.startswith(":00:00"):
+                raise ValueError("hour must be in 0..23")
+            day = datetime.fromisoformat(text[:10] + "T00" + tail)
+            return day + timedelta(days=1)
+        return datetime.fromisoformat(text)
+
+
+def _reference_normalise(value: str) -> str:
+    """7f774a2's ``normalise_time`` (the reference), with the patched parser."""
+    parsed = _Midnight24.fromisoformat(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _outcome(function: Any, value: str) -> Any:
+    try:
+        return function(value)
+    except ValueError:
+        return ValueError
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["2026-02-28T24:00:00.000000Z", "2026-02-28T24:00:00.500000Z", "2026-12-31T24:00:00.000001Z"],
+)
+def test_normalise_time_hour_24_takes_the_reference_path(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fast path validated only the first 19 characters: with a parser that reads
+    # "T24:00:00" as the next midnight it returned "...T24:00:00.500000Z" unchanged, where
+    # the reference refuses it (non-zero fraction) or normalises it to the next day.
+    monkeypatch.setattr(chain, "datetime", _Midnight24)
+    monkeypatch.setattr(chain, "_valid_second", "")
+    assert _outcome(chain.normalise_time, value) == _outcome(_reference_normalise, value)
+    assert _outcome(chain.normalise_time, value) == _outcome(_reference_normalise, value)

@@ -22,6 +22,10 @@ from samtykke_gateway.tokens import typed
 from samtykke_gateway.tokens.maskinporten import maskinporten_from_claims
 from samtykke_gateway.tokens.memo import VerifiedClaims
 from samtykke_gateway.tokens.verify import IssuerPolicy, TokenVerifier
+import time
+import uuid
+from samtykke_gateway.dev.issuer import encode_token
+from tests.support import BANK, TAX_BASE_PERSON, TAX_BASE_RESOURCE, TAX_BASE_SCOPE, running_gateway, tax_base_path
 
 NOW = 1_800_000_000
 ORG = {"authority": "iso6523-actorid-upis", "ID": "0192:999999999"}
@@ -490,3 +494,62 @@ def test_typed_reading_agrees_near_the_usual_token(
         with contextlib.suppress(KeyError, IndexError, TypeError):  # path gone after an earlier one
             _set(claims, path, json.loads(json.dumps(value)) if value is not _DROP else value)
     _check(_serialise(claims, how))
+
+
+_OTHER_ORG = "310000002"
+
+
+def _claims(dev: DevIssuer) -> dict[str, Any]:
+    now = int(time.time())
+    rights = [(TAX_BASE_RESOURCE, {"inntektsaar": "2022"})]
+    return {
+        "iss": dev.MASKINPORTEN_ISSUER,
+        "scope": TAX_BASE_SCOPE,
+        "consumer": {"authority": "iso6523-actorid-upis", "ID": f"0192:{BANK}"},
+        "client_id": "c",
+        "jti": str(uuid.uuid4()),
+        "iat": now,
+        "exp": now + 120,
+        "token_type": "Bearer",
+        "authorization_details": [
+            DevIssuer.altinn3_consent(subject=TAX_BASE_PERSON, consumer=BANK, rights=rights)
+        ],
+    }
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+@pytest.mark.anyio
+async def test_signed_non_canonical_payloads_through_the_fast_path(
+    dev_issuer: DevIssuer, issuer_url: str
+) -> None:
+    key = dev_issuer.key("maskinporten")
+    header = {"alg": "RS256", "typ": "JWT", "kid": key.kid}
+    claims = _claims(dev_issuer)
+    good = _compact(claims)
+    other = b'"consumer":{"authority":"iso6523-actorid-upis","ID":"0192:' + _OTHER_ORG.encode()
+    cases = {
+        "canonical": (good, 200),
+        "whitespace": (b" " + json.dumps(claims).encode() + b"\n", 200),
+        "escaped name": (good.replace(b'"scope"', b'"\\u0073cope"'), 200),
+        "float exp": (_compact({**claims, "exp": float(claims["exp"])}), 200),
+        "duplicate consumer": (good[:-1] + b"," + other + b'"}}', 401),
+        "duplicate exp": (good[:-1] + b',"exp":1}', 401),
+        "NaN": (good[:-1] + b',"x":NaN}', 401),
+        "BOM": (b"\xef\xbb\xbf" + good, 401),
+        "lone surrogate": (good[:-1] + b',"x":"\\ud800"}', 401),
+        "exp 2**64": (_compact({**claims, "exp": 2**64}), 401),
+        "exp true": (_compact({**claims, "exp": True}), 401),
+        "depth 33": (good[:-1] + b',"d":' + b"[" * 32 + b"]" * 32 + b"}", 401),
+    }
+    async with running_gateway("middleware", issuer_url) as gw:
+        got = {}
+        for name, (payload, _) in cases.items():
+            token = encode_token(header, payload, key.private_key)
+            response = await gw.client.get(
+                tax_base_path("2022"), headers={"Authorization": f"Bearer {token}"}
+            )
+            got[name] = response.status_code
+    assert got == {name: want for name, (_, want) in cases.items()}

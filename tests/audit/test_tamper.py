@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.audit.test_audit_support import (
+from tests.audit_support import (
     drop_schema,
     make_record,
     postgres_url,

@@ -21,9 +21,11 @@ import contextlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -36,8 +38,8 @@ from samtykke_gateway.dev.examples import ExampleUpstream
 from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.support import INCOME_PATH, INCOME_PERSON, TAX_BASE_PERSON, a2_headers, a3_headers, make_config, tax_base_path
-from tests.audit.test_audit_postgres import TcpProxy
-from tests.audit.test_audit_support import pg_schema, with_query
+from tests.audit.test_postgres import TcpProxy
+from tests.audit_support import pg_schema, with_query
 
 __all__ = ["pg_schema"]  # the fixture, re-exported for pytest
 
@@ -57,9 +59,21 @@ class Sidecar:
         self.issuer_url, self.audit_url = issuer_url, audit_url
         self.upstream = ExampleUpstream()
         self._stack = contextlib.ExitStack()
+        self.hold = threading.Event()  # while set, the upstream holds each request until `release`
+        self.release = threading.Event()
+        self.held = 0
+
+    async def _upstream(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and self.hold.is_set():
+            self.held += 1
+            for _ in range(1000):  # at most 10 s
+                if self.release.is_set():
+                    break
+                await asyncio.sleep(0.01)
+        await self.upstream.app(scope, receive, send)
 
     def __enter__(self) -> Sidecar:
-        up = self._stack.enter_context(ThreadedServer(self.upstream.app))
+        up = self._stack.enter_context(ThreadedServer(self._upstream, interface="asgi3"))
         self.config = make_config(self.issuer_url, up.url, self.audit_url)
         self.app = SidecarApp(self.config)
         gw = self._stack.enter_context(ThreadedServer(self.app))
@@ -80,14 +94,41 @@ def _requests(issuer: DevIssuer) -> dict[str, tuple[str, dict[str, str], int]]:
     }
 
 
-def _all(gw: Sidecar, issuer: DevIssuer) -> dict[str, httpx.Response]:
-    """Every kind of request, concurrently (the outage waits run in parallel, not in series)."""
+def _all(gw: Sidecar, issuer: DevIssuer, *, allowed_first: bool = False) -> dict[str, httpx.Response]:
+    """Every kind of request, concurrently (the outage waits run in parallel, not in series).
+
+    ``allowed_first``: the denied requests are sent only once the allowed ones are at the
+    upstream (held there until then), so all four are past the audit guard before the first
+    failed write puts it down. Without this a denial, whose record is written at once, could
+    put the guard down before an allowed request reached it (refused before forwarding), and
+    the test depended on how the four requests were scheduled.
+    """
     reqs = _requests(issuer)
+    allowed = [name for name, (_, _, status) in reqs.items() if status == 200]
 
     async def go() -> dict[str, httpx.Response]:
         async with httpx.AsyncClient(base_url=str(gw.client.base_url), timeout=30) as client:
-            done = await asyncio.gather(*(client.get(p, headers=h) for p, h, _ in reqs.values()))
-        return dict(zip(reqs, done, strict=True))
+            if not allowed_first:
+                done = await asyncio.gather(*(client.get(p, headers=h) for p, h, _ in reqs.values()))
+                return dict(zip(reqs, done, strict=True))
+            gw.held, gw.release = 0, threading.Event()
+            gw.hold.set()
+            try:
+                held = [asyncio.create_task(client.get(reqs[n][0], headers=reqs[n][1])) for n in allowed]
+                for _ in range(1000):
+                    if gw.held == len(allowed):
+                        break
+                    await asyncio.sleep(0.01)
+                assert gw.held == len(allowed), "the allowed requests did not reach the upstream"
+                rest = [n for n in reqs if n not in allowed]
+                answers = dict(zip(rest, await asyncio.gather(*(client.get(reqs[n][0], headers=reqs[n][1])
+                                                                 for n in rest)), strict=True))
+                gw.release.set()
+                answers.update(zip(allowed, await asyncio.gather(*held), strict=True))
+            finally:
+                gw.hold.clear()
+                gw.release.set()
+            return {name: answers[name] for name in reqs}
 
     return asyncio.run(go())
 
@@ -100,7 +141,7 @@ def _assert_normal(gw: Sidecar, issuer: DevIssuer) -> int:
 
 def _assert_fails_closed(gw: Sidecar, issuer: DevIssuer) -> None:
     called_before = len(gw.upstream.requests)
-    for name, response in _all(gw, issuer).items():
+    for name, response in _all(gw, issuer, allowed_first=True).items():
         assert response.status_code == 503, (name, response.status_code, response.text)
         assert response.headers["content-type"] == "application/problem+json"
         assert response.headers["cache-control"] == "no-store"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.audit.test_audit_support import (
+from tests.audit_support import (
     OTHER,
     PERSON,
     drop_schema,

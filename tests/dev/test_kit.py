@@ -3,6 +3,8 @@ a gateway trusting the dev issuer's JWKS accepts what `mint` printed."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import socket
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from samtykke_gateway.cli.main import main
 from tests.support import INCOME_PATH, running_gateway
 
 pytestmark = pytest.mark.anyio
@@ -24,10 +27,14 @@ def _free_port() -> int:
 
 
 def _cli(*args: str, cwd: Path) -> str:
-    proc = subprocess.run([sys.executable, "-m", "samtykke_gateway.cli.main", *args], capture_output=True, text=True,
-                          timeout=60, cwd=cwd)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+    """``samtykke-gateway *args`` in ``cwd`` through the command line's own entry point, in this
+    process (the console script itself runs as a process in the dev-issuer fixture and
+    ``test_mint_help_shows_the_defaults``); returns what it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    assert code == 0, err.getvalue()
+    return out.getvalue()
 
 
 @pytest.fixture

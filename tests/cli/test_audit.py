@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.audit.test_audit_support import BANK, OTHER, PERSON, VENDOR, make_record
+from tests.audit_support import BANK, OTHER, PERSON, VENDOR, make_record
 
 from samtykke_gateway.audit import open_store
 from samtykke_gateway.cli.audit import add_audit_parser, run_audit

@@ -96,3 +96,17 @@ def test_check_config_warns_about_a_redis_without_persistence(tmp_path: Path,
         assert "Redis durability: ok: AOF, appendfsync always" in out and "WARNING" not in out
     assert main(["check-config", "--config", _config(tmp_path, f'[state]\nurl = "{DEAD_REDIS_URL}"\n')]) == 0
     assert "Redis durability: UNKNOWN: Redis unreachable" in capsys.readouterr().out
+
+
+def test_a_bad_consent_id_argument_is_not_called_an_invalid_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(write_config(tmp_path / "gw.toml", issuer_url="http://127.0.0.1:9", upstream_url="http://127.0.0.1:9",
+                            extra='[state]\nrevocation_file = "revoked.txt"\n'))
+    for argv in (["revoke", "--config", path, ""], ["state", "status", "--config", path, "not/an id"],
+                 ["state", "clear-claim", "--config", path, " "]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "invalid config" not in err and "CONSENT_ID is not a consent id" in err
+    assert main(["revoke", "--config", path, "616d2c43-17f9-4cc1-9257-41cdda157f11", "12879397780x/"]) == 2
+    err = capsys.readouterr().err
+    assert "CONSENT_ID 2 is not a consent id" in err and "12879397780" not in err
+    assert not (tmp_path / "revoked.txt").exists()
