@@ -168,7 +168,10 @@ async def running_gateway(
     with ThreadedServer(app_to_protect) as upstream_server:
         config = make_config(issuer_url, upstream_server.url, edit=edit, **overrides)
         sidecar = SidecarApp(config)
-        with ThreadedServer(sidecar, **bounded_http_options()) as sidecar_server:  # as `serve` runs it
+        # serve's protocol (lingering close after early answers), with room for the 100 KB tokens
+        # some tests send to reach the gateway's own checks (serve's 64 KiB head bound has its
+        # own tests in tests/sidecar/test_serve_head_bounds.py)
+        with ThreadedServer(sidecar, **bounded_http_options(max_head_bytes=1024 * 1024)) as sidecar_server:
             async with httpx.AsyncClient(base_url=sidecar_server.url, timeout=20) as client:
                 yield GatewayUnderTest(
                     mode, client, sidecar.gateway.store, upstream, config,  # type: ignore[arg-type]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.audit.test_audit_store import KINDS, _store_url, opened
-from tests.audit.test_audit_support import BANK, OTHER, PERSON, make_record
+from tests.audit.test_store import KINDS, _store_url, opened
+from tests.audit_support import BANK, OTHER, PERSON, make_record
 from tests.browser_support import png_colours, render
 
 from samtykke_gateway.audit.base import DisclosureStore

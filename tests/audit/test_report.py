@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.audit.test_audit_store import KINDS, _store_url, opened
-from tests.audit.test_audit_support import BANK, OTHER, PERSON, VENDOR, make_record
+from tests.audit.test_store import KINDS, _store_url, opened
+from tests.audit_support import BANK, OTHER, PERSON, VENDOR, make_record
 from tests.browser_support import png_colours, render
 
 from samtykke_gateway.audit.base import DisclosureStore
@@ -150,7 +150,7 @@ async def test_records_are_read_a_page_at_a_time_and_stop_at_the_verified_head(t
 
 
 async def test_a_broken_chain_is_shown_and_reported(tmp_path: Path) -> None:
-    from tests.audit.test_audit_support import tamper_for
+    from tests.audit_support import tamper_for
 
     url = f"sqlite:///{tmp_path}/a.db"
     async with opened(url) as store:

@@ -10,8 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from samtykke_gateway.dev.issuer import DevIssuer
-from tests.sidecar.test_ops_app import sidecar
-from tests.state.test_state_enforcement import a3
+from tests.sidecar.test_app import sidecar
+from tests.state.test_service_enforcement import a3
 from tests.state_support import state_config
 from tests.support import INCOME_PATH, tax_base_path
 
