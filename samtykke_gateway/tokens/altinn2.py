@@ -139,7 +139,7 @@ def consent_from_altinn2_claims(
     :raises InvalidConsentError: (403) missing/ill-typed identity claims or unparsable entries.
     """
     options = (issuer, key_id, allow_test_tokens)
-    known = remembered(claims, "altinn2", options)
+    known: Consent | None = remembered(claims, "altinn2", options)
     if known is not None:
         return known
     if not allow_test_tokens and "actual_iss" in claims:

@@ -44,7 +44,7 @@ def maskinporten_from_claims(
         entry (the bearer is authentic; the consent is the problem, docs/protocol.md §4).
     """
     options = (issuer, key_id, expires_at)
-    known = remembered(claims, "maskinporten", options)
+    known: MaskinportenToken | None = remembered(claims, "maskinporten", options)
     if known is not None:
         return known
     consumer = org_from_iso6523(claims.get("consumer"))

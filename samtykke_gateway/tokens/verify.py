@@ -362,7 +362,8 @@ class TokenVerifier:
             raise _invalid("token_not_yet_valid", "The token is not valid yet (nbf).")
         if iat is not None and iat > now + leeway:
             raise _invalid("token_not_yet_valid", "The token was issued in the future (iat).")
-        return exp
+        expires_at: float = exp
+        return expires_at
 
 
 _MAX_AUDIENCES = 32
