@@ -368,6 +368,27 @@ def test_check_config_lists_each_rights_packages_fields_and_row_filters(
     assert released[0] not in out  # the released values themselves are not printed (a list may be long)
 
 
+def test_a_misspelt_resources_key_is_named(tmp_path: Path) -> None:
+    data = _data()
+    data["routes"][0]["altinn3_resource"] = data["routes"][0].pop("altinn3_resources")
+    with pytest.raises(ConfigError) as info:
+        _parse(data)
+    assert info.value.key_path == "routes[0]" and "'altinn3_resource': a typo?" in str(info.value)
+
+
+def test_check_config_warns_when_a_read_consent_covers_a_write_method(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = TT02.read_text().replace('name = "inntekt"\nmethod = "GET"', 'name = "inntekt"\nmethod = ["GET", "DELETE"]')
+    assert 'method = ["GET", "DELETE"]' in text
+    config = tmp_path / "gw.toml"
+    config.write_text(text)
+    shutil.copy(CONFIG_DIR / "inntekt-sbl-loennsinntekt-beskrivelse.txt", tmp_path)
+    assert main(["check-config", "--config", str(config)]) == 0, capsys.readouterr().err
+    income, tax = capsys.readouterr().out.split("    spesifisertsummertskattegrunnlag-stadie:")
+    assert "WARNING: the route takes DELETE but a consent to consent or read covers it" in income
+    assert "WARNING" not in tax
+
+
 def test_check_config_shows_the_newer_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = TT02.read_text() + '''
 [issuers.maskinporten]

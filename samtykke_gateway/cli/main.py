@@ -111,8 +111,16 @@ def _print_altinn3_rules(config: GatewayConfig, route: RouteConfig) -> None:
     """A route's Altinn 3 rules: accepted actions, supplier delegation sources, the handler
     rule, the token-age bound and the route's own error codes (docs/protocol.md §3.3, §4)."""
     print(f"      a right covers it with action {' or '.join(route.accepted_actions)} (any case)")
-    sources = ", ".join(config.altinn3_delegation_sources) or "(none: supplier tokens refused)"
-    print(f"      supplier tokens: delegation_source {sources} (trailing '/' ignored)")
+    writes = sorted(route.methods & {"PUT", "PATCH", "DELETE"})
+    reads = sorted(set(route.accepted_actions) & {"consent", "read"})
+    if writes and reads:
+        print(f"      WARNING: the route takes {', '.join(writes)} but a consent to {' or '.join(reads)} covers it;"
+              " set accepted_actions to the action your resource's policy grants for that")
+    if config.altinn3_delegation_sources:
+        sources = ", ".join(config.altinn3_delegation_sources)
+        print(f"      supplier tokens: delegation_source {sources} (trailing '/' ignored)")
+    else:
+        print("      supplier tokens refused (no delegation_source accepted)")
     if route.accept_handled_by:
         print("      handler tokens accepted: consumer == handledBy (to stays the recipient; both recorded)")
     else:

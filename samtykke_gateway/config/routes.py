@@ -8,6 +8,8 @@ route an earlier one hides.
 
 from __future__ import annotations
 
+import difflib
+
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -174,7 +176,11 @@ def _route(index: int, data: Any, packages: Mapping[str, RightsPackage]) -> Rout
     if migrated_org is not None and not re.fullmatch(r"[a-z0-9]{2,20}", migrated_org):
         raise ConfigError(t.key("altinn3_migrated_org"), "must be an Altinn org code like 'skd'")
     if not services and not resources and not migrated:
-        raise ConfigError(key, "needs altinn2_service or altinn3_resources")
+        unread = [k for k in t.data if isinstance(k, str) and k not in t.used]
+        near = difflib.get_close_matches("altinn3_resources", unread, n=1) or difflib.get_close_matches(
+            "altinn2_service", unread, n=1)
+        hint = f" (the table has {near[0]!r}: a typo?)" if near else ""
+        raise ConfigError(key, f"needs altinn3_resources (or, legacy, altinn2_service){hint}")
 
     year = None
     if "year" in t.data:
