@@ -7,8 +7,9 @@ middleware):
 1. :class:`~samtykke_gateway.asgi.intake.Intake` reads the raw request facts from the scope
    and :meth:`Gate.decide <samtykke_gateway.policy.decide.Gate.decide>` judges them — the same
    decision ``samtykke-gateway explain`` runs: framing (RFC 9112 §6), the query, the path
-   normalised once, route match (unmatched → 404 unless ``gateway.unmatched = "pass"``; passed
-   requests get the canonical path, without the tokens); on a route whose subject is a JSON
+   normalised once, route match (unmatched → 404 under a route's literal prefix, passed to
+   the app elsewhere unless ``gateway.unmatched`` says otherwise; passed requests get the
+   canonical path, without the tokens); on a route whose subject is a JSON
    body field, the whole request body is read first (bounded by
    ``gateway.max_request_body_bytes``, also by a declared ``Content-Length``: 413; a client gone
    while sending: no forward, record written) and the app then receives exactly those bytes,
@@ -30,6 +31,7 @@ middleware):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -54,6 +56,11 @@ class ConsentMiddleware:
 
     :param app: the protected ASGI app.
     :param config: validated config (``load_config(...)``); or pass a ready ``gateway``.
+        Unless the config sets ``gateway.unmatched``, a path no route names is handed to the
+        app when it lies outside every route's literal prefix (``/docs``, ``/api/v1/status``)
+        and refused (404 ``no_route``) under one (``/api/v1/studielan/…``):
+        ``"pass_outside_protected"``. A passed ``gateway`` keeps its config's setting (unset:
+        deny).
     :param gateway: an existing :class:`Gateway` (its owner starts and closes it).
     :param cancel_on_disconnect: when the client disconnects while the app is still working on
         the answer (watched from one second after the app has had the whole request body, and
@@ -72,6 +79,8 @@ class ConsentMiddleware:
         self.app = app
         self.cancel_on_disconnect = cancel_on_disconnect
         self._own_gateway = gateway is None
+        if config is not None and config.unmatched is None:  # the middleware form's default
+            config = dataclasses.replace(config, unmatched="pass_outside_protected")
         self.gateway = gateway or Gateway(config)  # type: ignore[arg-type]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -122,7 +131,7 @@ class ConsentMiddleware:
             await gateway.ensure_started()
             decision = await gateway.gate.decide(request, record, read_body=intake.read_body)
             grant = decision.grant
-            if grant is None:  # unmatched, gateway.unmatched = "pass": the app answers unchecked
+            if grant is None:  # unmatched and passed (gateway.unmatched): the app answers unchecked
                 await self.app(intake.passed_scope(decision), receive, send)
                 return
             responder.grant = grant

@@ -37,7 +37,7 @@ from samtykke_gateway.audit.record import DisclosureRecord
 from samtykke_gateway.exceptions import ConfigError, GatewayError, RequestBodyTooLargeError
 from samtykke_gateway.policy.binding import delegation_source_accepted
 from samtykke_gateway.policy.decide import CONSENT_TOKEN_REASONS, Decision
-from samtykke_gateway.policy.intake import RawRequest
+from samtykke_gateway.policy.intake import RawRequest, app_segments
 from samtykke_gateway.tokens.jose import parse_compact
 from samtykke_gateway.tokens.model import Consent, MaskinportenToken
 
@@ -405,6 +405,19 @@ async def explain_decision(gateway: Gateway, request: RawRequest, body: bytes | 
         return exc, record
 
 
+def _unmatched_note(gateway: Gateway, request: RawRequest) -> str | None:
+    """What the middleware form does with a path no route names when ``gateway.unmatched`` is
+    unset (explain decides as the sidecar does: 404); ``None`` outside the root path."""
+    try:
+        segments = app_segments(request.raw_path, request.root_path)[1]
+    except GatewayError:  # outside the application's root path: no form passes it
+        return None
+    if gateway.router.protects(segments):
+        return "  note: under a protected prefix: refused in the middleware form too (404 no_route)"
+    return ("  note: outside the protected prefixes: the sidecar refuses it (404 no_route); the middleware"
+            " form hands it to the app unchecked (gateway.unmatched unset = 'pass_outside_protected')")
+
+
 async def _explain_request(report: _Report, gateway: Gateway, bearer: str, consent: str | None, *, path: str,
                            method: str, body: bytes | None, headers: Sequence[tuple[str, str]], root_path: str,
                            show_personal_data: bool) -> None:
@@ -420,11 +433,15 @@ async def _explain_request(report: _Report, gateway: Gateway, bearer: str, conse
         report.out(f"  header {name}: {value if show_personal_data else mask_personal_data(value)}")
     if isinstance(outcome, Decision) and outcome.grant is None:
         report.steps(REQUEST_STEPS[:-1], None)
-        report.out("  [ -- ] route matches the request: no route; gateway.unmatched = \"pass\" hands it to the"
-                   " app unchecked, without the tokens")
+        report.out(f"  [ -- ] route matches the request: no route; gateway.unmatched = \"{config.unmatched}\""
+                   " hands it to the app unchecked, without the tokens")
         report.out("\nDecision: pass through (no consent applies; nothing is recorded)")
         return
     if report.section(REQUEST_STEPS, failed):
+        if failed is not None and failed.reason == "no_route" and config.unmatched is None:
+            note = _unmatched_note(gateway, request)
+            if note is not None:
+                report.out(note)
         return
     report.out("\nMaskinporten access token: verification")
     if report.section(TOKEN_STEPS, failed):

@@ -59,13 +59,15 @@ def _correlation_of(headers: list[tuple[bytes, bytes]]) -> tuple[str, list[tuple
 def check_sidecar_config(config: GatewayConfig) -> str:
     """What the sidecar needs beyond a valid config; returns the upstream URL.
 
-    :raises ConfigError: no ``upstream.url``; ``gateway.unmatched = "pass"`` (that would make the
-        sidecar an open proxy for every path no route names: it is for the middleware form).
+    :raises ConfigError: no ``upstream.url``; ``gateway.unmatched`` set to ``"pass"`` or
+        ``"pass_outside_protected"`` (that would make the sidecar an open proxy for the paths no
+        route names: they are for the middleware form; unset, the sidecar denies them).
     """
     if not config.upstream_url:
         raise ConfigError("upstream.url", "is required for the sidecar")
-    if config.unmatched != "deny":
-        raise ConfigError("gateway.unmatched", "'pass' is for the middleware form; the sidecar denies unmatched paths")
+    if config.unmatched not in (None, "deny"):
+        raise ConfigError("gateway.unmatched", f"{config.unmatched!r} is for the middleware form; the sidecar"
+                                               " denies unmatched paths (leave it unset or 'deny')")
     return config.upstream_url
 
 

@@ -243,6 +243,16 @@ def test_explain_under_a_root_path(capsys, dev_issuer: DevIssuer, config_file: s
     assert code == 1 and "[FAIL] route matches the request" in out and "(404 no_route)" in out
 
 
+def test_explain_says_what_each_form_does_with_an_unmatched_path(capsys, dev_issuer: DevIssuer,  # type: ignore[no-untyped-def]
+                                                                  config_file: str) -> None:
+    token = a3_headers(dev_issuer)["Authorization"][7:]
+    code, out = _run(capsys, token, "--config", config_file, "--path", "/api/v1/status")
+    assert code == 1 and "(404 no_route)" in out
+    assert "outside the protected prefixes: the sidecar refuses it (404 no_route); the middleware form hands" in out
+    code, out = _run(capsys, token, "--config", config_file, "--path", "/api/formueinntekt/spesifisertsummertskattegrunnlag")
+    assert code == 1 and "under a protected prefix: refused in the middleware form too (404 no_route)" in out
+
+
 def test_explain_checks_the_query_as_the_gateway_does(capsys, dev_issuer: DevIssuer, config_file: str) -> None:  # type: ignore[no-untyped-def]
     token = a3_headers(dev_issuer)["Authorization"][7:]
     code, out = _run(capsys, token, "--config", config_file, "--path", tax_base_path("2022") + "?x=%ff")
