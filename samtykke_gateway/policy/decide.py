@@ -98,8 +98,29 @@ class RequestFacts:
 class Grant:
     """An allowed request: what to forward and what may be released.
 
-    ``rights_package`` is ``None`` on unscoped routes (the body streams through).
-    ``effective_query``: the query to forward (constraints applied).
+    Public API: the protected app finds it at ``scope["samtykke.consent"]``
+    (``request.scope["samtykke.consent"]`` in Starlette/FastAPI). Read-only; attributes:
+
+    - ``subject`` (str): the data subject the request is about — 11-digit person id or
+      9-digit org number, already bound to the consent (docs/protocol.md §4);
+    - ``maskinporten`` (:class:`~samtykke_gateway.tokens.model.MaskinportenToken`): the
+      verified access token — ``consumer`` (the calling organisation), ``supplier``,
+      ``scopes``, ``client_id``, ``expires_at``/``issued_at`` (epoch seconds);
+    - ``consent`` (:class:`~samtykke_gateway.tokens.model.Consent`): the verified consent —
+      ``kind``, ``consent_id``, ``consumer`` (recipient), ``supplier``, ``handled_by``,
+      ``valid_to`` (epoch seconds), ``rights`` (resource, actions, metadata);
+    - ``binding`` (:class:`~samtykke_gateway.policy.binding.Binding`): the part of the consent
+      that covers this request — ``token_kind`` (``altinn3``, ``altinn3-migrated``,
+      ``altinn2``), ``resource``, ``rights``, ``metadata`` (income year, period, ...),
+      ``handled_by``;
+    - ``match`` (:class:`~samtykke_gateway.policy.routing.RouteMatch`): ``route`` (the
+      :class:`~samtykke_gateway.config.RouteConfig`, ``route.name``), ``params`` (decoded path
+      parameters), ``path`` (canonical path);
+    - ``effective_query`` (list of (name, value)): the query the app receives, constraints
+      applied (e.g. a missing ``tilOgMed`` set to the consented bound);
+    - ``rights_package`` / ``rights_package_name``: what the answer is scoped to; ``None`` on
+      an unscoped route (the body streams through);
+    - ``scope_context``: the values row filters compare with (internal to scoping).
     """
 
     match: RouteMatch
