@@ -161,7 +161,9 @@ async def running_gateway(
         transport = httpx.ASGITransport(app=middleware, client=("127.0.0.1", 40000))
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
             try:
-                yield GatewayUnderTest(mode, client, middleware.gateway.store, upstream, config)  # type: ignore[arg-type]
+                # the gateway's own config (the middleware fills in its unmatched default)
+                yield GatewayUnderTest(mode, client, middleware.gateway.store, upstream,  # type: ignore[arg-type]
+                                       middleware.gateway.config)
             finally:
                 await middleware.gateway.close()
         return
