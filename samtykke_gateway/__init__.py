@@ -1,7 +1,8 @@
 """samtykke-gateway: Altinn consent enforcement for Norwegian data sources.
 
 Public API (see README): :class:`ConsentMiddleware` for ASGI apps, :class:`SidecarApp` for the
-reverse proxy, :func:`load_config` for TOML configuration, the error tree in
+reverse proxy, :func:`load_config` for TOML configuration, :func:`configure_logging` for the
+JSON logs ``serve`` writes, the error tree in
 :mod:`samtykke_gateway.exceptions`, and the :class:`Grant` an app finds in
 ``scope["samtykke.consent"]``.
 """
@@ -36,6 +37,7 @@ from samtykke_gateway.exceptions import (
     UpstreamTimeoutError,
     UsageLimitError,
 )
+from samtykke_gateway.observe.logs import configure_logging
 from samtykke_gateway.policy.decide import Grant
 from samtykke_gateway.runtime import Gateway
 from samtykke_gateway.asgi.middleware import CONSENT_SCOPE_KEY, ConsentMiddleware
@@ -75,6 +77,7 @@ __all__ = [
     "UpstreamError",
     "UpstreamTimeoutError",
     "UsageLimitError",
+    "configure_logging",
     "load_config",
     "parse_config",
 ]

@@ -37,7 +37,10 @@ _ALL = ("middleware", "sidecar", "cli")
 CATALOGUE: tuple[Reason, ...] = (
     # allow-side disclosure records (the upstream's status)
     Reason("ok", None, "released: the upstream answered below 400 and the answer was scoped or streamed"),
-    Reason("upstream_status", None, "the upstream answered 400 or above; its answer was passed on, nothing scoped"),
+    Reason("upstream_status", None, "the upstream answered 400 or above; its answer was passed on, nothing scoped;"
+                                    " not a disclosure (audit export lists it under allowed_without_data)"),
+    Reason("no_data_released", None, "allowed, but the answer carried no data from the source (HEAD, 204, 304, a 3xx"
+                                     " with the generic body); not a disclosure (audit export: allowed_without_data)"),
     Reason("stream_end", None, "second record of a streamed answer: the stream completed"),
     Reason("stream_cut", None, "second record of a streamed answer: the stream was cut (``detail`` says why)"),
     # 400

@@ -24,7 +24,7 @@ from samtykke_gateway.config import GatewayConfig
 from samtykke_gateway.exceptions import KeysUnavailableError
 from samtykke_gateway.policy.decide import Gate, build_issuer_policies
 from samtykke_gateway.observe.hooks import ConsentState, Observer
-from samtykke_gateway.observe.metrics import GatewayMetrics
+from samtykke_gateway.observe.metrics import GatewayMetrics, metrics_of
 from samtykke_gateway.policy.routing import Router
 from samtykke_gateway.state import ConsentStateService, open_state
 from samtykke_gateway.tokens.verify import IssuerPolicy, TokenVerifier
@@ -70,15 +70,14 @@ class Gateway:
         self.verifier = verifier or TokenVerifier(cache_size=config.token_cache_entries)
         self.observer: Observer = observer or GatewayMetrics()
         self._own_state = state is None
-        self.state: ConsentState = state or open_state(
-            config, metrics=self.observer if isinstance(self.observer, GatewayMetrics) else None
-        )
+        metrics = metrics_of(self.observer)  # also behind a DecisionLog
+        self.state: ConsentState = state or open_state(config, metrics=metrics)
         if isinstance(self.state, ConsentStateService):  # first start vs reset: docs/protocol.md §8
             self.state.bind_disclosure_log(self.store)
         #: issuers whose key set starts empty although ``carry_keys_from`` was given
         self.new_key_sources: frozenset[str] = frozenset()
         self.issuers: dict[str, IssuerPolicy] = self._issuer_policies(config, carry_keys_from)
-        if isinstance(self.observer, GatewayMetrics):
+        if isinstance(self.observer, GatewayMetrics):  # a DecisionLog's owner binds its own (serve: on success)
             self.observer.bind_issuers(self.issuers)
         self.router = Router(config.routes)
         self.gate = Gate(config, issuers=self.issuers, verifier=self.verifier, clock=clock, router=self.router)

@@ -161,7 +161,9 @@ async def running_gateway(
         transport = httpx.ASGITransport(app=middleware, client=("127.0.0.1", 40000))
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
             try:
-                yield GatewayUnderTest(mode, client, middleware.gateway.store, upstream, config)  # type: ignore[arg-type]
+                # the gateway's own config (the middleware fills in its unmatched default)
+                yield GatewayUnderTest(mode, client, middleware.gateway.store, upstream,  # type: ignore[arg-type]
+                                       middleware.gateway.config)
             finally:
                 await middleware.gateway.close()
         return
@@ -181,3 +183,57 @@ async def running_gateway(
 
 def config_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "config"
+
+
+STUDIELAN_PERSON = "01029413157"
+STUDIELAN_SCOPE = "example:studielan"
+STUDIELAN_RESOURCE = "example-studielan-saldo"
+
+
+def studielan_path(person: str = STUDIELAN_PERSON) -> str:
+    return f"/api/v1/studielan/{person}/saldo"
+
+
+def studielan_config(issuer_url: str, **gateway: Any) -> GatewayConfig:
+    """``config/studielan-example.toml`` (an Altinn-3-only, non-tax API) with the dev issuer as
+    Maskinporten, an in-memory disclosure log and ``gateway`` keys added to ``[gateway]``."""
+    data = tomllib.loads((config_dir() / "studielan-example.toml").read_text())
+    data["gateway"].update(profile="custom", **gateway)
+    data["issuers"] = {"maskinporten": {"issuer": "https://dev.maskinporten.local/",
+                                        "jwks_url": f"{issuer_url}/maskinporten/jwk", "algorithms": ["RS256"]}}
+    data["audit"]["url"] = "memory://"
+    return parse_config(data, base_dir=config_dir())
+
+
+def studielan_headers(issuer: DevIssuer, *, subject: str = STUDIELAN_PERSON) -> dict[str, str]:
+    """A bank's Altinn 3 consent to the student-loan balance, inside its Maskinporten token."""
+    return a3_headers(issuer, subject=subject, rights=[(STUDIELAN_RESOURCE, {})], scope=STUDIELAN_SCOPE)
+
+
+def studielan_fastapi(**middleware: Any) -> Any:
+    """A FastAPI app as its owner writes it: the student-loan balance (protected), its own
+    ``/api/v1/status`` and FastAPI's ``/docs`` and ``/openapi.json``; ``middleware`` are
+    :class:`ConsentMiddleware` keywords (``config=`` at least)."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    app.add_middleware(ConsentMiddleware, **middleware)
+
+    @app.get("/api/v1/studielan/{fnr}/saldo")
+    async def saldo(fnr: str) -> dict[str, Any]:
+        return {"personidentifikator": fnr, "saldo": {"beloep": 250000, "valuta": "NOK", "per": "2025-01-01"},
+                "kontonummer": "12345678903", "lan": [{"lanetype": "studielan", "saldo": 250000, "rente": 5.1}]}
+
+    @app.get("/api/v1/status")
+    async def status() -> dict[str, str]:
+        return {"status": "up"}
+
+    return app
+
+
+def consent_middleware(app: Any) -> ConsentMiddleware:
+    """The :class:`ConsentMiddleware` inside a started Starlette/FastAPI app's middleware stack."""
+    layer = app.middleware_stack
+    while not isinstance(layer, ConsentMiddleware):
+        layer = layer.app
+    return layer

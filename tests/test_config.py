@@ -89,6 +89,9 @@ def test_check_config_accepts_the_altinn3_only_example(capsys: pytest.CaptureFix
     assert "studielan-saldo: GET,HEAD /api/v1/studielan/{fnr}/saldo" in out
     assert "Altinn 3 resources example-studielan-saldo" in out
     assert "issuer altinn " not in out and "Altinn 2" not in out
+    assert "protected prefixes /api/v1/studielan (each with every path below it)" in out
+    assert ("unmatched paths    middleware: under a protected prefix: 404 no_route, elsewhere passed to the app"
+            " unchecked (gateway.unmatched unset = 'pass_outside_protected'); sidecar: 404 no_route") in out
 
 
 @pytest.mark.anyio

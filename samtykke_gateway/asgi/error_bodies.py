@@ -85,12 +85,15 @@ def render_error(
 
 def generic_body(status: int, *, correlation_id: str, style: str = "problem") -> tuple[Headers, bytes]:
     """A generic body for an upstream error status on a scoped route: the upstream's own body
-    may carry personal data, so it never leaves (the disclosure record keeps the status)."""
+    may carry personal data, so it never leaves (the disclosure record keeps the status).
+    The same fields as :func:`render_error`'s bodies, reason ``upstream_status``."""
+    detail = f"the data source answered {status} ({_title(status)}); its own body is withheld"
     if style == "skatteetaten":
         payload: dict[str, object] = {
             "kode": f"SG-{status}",
-            "melding": _title(status),
+            "melding": detail,
             "korrelasjonsid": correlation_id,
+            "arsak": "upstream_status",
         }
         content_type = b"application/json"
     else:
@@ -98,6 +101,8 @@ def generic_body(status: int, *, correlation_id: str, style: str = "problem") ->
             "type": "urn:samtykke-gateway:error:upstream_status",
             "title": _title(status),
             "status": status,
+            "detail": detail,
+            "reason": "upstream_status",
             "correlation_id": correlation_id,
         }
         content_type = b"application/problem+json"

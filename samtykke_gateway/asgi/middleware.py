@@ -7,8 +7,9 @@ middleware):
 1. :class:`~samtykke_gateway.asgi.intake.Intake` reads the raw request facts from the scope
    and :meth:`Gate.decide <samtykke_gateway.policy.decide.Gate.decide>` judges them — the same
    decision ``samtykke-gateway explain`` runs: framing (RFC 9112 §6), the query, the path
-   normalised once, route match (unmatched → 404 unless ``gateway.unmatched = "pass"``; passed
-   requests get the canonical path, without the tokens); on a route whose subject is a JSON
+   normalised once, route match (unmatched → 404 under a route's literal prefix, passed to
+   the app elsewhere unless ``gateway.unmatched`` says otherwise; passed requests get the
+   canonical path, without the tokens); on a route whose subject is a JSON
    body field, the whole request body is read first (bounded by
    ``gateway.max_request_body_bytes``, also by a declared ``Content-Length``: 413; a client gone
    while sending: no forward, record written) and the app then receives exactly those bytes,
@@ -30,18 +31,24 @@ middleware):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+
+from prometheus_client import CollectorRegistry
 
 from samtykke_gateway.asgi.disconnect import DisconnectWatch
 from samtykke_gateway.asgi.forward import ASGIApp, forward
 from samtykke_gateway.asgi.intake import CONSENT_SCOPE_KEY, Intake, Message, Receive, Scope, Send
+from samtykke_gateway.asgi.probes import Probes
 from samtykke_gateway.asgi.release import Responder
 from samtykke_gateway.asgi.stream import utc_now
 from samtykke_gateway.audit.record import DisclosureRecord
 from samtykke_gateway.config import GatewayConfig
 from samtykke_gateway.correlation import accept_correlation_id, new_id
 from samtykke_gateway.exceptions import GatewayError, UnavailableError
+from samtykke_gateway.observe.logs import DecisionLog
+from samtykke_gateway.observe.metrics import GatewayMetrics, metrics_of
 from samtykke_gateway.runtime import Gateway
 
 __all__ = ["CONSENT_SCOPE_KEY", "ConsentMiddleware"]
@@ -54,6 +61,11 @@ class ConsentMiddleware:
 
     :param app: the protected ASGI app.
     :param config: validated config (``load_config(...)``); or pass a ready ``gateway``.
+        Unless the config sets ``gateway.unmatched``, a path no route names is handed to the
+        app when it lies outside every route's literal prefix (``/docs``, ``/api/v1/status``)
+        and refused (404 ``no_route``) under one (``/api/v1/studielan/…``):
+        ``"pass_outside_protected"``. A passed ``gateway`` keeps its config's setting (unset:
+        deny).
     :param gateway: an existing :class:`Gateway` (its owner starts and closes it).
     :param cancel_on_disconnect: when the client disconnects while the app is still working on
         the answer (watched from one second after the app has had the whole request body, and
@@ -61,22 +73,48 @@ class ConsentMiddleware:
         says ``client_disconnected`` (499), nothing counts as released (a one-time consent is
         not spent). The sidecar sets it for its upstream proxy, which then closes the upstream
         request; off by default, because an in-process app may not expect to be cancelled.
+    :param probes: answer ``gateway.health_path`` / ``ready_path`` / ``metrics_path``
+        (``/healthz``, ``/readyz``, ``/metrics``; :mod:`samtykke_gateway.asgi.probes`) before
+        the app sees them; ``False`` leaves those paths to the app (the sidecar answers its own).
+    :param metrics_registry: the Prometheus registry the gateway's metrics go on (with
+        ``config=``): the app's own, or ``prometheus_client.REGISTRY``; a new private one when
+        omitted. ``metrics_path`` renders that whole registry. One middleware per registry (a
+        second raises prometheus-client's ``ValueError``: duplicated timeseries).
+    :raises TypeError: not exactly one of ``config`` and ``gateway``; ``metrics_registry``
+        with ``gateway``.
+
+    A gateway built here logs one line per decision (logger ``samtykke_gateway.decision``:
+    route, decision, reason, status, correlation id; never a person id or a token) — as JSON
+    once the app calls :func:`samtykke_gateway.configure_logging`.
     The verified consent is available to the app as ``scope["samtykke.consent"]``
     (a :class:`~samtykke_gateway.policy.decide.Grant`).
     """
 
     def __init__(self, app: ASGIApp, *, config: GatewayConfig | None = None, gateway: Gateway | None = None,
-                 cancel_on_disconnect: bool = False) -> None:
+                 cancel_on_disconnect: bool = False, probes: bool = True,
+                 metrics_registry: CollectorRegistry | None = None) -> None:
         if (config is None) == (gateway is None):
             raise TypeError("pass exactly one of config= and gateway=")
+        if gateway is not None and metrics_registry is not None:
+            raise TypeError("metrics_registry= goes with config=; a passed gateway keeps its observer")
         self.app = app
         self.cancel_on_disconnect = cancel_on_disconnect
         self._own_gateway = gateway is None
-        self.gateway = gateway or Gateway(config)  # type: ignore[arg-type]
+        if gateway is None:
+            assert config is not None
+            if config.unmatched is None:  # the middleware form's default
+                config = dataclasses.replace(config, unmatched="pass_outside_protected")
+            metrics = GatewayMetrics(metrics_registry)
+            gateway = Gateway(config, observer=DecisionLog(metrics))  # one JSON log line per decision
+            metrics.bind_issuers(gateway.issuers)
+        self.gateway = gateway
+        self.probes = Probes(gateway, metrics_of(gateway.observer)) if probes else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            if self.probes is not None and await self.probes.answer(scope, send):
+                return
             await self._http(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
@@ -122,7 +160,7 @@ class ConsentMiddleware:
             await gateway.ensure_started()
             decision = await gateway.gate.decide(request, record, read_body=intake.read_body)
             grant = decision.grant
-            if grant is None:  # unmatched, gateway.unmatched = "pass": the app answers unchecked
+            if grant is None:  # unmatched and passed (gateway.unmatched): the app answers unchecked
                 await self.app(intake.passed_scope(decision), receive, send)
                 return
             responder.grant = grant

@@ -69,7 +69,9 @@ class Release:
     :param released_paths: rights-package paths present in ``body``.
     :param data_released: ``True`` when ``body`` holds data from the source (a scoped 2xx
         body); ``False`` for a generic error body or no body.
-    :param reason: disclosure-record reason: ``"ok"`` or ``"upstream_status"``.
+    :param reason: disclosure-record reason: ``"ok"`` (data released), ``"upstream_status"``
+        (the upstream answered 400 or above) or ``"no_data_released"`` (headers only: ``HEAD``,
+        204/304, a 1xx/3xx answered with the generic body).
     """
 
     status: int
@@ -226,10 +228,10 @@ def scoped_release(
         if status in _BODYLESS or (method == "HEAD" and 200 <= status < 300):
             kept = _scoped_headers(headers, allow)
             kept += [(b"cache-control", b"no-store"), (b"x-correlation-id", cid)]
-            return Release(status, kept, b"", reason="ok")
+            return Release(status, kept, b"", reason="no_data_released")
         out_headers, generic = generic_body(status, correlation_id=correlation_id, style=error_style)
         return Release(status, out_headers, b"" if method == "HEAD" else generic,
-                       reason="upstream_status" if status >= 400 else "ok")
+                       reason="upstream_status" if status >= 400 else "no_data_released")
     content_type = b""
     encodings: list[bytes] = []
     for name, value in headers:

@@ -57,7 +57,9 @@ async def start_streaming(r: Responder) -> None:
                      after_grant=True)
             return
     r.record.decision = "allow"
-    r.record.reason = "ok" if status < 400 else "upstream_status"
+    # only an answer that can carry the source's data is a disclosure (HEAD, 204, 304 cannot)
+    r.record.reason = ("upstream_status" if status >= 400 else "no_data_released"
+                       if r.record.method == "HEAD" or status in (204, 304) else "ok")
     r.record.status = status
     r.record.upstream_status = status
     # open before the start record is written: if the app cancels this send mid-write (an

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TextIO
 
+from samtykke_gateway.audit.record import released_data
 from samtykke_gateway.audit.base import DisclosureStore
 from samtykke_gateway.audit.html import day_range, iter_records, page_end, page_start, text
 from samtykke_gateway.audit.report import RouteFacts
@@ -95,7 +96,7 @@ async def collect_overview(
     async for _, r in iter_records(store, since=since, until=until, page_size=page_size):
         overview.records += 1
         if r.decision == "allow":
-            if r.reason in _STREAM_ENDS:
+            if r.reason in _STREAM_ENDS or not released_data(r):  # no disclosure, no refusal
                 continue
             consumer = r.consumer if is_org_number(r.consumer) else "other"
             overview.per_day[(str(r.time)[:10], str(consumer))] += 1

@@ -13,7 +13,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["OMITTED_WHEN_NONE", "DisclosureRecord"]
+__all__ = ["NO_DATA_REASONS", "OMITTED_WHEN_NONE", "DisclosureRecord", "released_data"]
+
+#: Reasons of an allowed request whose answer released no data from the source: not a
+#: disclosure (``audit export`` lists them apart, reports do not count them).
+NO_DATA_REASONS = frozenset({"no_data_released", "upstream_status"})
 
 #: Fields added after logs were first written: left out of the stored record while ``None``,
 #: so a record without them is stored (and hashed) exactly as before they existed, and a
@@ -86,3 +90,13 @@ class DisclosureRecord:
         """Inverse of :meth:`to_dict`; unknown keys are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def released_data(record: DisclosureRecord) -> bool:
+    """Whether ``record`` says data from the source left (a disclosure): an ``allow`` whose
+    reason is not in :data:`NO_DATA_REASONS` and, on a scoped route, with released bytes (a
+    log written before ``no_data_released`` existed recorded a scoped ``HEAD`` as ``ok`` with
+    0 bytes). A streamed answer's decision record counts (its end record has the bytes)."""
+    if record.decision != "allow" or record.reason in NO_DATA_REASONS:
+        return False
+    return record.rights_package is None or record.released_bytes > 0

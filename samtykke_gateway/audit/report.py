@@ -20,7 +20,7 @@ from typing import TextIO
 
 from samtykke_gateway.audit.base import DisclosureStore, VerifyResult
 from samtykke_gateway.audit.html import iter_records, page_end, page_start, text
-from samtykke_gateway.audit.record import DisclosureRecord
+from samtykke_gateway.audit.record import DisclosureRecord, released_data
 
 __all__ = ["PackageFacts", "RouteFacts", "SubjectReport", "write_subject_report"]
 
@@ -149,7 +149,7 @@ async def write_subject_report(
     async for _, r in iter_records(store, since=since, until=until, subject=subject,
                                    up_to_seq=head, page_size=page_size):
         if r.decision == "allow":
-            report.disclosures += r.reason not in _STREAM_ENDS
+            report.disclosures += r.reason not in _STREAM_ENDS and released_data(r)
         else:
             report.refusals += 1
 
@@ -170,13 +170,15 @@ async def write_subject_report(
         pending: dict[tuple[str, str, str], DisclosureRecord] = {}
         async for _, r in iter_records(store, since=since, until=until, subject=subject,
                                        up_to_seq=head, page_size=page_size):
-            if r.decision != "allow":
+            if r.decision != "allow" or (r.reason not in _STREAM_ENDS and not released_data(r)):
                 continue
             key = (r.correlation_id, r.method, r.path)
             if r.reason in _STREAM_ENDS:
                 start = pending.pop(key, None)
                 if start is not None:
                     out.write(_disclosure_row(t, start, r, routes, packages, report))
+                    continue
+                if r.released_bytes == 0:  # the end of an answer that released nothing (HEAD)
                     continue
                 out.write(_disclosure_row(t, r, r, routes, packages, report))
             elif r.rights_package is None:

@@ -40,7 +40,7 @@ from samtykke_gateway.identifiers import is_org_number, is_person_id
 from samtykke_gateway.audit import open_store
 from samtykke_gateway.audit.base import DisclosureStore
 from samtykke_gateway.audit.chain import MAX_PURGE_DAYS, normalise_time
-from samtykke_gateway.audit.record import DisclosureRecord
+from samtykke_gateway.audit.record import DisclosureRecord, released_data
 
 __all__ = ["add_audit_parser", "export_document", "run_audit"]
 
@@ -307,7 +307,10 @@ def export_document(
     since: str | None = None,
     until: str | None = None,
 ) -> dict[str, Any]:
-    """The Art. 15 answer: ``disclosures`` (allowed) and ``denied_attempts``, oldest first.
+    """The Art. 15 answer, oldest first: ``disclosures`` (allowed, data from the source left),
+    ``allowed_without_data`` (allowed, but nothing of the source left: ``HEAD``, 204/304, an
+    upstream 4xx/5xx — reasons ``no_data_released`` / ``upstream_status``,
+    :func:`~samtykke_gateway.audit.record.released_data`) and ``denied_attempts``.
 
     A streamed (unscoped) disclosure has two records (:mod:`samtykke_gateway.asgi.stream`): the
     decision, written before the first byte left, and its end (``stream_end`` / ``stream_cut``)
@@ -320,9 +323,16 @@ def export_document(
     """
     disclosures: list[dict[str, Any]] = []
     denied: list[dict[str, Any]] = []
+    without_data: list[dict[str, Any]] = []
+    no_data_streams: dict[tuple[str, str, str], dict[str, Any]] = {}
     open_streams: dict[tuple[str, str, str], dict[str, Any]] = {}
     for r in records:
         if r.decision == "allow" and r.reason in ("stream_end", "stream_cut"):
+            quiet = no_data_streams.pop((r.correlation_id, r.method, r.path), None)
+            if quiet is not None:  # the end of an answer that released nothing: not a disclosure
+                quiet |= {"released_bytes": r.released_bytes, "stream_end": "complete" if r.reason == "stream_end"
+                          else "cut"}
+                continue
             start = open_streams.pop((r.correlation_id, r.method, r.path), None)
             if start is not None:
                 start |= {
@@ -346,7 +356,13 @@ def export_document(
             "path": r.path,
             "correlation_id": r.correlation_id,
         }
-        if r.decision == "allow":
+        if r.decision == "allow" and not released_data(r):  # HEAD, 204/304, upstream 4xx/5xx
+            entry |= {"decision": r.decision, "reason": r.reason, "status": r.status,
+                      "upstream_status": r.upstream_status}
+            without_data.append(entry)
+            if r.rights_package is None:
+                no_data_streams[(r.correlation_id, r.method, r.path)] = entry
+        elif r.decision == "allow":
             entry |= {
                 "legal_basis": LEGAL_BASIS,
                 "fields_released": list(r.released_paths),
@@ -368,12 +384,19 @@ def export_document(
     for entry in open_streams.values():  # no end record: what left is not known
         entry["released_bytes"] = None
         entry["released_sha256"] = None
+    # a streamed answer whose end says nothing left (a log from before no_data_released: HEAD)
+    nothing = [e for e in disclosures if e.get("stream_end") == "complete" and e["released_bytes"] == 0]
+    for entry in nothing:
+        disclosures.remove(entry)
+        without_data.append(entry | {"decision": "allow", "reason": "no_data_released"})
+    without_data.sort(key=lambda e: e["time"])
     return {
         "subject": subject,
         "since": since,
         "until": until,
         "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "disclosures": disclosures,
+        "allowed_without_data": without_data,
         "denied_attempts": denied,
     }
 
@@ -382,7 +405,8 @@ def _csv(document: dict[str, Any]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=_CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
-    for section, key in (("disclosure", "disclosures"), ("denied_attempt", "denied_attempts")):
+    for section, key in (("disclosure", "disclosures"), ("allowed_without_data", "allowed_without_data"),
+                         ("denied_attempt", "denied_attempts")):
         for entry in document[key]:
             row = dict(entry)
             row["section"] = section

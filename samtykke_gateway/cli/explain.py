@@ -29,7 +29,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,7 @@ from samtykke_gateway.audit.record import DisclosureRecord
 from samtykke_gateway.exceptions import ConfigError, GatewayError, RequestBodyTooLargeError
 from samtykke_gateway.policy.binding import delegation_source_accepted
 from samtykke_gateway.policy.decide import CONSENT_TOKEN_REASONS, Decision
-from samtykke_gateway.policy.intake import RawRequest
+from samtykke_gateway.policy.intake import RawRequest, app_segments
 from samtykke_gateway.tokens.jose import parse_compact
 from samtykke_gateway.tokens.model import Consent, MaskinportenToken
 
@@ -190,7 +190,9 @@ class _Report:
         self.lines.append(text)
 
     def steps(self, steps: tuple[tuple[str, frozenset[str]], ...], failed: GatewayError | None,
-              *, skip_until: int = 0) -> None:
+              *, skip_until: int = 0, not_applicable: Mapping[str, str] | None = None) -> None:
+        """One line per step: ``[pass]``, ``[FAIL]``, ``[ -- ]`` (not reached) or ``[ n/a]``
+        (``not_applicable``: step title → why the check does not apply here)."""
         reached = True
         for index, (title, reasons) in enumerate(steps):
             if index < skip_until:
@@ -201,6 +203,8 @@ class _Report:
                 self.out(f"  [FAIL] {title}: {failed.detail} ({failed.status_code} {failed.reason})")
                 self.ok = False
                 reached = False
+            elif not_applicable and title in not_applicable:
+                self.out(f"  [ n/a] {title}: does not apply ({not_applicable[title]})")
             else:
                 self.out(f"  [pass] {title}")
         if reached and failed is not None:
@@ -208,13 +212,14 @@ class _Report:
             self.ok = False
 
 
-    def section(self, steps: tuple[tuple[str, frozenset[str]], ...], failed: GatewayError | None) -> bool:
+    def section(self, steps: tuple[tuple[str, frozenset[str]], ...], failed: GatewayError | None,
+                not_applicable: Mapping[str, str] | None = None) -> bool:
         """Show ``steps`` against the decision's outcome ``failed``: failed at the step that
         names its reason, else all passed. :returns: whether the decision stopped here."""
         if failed is None or not any(failed.reason in reasons for _, reasons in steps):
-            self.steps(steps, None)
+            self.steps(steps, None, not_applicable=not_applicable)
             return False
-        self.steps(steps, failed)
+        self.steps(steps, failed, not_applicable=not_applicable)
         return True
 
 
@@ -405,6 +410,34 @@ async def explain_decision(gateway: Gateway, request: RawRequest, body: bytes | 
         return exc, record
 
 
+def _binding_not_applicable(gateway: Gateway, route: RouteConfig, mp: MaskinportenToken | None,
+                            held: Consent | None) -> dict[str, str]:
+    """The binding checks that do not apply to ``route`` and these tokens, with why."""
+    out: dict[str, str] = {}
+    if gateway.gate.max_token_age(route.max_token_age_seconds) is None:
+        out[BINDING_STEPS[1][0]] = "no max_token_age_seconds on the issuer or the route"
+    if (mp is None or mp.supplier is None) and (held is None or held.supplier is None):
+        out[BINDING_STEPS[8][0]] = "no supplier in the token or the consent"
+    if route.year is None and route.period is None:
+        out[BINDING_STEPS[11][0]] = "the route has no year or period constraint"
+    if not route.scoped:
+        out[BINDING_STEPS[12][0]] = "unscoped route: the answer streams through"
+    return out
+
+
+def _unmatched_note(gateway: Gateway, request: RawRequest) -> str | None:
+    """What the middleware form does with a path no route names when ``gateway.unmatched`` is
+    unset (explain decides as the sidecar does: 404); ``None`` outside the root path."""
+    try:
+        segments = app_segments(request.raw_path, request.root_path)[1]
+    except GatewayError:  # outside the application's root path: no form passes it
+        return None
+    if gateway.router.protects(segments):
+        return "  note: under a protected prefix: refused in the middleware form too (404 no_route)"
+    return ("  note: outside the protected prefixes: the sidecar refuses it (404 no_route); the middleware"
+            " form hands it to the app unchecked (gateway.unmatched unset = 'pass_outside_protected')")
+
+
 async def _explain_request(report: _Report, gateway: Gateway, bearer: str, consent: str | None, *, path: str,
                            method: str, body: bytes | None, headers: Sequence[tuple[str, str]], root_path: str,
                            show_personal_data: bool) -> None:
@@ -420,14 +453,21 @@ async def _explain_request(report: _Report, gateway: Gateway, bearer: str, conse
         report.out(f"  header {name}: {value if show_personal_data else mask_personal_data(value)}")
     if isinstance(outcome, Decision) and outcome.grant is None:
         report.steps(REQUEST_STEPS[:-1], None)
-        report.out("  [ -- ] route matches the request: no route; gateway.unmatched = \"pass\" hands it to the"
-                   " app unchecked, without the tokens")
+        report.out(f"  [ -- ] route matches the request: no route; gateway.unmatched = \"{config.unmatched}\""
+                   " hands it to the app unchecked, without the tokens")
         report.out("\nDecision: pass through (no consent applies; nothing is recorded)")
         return
     if report.section(REQUEST_STEPS, failed):
+        if failed is not None and failed.reason == "no_route" and config.unmatched is None:
+            note = _unmatched_note(gateway, request)
+            if note is not None:
+                report.out(note)
         return
     report.out("\nMaskinporten access token: verification")
-    if report.section(TOKEN_STEPS, failed):
+    maskinporten_issuer = config.issuers.get("maskinporten")
+    no_audience = {TOKEN_STEPS[6][0]: "no audience configured for the issuer"} if (
+        maskinporten_issuer is not None and not maskinporten_issuer.audiences) else None
+    if report.section(TOKEN_STEPS, failed, no_audience):
         return
     try:  # the token as the gateway verified it (a cache hit), for the view below
         mp: MaskinportenToken | None = await gateway.gate.maskinporten(bearer)
@@ -452,7 +492,8 @@ async def _explain_request(report: _Report, gateway: Gateway, bearer: str, conse
         for line in consent_view(route, held, mp, config.altinn3_delegation_sources,
                                  max_token_age=gateway.gate.max_token_age(route.max_token_age_seconds)):
             report.out("    " + line)
-    report.steps(BINDING_STEPS, failed)
+    report.steps(BINDING_STEPS, failed,
+                 not_applicable=_binding_not_applicable(gateway, route, mp, held) if route is not None else None)
     if failed is not None or not isinstance(outcome, Decision) or outcome.grant is None:
         return
     grant = outcome.grant

@@ -56,8 +56,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     if config.upstream_url:
         print(f"  {'':<19}timeouts: {config.upstream_timeout_seconds:g} s per read, "
               f"{config.upstream_deadline_seconds:g} s per exchange; scoped bodies up to {config.max_body_bytes} B")
-    if config.unmatched == "pass":
-        print("  note: gateway.unmatched = 'pass' works in the middleware form only; `serve` refuses it")
+    _print_unmatched(config)
     from samtykke_gateway.audit import open_store
 
     print(f"  disclosure log     {open_store(config.audit_url).url_for_display}")
@@ -105,6 +104,25 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     if warning:
         print(f"WARNING: {warning}")
     return 0
+
+
+def _print_unmatched(config: GatewayConfig) -> None:
+    """Which paths the routes protect and what happens to a path no route names, per form."""
+    prefixes = ", ".join("/" + "/".join(p) for p in config.protected_prefixes) or "(none)"
+    print(f"  protected prefixes {prefixes} (each with every path below it)")
+    under = "under a protected prefix: 404 no_route"
+    mode = config.unmatched
+    if mode is None:
+        print(f"  unmatched paths    middleware: {under}, elsewhere passed to the app unchecked "
+              "(gateway.unmatched unset = 'pass_outside_protected'); sidecar: 404 no_route")
+    elif mode == "deny":
+        print("  unmatched paths    404 no_route (gateway.unmatched = 'deny')")
+    elif mode == "pass":
+        print("  unmatched paths    passed to the app unchecked, also under a protected prefix "
+              "(gateway.unmatched = 'pass'; middleware form only: `serve` refuses it)")
+    else:
+        print(f"  unmatched paths    {under}, elsewhere passed to the app unchecked "
+              "(gateway.unmatched = 'pass_outside_protected'; middleware form only: `serve` refuses it)")
 
 
 def _print_altinn3_rules(config: GatewayConfig, route: RouteConfig) -> None:

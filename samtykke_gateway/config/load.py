@@ -100,9 +100,9 @@ def parse_config(
     error_style = gw.get("error_style", str, "problem")
     if error_style not in ("problem", "skatteetaten"):
         raise ConfigError("gateway.error_style", "must be 'problem' or 'skatteetaten'")
-    unmatched = gw.get("unmatched", str, "deny")
-    if unmatched not in ("deny", "pass"):
-        raise ConfigError("gateway.unmatched", "must be 'deny' or 'pass'")
+    unmatched = gw.get("unmatched", str, None)  # None: the deployment form decides
+    if unmatched not in (None, "deny", "pass", "pass_outside_protected"):
+        raise ConfigError("gateway.unmatched", "must be 'deny', 'pass' or 'pass_outside_protected'")
     delegation_sources = read_delegation_sources(gw, profile)
     proxies = []
     for i, cidr in enumerate(gw.str_list("trusted_proxies")):

@@ -166,7 +166,16 @@ class RouteConfig:
         """Names of the path template's parameters (never accepted in the query: 400)."""
         return frozenset(self.pattern.groupindex)
 
-
+    @property
+    def literal_prefix(self) -> tuple[str, ...]:
+        """The template's segments before its first ``{parameter}`` (all of them when it has
+        none): ``("api", "v1", "studielan")`` for ``/api/v1/studielan/{fnr}/saldo``."""
+        out: list[str] = []
+        for segment in self.path.split("/")[1:]:
+            if segment.startswith("{"):
+                break
+            out.append(segment)
+        return tuple(out)
 @dataclass(frozen=True, slots=True)
 class FeedAuthConfig:
     """Maskinporten JWT-grant credentials for the consent feed (RFC 7523; Digdir
@@ -224,7 +233,11 @@ class GatewayConfig:
     max_token_bytes: int = 16384
     token_cache_entries: int = 4096
     altinn3_delegation_sources: tuple[str, ...] = ()
-    unmatched: Literal["deny", "pass"] = "deny"
+    #: requests no route names: ``"deny"`` (404 ``no_route``), ``"pass"`` (the app answers),
+    #: ``"pass_outside_protected"`` (the app answers paths outside :attr:`protected_prefixes`,
+    #: 404 under them); ``None`` (not set): the form decides — the middleware
+    #: ``"pass_outside_protected"``, the sidecar ``"deny"`` (it refuses the other two)
+    unmatched: Literal["deny", "pass", "pass_outside_protected"] | None = None
     upstream_timeout_seconds: float = 10.0
     upstream_connect_timeout_seconds: float = 3.0
     #: most seconds for one whole upstream exchange, body included (504 / stream cut beyond)
@@ -252,6 +265,21 @@ class GatewayConfig:
     def allow_test_tokens(self) -> bool:
         """``False`` under ``prod``: Altinn test-generator tokens (``actual_iss``) are refused."""
         return self.profile != "prod"
+
+    @property
+    def protected_prefixes(self) -> tuple[tuple[str, ...], ...]:
+        """The path prefixes the routes protect, as decoded literal segments, in route order
+        without repeats: each route's template up to its first ``{parameter}`` (the whole
+        template when it has none), e.g. ``("api", "v1", "studielan")`` for
+        ``/api/v1/studielan/{fnr}/saldo``. A path whose first segments are a prefix's is
+        *under* it; under ``unmatched = "pass_outside_protected"`` such a path that no route
+        names is refused (404 ``no_route``), every other unmatched path passes to the app."""
+        out: list[tuple[str, ...]] = []
+        for route in self.routes:
+            prefix = route.literal_prefix
+            if prefix not in out:
+                out.append(prefix)
+        return tuple(out)
 
     @property
     def issuers_in_use(self) -> frozenset[str]:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from samtykke_gateway.audit.record import DisclosureRecord
     from samtykke_gateway.tokens.verify import IssuerPolicy
 
-__all__ = ["CONTENT_TYPE", "GatewayMetrics", "parse_text", "status_class"]
+__all__ = ["CONTENT_TYPE", "GatewayMetrics", "metrics_of", "parse_text", "status_class"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 log = logging.getLogger("samtykke_gateway.metrics")
@@ -85,6 +85,15 @@ class _KeySetCollector(Collector):
         yield fetches
         if has_failures:
             yield failures
+
+
+def metrics_of(observer: object) -> GatewayMetrics | None:
+    """The :class:`GatewayMetrics` behind an observer: itself, or the one a
+    :class:`~samtykke_gateway.observe.logs.DecisionLog` wraps (its ``inner``); else ``None``."""
+    if isinstance(observer, GatewayMetrics):
+        return observer
+    inner = getattr(observer, "inner", None)
+    return inner if isinstance(inner, GatewayMetrics) else None
 
 
 class GatewayMetrics:

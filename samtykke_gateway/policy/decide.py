@@ -98,8 +98,29 @@ class RequestFacts:
 class Grant:
     """An allowed request: what to forward and what may be released.
 
-    ``rights_package`` is ``None`` on unscoped routes (the body streams through).
-    ``effective_query``: the query to forward (constraints applied).
+    Public API: the protected app finds it at ``scope["samtykke.consent"]``
+    (``request.scope["samtykke.consent"]`` in Starlette/FastAPI). Read-only; attributes:
+
+    - ``subject`` (str): the data subject the request is about — 11-digit person id or
+      9-digit org number, already bound to the consent (docs/protocol.md §4);
+    - ``maskinporten`` (:class:`~samtykke_gateway.tokens.model.MaskinportenToken`): the
+      verified access token — ``consumer`` (the calling organisation), ``supplier``,
+      ``scopes``, ``client_id``, ``expires_at``/``issued_at`` (epoch seconds);
+    - ``consent`` (:class:`~samtykke_gateway.tokens.model.Consent`): the verified consent —
+      ``kind``, ``consent_id``, ``consumer`` (recipient), ``supplier``, ``handled_by``,
+      ``valid_to`` (epoch seconds), ``rights`` (resource, actions, metadata);
+    - ``binding`` (:class:`~samtykke_gateway.policy.binding.Binding`): the part of the consent
+      that covers this request — ``token_kind`` (``altinn3``, ``altinn3-migrated``,
+      ``altinn2``), ``resource``, ``rights``, ``metadata`` (income year, period, ...),
+      ``handled_by``;
+    - ``match`` (:class:`~samtykke_gateway.policy.routing.RouteMatch`): ``route`` (the
+      :class:`~samtykke_gateway.config.RouteConfig`, ``route.name``), ``params`` (decoded path
+      parameters), ``path`` (canonical path);
+    - ``effective_query`` (list of (name, value)): the query the app receives, constraints
+      applied (e.g. a missing ``tilOgMed`` set to the consented bound);
+    - ``rights_package`` / ``rights_package_name``: what the answer is scoped to; ``None`` on
+      an unscoped route (the body streams through);
+    - ``scope_context``: the values row filters compare with (internal to scoping).
     """
 
     match: RouteMatch
@@ -129,8 +150,9 @@ _CLAIM_HEADERS = (b"x-samtykke-consumer", b"x-samtykke-supplier", b"x-samtykke-c
 class Decision:
     """What :meth:`Gate.decide` allowed.
 
-    ``grant`` is ``None`` when no route names the path and ``gateway.unmatched = "pass"``
-    (middleware form): the app answers it unchecked, without the tokens.
+    ``grant`` is ``None`` when no route names the path and ``gateway.unmatched`` passes it
+    (:meth:`Gate.passes_unmatched`, middleware form): the app answers it unchecked, without
+    the tokens.
     ``root_segments`` / ``app_segments``: the normalised path (decoded segments) under the
     mount prefix, and the app-relative part that was matched. ``body``: the checked request
     body (read only on a body-subject route, else ``None``). ``claim_headers``: the verified
@@ -193,13 +215,20 @@ class Gate:
         """The configured route called ``route_name`` (``record.route`` after a decision)."""
         return self._routes_by_name.get(route_name) if route_name else None
 
+    def passes_unmatched(self, segments: Sequence[str]) -> bool:
+        """Whether a path no route names goes to the app unchecked: ``gateway.unmatched =
+        "pass"``, or ``"pass_outside_protected"`` and the path is under no route's literal
+        prefix (:meth:`Router.protects`); ``"deny"`` and unset (``None``) never."""
+        mode = self.config.unmatched
+        return mode == "pass" or (mode == "pass_outside_protected" and not self.router.protects(segments))
+
     async def decide(self, request: RawRequest, record: DisclosureRecord, *, read_body: BodyReader) -> Decision:
         """The one decision for one request, from the raw request facts (docs/protocol.md §4).
 
         In order: the query (:func:`~samtykke_gateway.policy.intake.parse_query`), framing
         (RFC 9112 §6), no ``GET``/``HEAD`` body, the path normalised once and taken relative to
         ``request.root_path``, the route match (unmatched: 404, or a pass-through
-        :class:`Decision` with ``grant=None`` under ``gateway.unmatched = "pass"``); on a route
+        :class:`Decision` with ``grant=None`` when :meth:`passes_unmatched`); on a route
         whose subject is a JSON body field, the Maskinporten token first (an unauthenticated
         caller never makes the gateway read a body), then the body through ``read_body``
         (bounded by ``max_request_body_bytes``, also by a declared ``Content-Length``, and by
@@ -227,7 +256,7 @@ class Gate:
         root, segments = app_segments(request.raw_path, request.root_path)
         match = self.router.match(request.method, segments)
         if match is None:
-            if self.config.unmatched == "pass":
+            if self.passes_unmatched(segments):
                 return Decision(None, root, segments)
             raise NotFoundError("no such route", reason="no_route")
         record.path = match.path

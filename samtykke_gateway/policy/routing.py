@@ -91,6 +91,13 @@ class Router:
 
     def __init__(self, routes: Sequence[RouteConfig]) -> None:
         self._routes = tuple(routes)
+        self._prefixes = tuple(dict.fromkeys(route.literal_prefix for route in self._routes))
+
+    def protects(self, segments: Sequence[str]) -> bool:
+        """Whether the decoded path ``segments`` lie under a route's literal prefix
+        (:attr:`RouteConfig.literal_prefix <samtykke_gateway.config.RouteConfig.literal_prefix>`):
+        ``/api/v1/studielan/x`` under ``/api/v1/studielan/{fnr}/saldo``'s, ``/api/v1/status`` not."""
+        return any(tuple(segments[:len(prefix)]) == prefix for prefix in self._prefixes)
 
     def match(self, method: str, segments: Sequence[str]) -> RouteMatch | None:
         """:returns: the first route whose template and method match, else ``None``.

@@ -38,6 +38,12 @@ from tests.proxy_support import (
 )
 from tests.proxy_support import served as lab_served
 from tests.support import (
+    STUDIELAN_PERSON,
+    consent_middleware,
+    studielan_config,
+    studielan_fastapi,
+    studielan_headers,
+    studielan_path,
     INCOME_PATH,
     TAX_BASE_PERSON,
     a2_headers,
@@ -349,3 +355,48 @@ async def test_client_leaving_before_the_answer_cancels_the_upstream_request(
         assert again.status_code == 200, again.text  # the one-time consent was not spent
         spent = await gw.client.get(path + "?case=json", headers=headers)
         assert spent.status_code == 403 and spent.json()["reason"] == "consent_spent"
+
+
+@pytest.mark.anyio
+async def test_fastapi_app_keeps_its_own_paths_while_the_protected_prefix_stays_closed(
+        dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """The README snippet on a real server: without ``gateway.unmatched`` the app's own
+    ``/api/v1/status``, ``/docs`` and ``/openapi.json`` answer (unchecked, no record), a path
+    under ``/api/v1/studielan/`` that no route names is refused (404 ``no_route``, recorded), and
+    the route itself is enforced and scoped."""
+    config = studielan_config(issuer_url)
+    assert config.unmatched is None and config.protected_prefixes == (("api", "v1", "studielan"),)
+    app = studielan_fastapi(config=config)
+    with ThreadedServer(app) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
+            status = await client.get("/api/v1/status")
+            assert status.status_code == 200 and status.json() == {"status": "up"}
+            assert (await client.get("/openapi.json")).json()["paths"].keys() >= {"/api/v1/status"}
+            docs = await client.get("/docs")
+            assert docs.status_code == 200 and "swagger" in docs.text.lower()
+            for path in (f"/api/v1/studielan/{STUDIELAN_PERSON}/historikk", "/api/v1/studielan",
+                         "/api/v1/studielan/../studielan/x"):
+                refused = await client.get(path, headers=studielan_headers(dev_issuer))
+                assert refused.status_code == 404, path
+                assert refused.json()["reason"] == "no_route", path
+            assert (await client.get(studielan_path())).status_code == 401
+            ok = await client.get(studielan_path(), headers=studielan_headers(dev_issuer))
+            assert ok.status_code == 200, ok.text
+            assert ok.json() == {"personidentifikator": STUDIELAN_PERSON,
+                                 "saldo": {"beloep": 250000, "valuta": "NOK", "per": "2025-01-01"},
+                                 "lan": [{"lanetype": "studielan", "saldo": 250000}]}
+    store = consent_middleware(app).gateway.store
+    assert [(r.reason, r.status) for r in store.records] == [("no_route", 404)] * 3 + [
+        ("missing_token", 401), ("ok", 200)]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("unmatched", "status_code"), [("deny", 404), ("pass", 200)])
+async def test_unmatched_set_in_the_config_wins_over_the_middleware_default(
+        unmatched: str, status_code: int, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    app = studielan_fastapi(config=studielan_config(issuer_url, unmatched=unmatched))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app.test") as client:
+        assert (await client.get("/api/v1/status")).status_code == status_code
+        under = await client.get(f"/api/v1/studielan/{STUDIELAN_PERSON}/historikk")
+        assert under.status_code == 404  # "pass": FastAPI's own 404, unchecked
+        assert ("reason" in under.json()) is (unmatched == "deny")

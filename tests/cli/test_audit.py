@@ -281,3 +281,51 @@ def test_report_on_a_broken_chain_exits_1_and_says_so(db: str, tmp_path: Path,
     code, out = _cli("audit", "report", "--store", db, "--subject", PERSON, "--from", "2026-01-01",
                      "--to", "2026-12-31")
     assert code == 1 and "BRUTT" in out and "BROKEN" in capsys.readouterr().err
+
+
+@pytest.mark.anyio
+async def test_export_lists_head_and_upstream_405_apart_from_disclosures(dev_issuer, issuer_url: str) -> None:  # type: ignore[no-untyped-def]
+    """A FastAPI app answers HEAD on a GET route with 405, and a GET route Starlette also
+    serves for HEAD answers headers only: both are allowed and recorded as what they are
+    (``upstream_status`` / ``no_data_released``), never as disclosures; the GET that released
+    the balance is the one disclosure."""
+    import httpx
+    from starlette.responses import JSONResponse
+
+    from samtykke_gateway.cli.audit import export_document
+    from samtykke_gateway.dev.server import ThreadedServer
+    from tests.support import (STUDIELAN_PERSON, consent_middleware, studielan_config, studielan_fastapi,
+                               studielan_headers, studielan_path)
+
+    app = studielan_fastapi(config=studielan_config(issuer_url))
+    app.router.add_route("/api/v1/studielan/{fnr}/saldo", lambda request: JSONResponse(
+        {"personidentifikator": request.path_params["fnr"]}), methods=["HEAD"])  # Starlette serves HEAD itself
+    with ThreadedServer(app) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
+            ok = await client.get(studielan_path(), headers=studielan_headers(dev_issuer))
+            head = await client.head(studielan_path(), headers=studielan_headers(dev_issuer))
+            assert (ok.status_code, head.status_code) == (200, 200) and head.content == b""
+    plain = studielan_fastapi(config=studielan_config(issuer_url))  # HEAD: FastAPI's 405
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=plain), base_url="http://app.test") as client:
+        refused = await client.head(studielan_path(), headers=studielan_headers(dev_issuer))
+        assert refused.status_code == 405
+    records = consent_middleware(app).gateway.store.records + consent_middleware(plain).gateway.store.records
+    assert [(r.method, r.decision, r.reason, r.status) for r in records] == [
+        ("GET", "allow", "ok", 200), ("HEAD", "allow", "no_data_released", 200),
+        ("HEAD", "allow", "upstream_status", 405)]
+    document = export_document(STUDIELAN_PERSON, records)
+    assert [(e["method"], e["fields_released"]) for e in document["disclosures"]] == [
+        ("GET", ["lan[].lanetype", "lan[].saldo", "personidentifikator", "saldo.beloep", "saldo.per", "saldo.valuta"])]
+    assert [(e["method"], e["reason"], e["status"]) for e in document["allowed_without_data"]] == [
+        ("HEAD", "no_data_released", 200), ("HEAD", "upstream_status", 405)]
+    assert document["denied_attempts"] == []
+
+
+def test_export_of_an_old_log_does_not_count_a_scoped_head_as_a_disclosure() -> None:
+    """A log written before ``no_data_released`` recorded a scoped HEAD as ``ok``, 0 bytes."""
+    from samtykke_gateway.cli.audit import export_document
+
+    old = make_record(decision="allow", reason="ok", status=200, method="HEAD", rights_package="p",
+                      released_bytes=0)
+    document = export_document(PERSON, [old])
+    assert document["disclosures"] == [] and [e["method"] for e in document["allowed_without_data"]] == ["HEAD"]

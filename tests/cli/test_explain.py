@@ -243,8 +243,33 @@ def test_explain_under_a_root_path(capsys, dev_issuer: DevIssuer, config_file: s
     assert code == 1 and "[FAIL] route matches the request" in out and "(404 no_route)" in out
 
 
+def test_explain_says_what_each_form_does_with_an_unmatched_path(capsys, dev_issuer: DevIssuer,  # type: ignore[no-untyped-def]
+                                                                  config_file: str) -> None:
+    token = a3_headers(dev_issuer)["Authorization"][7:]
+    code, out = _run(capsys, token, "--config", config_file, "--path", "/api/v1/status")
+    assert code == 1 and "(404 no_route)" in out
+    assert "outside the protected prefixes: the sidecar refuses it (404 no_route); the middleware form hands" in out
+    code, out = _run(capsys, token, "--config", config_file, "--path", "/api/formueinntekt/spesifisertsummertskattegrunnlag")
+    assert code == 1 and "under a protected prefix: refused in the middleware form too (404 no_route)" in out
+
+
 def test_explain_checks_the_query_as_the_gateway_does(capsys, dev_issuer: DevIssuer, config_file: str) -> None:  # type: ignore[no-untyped-def]
     token = a3_headers(dev_issuer)["Authorization"][7:]
     code, out = _run(capsys, token, "--config", config_file, "--path", tax_base_path("2022") + "?x=%ff")
     assert code == 1 and "[FAIL] query string" in out and "(400 bad_query)" in out
     assert "Maskinporten access token: verification" not in out  # the gateway stops before the tokens
+
+
+def test_explain_says_which_checks_do_not_apply(capsys, dev_issuer: DevIssuer, config_file: str) -> None:  # type: ignore[no-untyped-def]
+    """A check that has nothing to check here says so instead of ``[pass]``: no audience
+    configured, no token-age bound, no supplier; the constraints that do apply still pass."""
+    token = a3_headers(dev_issuer)["Authorization"][7:]
+    code, out = _run(capsys, token, "--config", config_file, "--path", tax_base_path("2022"))
+    assert code == 0, out
+    assert ("[ n/a] aud names this data source (when an audience is configured): does not apply"
+            " (no audience configured for the issuer)") in out
+    assert "[ n/a] Maskinporten token not older than max_token_age_seconds (now - iat): does not apply" in out
+    assert "[ n/a] supplier (HandledBy / delegation_source): does not apply (no supplier in the token" in out
+    assert "[pass] metadata constraints (income year, period)" in out  # the route has a year
+    assert "[pass] rights package known and open to the consumer" in out
+    assert "[pass] signature" in out

@@ -105,7 +105,7 @@ async def test_probe_paths_are_configurable(issuer_url: str) -> None:
     async with sidecar(config) as (client, _, upstream):
         assert (await client.get("/_/live")).status_code == 200
         assert (await client.get("/_/ready")).status_code == 200
-        assert "samtykke_decisions_total" in (await client.get("/_/metrics")).text or True
+        assert "samtykke_decisions_total" in (await client.get("/_/metrics")).text
         assert (await client.get("/healthz")).status_code == 404  # now an ordinary (unmatched) path
         assert upstream.requests == []
 
@@ -241,8 +241,21 @@ async def test_readyz_checks_only_the_issuers_some_route_uses(dev_issuer: DevIss
         assert ready.status_code == 503 and ready.json()["checks"]["keys.altinn"] == "not loaded"
 
 
-def test_sidecar_refuses_unmatched_pass(issuer_url: str) -> None:
-    config = make_config(issuer_url, "http://127.0.0.1:9", gateway={"unmatched": "pass"})
+@pytest.mark.parametrize("unmatched", ["pass", "pass_outside_protected"])
+def test_sidecar_refuses_unmatched_pass(unmatched: str, issuer_url: str) -> None:
+    config = make_config(issuer_url, "http://127.0.0.1:9", gateway={"unmatched": unmatched})
     with pytest.raises(ConfigError) as info:
         SidecarApp(config)
     assert info.value.key_path == "gateway.unmatched"
+
+
+async def test_sidecar_denies_paths_outside_the_protected_prefixes_when_unmatched_is_unset(issuer_url: str) -> None:
+    """The middleware form's default passes ``/api/v1/status``; the sidecar, an open proxy
+    otherwise, keeps refusing every path no route names (404 ``no_route``, one record)."""
+    config = state_config(issuer_url, "http://x.invalid")
+    assert config.unmatched is None
+    async with sidecar(config) as (client, app, upstream):
+        response = await client.get("/api/v1/status")
+        assert response.status_code == 404 and response.json()["reason"] == "no_route"
+        assert upstream.requests == []
+        assert [r.reason for r in app.gateway.store.records] == ["no_route"]  # type: ignore[attr-defined]

@@ -123,6 +123,10 @@ async def test_upstream_error_body_replaced_on_scoped(mode: str, status: int, de
         assert SECRET not in str(response.headers) and "etag" not in response.headers
         problem = response.json()
         assert problem["status"] == status and problem["type"] == "urn:samtykke-gateway:error:upstream_status"
+        # the same fields as the gateway's own refusals (here a 401's)
+        own = (await gw.client.get(SCOPED_PATH)).json()
+        assert set(problem) == set(own) == {"type", "title", "status", "detail", "reason", "correlation_id"}
+        assert problem["reason"] == "upstream_status" and str(status) in problem["detail"]
         assert response.headers["content-length"] == str(len(response.content))
         record = gw.record_for(response)
         assert record.status == status and record.upstream_status == status
@@ -147,7 +151,9 @@ async def test_skatteetaten_error_style_generic_body(mode: str, dev_issuer: DevI
         response = await gw.client.get(SCOPED_PATH + "?case=status&status=404", headers=a3_headers(dev_issuer))
         assert response.status_code == 404
         body = response.json()
-        assert set(body) == {"kode", "melding", "korrelasjonsid"}
+        own = (await gw.client.get(SCOPED_PATH)).json()  # the gateway's own refusal (401)
+        assert set(body) == set(own) == {"kode", "melding", "korrelasjonsid", "arsak"}
+        assert body["arsak"] == "upstream_status" and body["kode"] == "SG-404"
         assert SECRET not in response.text
 
 
