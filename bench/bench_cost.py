@@ -5,8 +5,10 @@ Run (from the repository root, venv active; needs ``wrk``)::
     python bench/bench_cost.py [--duration 5] [--rounds 3] [--pool 3000]
                                [--baseline-tree PATH] [--profile TARGET --profile-seconds 10]
 
-Every server is its own uvicorn process (``--loop uvloop --http httptools``, one worker) on
-127.0.0.1, started by the helpers of ``bench_proxy.py``; wrk ``-t2 -c32`` unless a row says
+Every server is its own process on 127.0.0.1: the sidecar exactly as deployed
+(``samtykke-gateway serve --config …``: uvloop, the bounded httptools protocol, JSON logs at
+INFO — to a file here — with the per-decision line), the others one uvicorn worker each
+(``--loop uvloop --http httptools``, the helpers of ``bench_proxy.py``); wrk ``-t2 -c32`` unless a row says
 otherwise; the targets of one table run interleaved, once per round, and the table shows
 medians. Rows (issue 13's table; target ratio in brackets):
 
@@ -45,7 +47,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +66,9 @@ from bench_proxy import (  # noqa: E402
     wrk,
 )
 
+from bench_proxy import free_port, wait_port  # noqa: E402
+
+from samtykke_gateway.cli.demo import demo_config_text  # noqa: E402
 from samtykke_gateway.dev.issuer import DevIssuer  # noqa: E402
 from samtykke_gateway.dev.server import ThreadedServer  # noqa: E402
 
@@ -104,8 +111,8 @@ end
 TARGETS: list[tuple[str, str, str | None, str | None, str | None]] = [
     ("aiohttp", "aiohttp_proxy", "big", None, "a2"),
     ("aiohttp small", "aiohttp_proxy", "small", None, "a3"),
-    ("sidecar sqlite a2", "sidecar", "big", "sqlite", "a2"),
-    ("sidecar sqlite a3 small", "sidecar", "small", "sqlite", "a3"),
+    ("sidecar sqlite a2", "serve", "big", "sqlite", "a2"),
+    ("sidecar sqlite a3 small", "serve", "small", "sqlite", "a3"),
     ("bare", "bare_app", None, None, "a2"),
     ("middleware memory a2", "middleware_app", None, "memory", "a2"),
     ("middleware sqlite a2", "middleware_app", None, "sqlite", "a2"),
@@ -114,9 +121,9 @@ TARGETS: list[tuple[str, str, str | None, str | None, str | None]] = [
 ]
 ONE_CONNECTION = [
     ("direct", None, "big", None, "a2"),
-    ("sidecar memory a2", "sidecar", "big", "memory", "a2"),
+    ("sidecar memory a2", "serve", "big", "memory", "a2"),
 ]
-MANY_CONNECTIONS = [("sidecar sqlite pool", "sidecar", "big", "sqlite", "pool")]
+MANY_CONNECTIONS = [("sidecar sqlite pool", "serve", "big", "sqlite", "pool")]
 
 # (row label, target, base, kind, goal): kind "ratio" = req/s target / base ≥ goal
 ROWS = [
@@ -129,6 +136,30 @@ ROWS = [
     ("sidecar (SQLite) vs the aiohttp no-check proxy, 0.7 KB, cached A3 token",
      "sidecar sqlite a3 small", "aiohttp small", 1.0),
 ]
+
+
+@contextlib.contextmanager
+def serve_process(config: Path, env: dict[str, str], log: Path) -> Iterator[tuple[int, int]]:
+    """``(port, pid)`` of ``samtykke-gateway serve --config config`` (the served sidecar exactly
+    as deployed: JSON logs at INFO to stderr, here a file; the decision log line per request;
+    the bounded httptools protocol; uvloop); stopped on exit."""
+    port = free_port()
+    cmd = [sys.executable, "-c", "import sys; from samtykke_gateway.cli.main import main; sys.exit(main())",
+           "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("ab") as err:
+        proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                          "SAMTYKKE_GATEWAY_LOG_LEVEL": "INFO", **env},
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        wait_port(port)
+        yield port, proc.pid
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def mint(dev: DevIssuer, tokens: str) -> dict[str, str]:
@@ -211,7 +242,16 @@ def main() -> int:
                     extra["BENCH_AUDIT"] = "memory://"
                 if tree is not None:
                     extra["PYTHONPATH"] = str(tree)
-                port, pid = stack.enter_context(uvicorn_process(factory, {**env, **extra}))
+                if factory == "serve":
+                    label = ("b-" if tree else "n-") + name.replace(" ", "-")
+                    config = tmp / f"{label}.toml"
+                    config.write_text(demo_config_text(
+                        issuer_url=issuer.url, upstream_url=extra["BENCH_UPSTREAM"],
+                        audit_url=extra["BENCH_AUDIT"], absolute_files=True))
+                    serve_env = {"PYTHONPATH": extra["PYTHONPATH"]} if tree is not None else {}
+                    port, pid = stack.enter_context(serve_process(config, serve_env, tmp / f"{label}.log"))
+                else:
+                    port, pid = stack.enter_context(uvicorn_process(factory, {**env, **extra}))
             check(f"http://127.0.0.1:{port}{PATH}", check_headers)
             return Target(("baseline " if tree else "") + name, port, pid, script, [])
 
@@ -224,7 +264,7 @@ def main() -> int:
         for spec in TARGETS:
             if wanted(spec[0]):
                 targets.append(start(spec))
-            if baseline and spec[1] in ("sidecar", "middleware_app") and wanted("baseline " + spec[0]):
+            if baseline and spec[1] in ("serve", "middleware_app") and wanted("baseline " + spec[0]):
                 targets.append(start(spec, baseline))
         if not args.skip_extra:
             for spec in ONE_CONNECTION:
