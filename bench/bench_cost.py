@@ -33,9 +33,11 @@ table gets a column "now / baseline" (A/B of a change). ``--only a,b`` keeps the
 names start with one of the prefixes (the rows that need a missing target print ``-``).
 
 ``--profile NAME`` instead: start that one target, load it with wrk (-c8 by default) and record
-it with py-spy (``--format raw``, folded stacks) for ``--profile-seconds``; prints the share of
-samples by component (``bench/profile_components.py``) and µs per request (CPU share of the
-process × its CPU seconds / requests served).
+it with py-spy (``--format raw --gil``: folded stacks of the thread holding the GIL, so a
+thread waiting in ``fsync`` or ``epoll`` is not counted) for ``--profile-seconds``; prints the
+share of samples by component (``bench/profile_components.py``) and µs per request (share ×
+the process's CPU seconds / requests served; CPU spent outside the GIL — SQLite's own commit
+work, OpenSSL — is in the process's CPU but not in the samples, so it is spread over the rows).
 """
 
 from __future__ import annotations
@@ -355,7 +357,7 @@ def profile(t: Target, args: argparse.Namespace, tmp: Path) -> int:
     out = Path(args.profile_out) if args.profile_out else tmp / "profile.txt"
     cpu0 = _cpu_seconds(t.pid)
     spy = subprocess.Popen(
-        ["py-spy", "record", "--format", "raw", "--rate", "250", "--nonblocking",
+        ["py-spy", "record", "--format", "raw", "--rate", "250", "--nonblocking", "--gil",
          "-d", str(args.profile_seconds), "-o", str(out), "-p", str(t.pid)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

@@ -58,7 +58,7 @@ def breakdown(path: Path, *, cpu_us_per_request: float | None = None) -> list[tu
         counts[classify(stack)] += int(n)
     total = sum(counts.values()) or 1
     rows = [(name, n / total) for name, n in counts.most_common()]
-    print(f"\n{total:,} samples (all threads, idle excluded)\n")
+    print(f"\n{total:,} samples (py-spy --gil: the thread holding the GIL)\n")
     print("| component | share of samples |" + (" µs per request |" if cpu_us_per_request else ""))
     print("|---|---:|" + ("---:|" if cpu_us_per_request else ""))
     for name, share in rows:
