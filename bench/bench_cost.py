@@ -149,8 +149,9 @@ def serve_process(config: Path, env: dict[str, str], log: Path) -> Iterator[tupl
     cmd = [sys.executable, "-c", "import sys; from samtykke_gateway.cli.main import main; sys.exit(main())",
            "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
     with log.open("ab") as err:
-        proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT),
-                                          "SAMTYKKE_GATEWAY_LOG_LEVEL": "INFO", **env},
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), "SAMTYKKE_GATEWAY_LOG_LEVEL": "INFO", **env}
+        # cwd = the tree whose code runs (``python -c`` puts it first on sys.path)
+        proc = subprocess.Popen(cmd, env=full_env, cwd=full_env["PYTHONPATH"].split(os.pathsep)[0],
                                 stdout=subprocess.DEVNULL, stderr=err)
     try:
         wait_port(port)
