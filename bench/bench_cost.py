@@ -362,7 +362,7 @@ def profile(t: Target, args: argparse.Namespace, tmp: Path) -> int:
          "-d", str(args.profile_seconds), "-o", str(out), "-p", str(t.pid)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    rps, p50, p99, errors = wrk(url, t.script, duration=args.profile_seconds,
+    rps, _p50, _p99, errors = wrk(url, t.script, duration=args.profile_seconds,
                                 connections=args.profile_connections, threads=1)
     cpu = _cpu_seconds(t.pid) - cpu0
     spy.wait(timeout=60)
