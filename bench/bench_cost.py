@@ -32,6 +32,10 @@ sidecar and middleware targets run as extra ``baseline …`` targets in the same
 table gets a column "now / baseline" (A/B of a change). ``--only a,b`` keeps the targets whose
 names start with one of the prefixes (the rows that need a missing target print ``-``).
 
+``granian sidecar sqlite a2``: the same served sidecar (``ReloadingApp``, logs at INFO) under
+granian instead of uvicorn, measured beside it (issue 13 asks whether another ASGI server
+serves it markedly faster; runs when granian is installed: ``pip install granian``).
+
 ``--profile NAME`` instead: start that one target, load it with wrk (-c8 by default) and record
 it with py-spy (``--format raw --gil``: folded stacks of the thread holding the GIL, so a
 thread waiting in ``fsync`` or ``epoll`` is not counted) for ``--profile-seconds``; prints the
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -115,6 +120,7 @@ TARGETS: list[tuple[str, str, str | None, str | None, str | None]] = [
     ("aiohttp small", "aiohttp_proxy", "small", None, "a3"),
     ("sidecar sqlite a2", "serve", "big", "sqlite", "a2"),
     ("sidecar sqlite a3 small", "serve", "small", "sqlite", "a3"),
+    ("granian sidecar sqlite a2", "granian", "big", "sqlite", "a2"),
     ("bare", "bare_app", None, None, "a2"),
     ("middleware memory a2", "middleware_app", None, "memory", "a2"),
     ("middleware sqlite a2", "middleware_app", None, "sqlite", "a2"),
@@ -152,6 +158,31 @@ def serve_process(config: Path, env: dict[str, str], log: Path) -> Iterator[tupl
     with log.open("ab") as err:
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), "SAMTYKKE_GATEWAY_LOG_LEVEL": "INFO", **env}
         # cwd = the tree whose code runs (``python -c`` puts it first on sys.path)
+        proc = subprocess.Popen(cmd, env=full_env, cwd=full_env["PYTHONPATH"].split(os.pathsep)[0],
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        wait_port(port)
+        yield port, proc.pid
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def granian_process(config: Path, env: dict[str, str], log: Path) -> Iterator[tuple[int, int]]:
+    """``(port, pid)`` of the served sidecar (``proxy_apps.served_sidecar``: what ``serve``
+    builds) under granian (one worker, uvloop, HTTP/1): the server comparison of issue 13."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1", "--loop", "uvloop", "--http", "1", "--no-ws",
+           "--log-level", "warning", "--no-access-log", "--working-dir", str(ROOT / "bench"),
+           "proxy_apps:served_sidecar"]
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_CONFIG": str(config), "BENCH_LOG": str(log), **env}
+    with log.open("ab") as err:
         proc = subprocess.Popen(cmd, env=full_env, cwd=full_env["PYTHONPATH"].split(os.pathsep)[0],
                                 stdout=subprocess.DEVNULL, stderr=err)
     try:
@@ -246,14 +277,15 @@ def main() -> int:
                     extra["BENCH_AUDIT"] = "memory://"
                 if tree is not None:
                     extra["PYTHONPATH"] = str(tree)
-                if factory == "serve":
+                if factory in ("serve", "granian"):
                     label = ("b-" if tree else "n-") + name.replace(" ", "-")
                     config = tmp / f"{label}.toml"
                     config.write_text(demo_config_text(
                         issuer_url=issuer.url, upstream_url=extra["BENCH_UPSTREAM"],
                         audit_url=extra["BENCH_AUDIT"], absolute_files=True))
                     serve_env = {"PYTHONPATH": extra["PYTHONPATH"]} if tree is not None else {}
-                    port, pid = stack.enter_context(serve_process(config, serve_env, tmp / f"{label}.log"))
+                    server = serve_process if factory == "serve" else granian_process
+                    port, pid = stack.enter_context(server(config, serve_env, tmp / f"{label}.log"))
                 else:
                     port, pid = stack.enter_context(uvicorn_process(factory, {**env, **extra}))
             check(f"http://127.0.0.1:{port}{PATH}", check_headers)
@@ -266,6 +298,8 @@ def main() -> int:
 
         baseline = Path(args.baseline_tree).resolve() if args.baseline_tree else None
         for spec in TARGETS:
+            if spec[1] == "granian" and importlib.util.find_spec("granian") is None:
+                continue  # optional: pip install granian
             if wanted(spec[0]):
                 targets.append(start(spec))
             if baseline and spec[1] in ("serve", "middleware_app") and wanted("baseline " + spec[0]):

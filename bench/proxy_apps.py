@@ -195,6 +195,17 @@ def sidecar() -> Any:
     return SidecarApp(_config())
 
 
+def served_sidecar() -> Any:
+    """What ``samtykke-gateway serve`` runs (:class:`ReloadingApp` with the decision log, JSON
+    logs at INFO appended to ``BENCH_LOG``), for another ASGI server: the config file is
+    ``BENCH_CONFIG``."""
+    from samtykke_gateway.observe.logs import configure_logging
+    from samtykke_gateway.sidecar.serve import ReloadingApp
+
+    configure_logging("INFO", stream=open(os.environ["BENCH_LOG"], "a", encoding="utf-8"))  # noqa: SIM115
+    return ReloadingApp(os.environ["BENCH_CONFIG"])
+
+
 def _body_endpoint() -> Callable[[Request], Awaitable[Response]]:
     body = _served_body()
 
