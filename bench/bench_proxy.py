@@ -142,7 +142,11 @@ def uvicorn_process(factory: str, env: dict[str, str]) -> Iterator[tuple[int, in
         "--no-access-log",
         "--no-proxy-headers",
     ]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    # cwd = the tree whose code runs: ``python -m`` puts the working directory first on
+    # sys.path, ahead of PYTHONPATH (a --baseline-tree run from this checkout's root would
+    # otherwise import this checkout's package, and the A/B compare a tree with itself)
+    proc = subprocess.Popen(cmd, env=full_env, cwd=full_env["PYTHONPATH"].split(os.pathsep)[0])
     try:
         wait_port(port)
         yield port, proc.pid

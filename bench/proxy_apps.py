@@ -30,6 +30,24 @@ from starlette.routing import Route
 from samtykke_gateway.dev.examples import example_body
 
 BODY = example_body("spesifisertsummertskattegrunnlag-2022.json")
+
+
+def _small_body() -> bytes:
+    """A 0.7 KB answer of the same API: the 2022 body's top-level members and its first
+    ``grunnlag`` entries, compact JSON (the small-answer rows of issue 13)."""
+    import json
+
+    doc = json.loads(BODY)
+    grunnlag = doc["grunnlag"]
+    doc["grunnlag"] = []
+    for entry in grunnlag:
+        doc["grunnlag"].append(entry)
+        if len(json.dumps(doc, separators=(",", ":")).encode()) >= 640:
+            break
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+SMALL_BODY = _small_body()
 TAX_BASE_ROUTE = "/api/formueinntekt/spesifisertsummertskattegrunnlag/{rettighetspakke}/{inntektsaar}/{personidentifikator}"
 _HOP = {
     "connection",
@@ -44,11 +62,17 @@ _HOP = {
 }
 
 
+def _served_body() -> bytes:
+    """``BENCH_BODY=small`` selects the 0.7 KB answer, anything else the 3.5 KB one."""
+    return SMALL_BODY if os.environ.get("BENCH_BODY") == "small" else BODY
+
+
 def upstream() -> Any:
-    """Raw ASGI: the same 3.5 KB JSON for every request (the cheapest honest data API)."""
+    """Raw ASGI: the same JSON for every request (the cheapest honest data API)."""
+    body = _served_body()
     headers = [
         (b"content-type", b"application/json"),
-        (b"content-length", str(len(BODY)).encode()),
+        (b"content-length", str(len(body)).encode()),
         (b"etag", b'"ssg-2022"'),
     ]
 
@@ -56,7 +80,7 @@ def upstream() -> Any:
         if scope["type"] != "http":
             return
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": BODY})
+        await send({"type": "http.response.body", "body": body})
 
     return app
 
@@ -171,12 +195,28 @@ def sidecar() -> Any:
     return SidecarApp(_config())
 
 
-async def _body(request: Request) -> Response:
-    return Response(BODY, media_type="application/json")
+def served_sidecar() -> Any:
+    """What ``samtykke-gateway serve`` runs (:class:`ReloadingApp` with the decision log, JSON
+    logs at INFO appended to ``BENCH_LOG``), for another ASGI server: the config file is
+    ``BENCH_CONFIG``."""
+    from samtykke_gateway.observe.logs import configure_logging
+    from samtykke_gateway.sidecar.serve import ReloadingApp
+
+    configure_logging("INFO", stream=open(os.environ["BENCH_LOG"], "a", encoding="utf-8"))  # noqa: SIM115
+    return ReloadingApp(os.environ["BENCH_CONFIG"])
+
+
+def _body_endpoint() -> Callable[[Request], Awaitable[Response]]:
+    body = _served_body()
+
+    async def endpoint(request: Request) -> Response:
+        return Response(body, media_type="application/json")
+
+    return endpoint
 
 
 def bare_app() -> Any:
-    return Starlette(routes=[Route(TAX_BASE_ROUTE, _body)])
+    return Starlette(routes=[Route(TAX_BASE_ROUTE, _body_endpoint())])
 
 
 def middleware_app() -> Any:
@@ -185,6 +225,6 @@ def middleware_app() -> Any:
     from samtykke_gateway.asgi.middleware import ConsentMiddleware
 
     return Starlette(
-        routes=[Route(TAX_BASE_ROUTE, _body)],
+        routes=[Route(TAX_BASE_ROUTE, _body_endpoint())],
         middleware=[Middleware(ConsentMiddleware, config=_config())],
     )

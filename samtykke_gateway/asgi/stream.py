@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import logging
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from samtykke_gateway.asgi.intake import Message
@@ -34,9 +33,21 @@ __all__ = ["end_stream", "start_streaming", "stream_part", "utc_now"]
 log = logging.getLogger("samtykke_gateway")
 
 
+#: ``(epoch second, "YYYY-MM-DDTHH:MM:SS")`` of the last :func:`utc_now` (rebinding is atomic).
+_last_second: tuple[int, str] = (-1, "")
+
+
 def utc_now() -> str:
-    """UTC now as ``2026-11-29T11:09:55.123456Z`` (isoformat: a third of strftime's cost)."""
-    return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    """UTC now as ``2026-11-29T11:09:55.123456Z``: the date and time of day formatted once per
+    second, the microseconds appended (0.5 µs; ``datetime.now().isoformat()`` 2 µs)."""
+    global _last_second
+    now = time.time()
+    second = int(now)
+    known, text = _last_second
+    if second != known:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = (second, text)
+    return f"{text}.{int((now - second) * 1_000_000):06d}Z"
 
 
 async def start_streaming(r: Responder) -> None:

@@ -112,10 +112,12 @@ async def test_probe_paths_are_configurable(issuer_url: str) -> None:
 
 async def test_correlation_id_is_kept_passed_upstream_and_logged(dev_issuer: DevIssuer, issuer_url: str) -> None:
     stream = io.StringIO()
-    names = ["", "uvicorn", "uvicorn.error", "uvicorn.access", "httpx", "httpcore", "aiohttp.access", "aiohttp.client"]
+    names = ["", "uvicorn", "uvicorn.error", "uvicorn.access", "httpx", "httpcore", "aiohttp.access", "aiohttp.client",
+             "samtykke_gateway.decision"]
     saved = {n: (logging.getLogger(n).level, list(logging.getLogger(n).handlers), logging.getLogger(n).propagate)
              for n in names}
     configure_logging("INFO", stream=stream)
+    logging.getLogger("samtykke_gateway.decision").setLevel(logging.DEBUG)  # allow lines are DEBUG (issue 13)
     try:
         async with sidecar(state_config(issuer_url, "http://x.invalid")) as (client, app, upstream):
             from samtykke_gateway.observe.logs import DecisionLog
@@ -151,6 +153,39 @@ async def test_correlation_id_is_kept_passed_upstream_and_logged(dev_issuer: Dev
     leaks = [ln for ln in dump.splitlines() if INCOME_PERSON in ln or "eyJ" in ln or "/api/" in ln]
     assert leaks == []
     assert headers["AltinnSamtykke"][:40] not in dump
+
+
+def test_decision_log_puts_released_answers_at_debug_and_refusals_at_info_or_warning() -> None:
+    from samtykke_gateway.audit.record import DisclosureRecord
+    from samtykke_gateway.observe.hooks import NullObserver
+    from samtykke_gateway.observe.logs import DecisionLog
+
+    stream = io.StringIO()
+    logger = logging.getLogger("samtykke_gateway.decision.test")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger.addHandler(handler)
+    logger.propagate = False
+    log = DecisionLog(NullObserver(), logger=logger)
+
+    def record(decision: str, status: int, reason: str) -> DisclosureRecord:
+        return DisclosureRecord(time="2026-12-08T00:00:00Z", correlation_id="c-1", decision=decision,
+                                reason=reason, status=status, method="GET", path="/x")
+
+    cases = [record("allow", 200, "released"), record("deny", 403, "consent_revoked"),
+             record("error", 503, "audit_unavailable")]
+    try:
+        for level in (logging.INFO, logging.DEBUG):
+            logger.setLevel(level)
+            for r in cases:
+                log.decision(r, 0.001)
+    finally:
+        logger.removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(ln["decision"], ln["level"]) for ln in lines] == [
+        ("deny", "info"), ("error", "warning"),  # at INFO: the refusals only
+        ("allow", "debug"), ("deny", "info"), ("error", "warning"),  # at DEBUG: every decision
+    ]
 
 
 def test_redact_masks_tokens_and_person_ids() -> None:
