@@ -34,12 +34,13 @@ _LOGGERS = ["", "uvicorn", "uvicorn.error", "uvicorn.access", "httpx", "httpcore
 
 
 @contextmanager
-def json_logs() -> Iterator[io.StringIO]:
-    """``samtykke_gateway.configure_logging`` into a buffer; logging restored afterwards."""
+def json_logs(level: str = "DEBUG") -> Iterator[io.StringIO]:
+    """``samtykke_gateway.configure_logging`` into a buffer (DEBUG: released answers are logged
+    at DEBUG, refusals at INFO); logging restored afterwards."""
     stream = io.StringIO()
     saved = {n: (logging.getLogger(n).level, list(logging.getLogger(n).handlers), logging.getLogger(n).propagate)
              for n in _LOGGERS}
-    samtykke_gateway.configure_logging("INFO", stream=stream)
+    samtykke_gateway.configure_logging(level, stream=stream)
     try:
         yield stream
     finally:
