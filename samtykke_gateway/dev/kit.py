@@ -8,6 +8,8 @@ configure them in a ``tt02``/``prod`` profile.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import argparse
 import json
 import os
@@ -90,9 +92,13 @@ def mint_command(args: argparse.Namespace) -> int:
                                          lifetime_seconds=args.lifetime, claims=aud)
         lines.append(("Authorization", f"Bearer {token}"))
     else:
+        now = dt.datetime.now(dt.UTC)
         details = [
             DevIssuer.altinn3_consent(
-                subject=args.subject, consumer=args.consumer, rights=[(r, metadata) for r in args.resource]
+                subject=args.subject, consumer=args.recipient or args.consumer,
+                rights=[(r, metadata) for r in args.resource], actions=args.action,
+                handled_by=args.handled_by,
+                valid_to=(now + dt.timedelta(days=args.consent_valid_days)).isoformat().replace("+00:00", "Z"),
             )
         ]
         token = issuer.mint_maskinporten(consumer=args.consumer, scope=args.scope, supplier=args.supplier,
@@ -156,6 +162,16 @@ def add_dev_parsers(sub: Any, *, mint: Callable[..., int], dev_issuer: Callable[
     p.add_argument("--service", action="append", default=None,
                    help="altinn2: service code_edition, repeatable (default: 4804_210607)")
     p.add_argument("--metadata", action="append", help="key=value consent metadata, repeatable (default: none)")
+    p.add_argument("--action", action="append", default=None,
+                   help="altinn3: the rights' action, repeatable (Digdir: consent, Altinn: read, migrated: Read "
+                        "and Write) (default: consent)")
+    p.add_argument("--recipient", default=None,
+                   help="altinn3: the consent's 'to' when it differs from the caller (another org's consent, or "
+                        "the recipient of a consent the caller handles) (default: the --consumer)")
+    p.add_argument("--handled-by", default=None,
+                   help="altinn3: the consent's handledBy org number (default: none)")
+    p.add_argument("--consent-valid-days", type=float, default=1.0,
+                   help="altinn3: the consent's validTo, days from now (negative: an expired consent)")
     p.add_argument("--lifetime", type=int, default=DEFAULT_MINT_LIFETIME_SECONDS,
                    help="token lifetime, seconds (long enough to type a curl by hand)")
     p.add_argument("--pair", action="store_true", help="altinn2: also print the Authorization line of the A2 pair")
@@ -165,6 +181,7 @@ def add_dev_parsers(sub: Any, *, mint: Callable[..., int], dev_issuer: Callable[
     def fix_defaults(ns: argparse.Namespace) -> None:
         ns.service = ns.service or ["4804_210607"]
         ns.resource = ns.resource or ["ske-innrapportert-inntekt"]
+        ns.action = ns.action or ["consent"]
 
     p.set_defaults(_fix=fix_defaults)
 

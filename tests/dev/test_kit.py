@@ -108,6 +108,25 @@ def test_mint_prints_header_lines_of_one_shape_and_long_lived_by_default(tmp_pat
     assert len(raw) == 2 and all(t.count(".") == 2 and ":" not in t for t in raw)  # bare tokens for `explain`
 
 
+def test_mint_altinn3_makes_the_consents_a_data_source_must_refuse_or_accept(tmp_path: Path) -> None:
+    """The cases a new user wants to try by hand: the actions of a migrated consent, another
+    organisation's consent, a handler's token, an expired consent (found in a README-only trial)."""
+    import datetime as dt
+
+    keys = tmp_path / "keys"
+    default = _claims(_altinn3(keys, tmp_path)["Authorization"])["authorization_details"][0]
+    assert default["consentRights"][0]["action"] == ["consent"] and "handledBy" not in default
+    assert default["to"]["ID"] == "0192:999999999"
+    token = _claims(_altinn3(keys, tmp_path, "--action", "Read", "--action", "Write", "--recipient", "888888888",
+                             "--handled-by", "999999999", "--consent-valid-days", "-1")["Authorization"])
+    detail = token["authorization_details"][0]
+    assert token["consumer"]["ID"] == "0192:999999999"  # the caller
+    assert detail["to"]["ID"] == "0192:888888888" and detail["handledBy"]["ID"] == "0192:999999999"
+    assert detail["consentRights"][0]["action"] == ["Read", "Write"]
+    valid_to = dt.datetime.fromisoformat(detail["validTo"])
+    assert valid_to < dt.datetime.now(dt.UTC) - dt.timedelta(hours=23)
+
+
 def test_mint_help_shows_the_defaults(tmp_path: Path) -> None:
     import os
 
