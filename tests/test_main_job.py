@@ -68,6 +68,7 @@ async def test_a2_income_in_period_releases_only_sbl_rows(mode: str, dev_issuer:
         assert record.released_bytes == len(response.content)
         assert record.effective_params == {"fraOgMed": ["2018-07"], "tilOgMed": ["2018-07"]}
         assert any(p.endswith("beskrivelse") for p in record.released_paths)
+        assert record.rows_withheld == {"oppgaveInntektsmottaker[].inntekt[]": 5}  # 8 rows, 3 released
         _no_token_in_records(gw, headers["Authorization"][7:], headers["AltinnSamtykke"])
         # the upstream never saw the tokens
         seen = gw.upstream.requests[-1]

@@ -182,6 +182,7 @@ class Responder:
         hash count data from the source only (a generic error body is the gateway's own)."""
         self.record.status = release.status
         self.record.released_paths = list(release.released_paths)
+        self.record.rows_withheld = dict(release.rows_withheld) if release.rows_withheld else None
         if release.data_released:
             self.record.released_bytes = len(release.body)
             self.record.released_sha256 = hashlib.sha256(release.body).hexdigest()
@@ -216,6 +217,7 @@ class Responder:
         self.record.detail = exc.detail
         self.record.status = exc.status_code
         self.record.released_paths = []
+        self.record.rows_withheld = None
         self.record.released_bytes = 0
         self.record.released_sha256 = None
         try:

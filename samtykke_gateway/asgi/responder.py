@@ -67,6 +67,7 @@ class Release:
     :param headers: ASGI headers, final.
     :param body: the bytes to send (empty for HEAD / bodyless statuses).
     :param released_paths: rights-package paths present in ``body``.
+    :param rows_withheld: ``(row-filter path, rows removed whole)`` pairs of a scoped body.
     :param data_released: ``True`` when ``body`` holds data from the source (a scoped 2xx
         body); ``False`` for a generic error body or no body.
     :param reason: disclosure-record reason: ``"ok"`` (data released), ``"upstream_status"``
@@ -80,6 +81,7 @@ class Release:
     released_paths: tuple[str, ...] = ()
     data_released: bool = False
     reason: str = "ok"
+    rows_withheld: tuple[tuple[str, int], ...] = ()
 
 
 def decode_body(body: bytes, encoding: str, *, max_bytes: int) -> bytes:
@@ -254,4 +256,5 @@ def scoped_release(
         (b"cache-control", b"no-store"),
         (b"x-correlation-id", cid),
     ]
-    return Release(status, out, scoped.body, scoped.released_paths, data_released=True)
+    return Release(status, out, scoped.body, scoped.released_paths, data_released=True,
+                   rows_withheld=scoped.rows_withheld)

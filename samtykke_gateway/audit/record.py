@@ -22,7 +22,7 @@ NO_DATA_REASONS = frozenset({"no_data_released", "upstream_status"})
 #: Fields added after logs were first written: left out of the stored record while ``None``,
 #: so a record without them is stored (and hashed) exactly as before they existed, and a
 #: stored record without them reads back with ``None``.
-OMITTED_WHEN_NONE = ("handled_by",)
+OMITTED_WHEN_NONE = ("handled_by", "rows_withheld")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -40,6 +40,8 @@ class DisclosureRecord:
     ``metadata`` is the consent metadata that applied (JSON object of str → list[str]).
     ``requested_params``/``effective_params``: query parameters as received / as forwarded.
     ``released_paths``: field paths that left the gateway (rights-package path language).
+    ``rows_withheld``: rows a rights package's row filters removed whole from the answer, per
+    filter path (``{"oppgaveInntektsmottaker[].inntekt[]": 5}``); ``None`` when none was.
     ``released_bytes``/``released_sha256``: size and SHA-256 hex of the body released (on a
     streamed answer's decision record 0 / ``None``; its end record has the bytes handed to the
     server, and ``detail`` = the reason code of what cut it off, for ``stream_cut``).
@@ -72,6 +74,7 @@ class DisclosureRecord:
     effective_params: dict[str, list[str]] = field(default_factory=dict)
     upstream_status: int | None = None
     released_paths: list[str] = field(default_factory=list)
+    rows_withheld: dict[str, int] | None = None
     released_bytes: int = 0
     released_sha256: str | None = None
     detail: str | None = None

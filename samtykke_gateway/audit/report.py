@@ -74,6 +74,7 @@ _NB = {
     "no_fields": "ingen felt", "not_scoped": "hele svaret (ingen rettighetspakke)",
     "package": "rettighetspakke {name}: alle felt den ikke nevner",
     "package_absent": "nevnt av pakken, ikke i svaret: {fields}",
+    "rows_withheld": "{n} rader av {path} holdt tilbake av radfilteret",
     "narrowed": "parameter {name}: spurt {asked}, sendt {sent}",
     "one_time": "engangssamtykke – brukt ved denne utleveringen",
     "daily_limit": "inntil {n} per dag", "no_limit": "ingen", "unknown": "ikke kjent (rapport uten --config)",
@@ -104,6 +105,7 @@ _EN = {
     "no_fields": "no fields", "not_scoped": "the whole answer (no rights package)",
     "package": "rights package {name}: every field it does not name",
     "package_absent": "named by the package, not in the answer: {fields}",
+    "rows_withheld": "{n} rows of {path} withheld by the row filter",
     "narrowed": "parameter {name}: asked {asked}, sent {sent}",
     "one_time": "one-time consent – used by this disclosure",
     "daily_limit": "up to {n} a day", "no_limit": "none", "unknown": "not known (report made without --config)",
@@ -300,6 +302,8 @@ def _disclosure_row(
                 withheld.append(text(t["package_absent"].format(fields=", ".join(absent)), note))
             if facts.description:
                 withheld.append(f'<span class="note">{text(facts.description, note)}</span>')
+    for rows_path, count in sorted((r.rows_withheld or {}).items()):
+        withheld.append(text(t["rows_withheld"].format(n=count, path=rows_path), note))
     for name in sorted(set(r.requested_params) | set(r.effective_params)):
         asked, sent = r.requested_params.get(name), r.effective_params.get(name)
         if asked != sent:

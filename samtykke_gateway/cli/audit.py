@@ -55,6 +55,7 @@ _CSV_COLUMNS = (
     "resource",
     "legal_basis",
     "fields_released",
+    "rows_withheld",
     "decision",
     "reason",
     "status",
@@ -366,6 +367,7 @@ def export_document(
             entry |= {
                 "legal_basis": LEGAL_BASIS,
                 "fields_released": list(r.released_paths),
+                "rows_withheld": dict(r.rows_withheld or {}),
                 "status": r.status,
                 "upstream_status": r.upstream_status,
                 "released_bytes": r.released_bytes,
@@ -411,6 +413,7 @@ def _csv(document: dict[str, Any]) -> str:
             row = dict(entry)
             row["section"] = section
             row["fields_released"] = ";".join(entry.get("fields_released", []))
+            row["rows_withheld"] = ";".join(f"{p}={n}" for p, n in sorted(entry.get("rows_withheld", {}).items()))
             row["metadata"] = json.dumps(entry["metadata"], ensure_ascii=False, sort_keys=True)
             row["decision"] = entry.get("decision", "allow")
             writer.writerow({k: _csv_safe(v) for k, v in row.items()})

@@ -70,7 +70,7 @@ from samtykke_gateway.scoping.exact_json import (
     encode_json,
 )
 from samtykke_gateway.scoping.paths import RowFilterSpec, parse_package
-from samtykke_gateway.scoping.tree import DROP, Walk, compile_package
+from samtykke_gateway.scoping.tree import DROP, Released, Walk, compile_package
 
 __all__ = ["JsonNumber", "RightsPackage", "ScopeContext", "ScopedBody", "scope_body"]
 
@@ -107,10 +107,13 @@ class ScopedBody:
 
     :param body: compact UTF-8 JSON.
     :param released_paths: sorted, de-duplicated ``fields`` paths with a value in ``body``.
+    :param rows_withheld: rows a row filter removed whole, per filter path.
     """
 
     body: bytes
     released_paths: tuple[str, ...]
+    #: ``(row-filter path, rows removed whole)``, sorted; empty when no row was withheld
+    rows_withheld: tuple[tuple[str, int], ...] = ()
 
 
 class RightsPackage:
@@ -162,11 +165,19 @@ class RightsPackage:
             package's paths, but wholly released subtrees are shared with ``document``:
             treat both as read-only. ``null`` when the top-level value contradicts the package.
         """
-        released: set[str] = set()
+        scoped, released, _withheld = self.apply_counted(document, context)
+        return scoped, released
+
+    def apply_counted(
+        self, document: Any, context: ScopeContext
+    ) -> tuple[Any, tuple[str, ...], tuple[tuple[str, int], ...]]:
+        """:meth:`apply`, plus the rows each row filter removed whole:
+        ``(scoped, released_paths, ((filter path, rows withheld), ...))`` (sorted)."""
+        released = Released()
         scoped = self._walk(document, context, released)
         if scoped is DROP:
-            return None, ()
-        return scoped, tuple(sorted(released))
+            return None, (), ()
+        return scoped, tuple(sorted(released)), tuple(sorted(released.withheld.items()))
 
     def __repr__(self) -> str:
         return f"RightsPackage({self.name!r}, fields={list(self.fields)!r})"
@@ -200,14 +211,14 @@ def scope_body(
     document = decode_fast(body, max_depth=max_depth)
     if document is INEXACT:  # numbers orjson would change, or a body it refuses
         document = decode_json(body, max_depth=max_depth)
-        scoped, released = package.apply(document, context)
+        scoped, released, withheld = package.apply_counted(document, context)
         if context.subject_path is not None and scoped is not None:  # (None: wrong shape, said later)
             check_response_subject(document, context.subject_path, context.subject, raw=body)
-        return ScopedBody(encode_json(scoped, source=body), released)
-    scoped, released = package.apply(document, context)
+        return ScopedBody(encode_json(scoped, source=body), released, withheld)
+    scoped, released, withheld = package.apply_counted(document, context)
     if context.subject_path is not None and scoped is not None:  # (None: wrong shape, said later)
         check_response_subject(document, context.subject_path, context.subject, raw=body)
-    return ScopedBody(encode_fast(scoped), released)
+    return ScopedBody(encode_fast(scoped), released, withheld)
 
 
 def check_response_subject(

@@ -20,9 +20,27 @@ from samtykke_gateway.scoping.paths import EACH, PackageSpec, RowFilterSpec, Ste
 if TYPE_CHECKING:
     from samtykke_gateway.scoping.package import ScopeContext
 
-__all__ = ["DROP", "Walk", "compile_package"]
+__all__ = ["DROP", "Released", "Walk", "compile_package"]
 
 DROP: Final = object()  # "this branch is dropped"
+
+
+class Released(set[str]):
+    """The ``released`` set a walk fills (field paths with a value in the answer), plus
+    ``withheld``: row-filter path → rows removed whole (docs/protocol.md §6, §7)."""
+
+    __slots__ = ("withheld",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.withheld: dict[str, int] = {}
+
+
+def _note_withheld(released: set[str], rows_path: str, count: int) -> None:
+    """Count ``count`` rows of ``rows_path`` removed by a row filter (only on a :class:`Released`)."""
+    withheld = getattr(released, "withheld", None)
+    if withheld is not None:
+        withheld[rows_path] = withheld.get(rows_path, 0) + count
 Walk: TypeAlias = Callable[[Any, "ScopeContext", set[str]], Any]
 _Predicate: TypeAlias = Callable[[Any, "ScopeContext"], bool]
 _Entry: TypeAlias = "str | Walk"  # a field path (released whole) or a closure
@@ -174,6 +192,7 @@ def _compile(node: _Node, inherited_full: bool) -> _Entry:
     if node.each is not None and (not full or node.each.has_filters()):
         each = _compile(node.each, full)
     test = _all_of([_predicate(spec) for spec in node.filters])
+    rows_path = node.filters[0].path if node.filters else ""  # "" : nothing to count
     if full and not members and each is None and test is None:
         return path or ""  # "" only for absorbed nodes, which the parent never keeps
     if not full and each is None:
@@ -185,10 +204,10 @@ def _compile(node: _Node, inherited_full: bool) -> _Entry:
             plan = {name: _compile(child, False) for name, child in element.members.items()}
             (spec,) = node.filters if len(node.filters) == 1 else (None,)
             if spec is not None and len(spec.where) == 1 and spec.op != "within_period":
-                return _rows_of_objects(plan, None, (spec.where[0], spec.values, spec.op))
-            return _rows_of_objects(plan, test)
-        return _array_walk(each, test)
-    return _general_walk(full, path, members or None, each, test)
+                return _rows_of_objects(plan, None, (spec.where[0], spec.values, spec.op), rows_path=rows_path)
+            return _rows_of_objects(plan, test, rows_path=rows_path)
+        return _array_walk(each, test, rows_path)
+    return _general_walk(full, path, members or None, each, test, rows_path)
 
 
 def _only_leaves(plan: dict[str, _Entry]) -> bool:
@@ -237,6 +256,8 @@ def _rows_of_objects(
     plan: dict[str, _Entry],
     test: _Predicate | None,
     member_filter: tuple[str, frozenset[str], str] | None = None,
+    *,
+    rows_path: str = "",
 ) -> Walk:
     """``_array_walk(_object_walk(plan), test)`` in one closure (a call less per row).
 
@@ -272,6 +293,8 @@ def _rows_of_objects(
                         if result is not DROP:
                             out[name] = result
                 rows.append(out)
+            if len(rows) != len(value):
+                _note_withheld(released, rows_path, len(value) - len(rows))
             return rows
 
         return walk_filtered_rows
@@ -292,6 +315,8 @@ def _rows_of_objects(
                         out[name] = item
                         add(path)  # type: ignore[arg-type]
                 rows.append(out)
+            if rows_path and len(rows) != len(value):
+                _note_withheld(released, rows_path, len(value) - len(rows))
             return rows
 
         return walk_rows_of_leaves
@@ -317,12 +342,14 @@ def _rows_of_objects(
                     if result is not DROP:
                         out[name] = result
             rows.append(out)
+        if rows_path and len(rows) != len(value):
+            _note_withheld(released, rows_path, len(value) - len(rows))
         return rows
 
     return walk_rows_of_objects
 
 
-def _array_walk(each: _Entry | None, test: _Predicate | None) -> Walk:
+def _array_walk(each: _Entry | None, test: _Predicate | None, rows_path: str = "") -> Walk:
     if isinstance(each, str):
         path = each
 
@@ -330,6 +357,8 @@ def _array_walk(each: _Entry | None, test: _Predicate | None) -> Walk:
             if not isinstance(value, list):
                 return DROP
             rows = value if test is None else [row for row in value if test(row, context)]
+            if rows_path and len(rows) != len(value):
+                _note_withheld(released, rows_path, len(value) - len(rows))
             if rows:
                 released.add(path)
             return list(rows) if rows is value else rows
@@ -349,6 +378,8 @@ def _array_walk(each: _Entry | None, test: _Predicate | None) -> Walk:
             result = walk_each(row, context, released)
             if result is not DROP:
                 out.append(result)
+        if rows_path and len(out) != len(value):
+            _note_withheld(released, rows_path, len(value) - len(out))
         return out
 
     return walk_rows
@@ -360,11 +391,12 @@ def _general_walk(
     members: dict[str, _Entry] | None,
     each: _Entry | None,
     test: _Predicate | None,
+    rows_path: str = "",
 ) -> Walk:
     """Released whole with row filters inside, or a member used as both object and array."""
     takes_lists = each is not None or (full and test is not None)
     walk_object = _object_walk(members) if members is not None and not full else None
-    walk_array = _array_walk(each, test) if each is not None else None
+    walk_array = _array_walk(each, test, rows_path) if each is not None else None
 
     def walk(value: Any, context: ScopeContext, released: set[str]) -> Any:
         out: Any
@@ -388,6 +420,8 @@ def _general_walk(
                 out = walk_array(value, context, released)
             else:
                 out = [row for row in value if test(row, context)]  # type: ignore[misc]
+                if rows_path and len(out) != len(value):
+                    _note_withheld(released, rows_path, len(value) - len(out))
         elif full:  # a scalar holds no rows: the released path releases it
             out = value
         else:

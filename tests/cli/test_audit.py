@@ -85,6 +85,7 @@ def test_export_json_lists_disclosures_and_denied_attempts_separately(db: str) -
     assert first["consent_id"] == make_record(1).consent_id
     assert first["resource"] == "ske-inntekt"
     assert first["fields_released"] == ["arbeidsinntektMaaned[].inntekt[].beloep"]
+    assert first["rows_withheld"] == {}  # written before rows were counted: none recorded
     assert doc["disclosures"][1]["supplier"] is None
     assert [(d["reason"], d["status"]) for d in doc["denied_attempts"]] == [
         ("consent_expired", 403)
@@ -119,6 +120,33 @@ def test_export_neutralises_spreadsheet_formulas(tmp_path: Path) -> None:
     code, out = _cli("audit", "export", "--store", url, "--subject", PERSON, "--format", "csv")
     assert code == 0
     assert next(iter(csv.DictReader(io.StringIO(out))))["resource"].startswith("'=")
+
+
+def test_export_shows_the_rows_a_row_filter_withheld(tmp_path: Path) -> None:
+    """Issue 14: `fields_released` alone did not show that rows were withheld; the record now
+    counts them per row-filter path, and the export (JSON and CSV) shows the counts. A record
+    without counts is stored without the key (old logs still verify)."""
+    url = f"sqlite:///{tmp_path}/a.db"
+    withheld = {"oppgaveInntektsmottaker[].inntekt[]": 5, "oppgaveInntektsmottaker[]": 1}
+
+    async def seed() -> None:
+        store = open_store(url)
+        await store.open()
+        await store.append(make_record(1, rows_withheld=withheld))
+        await store.append(make_record(2))
+        await store.close()
+
+    asyncio.run(seed())
+    code, out = _cli("audit", "export", "--store", url, "--subject", PERSON)
+    assert code == 0
+    assert [d["rows_withheld"] for d in json.loads(out)["disclosures"]] == [withheld, {}]
+    code, out = _cli("audit", "export", "--store", url, "--subject", PERSON, "--format", "csv")
+    assert [r["rows_withheld"] for r in csv.DictReader(io.StringIO(out))] == [
+        "oppgaveInntektsmottaker[]=1;oppgaveInntektsmottaker[].inntekt[]=5", ""]
+    with sqlite3.connect(f"{tmp_path}/a.db") as conn:
+        stored = [json.loads(r) for (r,) in conn.execute("SELECT record FROM disclosure ORDER BY seq")]
+    assert stored[0]["rows_withheld"] == withheld and "rows_withheld" not in stored[1]
+    assert _cli("audit", "verify", "--store", url)[0] == 0
 
 
 def test_purge_then_verify(db: str) -> None:

@@ -72,6 +72,8 @@ def test_sbl_keeps_exactly_the_three_released_income_rows() -> None:
     }
     assert "oppgaveInntektsmottaker[].inntekt[].loennsinntekt.beskrivelse" in result.released_paths
     assert list(result.released_paths) == sorted(set(result.released_paths))
+    # the five rows the beskrivelse filter removed whole are counted, per filter path
+    assert result.rows_withheld == (("oppgaveInntektsmottaker[].inntekt[]", 5),)
 
 
 def test_sbl_removes_months_outside_the_consented_period() -> None:
@@ -80,8 +82,25 @@ def test_sbl_removes_months_outside_the_consented_period() -> None:
     outside = scope_body(body, sbl, ScopeContext(period_from="2018-08", period_to="2018-12"))
     assert json.loads(outside.body) == {"oppgaveInntektsmottaker": []}
     assert outside.released_paths == ()
+    assert outside.rows_withheld == (("oppgaveInntektsmottaker[]", 1),)  # the July 2018 month
     no_period = scope_body(body, sbl, ScopeContext())
     assert json.loads(no_period.body) == {"oppgaveInntektsmottaker": []}
+
+
+def test_rows_withheld_are_counted_by_every_walk_shape() -> None:
+    """Rows of objects (one member or a general test), rows released whole, and rows under a
+    released subtree: each filter counts the rows it removed; nothing counted when all pass."""
+    document = {"a": [{"k": "x", "v": 1}, {"k": "y", "v": 2}, {"k": "x", "v": 3}, "not a row"]}
+    one_member = package(["a[].v"], [{"path": "a[]", "where": "k", "in": ["x"]}])
+    assert one_member.apply_counted(document, ScopeContext())[2] == (("a[]", 2),)
+    whole = package(["a[]"], [{"path": "a[]", "where": "k", "not_in": ["x"]}])
+    scoped, _paths, withheld = whole.apply_counted(document, ScopeContext())
+    assert scoped == {"a": [{"k": "y", "v": 2}]} and withheld == (("a[]", 3),)
+    nested = package(["a"], [{"path": "a[]", "where": "k", "equals": "y"}])
+    assert nested.apply_counted(document, ScopeContext())[2] == (("a[]", 3),)
+    everything = package(["a[].v"], [{"path": "a[]", "where": "k", "in": ["x", "y"]}])
+    assert everything.apply_counted({"a": [{"k": "x"}, {"k": "y"}]}, ScopeContext())[2] == ()
+    assert one_member.apply(document, ScopeContext()) == one_member.apply_counted(document, ScopeContext())[:2]
 
 
 def test_sbl_list_file_is_read_with_comments_skipped() -> None:
