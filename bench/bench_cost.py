@@ -65,6 +65,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_proxy import (  # noqa: E402
     PATH,
+    POOL_LUA,
     Target,
     _median,
     check,
@@ -85,34 +86,6 @@ SCOPE = "skatteetaten:spesifisertsummertskattegrunnlag"
 SERVICES = ["4628_210607_inntektsaar=2022"]
 A3_RESOURCE = "ske-spesifisert-summert-skattegrunnlag"
 LIFETIME = 3600
-
-POOL_LUA = """
-local counter = 1
-function setup(thread)
-  thread:set("id", counter)
-  counter = counter + 1
-end
-local pool = {}
-local i = 0
-function init(args)
-  local all = {}
-  for line in io.lines("%(file)s") do
-    local a, b = line:match("([^ ]+) ([^ ]+)")
-    table.insert(all, {a, b})
-  end
-  local n = %(threads)d
-  local half = math.floor(#all / n)
-  local first = (id - 1) * half + 1
-  for k = first, first + half - 1 do table.insert(pool, all[k]) end
-end
-function request()
-  i = i + 1
-  local p = pool[(i %% #pool) + 1]
-  wrk.headers["Authorization"] = "Bearer " .. p[1]
-  wrk.headers["AltinnSamtykke"] = p[2]
-  return wrk.format(nil)
-end
-"""
 
 # (name, factory, upstream: "big"/"small"/None, audit: "sqlite"/"memory"/None, tokens: "a2"/"a3"/"pool"/None)
 TARGETS: list[tuple[str, str, str | None, str | None, str | None]] = [
