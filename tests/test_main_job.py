@@ -450,6 +450,12 @@ async def test_missing_consent_is_403_without_challenge(mode: str, dev_issuer: D
         assert response.json()["reason"] == "missing_consent_token"
         assert "www-authenticate" not in response.headers
         assert _only_record(gw, response).status == 403
+        assert "altinnsamtykke header (altinn 2)" in response.json()["detail"].lower()  # the route takes both
+    async with running_gateway(mode, issuer_url, edit=altinn3_only) as gw:
+        response = await gw.client.get(INCOME_PATH + "?fraOgMed=2018-07", headers={"Authorization": f"Bearer {bearer}"})
+        detail = response.json()["detail"]
+        assert response.status_code == 403 and "carries no Altinn 3 consent" in detail
+        assert "altinnsamtykke" not in detail.lower()  # an Altinn-3-only route never mentions the legacy header
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -392,8 +392,10 @@ class Gate:
             record.token_kind = "altinn3"
         else:
             if consent_token is None:
+                legacy = f" nor the {self.config.consent_header} header (Altinn 2)" if route.altinn2_services else ""
                 raise InvalidConsentError(
-                    f"no consent: neither authorization_details nor the {self.config.consent_header} header",
+                    f"no consent: the Maskinporten token carries no Altinn 3 consent "
+                    f"(authorization_details of type urn:altinn:consent){legacy}",
                     reason="missing_consent_token",
                 )
             consent = await self.altinn2(consent_token)
