@@ -185,17 +185,17 @@ def png_colours(png: bytes) -> int:
     previous = bytearray(stride)
     colours: set[bytes] = set()
     for row_start in range(0, len(raw), stride + 1):
-        kind, line = raw[row_start], bytearray(raw[row_start + 1:row_start + 1 + stride])
+        filter_type, line = raw[row_start], bytearray(raw[row_start + 1:row_start + 1 + stride])
         for i in range(stride):
             left = line[i - channels] if i >= channels else 0
             up, up_left = previous[i], previous[i - channels] if i >= channels else 0
-            if kind == 1:
+            if filter_type == 1:
                 line[i] = (line[i] + left) & 0xFF
-            elif kind == 2:
+            elif filter_type == 2:
                 line[i] = (line[i] + up) & 0xFF
-            elif kind == 3:
+            elif filter_type == 3:
                 line[i] = (line[i] + ((left + up) >> 1)) & 0xFF
-            elif kind == 4:
+            elif filter_type == 4:
                 p = left + up - up_left
                 pa, pb, pc = abs(p - left), abs(p - up), abs(p - up_left)
                 line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else up_left)) & 0xFF

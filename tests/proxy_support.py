@@ -17,7 +17,7 @@ import socket
 import threading
 import tomllib
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -79,7 +79,7 @@ class LabUpstream:
         self.chunks_sent = 0
         self.aborted = False
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             await answer_lifespan(receive, send)
             return

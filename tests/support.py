@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import tomllib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +64,7 @@ def a3_headers(
     *,
     subject: str = TAX_BASE_PERSON,
     consumer: str = BANK,
-    rights: list[tuple[str | None, dict[str, str]]] | None = None,
+    rights: Sequence[tuple[str | None, dict[str, str]]] | None = None,
     scope: str = TAX_BASE_SCOPE,
     mp_consumer: str | None = None,
     consent: dict[str, Any] | None = None,

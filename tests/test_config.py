@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,11 +22,11 @@ TT02 = CONFIG_DIR / "skatteetaten-tt02.toml"
 STUDIELAN = CONFIG_DIR / "studielan-example.toml"
 
 
-def _data() -> dict:
+def _data() -> dict[str, Any]:
     return tomllib.loads(TT02.read_text())
 
 
-def _parse(data: dict) -> None:
+def _parse(data: dict[str, Any]) -> None:
     parse_config(data, base_dir=CONFIG_DIR)
 
 
@@ -257,7 +258,7 @@ def test_serve_refuses_invalid_config_without_traceback(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- body subject
 
 
-def _body_route(data: dict, **changes: object) -> dict:
+def _body_route(data: dict[str, Any], **changes: object) -> dict[str, Any]:
     """Route 0 (income) as a POST route whose subject is a JSON body field."""
     route = data["routes"][0]
     route.update(method="POST", subject={"body": "fnr"})
@@ -300,7 +301,7 @@ def test_body_subject_parses() -> None:
         ({}, {"max_request_body_bytes": True}, "gateway.max_request_body_bytes"),
     ],
 )
-def test_body_subject_config_errors(changes: dict, gateway: dict, key_path: str) -> None:
+def test_body_subject_config_errors(changes: dict[str, Any], gateway: dict[str, Any], key_path: str) -> None:
     data = _body_route(_data(), **changes)
     data["gateway"].update(gateway)
     with pytest.raises(ConfigError) as info:
@@ -453,7 +454,7 @@ def test_altinn3_route_options_parse() -> None:
         ({}, {"altinn": {"max_token_age_seconds": 60}}, "issuers.altinn.max_token_age_seconds"),
     ],
 )
-def test_altinn3_route_option_errors_name_the_key(route: dict, issuers: dict, key_path: str) -> None:
+def test_altinn3_route_option_errors_name_the_key(route: dict[str, Any], issuers: dict[str, Any], key_path: str) -> None:
     data = _data()
     data["routes"][1].update(route)
     data["issuers"] = issuers
@@ -490,7 +491,7 @@ def test_check_config_prints_the_altinn3_rules_per_route(tmp_path: Path, capsys:
         ("gateway", {"leeway_seconds": 99_999_999}, "gateway.leeway_seconds"),
     ],
 )
-def test_config_bounds(table: str, values: dict, key_path: str) -> None:
+def test_config_bounds(table: str, values: dict[str, Any], key_path: str) -> None:
     data = tomllib.loads(TT02.read_text())
     data[table].update(values)
     with pytest.raises(ConfigError) as info:
@@ -585,21 +586,21 @@ def test_check_config_and_serve_refuse_non_utf8_without_traceback(tmp_path: Path
     assert CONFIG_SECRET.encode() not in done.stderr
 
 
-def _demo(tmp_path: Path) -> dict:
+def _demo(tmp_path: Path) -> dict[str, Any]:
     import tomllib
 
     path = write_config(tmp_path / "gw.toml", issuer_url="http://127.0.0.1:9", upstream_url="http://127.0.0.1:9")
     return tomllib.loads(path.read_text())
 
 
-def _parse_at(tmp_path: Path, data: dict) -> object:
+def _parse_at(tmp_path: Path, data: dict[str, Any]) -> object:
     from samtykke_gateway.config import parse_config
 
     return parse_config(data, base_dir=tmp_path)
 
 
-def _route_entry(name: str, path: str, *, method: str | list[str] = "GET", scoped: bool = True) -> dict:
-    route: dict = {"name": name, "method": method, "path": path, "scope": "skatteetaten:x",
+def _route_entry(name: str, path: str, *, method: str | list[str] = "GET", scoped: bool = True) -> dict[str, Any]:
+    route: dict[str, Any] = {"name": name, "method": method, "path": path, "scope": "skatteetaten:x",
                    "subject": {"header": "NAV-PersonIdent"}, "altinn2_service": "4804_210607"}
     if scoped:
         route["rights_package"] = "inntekt-sbl"
@@ -684,7 +685,7 @@ def test_routes_that_stay_reachable_load(tmp_path: Path, first: str, second: str
     ({"metrics_path": "/met rics"}, "gateway.metrics_path"),
     ({"ready_path": "/hdr/x"}, "gateway.ready_path"),  # a route's own path
 ])
-def test_colliding_or_unmatchable_probe_paths_are_refused(tmp_path: Path, gateway: dict, key: str) -> None:
+def test_colliding_or_unmatchable_probe_paths_are_refused(tmp_path: Path, gateway: dict[str, Any], key: str) -> None:
     data = _demo(tmp_path)
     data["routes"].append(_route_entry("x", "/hdr/x"))
     data["gateway"].update(gateway)

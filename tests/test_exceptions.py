@@ -48,7 +48,7 @@ def test_every_gateway_error_lives_in_the_exceptions_module() -> None:
 
 def test_the_docstring_draws_every_class_with_its_parent_status_and_default_reason() -> None:
     drawn = _drawn_tree()
-    classes = [GatewayError, *_subclasses(GatewayError)]
+    classes: list[type[GatewayError]] = [GatewayError, *_subclasses(GatewayError)]
     assert sorted(drawn) == sorted(cls.__name__ for cls in classes)
     for cls in classes:
         parent, status, reason = drawn[cls.__name__]
@@ -57,7 +57,8 @@ def test_the_docstring_draws_every_class_with_its_parent_status_and_default_reas
 
 
 def test_every_error_is_public_in_the_module_and_the_package() -> None:
-    names = {cls.__name__ for cls in [GatewayError, *_subclasses(GatewayError)]} | {"ConfigError"}
+    classes: list[type[GatewayError]] = [GatewayError, *_subclasses(GatewayError)]
+    names = {cls.__name__ for cls in classes} | {"ConfigError"}
     assert names == set(exceptions.__all__)
     assert exceptions.__all__ == sorted(exceptions.__all__)
     assert names <= set(samtykke_gateway.__all__)

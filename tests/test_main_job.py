@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
+from samtykke_gateway.audit.record import DisclosureRecord
 from samtykke_gateway.dev.issuer import DevIssuer, encode_token
 
 from tests.support import (
@@ -18,6 +20,7 @@ from tests.support import (
     SBL_RELEASED,
     TAX_BASE_PERSON,
     TAX_BASE_RESOURCE,
+    GatewayUnderTest,
     a2_headers,
     a3_headers,
     altinn3_only,
@@ -30,14 +33,14 @@ pytestmark = pytest.mark.anyio
 MODES = ["middleware", "sidecar"]
 
 
-def _only_record(gw, response) -> object:  # type: ignore[no-untyped-def]
+def _only_record(gw: GatewayUnderTest, response: httpx.Response) -> DisclosureRecord:
     cid = response.headers["x-correlation-id"]
     mine = [r for r in gw.records if r.correlation_id == cid]
     assert len(mine) == 1, f"expected exactly one disclosure record, got {len(mine)}"
     return mine[0]
 
 
-def _no_token_in_records(gw, *tokens: str) -> None:  # type: ignore[no-untyped-def]
+def _no_token_in_records(gw: GatewayUnderTest, *tokens: str) -> None:
     dump = json.dumps([r.to_dict() for r in gw.records])
     for token in tokens:
         for part in token.split("."):

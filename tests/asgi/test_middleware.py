@@ -13,7 +13,8 @@ import asyncio
 import select
 import socket
 import time
-from typing import Any
+from collections.abc import MutableMapping
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -24,6 +25,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from samtykke_gateway.asgi.middleware import ConsentMiddleware
+from samtykke_gateway.audit.memory import MemoryStore
 from samtykke_gateway.dev.issuer import DevIssuer
 from samtykke_gateway.dev.server import ThreadedServer
 from samtykke_gateway.exceptions import ConfigError
@@ -93,13 +95,13 @@ async def test_slow_upload_is_408_in_the_middleware(dev_issuer: DevIssuer, issue
 
     echo = Echo()
     middleware = ConsentMiddleware(echo, config=make_config(issuer_url, "http://upstream.invalid", **SLOW))
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         await asyncio.sleep(0.3)
         return {"type": "http.request", "body": b" ", "more_body": True}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     try:
@@ -151,7 +153,7 @@ async def test_a_bug_in_the_gate_fails_closed_with_503(dev_issuer: DevIssuer, is
         assert gw.records[-1].decision == "deny" and gw.upstream.requests == []
 
 
-async def app(scope, receive, send):
+async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         await answer_lifespan(receive, send)
         return
@@ -163,7 +165,8 @@ async def app(scope, receive, send):
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("method,extra", [("GET", {}), ("POST", {"Content-Length": "0"})])
-async def test_app_reading_body_after_start(method, extra, dev_issuer, issuer_url) -> None:
+async def test_app_reading_body_after_start(method: str, extra: dict[str, str], dev_issuer: DevIssuer,
+                                            issuer_url: str) -> None:
     config = make_config(issuer_url, "http://upstream.invalid", routes=routes_with_unscoped())
     with ThreadedServer(ConsentMiddleware(app, config=config), proxy_headers=False) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=3) as client:
@@ -252,7 +255,7 @@ async def test_middleware_app_answering_a_gone_client(endpoint: Any, dev_issuer:
     with ThreadedServer(middleware, proxy_headers=False) as server:
         headers = a3_headers(dev_issuer)
         await asyncio.to_thread(_leave_after, server.url, STREAM_PATH, headers["Authorization"], 0.3)
-        store = middleware.gateway.store
+        store = cast(MemoryStore, middleware.gateway.store)
         for _ in range(150):
             if store.records:
                 break
@@ -385,7 +388,7 @@ async def test_fastapi_app_keeps_its_own_paths_while_the_protected_prefix_stays_
             assert ok.json() == {"personidentifikator": STUDIELAN_PERSON,
                                  "saldo": {"beloep": 250000, "valuta": "NOK", "per": "2025-01-01"},
                                  "lan": [{"lanetype": "studielan", "saldo": 250000}]}
-    store = consent_middleware(app).gateway.store
+    store = cast(MemoryStore, consent_middleware(app).gateway.store)
     assert [(r.reason, r.status) for r in store.records] == [("no_route", 404)] * 3 + [
         ("missing_token", 401), ("ok", 200)]
 

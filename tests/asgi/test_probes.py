@@ -44,9 +44,9 @@ def json_logs(level: str = "DEBUG") -> Iterator[io.StringIO]:
     try:
         yield stream
     finally:
-        for n, (level, handlers, propagate) in saved.items():
+        for n, (saved_level, handlers, propagate) in saved.items():
             lg = logging.getLogger(n)
-            lg.setLevel(level)
+            lg.setLevel(saved_level)
             lg.handlers[:] = handlers
             lg.propagate = propagate
 
@@ -130,4 +130,4 @@ def test_metrics_registry_goes_with_config_only(issuer_url: str) -> None:
 
     gateway = Gateway(studielan_config(issuer_url))
     with pytest.raises(TypeError, match="metrics_registry"):
-        ConsentMiddleware(lambda *a: None, gateway=gateway, metrics_registry=CollectorRegistry())
+        ConsentMiddleware(lambda *a: None, gateway=gateway, metrics_registry=CollectorRegistry())  # type: ignore[arg-type]

@@ -55,7 +55,8 @@ def ref_time(value: str) -> str:
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    normalised: str = parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return normalised
 
 
 def ref_column(value: Any) -> str | None:
@@ -398,7 +399,8 @@ def _reference_normalise(value: str) -> str:
     parsed = _Midnight24.fromisoformat(value)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    normalised: str = parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return normalised
 
 
 def _outcome(function: Any, value: str) -> Any:

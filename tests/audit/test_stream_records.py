@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from typing import Any
+from types import TracebackType
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -80,7 +81,7 @@ async def test_stream_cut_by_the_data_api_is_recorded(mode: str, dev_issuer: Dev
         assert any("cut off" in r.getMessage() and cid in r.getMessage() for r in gateway_logs)
         if mode == "sidecar":  # the lab (upstream) runs on its own server, which logs its own crash
             assert not any("Exception in ASGI application" in r.getMessage() and r.exc_info
-                           and "samtykke_gateway" in str(r.exc_info[2].tb_frame.f_code.co_filename)
+                           and "samtykke_gateway" in str(cast(TracebackType, r.exc_info[2]).tb_frame.f_code.co_filename)
                            for r in caplog.records)
         else:  # the lab runs inside the gateway's server: the app's exception is not logged as a traceback
             assert not any(r.exc_info for r in caplog.records), [r.getMessage() for r in caplog.records]
@@ -240,7 +241,7 @@ def _read_a_little_and_leave(port: int, target: str, auth: str) -> int:
 
 
 @pytest.mark.parametrize("mode", ["middleware", "sidecar"])
-async def test_client_gone_during_drain_is_recorded_cut(mode, dev_issuer, issuer_url) -> None:
+async def test_client_gone_during_drain_is_recorded_cut(mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
     async with served(mode, issuer_url) as gw:
         port = int(gw.url.rsplit(":", 1)[1])
         got = await asyncio.to_thread(_read_a_little_and_leave, port, STREAM_PATH + "?case=bigfinal",
@@ -262,7 +263,7 @@ def _ask_and_leave(port: int, target: str, auth: str, after_seconds: float) -> f
     return time.monotonic()
 
 
-async def test_client_leaving_while_the_start_record_is_written(dev_issuer, issuer_url) -> None:
+async def test_client_leaving_while_the_start_record_is_written(dev_issuer: DevIssuer, issuer_url: str) -> None:
     """The client leaves while the gateway writes the stream's start record (in_app is False):
     the watcher notes client_gone but does not cancel, and is never restarted, so the upstream
     request stays open until the upstream's next part or the read timeout (10 s), not at once."""
@@ -270,7 +271,7 @@ async def test_client_leaving_while_the_start_record_is_written(dev_issuer, issu
         store = gw.store
         real_append = store.append
 
-        async def slow_append(record):
+        async def slow_append(record: DisclosureRecord) -> None:
             if record.reason == "ok":
                 await asyncio.sleep(0.6)  # e.g. a PostgreSQL commit under load
             await real_append(record)
@@ -291,7 +292,8 @@ async def test_client_leaving_while_the_start_record_is_written(dev_issuer, issu
 
 
 @pytest.mark.parametrize("slow_start_record", [True, False])
-async def test_one_time_consent_not_spent_by_a_stream_nobody_received(slow_start_record, dev_issuer, issuer_url) -> None:
+async def test_one_time_consent_not_spent_by_a_stream_nobody_received(slow_start_record: bool, dev_issuer: DevIssuer,
+                                                                      issuer_url: str) -> None:
     """one_time route, unscoped: the client leaves before any body byte (with a slow start
     record: before even the response head was sent). The end record says 0 bytes, yet the
     one-time consent is spent (released was set True when the stream opened)."""
@@ -300,7 +302,7 @@ async def test_one_time_consent_not_spent_by_a_stream_nobody_received(slow_start
         if slow_start_record:
             real_append = gw.store.append
 
-            async def slow_append(record):
+            async def slow_append(record: DisclosureRecord) -> None:
                 if record.reason == "ok":
                     await asyncio.sleep(0.6)
                 await real_append(record)

@@ -9,12 +9,14 @@ import io
 import json
 import sqlite3
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from tests.audit_support import BANK, OTHER, PERSON, VENDOR, make_record
 
 from samtykke_gateway.audit import open_store
+from samtykke_gateway.audit.memory import MemoryStore
 from samtykke_gateway.cli.audit import add_audit_parser, run_audit
 
 
@@ -337,7 +339,8 @@ async def test_export_lists_head_and_upstream_405_apart_from_disclosures(dev_iss
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=plain), base_url="http://app.test") as client:
         refused = await client.head(studielan_path(), headers=studielan_headers(dev_issuer))
         assert refused.status_code == 405
-    records = consent_middleware(app).gateway.store.records + consent_middleware(plain).gateway.store.records
+    records = (cast(MemoryStore, consent_middleware(app).gateway.store).records
+               + cast(MemoryStore, consent_middleware(plain).gateway.store).records)
     assert [(r.method, r.decision, r.reason, r.status) for r in records] == [
         ("GET", "allow", "ok", 200), ("HEAD", "allow", "no_data_released", 200),
         ("HEAD", "allow", "upstream_status", 405)]

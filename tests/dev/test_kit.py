@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -86,7 +87,8 @@ def _claims(bearer_line: str) -> dict:  # type: ignore[type-arg]
     import json
 
     payload = bearer_line.removeprefix("Bearer ").split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims: dict[Any, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return claims
 
 
 def test_mint_prints_header_lines_of_one_shape_and_long_lived_by_default(tmp_path: Path) -> None:

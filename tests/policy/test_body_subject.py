@@ -11,7 +11,7 @@ import asyncio
 import json
 import socket
 import tomllib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -233,13 +233,13 @@ def _scope(body_length: int, headers: dict[str, str]) -> dict[str, Any]:
 async def test_client_gone_while_sending_middleware(dev_issuer: DevIssuer, issuer_url: str) -> None:
     echo = Echo()
     middleware = ConsentMiddleware(echo, config=make_config(issuer_url, "http://upstream.invalid", **OVERRIDES))
-    messages = [{"type": "http.request", "body": b'{"fnr": "', "more_body": True}, {"type": "http.disconnect"}]
-    sent: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = [{"type": "http.request", "body": b'{"fnr": "', "more_body": True}, {"type": "http.disconnect"}]
+    sent: list[MutableMapping[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         return messages.pop(0)
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     try:
@@ -256,7 +256,7 @@ async def test_replayed_body_then_the_clients_disconnect(dev_issuer: DevIssuer, 
     """The app gets the checked body as one message, then the client's own messages."""
     received: list[dict[str, Any]] = []
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         received.append(await receive())
         received.append(await receive())
         await send({"type": "http.response.start", "status": 204, "headers": []})
@@ -264,13 +264,13 @@ async def test_replayed_body_then_the_clients_disconnect(dev_issuer: DevIssuer, 
 
     middleware = ConsentMiddleware(app, config=make_config(issuer_url, "http://upstream.invalid", **OVERRIDES))
     body = b'{"fnr": "%s"}' % TAX_BASE_PERSON.encode()
-    messages = [{"type": "http.request", "body": body[:5], "more_body": True},
+    messages: list[dict[str, Any]] = [{"type": "http.request", "body": body[:5], "more_body": True},
                 {"type": "http.request", "body": body[5:], "more_body": False}, {"type": "http.disconnect"}]
 
     async def receive() -> dict[str, Any]:
         return messages.pop(0)
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         pass
 
     try:

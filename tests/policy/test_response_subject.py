@@ -104,6 +104,7 @@ def test_rows_path_edges() -> None:
     ok = {"oppgaveInntektsmottaker": [{"inntektsmottaker": {"personidentifikator": INCOME_PERSON}}] * 3}
     check_response_subject(ok, ROWS, INCOME_PERSON)
     check_response_subject({"oppgaveInntektsmottaker": []}, ROWS, INCOME_PERSON)
+    bad: Any
     for bad in ({"oppgaveInntektsmottaker": {}}, {"oppgaveInntektsmottaker": [{}]}, {"oppgaveInntektsmottaker": [1]}):
         with pytest.raises(UpstreamError):
             check_response_subject(bad, ROWS, INCOME_PERSON)

@@ -83,7 +83,7 @@ def test_row_walks_match_the_reference(
 
 
 def test_row_packages_reach_every_row_closure() -> None:
-    tables = [
+    tables: list[dict[str, Any]] = [
         {"fields": ["r[].a", "r[].o.k"], "rows": [{"path": "r[]", "where": "k", "in": ["x"]}]},
         {"fields": ["r[].a", "r[].b"], "rows": [{"path": "r[]", "where": "k", "not_in": ["x"]}]},
         {"fields": ["r[].a", "r[].s[].k"]},

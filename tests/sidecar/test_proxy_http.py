@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import MutableMapping
 from typing import Any
 
 import httpx
@@ -99,12 +100,12 @@ async def _call_middleware(mw: ConsentMiddleware, headers: list[tuple[bytes, byt
         "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"case=echo",
         "headers": headers, "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80),
     }
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"hello", "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     await mw(scope, receive, send)
@@ -363,7 +364,7 @@ async def test_consumer_client_disconnect_does_not_break_gateway(dev_issuer: Dev
         assert response.status_code == 200
 
 
-async def test_empty_post_gets_an_answer(dev_issuer, issuer_url) -> None:
+async def test_empty_post_gets_an_answer(dev_issuer: DevIssuer, issuer_url: str) -> None:
     async with served("sidecar", issuer_url) as gw:
         started = time.monotonic()
         try:
@@ -379,7 +380,7 @@ async def test_empty_post_gets_an_answer(dev_issuer, issuer_url) -> None:
 
 
 @pytest.mark.parametrize("mode", ["sidecar", "middleware"])
-async def test_pipelined(mode, dev_issuer, issuer_url) -> None:
+async def test_pipelined(mode: str, dev_issuer: DevIssuer, issuer_url: str) -> None:
     async with served(mode, issuer_url) as gw:
         gw.lab.release.set()
         auth = a3_headers(dev_issuer)["Authorization"]
@@ -395,7 +396,8 @@ async def test_pipelined(mode, dev_issuer, issuer_url) -> None:
 
 
 @pytest.mark.parametrize("length_header", ["Content-Length: 0", None])
-async def test_post_with_content_length_zero(length_header, dev_issuer, issuer_url, caplog) -> None:
+async def test_post_with_content_length_zero(length_header: str | None, dev_issuer: DevIssuer, issuer_url: str,
+                                            caplog: pytest.LogCaptureFixture) -> None:
     """A POST with ``Content-Length: 0`` on an unscoped route: the disconnect watcher starts at once
     (no framing counted) and takes the request's only (empty) body message from the proxy's body
     reader, which then waits until the response completes."""

@@ -263,7 +263,8 @@ async def test_request_body_forwarded_on_unscoped(mode: str, dev_issuer: DevIssu
 
 
 @pytest.mark.parametrize("mode", ["middleware", "sidecar"])
-async def test_304_with_content_length(mode, dev_issuer, issuer_url, caplog) -> None:
+async def test_304_with_content_length(mode: str, dev_issuer: DevIssuer, issuer_url: str,
+                                       caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     async with served(mode, issuer_url) as gw:
         r = await gw.client.get(STREAM_PATH + "?case=304cl", headers={**a3_headers(dev_issuer), "If-None-Match": '"v1"'})

@@ -7,6 +7,8 @@ protocols."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
 import socket
 import time
 
@@ -44,7 +46,7 @@ def _exchange(port: int, data: bytes, *, trickle: float = 0.0, timeout: float = 
 
 
 @pytest.fixture
-def sidecar(issuer_url: str):  # type: ignore[no-untyped-def]
+def sidecar(issuer_url: str) -> Iterator[ThreadedServer]:
     with ThreadedServer(LabUpstream()) as upstream:
         app = SidecarApp(make_config(issuer_url, upstream.url))
         with ThreadedServer(app, **bounded_http_options(head_timeout_seconds=1.0)) as server:
@@ -126,9 +128,9 @@ def test_bytes_after_a_request_start_a_new_head_timeout(sidecar: ThreadedServer,
 
 # ---------------------------------------------------------------- early answers, idle bodies
 
-SHORT = {"gateway": {"max_request_body_bytes": 1024, "request_body_timeout_seconds": 0.3},
+SHORT: dict[str, Any] = {"gateway": {"max_request_body_bytes": 1024, "request_body_timeout_seconds": 0.3},
          "routes": [*BODY_ROUTES, UNSCOPED_ROUTE]}
-PROTOCOLS = {"httptools": lambda: bounded_http_options(keep_alive_seconds=1.0, body_idle_timeout_seconds=0.5),
+PROTOCOLS: dict[str, Callable[[], dict[str, Any]]] = {"httptools": lambda: bounded_http_options(keep_alive_seconds=1.0, body_idle_timeout_seconds=0.5),
              "h11": lambda: {"http": "h11", "timeout_keep_alive": 1.0}}
 
 
@@ -171,7 +173,7 @@ def _held(port: int, request: bytes, *, then: bytes = b"", timeout: float = 3.0)
 
 
 @pytest.fixture(params=sorted(PROTOCOLS))
-def protocol(request: pytest.FixtureRequest) -> dict[str, object]:
+def protocol(request: pytest.FixtureRequest) -> dict[str, Any]:
     if request.param == "httptools" and "HttpToolsProtocol" not in str(bounded_http_options()):
         pytest.skip("httptools not installed")
     return PROTOCOLS[request.param]()
@@ -180,7 +182,7 @@ def protocol(request: pytest.FixtureRequest) -> dict[str, object]:
 @pytest.mark.parametrize("status", ["400", "401", "405", "413"])
 @pytest.mark.parametrize("then", [b"", b"x"], ids=["silent", "trickling"])
 def test_early_answer_before_the_body_closes_the_connection_in_the_sidecar(
-        issuer_url: str, dev_issuer: DevIssuer, protocol: dict[str, object], status: str, then: bytes) -> None:
+        issuer_url: str, dev_issuer: DevIssuer, protocol: dict[str, Any], status: str, then: bytes) -> None:
     with ThreadedServer(LabUpstream()) as upstream, \
             ThreadedServer(SidecarApp(make_config(issuer_url, upstream.url, **SHORT)), **protocol) as server:
         out, closed_after = _held(server.port, _early(status, dev_issuer), then=then)
@@ -191,7 +193,7 @@ def test_early_answer_before_the_body_closes_the_connection_in_the_sidecar(
 
 @pytest.mark.parametrize("then", [b"", b"x"], ids=["silent", "trickling"])
 def test_body_timeout_answer_closes_the_connection(issuer_url: str, dev_issuer: DevIssuer,
-                                                   protocol: dict[str, object], then: bytes) -> None:
+                                                   protocol: dict[str, Any], then: bytes) -> None:
     """408: the body-subject route waited its 0.3 s for a body that stopped half-way."""
     auth = a3_headers(dev_issuer)["Authorization"]
     request = (f"POST /api/b/sbl/2022 HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
@@ -205,7 +207,7 @@ def test_body_timeout_answer_closes_the_connection(issuer_url: str, dev_issuer: 
 
 
 def test_early_answer_in_the_middleware_form_says_connection_close(
-        issuer_url: str, dev_issuer: DevIssuer, protocol: dict[str, object]) -> None:
+        issuer_url: str, dev_issuer: DevIssuer, protocol: dict[str, Any]) -> None:
     """The middleware cannot close a connection itself: it asks the server to, and the server
     (uvicorn, either protocol) does."""
     middleware = ConsentMiddleware(LabUpstream(), config=make_config(issuer_url, "http://upstream.invalid", **SHORT))
@@ -217,7 +219,7 @@ def test_early_answer_in_the_middleware_form_says_connection_close(
 
 
 def test_an_answer_to_a_complete_request_keeps_the_connection(issuer_url: str, dev_issuer: DevIssuer,
-                                                               protocol: dict[str, object]) -> None:
+                                                               protocol: dict[str, Any]) -> None:
     """No ``Connection: close`` when the body was read to its end: keep-alive still works."""
     auth = a3_headers(dev_issuer)["Authorization"]
     body = b'{"fnr": "%s"}' % TAX_BASE_PERSON.encode()

@@ -314,6 +314,7 @@ async def test_another_replicas_first_start_or_an_older_marker_is_no_confirmatio
         try:
             await running.ping()  # joins the first generation
             old = await client.get(prefix + "generation")
+            assert old is not None
             await _wipe(url, prefix)
             fresh = redis_backend(url, prefix)  # a fresh replica, empty log: creates a first-start marker
             await fresh.ping()

@@ -250,7 +250,10 @@ def _token_endpoint(public_key: rsa.RSAPublicKey, issued: str, seen: list[dict[s
                 break
         form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
         head, claims, sig = form["assertion"].split(".")
-        pad = lambda s: base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))  # noqa: E731
+
+        def pad(s: str) -> bytes:
+            return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
         public_key.verify(pad(sig), f"{head}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256())
         seen.append({"grant": form["grant_type"], "header": json.loads(pad(head)), "claims": json.loads(pad(claims))})
         out = json.dumps({"access_token": issued, "token_type": "Bearer", "expires_in": 120}).encode()

@@ -37,7 +37,8 @@ def dev(dev_issuer: DevIssuer) -> DevIssuer:
 @pytest.fixture
 def policy(dev: DevIssuer, issuer_url: str, http: httpx.AsyncClient) -> IssuerPolicy:
     plain = dev.issuer_policies(http=http, base_url=issuer_url)["maskinporten"]
-    return dataclasses.replace(plain, audiences=(AUD, "https://other.example/"))
+    narrowed: IssuerPolicy = dataclasses.replace(plain, audiences=(AUD, "https://other.example/"))
+    return narrowed
 
 
 def token(dev: DevIssuer, aud: Any = None, *, drop: bool = False) -> str:
@@ -145,7 +146,7 @@ async def test_gateway_refuses_a_token_for_another_audience_and_records_it(
 ) -> None:
     from tests.support import a3_headers, running_gateway, tax_base_path
 
-    overrides = {"issuers": {"maskinporten": {"audience": AUD}}}
+    overrides: dict[str, Any] = {"issuers": {"maskinporten": {"audience": AUD}}}
     async with running_gateway(mode, issuer_url, **overrides) as gw:
         wrong = await gw.client.get(tax_base_path("2022"), headers=a3_headers(dev_issuer, claims={"aud": "unspecified"}))
         assert wrong.status_code == 401

@@ -318,7 +318,7 @@ def test_altinn2_dates_read_as_by_the_reference(value: Any) -> None:
 
 
 _KEYS = st.sampled_from(["inntektsaar", "Inntektsaar", "INNTEKTSAAR", "fraOgMed", "k"])
-_METADATA = (
+_METADATA: st.SearchStrategy[Any] = (
     st.dictionaries(_KEYS, st.sampled_from(["2022", "2021"] * 5 + ["x" * 257, 1]), max_size=3)
     | st.none()
     | st.just([])

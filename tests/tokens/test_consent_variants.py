@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
+from typing import Any
 
 import pytest
 
@@ -109,7 +110,7 @@ def _iso_oslo(delta: timedelta, fmt: str) -> str:
     ],
     ids=["array", "comma", "packed", "ServiceCodes", "single-string", "iso-dates", "dotted-dates", "supplier"],
 )
-async def test_altinn2_variants_verify(variant: dict, dev_issuer: DevIssuer, issuer_url: str) -> None:
+async def test_altinn2_variants_verify(variant: dict[str, Any], dev_issuer: DevIssuer, issuer_url: str) -> None:
     variant = dict(variant)
     supplier_in_mp = variant.pop("supplier_in_mp", False)
     async with running_gateway("middleware", issuer_url) as gw:
@@ -137,7 +138,7 @@ async def test_altinn2_handledby_must_match_supplier(dev_issuer: DevIssuer, issu
 
 
 @pytest.mark.parametrize("header", [{"x5t": None}, {"kid": None}], ids=["kid-only", "x5t-only"])
-async def test_altinn2_header_kid_or_x5t_only(header: dict, dev_issuer: DevIssuer, issuer_url: str) -> None:
+async def test_altinn2_header_kid_or_x5t_only(header: dict[str, Any], dev_issuer: DevIssuer, issuer_url: str) -> None:
     drop = [k for k, v in header.items() if v is None]
     async with running_gateway("middleware", issuer_url) as gw:
         headers = a2_headers(dev_issuer, drop=drop)
@@ -173,7 +174,7 @@ async def test_expired_consent_validity_is_403(dev_issuer: DevIssuer, issuer_url
 
 
 async def test_actual_iss_refused_in_prod_only(dev_issuer: DevIssuer, issuer_url: str) -> None:
-    test_token = {"claims": {"actual_iss": "altinn-test-tools"}}
+    test_token: dict[str, Any] = {"claims": {"actual_iss": "altinn-test-tools"}}
     async with running_gateway("middleware", issuer_url) as gw:
         assert (await gw.client.get(INCOME_Q, headers=a2_headers(dev_issuer, **test_token))).status_code == 200
     from samtykke_gateway.config import GatewayConfig
@@ -201,7 +202,7 @@ async def test_actual_iss_refused_in_prod_only(dev_issuer: DevIssuer, issuer_url
         {"ValidToDate": "tomorrow"},
     ],
 )
-async def test_altinn2_identity_claims_of_wrong_type_are_403(claims: dict, dev_issuer: DevIssuer, issuer_url: str) -> None:
+async def test_altinn2_identity_claims_of_wrong_type_are_403(claims: dict[str, Any], dev_issuer: DevIssuer, issuer_url: str) -> None:
     async with running_gateway("middleware", issuer_url) as gw:
         response = await gw.client.get(INCOME_Q, headers=a2_headers(dev_issuer, claims=claims))
         assert response.status_code == 403, response.text
@@ -242,11 +243,11 @@ def _a3_with(dev_issuer: DevIssuer, mutate, **mp) -> dict[str, str]:  # type: ig
     return {"Authorization": f"Bearer {bearer}"}
 
 
-def _rename_metadata(entry: dict) -> None:
+def _rename_metadata(entry: dict[str, Any]) -> None:
     entry["consentRights"][0]["metaData"] = entry["consentRights"][0].pop("metadata")
 
 
-def _upper_keys(entry: dict) -> None:
+def _upper_keys(entry: dict[str, Any]) -> None:
     entry["consentRights"][0]["metadata"] = {"INNTEKTSAAR": "2022"}
 
 

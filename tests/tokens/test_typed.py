@@ -139,7 +139,7 @@ _CLAIMS = st.fixed_dictionaries(
     },
 )
 _EXTRA = st.sampled_from([{}, {}, {}, {}, {"pid": "12879397780"}, {"deep": _DEEP}])
-_DETAIL_EXTRA = st.sampled_from([{}, {}, {}, {"extra": {"deep": [[[]]]}}])
+_DETAIL_EXTRA: st.SearchStrategy[dict[str, Any]] = st.sampled_from([{}, {}, {}, {"extra": {"deep": [[[]]]}}])
 
 
 def _serialise(claims: dict[str, Any], how: str) -> bytes:
