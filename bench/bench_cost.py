@@ -54,7 +54,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,11 +69,12 @@ from bench_proxy import (  # noqa: E402
     _median,
     check,
     run_rounds,
+    serving,
     uvicorn_process,
     wrk,
 )
 
-from bench_proxy import free_port, wait_port  # noqa: E402
+from bench_proxy import free_port  # noqa: E402
 
 from samtykke_gateway.cli.demo import demo_config_text  # noqa: E402
 from samtykke_gateway.dev.issuer import DevIssuer  # noqa: E402
@@ -133,16 +133,8 @@ def serve_process(config: Path, env: dict[str, str], log: Path) -> Iterator[tupl
         # cwd = the tree whose code runs (``python -c`` puts it first on sys.path)
         proc = subprocess.Popen(cmd, env=full_env, cwd=full_env["PYTHONPATH"].split(os.pathsep)[0],
                                 stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        wait_port(port)
+    with serving(proc, port):
         yield port, proc.pid
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextlib.contextmanager
@@ -158,16 +150,8 @@ def granian_process(config: Path, env: dict[str, str], log: Path) -> Iterator[tu
     with log.open("ab") as err:
         proc = subprocess.Popen(cmd, env=full_env, cwd=full_env["PYTHONPATH"].split(os.pathsep)[0],
                                 stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        wait_port(port)
+    with serving(proc, port):
         yield port, proc.pid
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def mint(dev: DevIssuer, tokens: str) -> dict[str, str]:

@@ -118,6 +118,21 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 
 
 @contextlib.contextmanager
+def serving(proc: subprocess.Popen[bytes], port: int) -> Iterator[None]:
+    """Wait until ``proc`` listens on ``port``; on exit SIGINT it (kill after 10 s)."""
+    try:
+        wait_port(port)
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
 def uvicorn_process(factory: str, env: dict[str, str]) -> Iterator[tuple[int, int]]:
     """``(port, pid)`` of ``uvicorn bench/proxy_apps.py:<factory>``; stopped on exit."""
     port = free_port()
@@ -147,16 +162,8 @@ def uvicorn_process(factory: str, env: dict[str, str]) -> Iterator[tuple[int, in
     # sys.path, ahead of PYTHONPATH (a --baseline-tree run from this checkout's root would
     # otherwise import this checkout's package, and the A/B compare a tree with itself)
     proc = subprocess.Popen(cmd, env=full_env, cwd=full_env["PYTHONPATH"].split(os.pathsep)[0])
-    try:
-        wait_port(port)
+    with serving(proc, port):
         yield port, proc.pid
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextlib.contextmanager
