@@ -63,3 +63,19 @@ def test_the_compose_gateway_config_loads_and_names_the_compose_services() -> No
     assert config.audit_url.startswith("postgresql://samtykke:samtykke@postgres:5432/samtykke")
     assert config.state_url == "redis://redis:6379/0"
     assert config.upstream_url == "http://example-upstream:8081"
+
+
+def test_files_the_compose_gateway_config_names_are_mounted_beside_it() -> None:
+    """An ``in_file`` must be relative (an absolute path on the author's machine is not in the
+    container) and mounted next to ``/etc/samtykke-gateway/gateway.toml``."""
+    import tomllib
+
+    config = tomllib.loads((DEPLOY / "compose" / "gateway.toml").read_text())
+    named = [row["in_file"] for package in config["rights_packages"].values()
+             for row in package.get("rows", []) if "in_file" in row]
+    assert named, "the compose config no longer names a value file: drop this test"
+    mounts = {target for mount in _compose()["services"]["gateway"]["volumes"]
+              for target in [mount.split(":")[1]]}
+    for name in named:
+        assert not Path(name).is_absolute(), name
+        assert f"/etc/samtykke-gateway/{name}" in mounts, f"{name} is not mounted beside the config"
