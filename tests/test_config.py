@@ -13,6 +13,7 @@ import pytest
 
 from samtykke_gateway.cli.main import main
 from samtykke_gateway.config import load_config, parse_config
+from samtykke_gateway.config.subject import BodySubject
 from samtykke_gateway.exceptions import ConfigError
 from tests.support import make_config
 from tests.state_support import CONFIG_SECRET, cli, latin1_config, write_config
@@ -270,6 +271,7 @@ def test_body_subject_parses() -> None:
     config = parse_config(_body_route(_data(), subject={"body": "person.ident"}, method=["POST", "PUT", "PATCH"]),
                           base_dir=CONFIG_DIR)
     subject = config.routes[0].subject
+    assert isinstance(subject, BodySubject)
     assert (subject.source, subject.name, subject.field_path) == ("body", "person.ident", ("person", "ident"))
     assert subject.shadows == frozenset({"person", "person.ident", "ident"})
     assert config.max_request_body_bytes == 64 * 1024

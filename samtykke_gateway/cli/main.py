@@ -93,7 +93,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         if route.response_subject is not None:
             path = ".".join("[]" if step is None else step for step in route.response_subject).replace(".[]", "[]")
             print(f"      the answer must name the subject at {path}")
-        if route.subject.source == "body":
+        if route.subject.needs_body:
             print(f"      JSON body up to {config.max_request_body_bytes} B within "
                   f"{config.request_body_timeout_seconds:g} s")
         if route.one_time:

@@ -10,6 +10,7 @@ The modules, in reading order:
 - :mod:`.reader` — :class:`~.reader.Table`, one TOML table with key-path errors.
 - :mod:`.profiles` — the ``tt02``/``prod`` presets and the ``[issuers.*]`` tables.
 - :mod:`.packages` — the ``[rights_packages.*]`` tables.
+- :mod:`.subject` — where a request names its data subject, one class per location.
 - :mod:`.routes` — the ``[[routes]]`` tables.
 - :mod:`.load` — :func:`parse_config` and :func:`load_config`: the whole document.
 """
@@ -24,9 +25,9 @@ from samtykke_gateway.config.model import (
     IssuerConfig,
     PeriodConstraint,
     RouteConfig,
-    SubjectSource,
     YearConstraint,
 )
+from samtykke_gateway.config.subject import SubjectSource
 
 __all__ = [
     "FeedAuthConfig",

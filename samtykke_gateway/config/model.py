@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from samtykke_gateway.config.subject import SubjectSource
 from samtykke_gateway.scoping.package import RightsPackage
 
 __all__ = [
@@ -25,7 +26,6 @@ __all__ = [
     "PeriodConstraint",
     "Profile",
     "RouteConfig",
-    "SubjectSource",
     "YearConstraint",
 ]
 
@@ -60,23 +60,6 @@ class IssuerConfig:
     audiences: tuple[str, ...] = ()
     #: most seconds since the token's ``iat`` (``None``: no bound); Maskinporten only
     max_token_age_seconds: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SubjectSource:
-    """Where the request names its data subject: ``source`` is path, header, query or body.
-
-    ``body``: ``name`` is a member name or a dotted path into nested objects
-    (``person.ident``) of the JSON request body; ``field_path`` holds its components and
-    ``shadows`` the lower-cased names a query parameter must not carry (the last component and
-    every leading path, ``person`` and ``person.ident``: frameworks merge query and body
-    values, some shallowly, so a query ``person`` replaces the whole object).
-    """
-
-    source: Literal["path", "header", "query", "body"]
-    name: str
-    field_path: tuple[str, ...] = ()
-    shadows: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,9 +140,7 @@ class RouteConfig:
             names |= {self.period.from_param, self.period.to_param}
         if self.year and self.year.source == "query":
             names.add(self.year.param)
-        if self.subject.source == "query":
-            names.add(self.subject.name)
-        return frozenset(names)
+        return frozenset(names) | self.subject.governed_query_names
 
     @property
     def path_params(self) -> frozenset[str]:

@@ -20,10 +20,10 @@ from samtykke_gateway.config.model import (
     IssuerConfig,
     PeriodConstraint,
     RouteConfig,
-    SubjectSource,
     YearConstraint,
 )
-from samtykke_gateway.config.reader import HEADER_NAME, Table
+from samtykke_gateway.config.subject import subject_from_config
+from samtykke_gateway.config.reader import Table
 from samtykke_gateway.exceptions import ConfigError
 from samtykke_gateway.scoping.package import RightsPackage
 from samtykke_gateway.scoping.paths import parse_path
@@ -38,10 +38,6 @@ _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SEGMENT_LITERAL = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%-]+")
 _RESOURCE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._:-]{0,127}")
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
-#: Methods whose request body a body subject can be read from.
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-_BODY_MEMBER = re.compile(r"[\w$@-]{1,128}")
-_MAX_BODY_FIELD_DEPTH = 8
 
 
 def read_routes(
@@ -114,41 +110,6 @@ def _error_codes(t: Table) -> dict[str, str]:
     return out
 
 
-def _subject(value: Any, key: str, path_params: set[str]) -> SubjectSource:
-    t = Table(value, key)
-    given = [(s, t.get(s, str)) for s in ("path", "header", "query", "body")]
-    given = [(s, v) for s, v in given if v is not None]
-    t.finish()
-    if len(given) != 1:
-        raise ConfigError(key, "give exactly one of path, header, query or body")
-    source, name = given[0]
-    if source == "body":
-        return _body_subject(name, f"{key}.body", path_params)
-    if source == "path" and name not in path_params:
-        raise ConfigError(f"{key}.path", f"{{{name}}} is not a parameter of the route path")
-    if source == "header" and not HEADER_NAME.fullmatch(name):
-        raise ConfigError(f"{key}.header", "is not a valid header name")
-    return SubjectSource(source, name.lower() if source == "header" else name)  # type: ignore[arg-type]
-
-
-def _body_subject(name: str, key: str, path_params: set[str]) -> SubjectSource:
-    """``subject = { body = "fnr" }`` or ``{ body = "person.ident" }``."""
-    parts = tuple(name.split("."))
-    if len(parts) > _MAX_BODY_FIELD_DEPTH or not all(_BODY_MEMBER.fullmatch(p) for p in parts):
-        raise ConfigError(key, f"must be a member name or a dotted path of at most {_MAX_BODY_FIELD_DEPTH}"
-                               " names (letters, digits, _ $ @ -)")
-    leaf = parts[-1].lower()
-    # the leaf and every leading path (person, person.ident): a merged query or route value
-    # with one of these names can replace the field or an object holding it
-    lowered = [p.lower() for p in parts]
-    shadows = frozenset({leaf, *(".".join(lowered[:i]) for i in range(1, len(lowered) + 1))})
-    for param in path_params:
-        if param.lower() in shadows:
-            raise ConfigError(key, f"{{{param}}} is also a path parameter: frameworks that merge route and"
-                                   " body values could read the other one")
-    return SubjectSource("body", name, parts, shadows)
-
-
 def _route(index: int, data: Any, packages: Mapping[str, RightsPackage]) -> RouteConfig:
     key = f"routes[{index}]"
     t = Table(data, key)
@@ -165,10 +126,7 @@ def _route(index: int, data: Any, packages: Mapping[str, RightsPackage]) -> Rout
     scope = t.get("scope", str, required=True)
     if not scope or " " in scope:
         raise ConfigError(t.key("scope"), "must be one Maskinporten scope")
-    subject = _subject(t.get("subject", dict, required=True), t.key("subject"), params)
-    if subject.source == "body" and not methods_set <= _BODY_METHODS:
-        raise ConfigError(t.key("method"), "a body subject needs POST, PUT or PATCH only"
-                                           " (GET, HEAD, DELETE and OPTIONS carry no body the gateway reads)")
+    subject = subject_from_config(t.get("subject", dict, required=True), t.key("subject"), params)
     services = t.str_list("altinn2_service", ALTINN2_SERVICE)
     resources = t.str_list("altinn3_resources", _RESOURCE)
     migrated_org = t.get("altinn3_migrated_org", str)
@@ -205,12 +163,10 @@ def _route(index: int, data: Any, packages: Mapping[str, RightsPackage]) -> Rout
         )
         pt.finish()
 
-    if subject.source == "body":
-        governed = {period.from_param.lower(), period.to_param.lower()} if period is not None else set()
-        if year is not None and year.source == "query":
-            governed.add(year.param.lower())
-        if governed & subject.shadows:
-            raise ConfigError(t.key("subject.body"), "is also a governed query parameter of the route")
+    governed = {period.from_param, period.to_param} if period is not None else set()
+    if year is not None and year.source == "query":
+        governed.add(year.param)
+    subject = subject.for_route(methods_set, frozenset(governed), frozenset(params), t.key("subject"))
 
     package = t.get("rights_package", (str, dict))
     unscoped = t.get("unscoped", bool, False)

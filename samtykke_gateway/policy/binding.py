@@ -12,10 +12,9 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from samtykke_gateway.config import RouteConfig, SubjectSource
-from samtykke_gateway.exceptions import BadRequestError, InsufficientConsentError, UnsupportedMediaTypeError
+from samtykke_gateway.config import RouteConfig
+from samtykke_gateway.exceptions import BadRequestError, InsufficientConsentError
 from samtykke_gateway.identifiers import Party, party_from_digits
-from samtykke_gateway.tokens.jose import MAX_JSON_DEPTH, strict_json_object
 from samtykke_gateway.scoping.package import ScopeContext
 from samtykke_gateway.tokens.model import Consent, ConsentRight, MaskinportenToken
 
@@ -23,7 +22,6 @@ __all__ = [
     "Binding",
     "apply_constraints",
     "bind_consent",
-    "body_subject",
     "check_consumer",
     "check_governed_headers",
     "check_governed_params",
@@ -76,107 +74,20 @@ def request_subject(
     """The data subject as the request names it (raw string, not yet validated).
 
     :param body: the whole request body, read by the caller, on a route whose subject is in
-        the body (see :func:`body_subject`); ``None`` otherwise.
+        the body (:attr:`~samtykke_gateway.config.subject.SubjectSource.needs_body`, read by
+        :meth:`~samtykke_gateway.config.subject.BodySubject.read`); ``None`` otherwise.
     :raises BadRequestError: (400) the subject is missing, repeated or absurdly long.
     :raises UnsupportedMediaTypeError: (415) a body subject in anything but JSON.
     """
-    source, name = route.subject.source, route.subject.name
-    if source == "path":
-        values = [path_params.get(name, "")]
-    elif source == "query":
-        values = [v for k, v in query if k == name]
-    elif source == "header":
-        values = headers.get(name, [])
-    else:
-        reserved = frozenset(n.lower() for n in route.governed_params | route.path_params)
-        values = [body_subject(route.subject, headers, body, reserved=reserved)]
+    subject = route.subject
+    values = subject.values(path_params, query, headers, body)
     if len(values) > 1:  # the same name twice: which one the data API reads is not ours to guess
-        if source == "header":
-            raise BadRequestError("the data subject header is repeated", reason="ambiguous_header")
-        raise BadRequestError("the data subject parameter is repeated", reason="duplicate_parameter")
+        raise BadRequestError(subject.repeated_detail, reason=subject.repeated_reason)
     if len(values) != 1 or not values[0]:
         raise BadRequestError("the request must name exactly one data subject", reason="subject_missing")
     if len(values[0]) > _MAX_SUBJECT_CHARS:
         raise BadRequestError("the data subject is malformed", reason="subject_malformed")
     return values[0]
-
-
-def _json_content_type(headers: Mapping[str, list[str]]) -> None:
-    """``Content-Type: application/json`` (parameters allowed; a charset only ``utf-8``), once,
-    and no content coding other than ``identity``: the upstream must read the same text."""
-    values = headers.get("content-type", [])
-    if len(values) != 1:
-        raise UnsupportedMediaTypeError("the request body must be sent as application/json")
-    media, _, params = values[0].partition(";")
-    if media.strip().lower() != "application/json":
-        raise UnsupportedMediaTypeError("the request body must be sent as application/json")
-    for param in params.split(";"):
-        pname, _, pvalue = param.partition("=")
-        if pname.strip().lower() == "charset" and pvalue.strip().strip('"').lower() != "utf-8":
-            raise UnsupportedMediaTypeError("the request body must be UTF-8 JSON")
-    for coding in headers.get("content-encoding", []):
-        if coding.strip().lower() not in ("", "identity"):
-            raise UnsupportedMediaTypeError("a request body with a content coding is not read here")
-
-
-def _same_ignoring_case(a: str, b: str) -> bool:
-    # Frameworks fold case differently (.NET: per-character upper case; Python: casefold):
-    # any of them calling two names equal makes them one name to some reader. Readers that
-    # keep names as C strings (cJSON and the like) end a name at its first NUL.
-    a = a.split("\0", 1)[0]
-    return a.lower() == b.lower() or a.upper() == b.upper() or a.casefold() == b.casefold()
-
-
-def body_subject(subject: SubjectSource, headers: Mapping[str, list[str]], body: bytes | None,
-                 *, reserved: frozenset[str] = frozenset()) -> str:
-    """The subject member of a JSON request body (``subject = { body = "person.ident" }``).
-
-    Strict: ``application/json`` (UTF-8), a JSON object with no duplicate member names at any
-    depth (:func:`~samtykke_gateway.tokens.jose.strict_json_object`, nesting bounded), the member a
-    JSON string, and no sibling of any member on the path whose name differs only in case or
-    by what follows a NUL (ASP.NET Core binds JSON case-insensitively, C-string readers end a
-    name at NUL: either could read the other one). The body itself
-    is never changed: the caller forwards the bytes that were checked.
-
-    :param reserved: lower-cased names the body's top-level object must not carry in any case
-        (the route's governed query parameters and path parameters: frameworks that merge
-        body, query and route values, such as Laravel's ``input()`` or Rails' ``params``,
-        could read the body's value instead of the one the gateway checked).
-    :raises UnsupportedMediaTypeError: (415, ``unsupported_media_type``).
-    :raises BadRequestError: (400) ``body_not_json``, ``duplicate_member``,
-        ``ambiguous_parameter``, ``subject_missing``, ``subject_malformed``.
-    """
-    if body is None:
-        raise BadRequestError("the request body must name the data subject", reason="subject_missing")
-    _json_content_type(headers)
-    try:
-        top = strict_json_object(body, max_depth=MAX_JSON_DEPTH)
-    except ValueError as exc:
-        if str(exc) == "duplicate member name":
-            raise BadRequestError("a member name is repeated in the request body", reason="duplicate_member") from None
-        raise BadRequestError("the request body is not a JSON object (UTF-8, bounded nesting)",
-                              reason="body_not_json") from None
-    if any(_same_ignoring_case(key, name) for key in top for name in reserved):
-        raise BadRequestError("a request body member names a path or governed query parameter of the route",
-                              reason="ambiguous_parameter")
-    node: object = top
-    for part in subject.field_path:
-        if type(node) is not dict or part not in node:
-            raise BadRequestError("the request body does not name the data subject", reason="subject_missing")
-        if any(key != part and _same_ignoring_case(key, part) for key in node):
-            raise BadRequestError("a request body member differs from the subject field only in case or after a NUL",
-                                  reason="ambiguous_parameter")
-        node = node[part]
-    if type(node) is not str:  # a number would lose leading zeros
-        raise BadRequestError("the data subject must be a JSON string", reason="subject_malformed")
-    path = subject.field_path
-    # besides the nested member, a top-level member literally named "person.ident": lookups
-    # such as lodash _.get or Laravel Arr::get read that one instead
-    dotted = [".".join(path[:i]) for i in range(2, len(path) + 1)]
-    if dotted and any(_same_ignoring_case(key, name) for key in top for name in dotted):
-        raise BadRequestError("a request body member is named like the dotted path to the subject",
-                              reason="ambiguous_parameter")
-    return node
 
 
 def _without_slash(url: str) -> str:
@@ -377,20 +288,14 @@ def check_governed_headers(route: RouteConfig, headers: Mapping[str, list[str]],
     # framing, and on a body route the headers the body was checked under: a "_" variant
     # (Content_Type, Transfer_Encoding) is the real header to a CGI-style upstream
     underscored = {"content-length", "transfer-encoding"}
-    if route.subject.source == "body":  # the body was checked as read under these
-        read |= {"content-type", "content-encoding"}
-        underscored |= {"content-type", "content-encoding"}
+    subject = route.subject
+    read |= subject.read_headers
+    underscored |= subject.underscored_headers
     for name in headers:
         if "_" in name and name.replace("_", "-") in underscored:
             raise BadRequestError("a header differs from a framing or content header only by '_'/'-'",
                                   reason="ambiguous_header")
-    if route.subject.source == "header":
-        read.add(route.subject.name)
-        folded = route.subject.name.replace("_", "-")
-        for name in headers:
-            if name != route.subject.name and name.replace("_", "-") == folded:
-                raise BadRequestError("a header differs from the subject header only by '_'/'-'",
-                                      reason="ambiguous_header")
+    subject.check_headers(headers)
     for value in headers.get("connection", []):
         nominated = {t.strip().lower() for t in value.split(",")}
         if nominated & read:

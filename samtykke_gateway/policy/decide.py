@@ -262,7 +262,7 @@ class Gate:
         record.path = match.path
         record.route = match.route.name
         body = None
-        if match.route.subject.source == "body":
+        if match.route.subject.needs_body:
             # the access token first: an unauthenticated caller must not make the gateway read
             # (or, with Expect: 100-continue, ask for) a body; authorize's own check is then a
             # cache hit

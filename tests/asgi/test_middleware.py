@@ -30,7 +30,7 @@ from samtykke_gateway.dev.issuer import DevIssuer
 from samtykke_gateway.dev.server import ThreadedServer
 from samtykke_gateway.exceptions import ConfigError
 from tests.body_support import Echo
-from tests.policy.test_body_subject import JSON, OVERRIDES
+from tests.config.test_subject import JSON, OVERRIDES
 from tests.proxy_support import (
     SCOPED_PATH,
     STREAM_PATH,
@@ -91,7 +91,7 @@ async def test_slow_upload_is_408_in_the_sidecar(dev_issuer: DevIssuer, issuer_u
 @pytest.mark.anyio
 async def test_slow_upload_is_408_in_the_middleware(dev_issuer: DevIssuer, issuer_url: str) -> None:
     from samtykke_gateway import ConsentMiddleware
-    from tests.policy.test_body_subject import _scope
+    from tests.config.test_subject import _scope
 
     echo = Echo()
     middleware = ConsentMiddleware(echo, config=make_config(issuer_url, "http://upstream.invalid", **SLOW))

@@ -22,7 +22,7 @@ from samtykke_gateway.dev.issuer import DevIssuer
 
 from tests.proxy_support import SCOPED_PATH, STREAM_PATH, UNSCOPED_ROUTE, LabUpstream, answer_lifespan
 from tests.support import TAX_BASE_PERSON, a3_headers, make_config
-from tests.policy.test_body_subject import ROUTES as BODY_ROUTES
+from tests.config.test_subject import ROUTES as BODY_ROUTES
 
 
 def _exchange(port: int, data: bytes, *, trickle: float = 0.0, timeout: float = 8.0) -> tuple[bytes, float]:

@@ -1,4 +1,6 @@
-"""The data subject in a JSON request body (``subject = { body = "fnr" }``), in both forms.
+"""Where a request names its data subject (``samtykke_gateway/config/subject.py``): each location
+read in-process, a new location added in one class (a cookie, here), and — most of this file —
+the data subject in a JSON request body (``subject = { body = "fnr" }``), in both forms.
 
 The gateway reads the whole body (bounded), checks it strictly (application/json, UTF-8 JSON
 object, no duplicate or case-variant member names, the field a JSON string) and hands the app /
@@ -11,9 +13,10 @@ import asyncio
 import json
 import socket
 import tomllib
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import pytest
@@ -21,7 +24,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from samtykke_gateway.asgi.middleware import ConsentMiddleware
+from samtykke_gateway.cli.main import main
+from samtykke_gateway.config.subject import (
+    LOCATIONS,
+    BodySubject,
+    HeaderSubject,
+    PathSubject,
+    QuerySubject,
+    SubjectSource,
+    subject_from_config,
+)
 from samtykke_gateway.dev.issuer import DevIssuer
+from samtykke_gateway.exceptions import BadRequestError, ConfigError, UnsupportedMediaTypeError
+from samtykke_gateway.policy.binding import check_governed_headers, check_governed_params, request_subject
 
 from tests.support import TAX_BASE_PERSON, a3_headers, decisions, make_config, running_gateway
 from tests.support import INCOME_PERSON, INCOME_SERVICE, a2_headers
@@ -33,6 +48,112 @@ DEMO_ROUTES: list[dict[str, Any]] = tomllib.loads(DEMO.read_text())["routes"]
 MODES = ["middleware", "sidecar"]
 JSON = {"Content-Type": "application/json"}
 LIMIT = 1024
+
+
+# ----------------------------------------------------------------------------- each location, in-process
+
+
+def test_each_location_reads_its_own_value() -> None:
+    path_params = {"fnr": "1"}
+    query = [("fnr", "2")]
+    headers = {"nav-personident": ["3"], "content-type": ["application/json"]}
+    body = b'{"person": {"ident": "4"}}'
+    assert PathSubject("fnr").values(path_params, query, headers, None) == ["1"]
+    assert QuerySubject("fnr").values(path_params, query, headers, None) == ["2"]
+    assert HeaderSubject("nav-personident").values(path_params, query, headers, None) == ["3"]
+    located = subject_from_config({"body": "person.ident"}, "routes[0].subject", set())
+    assert located.values(path_params, query, headers, body) == ["4"]
+
+
+def test_only_the_body_location_needs_the_body_and_only_the_query_location_governs_a_parameter() -> None:
+    assert [cls.source for cls in LOCATIONS.values() if cls.needs_body] == ["body"]
+    assert QuerySubject("fnr").governed_query_names == {"fnr"}
+    assert PathSubject("fnr").governed_query_names == HeaderSubject("x").governed_query_names == frozenset()
+
+
+def test_the_config_names_every_location_when_none_or_two_are_given() -> None:
+    for table in ({}, {"path": "fnr", "query": "fnr"}):
+        with pytest.raises(ConfigError) as caught:
+            subject_from_config(table, "routes[0].subject", {"fnr"})
+        assert caught.value.key_path == "routes[0].subject"
+        assert "path, header, query or body" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        subject_from_config({"cookie": "fnr"}, "routes[0].subject", set())
+    assert caught.value.key_path == "routes[0].subject.cookie"
+
+
+def test_a_body_subject_checked_against_its_route_keeps_the_names_the_body_must_not_carry() -> None:
+    located = subject_from_config({"body": "fnr"}, "routes[0].subject", {"aar"})
+    bound = located.for_route(frozenset({"POST"}), frozenset({"fraOgMed"}), frozenset({"aar"}), "routes[0].subject")
+    assert isinstance(bound, BodySubject) and bound.reserved == {"fraogmed", "aar"}
+    with pytest.raises(BadRequestError) as caught:
+        bound.read({"content-type": ["application/json"]}, b'{"fnr": "1", "FraOgMed": "2020-01"}')
+    assert caught.value.reason == "ambiguous_parameter"
+    with pytest.raises(UnsupportedMediaTypeError):
+        bound.read({"content-type": ["text/plain"]}, b'{"fnr": "1"}')
+    with pytest.raises(ConfigError) as refused:
+        located.for_route(frozenset({"GET", "HEAD"}), frozenset(), frozenset({"aar"}), "routes[0].subject")
+    assert refused.value.key_path == "routes[0].method"
+
+
+# ----------------------------------------------------------------------------- a new location is one class
+
+
+@dataclass(frozen=True, slots=True)
+class CookieSubject(SubjectSource):
+    """``subject = { cookie = "fnr" }`` — the class a deployment would add for a new location."""
+
+    source: ClassVar[str] = "cookie"
+
+    @property
+    def read_headers(self) -> frozenset[str]:
+        return frozenset({"cookie"})
+
+    def values(self, path_params: Mapping[str, str], query: Sequence[tuple[str, str]],
+               headers: Mapping[str, list[str]], body: bytes | None) -> list[str]:
+        pairs = (part.strip().partition("=") for value in headers.get("cookie", []) for part in value.split(";"))
+        return [value for name, _, value in pairs if name == self.name]
+
+
+def _cookie_config(issuer_url: str) -> Any:
+    route = {k: v for k, v in DEMO_ROUTES[1].items() if k not in ("rights_package", "response_subject")}
+    route.update(name="ssg-cookie", path="/api/c/{rettighetspakke}/{inntektsaar}", subject={"cookie": "fnr"},
+                 unscoped=True)
+    return make_config(issuer_url, "http://upstream.invalid", routes=[*DEMO_ROUTES, route])
+
+
+@pytest.mark.anyio
+async def test_a_new_location_needs_only_its_class_in_LOCATIONS(monkeypatch: pytest.MonkeyPatch,
+                                                                  dev_issuer: DevIssuer, issuer_url: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Config, binding, the one decision (gateway and ``explain`` alike) and ``check-config``
+    take a location registered in ``LOCATIONS`` and nothing else."""
+    from tests.policy.test_decide import Request, _both, _bearer, harness
+
+    monkeypatch.setitem(LOCATIONS, "cookie", CookieSubject)
+    config = _cookie_config(issuer_url)
+    route = config.routes[-1]
+    assert route.subject == CookieSubject("fnr")
+    bearer = _bearer(a3_headers(dev_issuer))
+    target = "/api/c/sbl/2022"
+    async with harness(config) as h:
+        for cookie, expected in [
+            (f"a=b; fnr={TAX_BASE_PERSON}", (True, 0, "")),
+            (f"fnr={OTHER_PERSON}", (False, 403, "subject_mismatch")),
+            (f"fnr={TAX_BASE_PERSON}; fnr={TAX_BASE_PERSON}", (False, 400, "duplicate_parameter")),
+            ("other=1", (False, 400, "subject_missing")),
+        ]:
+            outcome = await _both(h, bearer, None, Request(target=target, headers=(("cookie", cookie),)))
+            assert (outcome.allowed, outcome.status, outcome.reason) == expected, cookie
+        nominated = Request(target=target, headers=(("cookie", f"fnr={TAX_BASE_PERSON}"), ("connection", "cookie")))
+        assert (await _both(h, bearer, None, nominated)).reason == "ambiguous_header"
+    check_governed_params(route, [("fnr", "1")])  # a cookie governs no query parameter
+    with pytest.raises(BadRequestError):
+        check_governed_headers(route, {"cookie": ["fnr=1"], "connection": ["cookie"]}, "x-consent")
+    assert request_subject(route, {}, [], {"cookie": [f"fnr={TAX_BASE_PERSON}"]}) == TAX_BASE_PERSON
+    monkeypatch.setattr("samtykke_gateway.config.load_config", lambda path: config)
+    assert main(["check-config", "--config", "cookie.toml"]) == 0
+    assert "subject from cookie 'fnr'" in capsys.readouterr().out
 
 
 def body_route(name: str = "ssg-body", field: str = "fnr", prefix: str = "/api/b") -> dict[str, Any]:
