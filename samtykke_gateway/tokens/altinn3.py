@@ -24,14 +24,16 @@ from typing import Any
 
 from samtykke_gateway.exceptions import InvalidConsentError
 from samtykke_gateway.identifiers import org_from_iso6523, party_from_urn
+from samtykke_gateway.tokens.claims import ISO_INSTANT, claim_fields, read_claim
 from samtykke_gateway.tokens.model import Consent, ConsentRight
 
-__all__ = ["CONSENT_TYPE", "consent_from_authorization_details", "parse_iso_instant"]
+__all__ = ["CONSENT_MEMBERS", "CONSENT_TYPE", "consent_from_authorization_details", "parse_iso_instant"]
 
 CONSENT_TYPE = "urn:altinn:consent"
-_ISO = re.compile(
-    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,7}))?(Z|[+-][0-9]{2}:[0-9]{2})"
-)
+_ISO = ISO_INSTANT
+#: the optional consent members declared on :class:`Consent` (``consented``, ``handledBy``,
+#: ...): ``(field, Claim)``, read alike by the typed fast path
+CONSENT_MEMBERS = claim_fields(Consent)
 _ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._:-]{0,127}")
 _RESOURCE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._:-]{0,127}")
 _RESOURCE_TYPE = "urn:altinn:resource"
@@ -189,11 +191,6 @@ def consent_from_authorization_details(
     consumer = org_from_iso6523(entry.get("to"))
     if consumer is None:
         raise _bad("consent 'to' is not an organisation")
-    handled_by = None
-    if entry.get("handledBy") is not None:
-        handled_by = org_from_iso6523(entry["handledBy"])
-        if handled_by is None:
-            raise _bad("consent 'handledBy' is not an organisation")
     # parse_iso_instant inline for a well-formed instant; it names the failure otherwise.
     valid_to: Any = entry.get("validTo")
     if type(valid_to) is str and len(valid_to) <= 40 and _ISO.fullmatch(valid_to) is not None:
@@ -203,26 +200,7 @@ def consent_from_authorization_details(
             valid_to = parse_iso_instant(valid_to, claim="validTo")
     else:
         valid_to = parse_iso_instant(valid_to, claim="validTo")
-    consented: Any = None
-    if "consented" in entry:
-        consented = entry["consented"]
-        if type(consented) is str and len(consented) <= 40 and _ISO.fullmatch(consented):
-            try:
-                consented = datetime.fromisoformat(consented).timestamp()
-            except ValueError:
-                consented = parse_iso_instant(consented, claim="consented")
-        else:
-            consented = parse_iso_instant(consented, claim="consented")
-    return Consent(
-        "altinn3",
-        consent_id.lower(),
-        subject,
-        consumer,
-        valid_to,
-        _rights(entry),
-        issuer,
-        key_id,
-        None,
-        consented,
-        handled_by,
-    )
+    # the optional members declared on the model (tokens/claims.py): handledBy, consented, ...
+    read = {field: read_claim(entry, claim, _bad) for field, claim in CONSENT_MEMBERS}
+    return Consent("altinn3", consent_id.lower(), subject, consumer, valid_to, _rights(entry), issuer,
+                   key_id, **read)

@@ -13,11 +13,12 @@ tracked by the garbage collector (``gc=False``: they never form reference cycles
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from samtykke_gateway.identifiers import Party
+from samtykke_gateway.tokens.claims import Claim
 
 __all__ = ["Consent", "ConsentKind", "ConsentRight", "MaskinportenToken"]
 
@@ -49,6 +50,12 @@ class Consent(msgspec.Struct, frozen=True, gc=False):
     come from the Maskinporten token). ``issuer``/``key_id``: of the token that carried it.
     ``handled_by``: Altinn 3 ``handledBy`` (9-digit org number), the organisation that handles
     the consent for the recipient ``consumer``; ``None`` when absent (docs/protocol.md §3.3).
+
+    A field annotated with a :class:`~samtykke_gateway.tokens.claims.Claim` is read from that
+    member of the Altinn 3 consent entry by both Altinn 3 readers (strict and typed); a new
+    optional member of a kind :mod:`~samtykke_gateway.tokens.claims` knows is one such field
+    (with a default) and nothing else in ``tokens/``. Altinn 2 sets the same fields from its
+    own claims (:mod:`~samtykke_gateway.tokens.altinn2`).
     """
 
     kind: ConsentKind
@@ -60,8 +67,8 @@ class Consent(msgspec.Struct, frozen=True, gc=False):
     issuer: str
     key_id: str | None
     supplier: str | None = None
-    delegated: float | None = None
-    handled_by: str | None = None
+    delegated: Annotated[float | None, Claim("consented", "instant")] = None
+    handled_by: Annotated[str | None, Claim("handledBy", "org")] = None
 
     def rights_for(
         self, resources: Iterable[str], actions: Iterable[str] | None = None
@@ -83,6 +90,12 @@ class MaskinportenToken(msgspec.Struct, frozen=True, gc=False):
     ``scopes``: the space-separated ``scope`` claim as a set. ``client_id`` is for the log
     only, never for authorisation. ``expires_at`` / ``issued_at`` (``iat``, ``None`` when
     absent): epoch seconds.
+
+    A field annotated with a :class:`~samtykke_gateway.tokens.claims.Claim` is read from that
+    claim by both Maskinporten readers (:mod:`~samtykke_gateway.tokens.maskinporten`, strict, and
+    :mod:`~samtykke_gateway.tokens.typed`, the fast path); a new optional claim of a kind
+    :mod:`~samtykke_gateway.tokens.claims` knows is one such field, with a default, added at
+    the end (positional construction keeps working), and nothing else in ``tokens/``.
     """
 
     issuer: str
@@ -90,9 +103,9 @@ class MaskinportenToken(msgspec.Struct, frozen=True, gc=False):
     consumer: str
     scopes: frozenset[str]
     expires_at: float
-    supplier: str | None = None
-    delegation_source: str | None = None
-    client_id: str | None = None
-    jti: str | None = None
+    supplier: Annotated[str | None, Claim("supplier", "org")] = None
+    delegation_source: Annotated[str | None, Claim("delegation_source")] = None
+    client_id: Annotated[str | None, Claim("client_id")] = None
+    jti: Annotated[str | None, Claim("jti")] = None
     consent: Consent | None = None
     issued_at: float | None = None

@@ -31,18 +31,34 @@ Why an accepted payload reads alike (pinned by property tests in
 * the only numbers are the integer ``exp``/``nbf``/``iat`` (floats and booleans are refused by
   the types), range-checked by the caller exactly like the strict verifier.
 
+The claims declared on the models (:mod:`~samtykke_gateway.tokens.claims`: ``supplier``,
+``jti``, ``handledBy``, ...) are fields added to the fixed schema classes at import (``_Claims``
+and ``_Detail``) and read by :func:`_declared` exactly as ``read_claim`` reads them for the
+strict path; that costs about 1 µs per first-sight token over naming each claim here
+(9.7 vs 8.5 µs for a usual consent token, ``timeit``, same run).
+
 Then :func:`msgspec.to_builtins` of the result equals the strict reader's dict (tested), which
 is what the verifier's cache keeps.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from typing import Any
 
 import msgspec
 
 from samtykke_gateway.identifiers import party_from_urn
-from samtykke_gateway.tokens.altinn3 import _ID, _ISO, _RESOURCE, _RESOURCE_TYPE, CONSENT_TYPE, actions_of, merge_right
+from samtykke_gateway.tokens.altinn3 import (
+    _ID,
+    _RESOURCE,
+    _RESOURCE_TYPE,
+    CONSENT_MEMBERS,
+    CONSENT_TYPE,
+    actions_of,
+    merge_right,
+)
+from samtykke_gateway.tokens.claims import Claim, instant_seconds
+from samtykke_gateway.tokens.maskinporten import MASKINPORTEN_CLAIMS
 from samtykke_gateway.tokens.model import Consent, ConsentRight, MaskinportenToken
 
 __all__ = ["MaskinportenClaims", "decode_maskinporten", "maskinporten_from_typed"]
@@ -69,21 +85,21 @@ class _Right(msgspec.Struct, kw_only=True, **_STRUCT):  # type: ignore[call-arg]
     metaData: dict[str, str] | None = None  # noqa: N815 - the claim's spelling
 
 
-class _Detail(msgspec.Struct, kw_only=True, **_STRUCT):  # type: ignore[call-arg]
-    """One ``authorization_details`` entry of the Altinn 3 consent's shape."""
+class _DetailFixed(msgspec.Struct, kw_only=True, **_STRUCT):  # type: ignore[call-arg]
+    """One ``authorization_details`` entry of the Altinn 3 consent's shape: the members every
+    consent has; :data:`_Detail` adds the optional ones declared on the model."""
 
     type: str
     id: str
     from_: str = msgspec.field(name="from")
     to: _Org | str
-    handledBy: _Org | str | None = None  # noqa: N815
     validTo: str  # noqa: N815
     consentRights: list[_Right]  # noqa: N815
-    consented: str | None = None
 
 
 class MaskinportenClaims(msgspec.Struct, kw_only=True, **_STRUCT):  # type: ignore[call-arg]
-    """The claims a Maskinporten access token carries (docs/protocol.md §3.2, §3.3), nothing else."""
+    """The claims a Maskinporten access token carries (docs/protocol.md §3.2, §3.3), nothing
+    else: the fixed ones here; :data:`_Claims` adds those declared on the model."""
 
     iss: str
     exp: int
@@ -92,16 +108,34 @@ class MaskinportenClaims(msgspec.Struct, kw_only=True, **_STRUCT):  # type: igno
     aud: str | list[str] | None = None
     scope: str
     consumer: _Org
-    supplier: _Org | None = None
-    delegation_source: str | None = None
-    client_id: str | None = None
     client_amr: str | None = None
     token_type: str | None = None
-    jti: str | None = None
-    authorization_details: list[_Detail] | None = None
+    authorization_details: list[_DetailFixed] | None = None
 
 
-_DECODER = msgspec.json.Decoder(MaskinportenClaims)
+def typed_claim_type(claim: Claim) -> Any:
+    """The schema type of a declared claim of ``claim.kind`` (absent or ``null``: ``None``)."""
+    if claim.kind == "org":
+        return _Org | str | None
+    return str | None  # text, instant
+
+
+def _with_declared(name: str, base: type[msgspec.Struct], declared: tuple[tuple[str, Claim], ...],
+                   *more: tuple[str, Any, Any]) -> Any:
+    """``base`` plus one optional field per declared claim (named as the claim), closed like
+    every level of the schema."""
+    fields = [(claim.name, typed_claim_type(claim), None) for _, claim in declared]
+    return msgspec.defstruct(name, [*fields, *more], bases=(base,), kw_only=True, forbid_unknown_fields=True,
+                              omit_defaults=True, gc=False)
+
+
+_Detail: type[_DetailFixed] = _with_declared("_Detail", _DetailFixed, CONSENT_MEMBERS)
+_Claims: type[MaskinportenClaims] = _with_declared(
+    "MaskinportenClaims", MaskinportenClaims, MASKINPORTEN_CLAIMS,
+    ("authorization_details", list[_Detail] | None, None),  # type: ignore[valid-type]
+)
+
+_DECODER = msgspec.json.Decoder(_Claims)
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -149,12 +183,28 @@ def _org(value: _Org | str) -> str:
 
 def _instant(value: str) -> float:
     """:func:`~samtykke_gateway.tokens.altinn3.parse_iso_instant` for an accepted value."""
-    if len(value) > 40 or _ISO.fullmatch(value) is None:
+    seconds = instant_seconds(value)
+    if seconds is None:
         raise _Undecided
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        raise _Undecided from None
+    return seconds
+
+
+def _declared(decoded: msgspec.Struct, declared: tuple[tuple[str, Claim], ...]) -> dict[str, Any]:
+    """field → value of each declared claim, as :func:`~samtykke_gateway.tokens.claims.read_claim`
+    reads it (:class:`_Undecided` where that would refuse it)."""
+    out: dict[str, Any] = {}
+    for field, claim in declared:
+        value = getattr(decoded, claim.name)
+        if value is not None:
+            kind = claim.kind
+            if kind == "org":
+                value = _org(value)
+            elif kind == "instant":
+                value = _instant(value)
+            elif len(value) > claim.max_chars:
+                raise _Undecided
+        out[field] = value
+    return out
 
 
 def _rights(rights: list[_Right]) -> tuple[ConsentRight, ...]:
@@ -192,7 +242,7 @@ def _rights(rights: list[_Right]) -> tuple[ConsentRight, ...]:
     return tuple([ConsentRight(res, md, acts) for (res, acts), md in merged.items()])
 
 
-def _consent(details: list[_Detail], issuer: str, key_id: str | None) -> Consent | None:
+def _consent(details: list[_DetailFixed], issuer: str, key_id: str | None) -> Consent | None:
     entry = None
     for detail in details:
         if detail.type == CONSENT_TYPE:
@@ -208,22 +258,10 @@ def _consent(details: list[_Detail], issuer: str, key_id: str | None) -> Consent
     if subject is None:
         raise _Undecided
     consumer = _org(entry.to)
-    handled_by = None if entry.handledBy is None else _org(entry.handledBy)
     valid_to = _instant(entry.validTo)
-    consented = None if entry.consented is None else _instant(entry.consented)
-    return Consent(
-        "altinn3",
-        consent_id.lower(),
-        subject,
-        consumer,
-        valid_to,
-        _rights(entry.consentRights),
-        issuer,
-        key_id,
-        None,
-        consented,
-        handled_by,
-    )
+    declared = _declared(entry, CONSENT_MEMBERS)
+    return Consent("altinn3", consent_id.lower(), subject, consumer, valid_to, _rights(entry.consentRights),
+                   issuer, key_id, **declared)
 
 
 def maskinporten_from_typed(
@@ -234,33 +272,16 @@ def maskinporten_from_typed(
     parser then decides)."""
     try:
         consumer = _org(claims.consumer)
-        supplier = None if claims.supplier is None else _org(claims.supplier)
+        declared = _declared(claims, MASKINPORTEN_CLAIMS)
         details = claims.authorization_details
         consent = None if details is None else _consent(details, issuer, key_id)
     except _Undecided:
         return None
     scope = claims.scope
-    delegation_source, client_id, jti = claims.delegation_source, claims.client_id, claims.jti
-    if (
-        len(scope) > 4096
-        or (delegation_source is not None and len(delegation_source) > 512)
-        or (client_id is not None and len(client_id) > 512)
-        or (jti is not None and len(jti) > 512)
-    ):
+    if len(scope) > 4096:
         return None
     scopes = frozenset(scope.split(" "))
     if "" in scopes:
         scopes = scopes - {""}
-    return MaskinportenToken(
-        issuer,
-        key_id,
-        consumer,
-        scopes,
-        expires_at,
-        supplier,
-        delegation_source,
-        client_id,
-        jti,
-        consent,
-        None if claims.iat is None else float(claims.iat),
-    )
+    return MaskinportenToken(issuer, key_id, consumer, scopes, expires_at, consent=consent,
+                             issued_at=None if claims.iat is None else float(claims.iat), **declared)

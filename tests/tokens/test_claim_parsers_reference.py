@@ -189,15 +189,17 @@ def ref_altinn3(details: Any, *, issuer: str, key_id: str | None) -> Consent | N
     consumer = org_from_iso6523(entry.get("to"))
     if consumer is None:
         raise _bad("consent 'to' is not an organisation")
+    valid_to = parse_iso_instant(entry.get("validTo"), claim="validTo")
+    # the optional members since they are declared on the model (tokens/claims.py): read after
+    # the fixed ones, in the model's order, each named by its member name
+    consented = (
+        parse_iso_instant(entry["consented"], claim="consented") if "consented" in entry else None
+    )
     handled_by = None
     if entry.get("handledBy") is not None:
         handled_by = org_from_iso6523(entry["handledBy"])
         if handled_by is None:
-            raise _bad("consent 'handledBy' is not an organisation")
-    valid_to = parse_iso_instant(entry.get("validTo"), claim="validTo")
-    consented = (
-        parse_iso_instant(entry["consented"], claim="consented") if "consented" in entry else None
-    )
+            raise _bad("handledBy is not an organisation")
     return Consent(
         kind="altinn3",
         consent_id=consent_id.lower(),
