@@ -445,8 +445,10 @@ class SqliteStore:
         else:
             # A new, empty log: normal on first start, a red flag on a restart (a lost or moved
             # log is otherwise indistinguishable from a fresh one). Pin the head elsewhere
-            # (`audit head`) to detect it.
-            logger.warning("audit store: created a NEW, empty disclosure log at %s", self.url_for_display)
+            # (`audit verify` prints it; `--anchor` checks it) to detect it.
+            logger.warning("audit store: created a NEW, empty disclosure log at %s (expected on a first start;"
+                           " on a restart the old log is gone or moved: `samtykke-gateway audit verify --anchor`"
+                           " with the head you pinned fails)", self.url_for_display)
         conn = self._connect(create=True)
         try:
             conn.execute("BEGIN IMMEDIATE")
