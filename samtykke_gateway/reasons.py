@@ -58,7 +58,8 @@ CATALOGUE: tuple[Reason, ...] = (
     Reason("duplicate_member", 400, "a member name is repeated in the JSON request body"),
     Reason("duplicate_parameter", 400, "a governed query parameter is repeated"),
     Reason("parameter_missing", 400, "the route's year parameter is missing"),
-    Reason("subject_malformed", 400, "the data subject is not an 11-digit person id or 9-digit org number"),
+    Reason("subject_malformed", 400, "the data subject is not an 11-digit person id or 9-digit org number,"
+                                     " or not of the route's subject party"),
     Reason("subject_missing", 400, "the request does not name exactly one data subject"),
     Reason("too_many_parameters", 400, "the query has more than 100 parameters"),
     Reason("unexpected_body", 400, "a GET or HEAD request carries a body"),

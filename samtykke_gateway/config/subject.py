@@ -55,7 +55,9 @@ class SubjectSource:
     """Where the request names its data subject (one subclass per location).
 
     ``source``: the location's config key (``"path"``, ``"header"``, ``"query"``, ``"body"``);
-    ``name``: what the route's config gave (a header name lower-cased).
+    ``name``: what the route's config gave (a header name lower-cased); ``party``: the one kind
+    of data subject the route serves (``"person"``: 11 digits, ``"organization"``: 9 digits),
+    ``None`` for either (``subject = { path = "fnr", party = "person" }``).
     """
 
     #: the config key of this location: ``subject = { <source> = "<name>" }``
@@ -68,6 +70,7 @@ class SubjectSource:
     repeated_detail: ClassVar[str] = "the data subject parameter is repeated"
 
     name: str
+    party: str | None = None
 
     @classmethod
     def from_config(cls, name: str, key: str, path_params: set[str]) -> SubjectSource:
@@ -232,7 +235,7 @@ class BodySubject(SubjectSource):
             if param.lower() in shadows:
                 raise ConfigError(key, f"{{{param}}} is also a path parameter: frameworks that merge route and"
                                        " body values could read the other one")
-        return cls(name, parts, shadows)
+        return cls(name, field_path=parts, body_shadows=shadows)
 
     def for_route(self, methods: frozenset[str], governed_query: frozenset[str],
                   path_params: frozenset[str], key: str) -> SubjectSource:
@@ -350,15 +353,20 @@ def subject_from_config(value: Any, key: str, path_params: set[str]) -> SubjectS
     """``subject = { <location> = "<name>" }`` → its :class:`SubjectSource`, checked on its own
     (:meth:`SubjectSource.for_route` then checks it against the route).
 
-    :param value: the route's ``subject`` table (exactly one key of :data:`LOCATIONS`).
+    :param value: the route's ``subject`` table: exactly one key of :data:`LOCATIONS`, and
+        optionally ``party`` (``"person"`` or ``"organization"``).
     :raises ConfigError: naming ``key`` or ``key.<location>``.
     """
     t = Table(value, key)
     given = [(source, t.get(source, str)) for source in LOCATIONS]
+    party = t.get("party", str)
     t.finish()
     named = [(source, name) for source, name in given if name is not None]
     if len(named) != 1:
         *first, last = LOCATIONS
         raise ConfigError(key, f"give exactly one of {', '.join(first)} or {last}")
+    if party not in (None, "person", "organization"):
+        raise ConfigError(f"{key}.party", "must be 'person' or 'organization' (leave it out for either)")
     source, name = named[0]
-    return LOCATIONS[source].from_config(name, f"{key}.{source}", path_params)
+    located = LOCATIONS[source].from_config(name, f"{key}.{source}", path_params)
+    return located if party is None else dataclasses.replace(located, party=party)

@@ -31,7 +31,6 @@ __all__ = [
 
 _YEAR = re.compile(r"[0-9]{4}")
 _MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
-_MAX_SUBJECT_CHARS = 64
 
 
 def _deny(reason: str, detail: str) -> InsufficientConsentError:
@@ -76,7 +75,9 @@ def request_subject(
     :param body: the whole request body, read by the caller, on a route whose subject is in
         the body (:attr:`~samtykke_gateway.config.subject.SubjectSource.needs_body`, read by
         :meth:`~samtykke_gateway.config.subject.BodySubject.read`); ``None`` otherwise.
-    :raises BadRequestError: (400) the subject is missing, repeated or absurdly long.
+    :raises BadRequestError: (400) the subject is missing or repeated (``subject_missing``,
+        ``duplicate_parameter``, ``ambiguous_header``), or not 11 (person) or 9 (organisation)
+        ASCII digits, or not of the route's ``party`` (``subject_malformed``).
     :raises UnsupportedMediaTypeError: (415) a body subject in anything but JSON.
     """
     subject = route.subject
@@ -85,9 +86,15 @@ def request_subject(
         raise BadRequestError(subject.repeated_detail, reason=subject.repeated_reason)
     if len(values) != 1 or not values[0]:
         raise BadRequestError("the request must name exactly one data subject", reason="subject_missing")
-    if len(values[0]) > _MAX_SUBJECT_CHARS:
-        raise BadRequestError("the data subject is malformed", reason="subject_malformed")
-    return values[0]
+    value = values[0]
+    party = party_from_digits(value)
+    if party is None:
+        raise BadRequestError("the data subject is not an 11-digit person id or a 9-digit organisation number",
+                              reason="subject_malformed")
+    if subject.party is not None and party.kind != subject.party:
+        raise BadRequestError(f"this route serves a data subject of kind {subject.party} only",
+                              reason="subject_malformed")
+    return value
 
 
 def _without_slash(url: str) -> str:

@@ -9,6 +9,8 @@ upstream exactly the bytes it checked.
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import json
 import socket
@@ -94,6 +96,33 @@ def test_a_body_subject_checked_against_its_route_keeps_the_names_the_body_must_
     with pytest.raises(ConfigError) as refused:
         located.for_route(frozenset({"GET", "HEAD"}), frozenset(), frozenset({"aar"}), "routes[0].subject")
     assert refused.value.key_path == "routes[0].method"
+
+
+@pytest.mark.parametrize("value", ["abc", "0102941315", "010294131570", "01029413157 ", " 01029413157",
+                                   "0102941315\uff17", "+1029413157", "01029413157\x00"])
+def test_a_subject_that_is_no_person_or_organisation_number_is_malformed_not_a_mismatch(value: str) -> None:
+    route = make_config("http://issuer.invalid", "http://upstream.invalid").routes[0]
+    path_params = {route.subject.name: value}
+    with pytest.raises(BadRequestError) as caught:
+        request_subject(route, path_params, [], {})
+    assert caught.value.reason == "subject_malformed" and value not in str(caught.value)
+
+
+def test_a_route_can_serve_persons_only_or_organisations_only() -> None:
+    person_only = subject_from_config({"query": "id", "party": "person"}, "routes[0].subject", set())
+    assert person_only == QuerySubject("id", party="person")
+    org_only = subject_from_config({"header": "X-Org", "party": "organization"}, "routes[0].subject", set())
+    route = make_config("http://issuer.invalid", "http://upstream.invalid").routes[0]
+    for located, good, bad in [(person_only, TAX_BASE_PERSON, "999999999"), (org_only, "999999999", TAX_BASE_PERSON)]:
+        bound = dataclasses.replace(route, subject=located)
+        facts: tuple[list[tuple[str, str]], dict[str, list[str]]] = ([("id", good)], {"x-org": [good]})
+        assert request_subject(bound, {}, *facts) == good
+        with pytest.raises(BadRequestError) as caught:
+            request_subject(bound, {}, [("id", bad)], {"x-org": [bad]})
+        assert caught.value.reason == "subject_malformed"
+    with pytest.raises(ConfigError) as refused:
+        subject_from_config({"path": "fnr", "party": "people"}, "routes[0].subject", {"fnr"})
+    assert refused.value.key_path == "routes[0].subject.party"
 
 
 # ----------------------------------------------------------------------------- a new location is one class
@@ -241,7 +270,7 @@ REFUSED: list[tuple[str, bytes, dict[str, str], int, str]] = [
     ("null field", b'{"fnr": null}', JSON, 400, "subject_malformed"),
     ("array field", b'{"fnr": ["%s"]}' % TAX_BASE_PERSON.encode(), JSON, 400, "subject_malformed"),
     ("over-long string", b'{"fnr": "%s"}' % (b"1" * 65), JSON, 400, "subject_malformed"),
-    ("full-width digits", '{"fnr": "1287939778０"}'.encode(), JSON, 403, "subject_mismatch"),
+    ("full-width digits", '{"fnr": "1287939778０"}'.encode(), JSON, 400, "subject_malformed"),
     ("duplicate subject", b'{"fnr": "%s", "fnr": "%s"}' % (TAX_BASE_PERSON.encode(), OTHER_PERSON.encode()),
      JSON, 400, "duplicate_member"),
     ("duplicate by escape", b'{"fnr": "%s", "f\\u006er": "%s"}' % (TAX_BASE_PERSON.encode(), OTHER_PERSON.encode()),
@@ -600,16 +629,16 @@ REFUSED_BODIES: list[tuple[str, bytes, int, str]] = [
      400, "ambiguous_parameter"),
     ("NUL-suffixed case twin", b'{"FNR\\u0000": "%s", "fnr": "%s"}' % (OTHER_PERSON.encode(), TAX_BASE_PERSON.encode()),
      400, "ambiguous_parameter"),
-    ("NUL in the value", b'{"fnr": "%s\\u0000%s"}' % (TAX_BASE_PERSON.encode(), OTHER_PERSON.encode()), 403,
-     "subject_mismatch"),
+    ("NUL in the value", b'{"fnr": "%s\\u0000%s"}' % (TAX_BASE_PERSON.encode(), OTHER_PERSON.encode()), 400,
+     "subject_malformed"),
     ("lone surrogate name", b'{"fnr": "%s", "\\ud800": 1}' % TAX_BASE_PERSON.encode(), 400, "body_not_json"),
     ("lone surrogate value", b'{"fnr": "%s\\udc00"}' % TAX_BASE_PERSON.encode(), 400, "body_not_json"),
     ("comment", b'{"fnr": "%s" /* , "fnr": "%s" */}' % (TAX_BASE_PERSON.encode(), OTHER_PERSON.encode()), 400,
      "body_not_json"),
     ("trailing comma", b'{"fnr": "%s",}' % TAX_BASE_PERSON.encode(), 400, "body_not_json"),
     ("single quotes", b"{'fnr': '%s'}" % TAX_BASE_PERSON.encode(), 400, "body_not_json"),
-    ("whitespace in value", b'{"fnr": " %s"}' % TAX_BASE_PERSON.encode(), 403, "subject_mismatch"),
-    ("plus sign in value", b'{"fnr": "+%s"}' % TAX_BASE_PERSON[1:].encode(), 403, "subject_mismatch"),
+    ("whitespace in value", b'{"fnr": " %s"}' % TAX_BASE_PERSON.encode(), 400, "subject_malformed"),
+    ("plus sign in value", b'{"fnr": "+%s"}' % TAX_BASE_PERSON[1:].encode(), 400, "subject_malformed"),
 ]
 
 
