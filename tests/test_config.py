@@ -735,3 +735,15 @@ def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
     plain = load_config(path)
     path.write_bytes(b"\xef\xbb\xbf" + "# inntektsår\n".encode() + path.read_bytes())
     assert load_config(path).upstream_url == plain.upstream_url
+
+
+def test_a_config_without_routes_is_refused() -> None:
+    for routes in ([], None):
+        data = _data()
+        if routes is None:
+            del data["routes"]
+        else:
+            data["routes"] = routes
+        with pytest.raises(ConfigError) as refused:
+            _parse(data)
+        assert refused.value.key_path == "routes" and "protects nothing" in str(refused.value)

@@ -206,6 +206,10 @@ async def _verify(store: DisclosureStore, args: argparse.Namespace, out: TextIO)
     if failed:
         return 1
     print(f"chain OK: {result.checked} records checked ({store.url_for_display})", file=out)
+    if not result.head_seq:
+        print("WARNING: the log holds no records: a new log, or not the one the gateway writes (another path or"
+              " database; an SQLite copy made without its -wal file). Checked against a head pinned earlier"
+              " (--anchor), a lost log fails.", file=out)
     if result.head_seq:
         print(f"head: {result.head_seq}:{result.head_hash}  (keep outside the database; pass as --anchor)",
               file=out)

@@ -45,9 +45,13 @@ def read_routes(
 ) -> tuple[RouteConfig, ...]:
     """The ``[[routes]]`` array, in order.
 
-    :raises ConfigError: an invalid route, a duplicate name, a route an earlier one hides, or an
-        Altinn 2 service without ``[issuers.altinn]``.
+    :raises ConfigError: no route at all (a gateway that protects nothing), an invalid route,
+        a duplicate name, a route an earlier one hides, or an Altinn 2 service without
+        ``[issuers.altinn]``.
     """
+    if not routes_raw:
+        raise ConfigError("routes", "needs at least one [[routes]] table: without one the gateway protects nothing"
+                                    " (the middleware would pass every request to the app unchecked)")
     routes = tuple(_route(i, r, packages) for i, r in enumerate(routes_raw))
     _check_shadowing(routes)
     seen: set[str] = set()

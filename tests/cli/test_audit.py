@@ -179,7 +179,9 @@ def test_config_with_a_relative_sqlite_path(
     conf_dir.mkdir()
     _seed(f"sqlite:///{conf_dir}/logs.db")
     config = conf_dir / "gateway.toml"
-    config.write_text('[gateway]\nprofile = "tt02"\n\n[audit]\nurl = "sqlite:///logs.db"\n')
+    config.write_text('[gateway]\nprofile = "tt02"\n\n[audit]\nurl = "sqlite:///logs.db"\n\n'
+                      '[[routes]]\nname = "r"\npath = "/r/{fnr}"\nscope = "s:r"\nsubject = { path = "fnr" }\n'
+                      'altinn3_resources = ["r"]\nunscoped = true\n')
     monkeypatch.chdir(tmp_path)  # resolves against the config's directory, not the cwd
     code, out = _cli("audit", "verify", "--config", str(config))
     assert code == 0 and "4 records" in out, out
@@ -360,3 +362,15 @@ def test_export_of_an_old_log_does_not_count_a_scoped_head_as_a_disclosure() -> 
                       released_bytes=0)
     document = export_document(PERSON, [old])
     assert document["disclosures"] == [] and [e["method"] for e in document["allowed_without_data"]] == ["HEAD"]
+
+
+def test_verify_of_an_empty_log_passes_with_a_warning(tmp_path: Path) -> None:
+    async def create() -> None:
+        store = open_store(f"sqlite:///{tmp_path}/empty.db")
+        await store.open()
+        await store.close()
+
+    asyncio.run(create())
+    code, out = _cli("audit", "verify", "--store", f"sqlite:///{tmp_path}/empty.db")
+    assert code == 0 and "chain OK: 0 records checked" in out
+    assert "WARNING: the log holds no records" in out and "head:" not in out

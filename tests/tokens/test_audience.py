@@ -116,7 +116,8 @@ def _config(audience: Any) -> dict[str, Any]:
         },
         "upstream": {"url": "http://127.0.0.1:2"},
         "audit": {"url": "memory://"},
-        "routes": [],
+        "routes": [{"name": "r", "path": "/r/{fnr}", "scope": "s:r", "subject": {"path": "fnr"},
+                    "altinn3_resources": ["r"], "unscoped": True}],
     }
 
 
