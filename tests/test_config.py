@@ -738,7 +738,8 @@ def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
 
 
 def test_a_config_without_routes_is_refused() -> None:
-    for routes in ([], None):
+    no_routes: list[list[Any] | None] = [[], None]
+    for routes in no_routes:
         data = _data()
         if routes is None:
             del data["routes"]
