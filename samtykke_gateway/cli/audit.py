@@ -54,6 +54,7 @@ _CSV_COLUMNS = (
     "consent_id",
     "resource",
     "legal_basis",
+    "released",
     "fields_released",
     "rows_withheld",
     "decision",
@@ -317,6 +318,10 @@ def export_document(
     upstream 4xx/5xx — reasons ``no_data_released`` / ``upstream_status``,
     :func:`~samtykke_gateway.audit.record.released_data`) and ``denied_attempts``.
 
+    A disclosure's ``released`` is ``"fields"`` (a rights package applied: ``fields_released``
+    lists the field paths present in what left) or ``"whole_answer"`` (an unscoped route: the
+    answer left as the upstream sent it; ``fields_released`` is ``None``, not "nothing").
+
     A streamed (unscoped) disclosure has two records (:mod:`samtykke_gateway.asgi.stream`): the
     decision, written before the first byte left, and its end (``stream_end`` / ``stream_cut``)
     with the bytes and SHA-256 of what left. They are shown as one disclosure whose
@@ -368,9 +373,12 @@ def export_document(
             if r.rights_package is None:
                 no_data_streams[(r.correlation_id, r.method, r.path)] = entry
         elif r.decision == "allow":
+            # unscoped route: the answer left as the upstream sent it (as audit report reads it)
+            whole = r.rights_package is None and not r.released_paths
             entry |= {
                 "legal_basis": LEGAL_BASIS,
-                "fields_released": list(r.released_paths),
+                "released": "whole_answer" if whole else "fields",
+                "fields_released": None if whole else list(r.released_paths),
                 "rows_withheld": dict(r.rows_withheld or {}),
                 "status": r.status,
                 "upstream_status": r.upstream_status,
@@ -416,7 +424,7 @@ def _csv(document: dict[str, Any]) -> str:
         for entry in document[key]:
             row = dict(entry)
             row["section"] = section
-            row["fields_released"] = ";".join(entry.get("fields_released", []))
+            row["fields_released"] = ";".join(entry.get("fields_released") or [])
             row["rows_withheld"] = ";".join(f"{p}={n}" for p, n in sorted(entry.get("rows_withheld", {}).items()))
             row["metadata"] = json.dumps(entry["metadata"], ensure_ascii=False, sort_keys=True)
             row["decision"] = entry.get("decision", "allow")

@@ -374,3 +374,17 @@ def test_verify_of_an_empty_log_passes_with_a_warning(tmp_path: Path) -> None:
     code, out = _cli("audit", "verify", "--store", f"sqlite:///{tmp_path}/empty.db")
     assert code == 0 and "chain OK: 0 records checked" in out
     assert "WARNING: the log holds no records" in out and "head:" not in out
+
+
+def test_export_says_an_unscoped_disclosure_released_the_whole_answer() -> None:
+    from samtykke_gateway.cli.audit import _csv, export_document
+
+    start = make_record(1, released_paths=[], released_bytes=0, released_sha256=None)
+    end = make_record(1, reason="stream_end", released_paths=[], released_bytes=293)
+    scoped = make_record(2, rights_package="p")
+    document = export_document(PERSON, [start, end, scoped])
+    whole, fields = document["disclosures"]
+    assert (whole["released"], whole["fields_released"], whole["released_bytes"]) == ("whole_answer", None, 293)
+    assert (fields["released"], fields["fields_released"]) == ("fields", ["arbeidsinntektMaaned[].inntekt[].beloep"])
+    rows = _csv(document).splitlines()
+    assert ",whole_answer,," in rows[1] and ",fields,arbeidsinntektMaaned[].inntekt[].beloep," in rows[2]
