@@ -16,8 +16,12 @@ names cannot contain ``.``, ``[`` or ``]`` and have no surrounding whitespace.
 
 ``fields = [...]`` (required, at least one path) is the allow-list:
 
-- Naming a path releases the whole subtree under it. Everything not on or under an allowed
-  path is dropped.
+- Naming a path releases the *leaf value* there: a string, number, boolean, ``null``, or an
+  array holding no object (at any depth). An object there, or an array holding one,
+  contradicts the path and is dropped (an element of ``x[]`` on its own). Writing the path
+  with a trailing ``.*`` (``navn.*``, ``lan[].*``) releases the whole subtree there, whatever
+  it holds. A leaf path with another field path or a row filter inside it is a config error.
+  Everything not on or under an allowed path is dropped.
 - Objects and arrays on the way to an allowed path are kept, holding only what is allowed
   (an object on the way whose allowed members are all absent comes out as ``{}``). Arrays
   traversed with ``[]`` keep their element order; object members keep the input order.
@@ -47,8 +51,8 @@ idempotent only when it is. Under a wholly released path, a filter still applies
 object or array on the filter's path whose type contradicts it is dropped (fail closed: it
 might hold rows the filter never saw); a scalar there is released.
 
-``released_paths`` lists the ``fields`` entries (as written) for which at least one value is
-in the output; a path under another released path is absorbed by it.
+``released_paths`` lists the ``fields`` entries (as written, ``.*`` included) for which at
+least one value is in the output; a path under a released subtree is absorbed by it.
 """
 
 from __future__ import annotations

@@ -16,11 +16,13 @@ from typing import Any, Final
 
 from samtykke_gateway.exceptions import ConfigError
 
-__all__ = ["EACH", "PackageSpec", "RowFilterSpec", "Step", "parse_package", "parse_path"]
+__all__ = ["EACH", "SUBTREE", "PackageSpec", "RowFilterSpec", "Step", "parse_package", "parse_path"]
 
 #: A path step: a member name, or :data:`EACH` for ``[]`` ("each element of this array").
 Step = str | None
 EACH: Final = None
+#: The ending of a field path that releases the whole subtree there (``navn.*``, ``lan[].*``).
+SUBTREE: Final = ".*"
 
 _PACKAGE_KEYS: Final = frozenset({"description", "fields", "rows"})
 _PREDICATE_KEYS: Final = ("in", "in_file", "not_in", "equals", "within_period")
@@ -46,11 +48,17 @@ class RowFilterSpec:
 
 @dataclass(frozen=True, slots=True)
 class PackageSpec:
-    """A validated ``[rights_packages.<name>]`` table: field paths and row filters, in order."""
+    """A validated ``[rights_packages.<name>]`` table: field paths and row filters, in order.
+
+    ``fields``: ``(text as written, steps)``; ``subtrees``: the texts among them written with a
+    trailing ``.*`` (their steps leave it out), which release the whole subtree; every other
+    field path releases a leaf value only.
+    """
 
     fields: tuple[tuple[str, tuple[Step, ...]], ...]
     rows: tuple[RowFilterSpec, ...]
     description: str
+    subtrees: frozenset[str] = frozenset()
 
 
 def parse_path(text: object, key_path: str) -> tuple[Step, ...]:
@@ -87,6 +95,8 @@ def parse_path(text: object, key_path: str) -> tuple[Step, ...]:
             raise ConfigError(key_path, f"{text!r}: '[]' may only follow a member name")
         if name != name.strip():
             raise ConfigError(key_path, f"{text!r}: member name {name!r} has surrounding space")
+        if name == "*":
+            raise ConfigError(key_path, f"{text!r}: '*' only ends a field path ('.*': the whole subtree)")
         steps.append(name)
         steps.extend([EACH] * each)
     return tuple(steps)
@@ -175,13 +185,14 @@ def parse_package(table: object, *, base_dir: Path, key_path: str) -> PackageSpe
     if not raw_fields:
         raise ConfigError(f"{key_path}.fields", "must name at least one path")
     fields = tuple(
-        (text, parse_path(text, f"{key_path}.fields[{index}]"))
+        (text, parse_path(text[:-2] if text.endswith(SUBTREE) else text, f"{key_path}.fields[{index}]"))
         for index, text in enumerate(raw_fields)
     )
+    subtrees = frozenset(text for text in raw_fields if text.endswith(SUBTREE))
     raw_rows: Any = table.get("rows", [])
     if not isinstance(raw_rows, list):
         raise ConfigError(f"{key_path}.rows", "must be an array of tables ([[...rows]])")
     rows = tuple(
         _parse_row(row, base_dir, f"{key_path}.rows[{index}]") for index, row in enumerate(raw_rows)
     )
-    return PackageSpec(fields, rows, description)
+    return PackageSpec(fields, rows, description, subtrees)

@@ -15,6 +15,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from samtykke_gateway.exceptions import ConfigError
+from samtykke_gateway.scoping.exact_json import JsonNumber
 from samtykke_gateway.scoping.paths import EACH, PackageSpec, RowFilterSpec, Step
 
 if TYPE_CHECKING:
@@ -41,9 +42,38 @@ def _note_withheld(released: set[str], rows_path: str, count: int) -> None:
     withheld = getattr(released, "withheld", None)
     if withheld is not None:
         withheld[rows_path] = withheld.get(rows_path, 0) + count
+class _Subtree:
+    """A plan entry released whole whatever it holds (a field path written ``path.*``)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+#: the classes of a JSON scalar as the decoders give it (JsonNumber: exact_json's numbers)
+_SCALARS: Final = frozenset({str, int, float, bool, type(None), JsonNumber})
+
+
+def _is_leaf(value: Any) -> bool:
+    """A leaf value: a JSON scalar, or an array holding no object (at any depth). What a field
+    path without ``.*`` releases; an object there contradicts the path and is dropped."""
+    cls = value.__class__
+    if cls in _SCALARS:
+        return True
+    if cls is list:
+        for item in value:  # noqa: SIM110 - a plain loop is faster than all(<genexpr>)
+            if item.__class__ not in _SCALARS and not _is_leaf(item):
+                return False
+        return True
+    return False
+
+
 Walk: TypeAlias = Callable[[Any, "ScopeContext", set[str]], Any]
 _Predicate: TypeAlias = Callable[[Any, "ScopeContext"], bool]
-_Entry: TypeAlias = "str | Walk"  # a field path (released whole) or a closure
+#: a field path released as a leaf value (``str``), one released whole (:class:`_Subtree`),
+#: or a closure
+_Entry: TypeAlias = "str | _Subtree | Walk"
 
 _PERIOD_VALUE: Final = re.compile(r"([0-9]{4})-([0-9]{2})(?:-([0-9]{2}))?", re.ASCII)
 
@@ -121,10 +151,11 @@ def _all_of(tests: list[_Predicate]) -> _Predicate | None:
 class _Node:
     """Build-time tree node."""
 
-    __slots__ = ("each", "filters", "full", "members", "path")
+    __slots__ = ("each", "filters", "full", "members", "path", "subtree")
 
     def __init__(self, *, full: bool = False) -> None:
         self.full = full
+        self.subtree = False  # full by a ``path.*``: released whatever it holds
         self.path: str | None = None
         self.members: dict[str, _Node] = {}
         self.each: _Node | None = None
@@ -150,9 +181,11 @@ def compile_package(spec: PackageSpec, key_path: str) -> Walk:
     """Build the tree for ``spec`` and compile it into the root closure.
 
     :raises ConfigError: a row filter whose rows no field reaches
-        (``<key_path>.rows[i].path``).
+        (``<key_path>.rows[i].path``); a field path without ``.*`` (a leaf value) with another
+        field path or a row filter inside it (``<key_path>.fields``).
     """
     root = _Node()
+    leaves: dict[int, _Node] = {}  # id -> full nodes released as leaf values
     for text, steps in spec.fields:
         node = root
         for step in steps:
@@ -160,6 +193,13 @@ def compile_package(spec: PackageSpec, key_path: str) -> Walk:
         if not node.full:  # else absorbed by a released ancestor
             node.full = True
             node.path = text
+            node.subtree = text in spec.subtrees
+            if not node.subtree:
+                leaves[id(node)] = node
+        elif node.path is not None and text in spec.subtrees:  # the same path also as path.*
+            node.subtree = True
+            node.path = text
+            leaves.pop(id(node), None)
     for index, row in enumerate(spec.rows):
         node = array = root
         for step in row.array:
@@ -173,8 +213,21 @@ def compile_package(spec: PackageSpec, key_path: str) -> Walk:
                 found = node.add_child(step, _Node(full=True))
             array, node = node, found
         array.filters.append(row)
+        if row.where and id(node) in leaves:
+            raise ConfigError(
+                f"{key_path}.rows[{index}].where",
+                f"{row.path!r}: rows compared by a member are objects, but {node.path!r} releases leaf values"
+                f" only: write {f'{node.path}.*'!r} to release the rows whole, or name their fields",
+            )
+    for node in leaves.values():
+        if node.members or node.each is not None:
+            raise ConfigError(
+                f"{key_path}.fields",
+                f"{node.path!r} releases a leaf value, but another field or row filter names something inside"
+                f" it: write {f'{node.path}.*'!r} to release its whole subtree, or drop it",
+            )
     walk = _compile(root, False)
-    if isinstance(walk, str):  # pragma: no cover - paths are never empty
+    if not callable(walk):  # pragma: no cover - paths are never empty
         raise ConfigError(f"{key_path}.fields", "cannot release the whole document")
     return walk
 
@@ -194,6 +247,8 @@ def _compile(node: _Node, inherited_full: bool) -> _Entry:
     test = _all_of([_predicate(spec) for spec in node.filters])
     rows_path = node.filters[0].path if node.filters else ""  # "" : nothing to count
     if full and not members and each is None and test is None:
+        if path and node.subtree:
+            return _Subtree(path)
         return path or ""  # "" only for absorbed nodes, which the parent never keeps
     if not full and each is None:
         return _object_walk(members)
@@ -211,7 +266,8 @@ def _compile(node: _Node, inherited_full: bool) -> _Entry:
 
 
 def _only_leaves(plan: dict[str, _Entry]) -> bool:
-    return all(entry.__class__ is str for entry in plan.values())
+    """Every entry a field path (a leaf value or a subtree): no closures to call."""
+    return all(entry.__class__ is str or entry.__class__ is _Subtree for entry in plan.values())
 
 
 def _object_walk(plan: dict[str, _Entry]) -> Walk:
@@ -226,8 +282,13 @@ def _object_walk(plan: dict[str, _Entry]) -> Walk:
             for name, item in value.items():
                 path = plan_get(name)
                 if path is not None:
+                    if path.__class__ is str:
+                        if item.__class__ not in _SCALARS and not _is_leaf(item):
+                            continue  # an object where the path releases a leaf: dropped
+                        add(path)  # type: ignore[arg-type]
+                    else:
+                        add(path.path)  # type: ignore[union-attr]
                     out[name] = item
-                    add(path)  # type: ignore[arg-type]
             return out
 
         return walk_leaves
@@ -240,9 +301,14 @@ def _object_walk(plan: dict[str, _Entry]) -> Walk:
             entry = plan_get(name)
             if entry is None:
                 continue
-            if entry.__class__ is str:
+            cls = entry.__class__
+            if cls is str:
+                if item.__class__ in _SCALARS or _is_leaf(item):
+                    out[name] = item
+                    released.add(entry)  # type: ignore[arg-type]
+            elif cls is _Subtree:
                 out[name] = item
-                released.add(entry)
+                released.add(entry.path)  # type: ignore[union-attr]
             else:
                 result = entry(item, context, released)  # type: ignore[operator]
                 if result is not DROP:
@@ -285,9 +351,14 @@ def _rows_of_objects(
                     entry = plan_get(name)
                     if entry is None:
                         continue
-                    if entry.__class__ is str:
+                    cls = entry.__class__
+                    if cls is str:
+                        if item.__class__ in _SCALARS or _is_leaf(item):
+                            out[name] = item
+                            add(entry)  # type: ignore[arg-type]
+                    elif cls is _Subtree:
                         out[name] = item
-                        add(entry)  # type: ignore[arg-type]
+                        add(entry.path)  # type: ignore[union-attr]
                     else:
                         result = entry(item, context, released)  # type: ignore[operator]
                         if result is not DROP:
@@ -312,8 +383,13 @@ def _rows_of_objects(
                 for name, item in row.items():
                     path = plan_get(name)
                     if path is not None:
+                        if path.__class__ is str:
+                            if item.__class__ not in _SCALARS and not _is_leaf(item):
+                                continue  # an object where the path releases a leaf: dropped
+                            add(path)  # type: ignore[arg-type]
+                        else:
+                            add(path.path)  # type: ignore[union-attr]
                         out[name] = item
-                        add(path)  # type: ignore[arg-type]
                 rows.append(out)
             if rows_path and len(rows) != len(value):
                 _note_withheld(released, rows_path, len(value) - len(rows))
@@ -334,9 +410,14 @@ def _rows_of_objects(
                 entry = plan_get(name)
                 if entry is None:
                     continue
-                if entry.__class__ is str:
+                cls = entry.__class__
+                if cls is str:
+                    if item.__class__ in _SCALARS or _is_leaf(item):
+                        out[name] = item
+                        add(entry)  # type: ignore[arg-type]
+                elif cls is _Subtree:
                     out[name] = item
-                    add(entry)  # type: ignore[arg-type]
+                    add(entry.path)  # type: ignore[union-attr]
                 else:
                     result = entry(item, context, released)  # type: ignore[operator]
                     if result is not DROP:
@@ -350,8 +431,9 @@ def _rows_of_objects(
 
 
 def _array_walk(each: _Entry | None, test: _Predicate | None, rows_path: str = "") -> Walk:
-    if isinstance(each, str):
-        path = each
+    if isinstance(each, (str, _Subtree)):
+        whole = each.__class__ is _Subtree
+        path: str = each.path if isinstance(each, _Subtree) else each
 
         def walk_rows_whole(value: Any, context: ScopeContext, released: set[str]) -> Any:
             if not isinstance(value, list):
@@ -359,6 +441,8 @@ def _array_walk(each: _Entry | None, test: _Predicate | None, rows_path: str = "
             rows = value if test is None else [row for row in value if test(row, context)]
             if rows_path and len(rows) != len(value):
                 _note_withheld(released, rows_path, len(value) - len(rows))
+            if not whole:  # leaf values only: an object element contradicts the path, dropped
+                rows = [row for row in rows if row.__class__ in _SCALARS or _is_leaf(row)]
             if rows:
                 released.add(path)
             return list(rows) if rows is value else rows

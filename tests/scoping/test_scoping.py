@@ -93,10 +93,10 @@ def test_rows_withheld_are_counted_by_every_walk_shape() -> None:
     document = {"a": [{"k": "x", "v": 1}, {"k": "y", "v": 2}, {"k": "x", "v": 3}, "not a row"]}
     one_member = package(["a[].v"], [{"path": "a[]", "where": "k", "in": ["x"]}])
     assert one_member.apply_counted(document, ScopeContext())[2] == (("a[]", 2),)
-    whole = package(["a[]"], [{"path": "a[]", "where": "k", "not_in": ["x"]}])
+    whole = package(["a[].*"], [{"path": "a[]", "where": "k", "not_in": ["x"]}])
     scoped, _paths, withheld = whole.apply_counted(document, ScopeContext())
     assert scoped == {"a": [{"k": "y", "v": 2}]} and withheld == (("a[]", 3),)
-    nested = package(["a"], [{"path": "a[]", "where": "k", "equals": "y"}])
+    nested = package(["a.*"], [{"path": "a[]", "where": "k", "equals": "y"}])
     assert nested.apply_counted(document, ScopeContext())[2] == (("a[]", 3),)
     everything = package(["a[].v"], [{"path": "a[]", "where": "k", "in": ["x", "y"]}])
     assert everything.apply_counted({"a": [{"k": "x"}, {"k": "y"}]}, ScopeContext())[2] == ()
@@ -152,7 +152,7 @@ def test_every_example_body_scopes(name: str) -> None:
 
 def test_projection_is_deny_by_default_and_keeps_objects_on_the_way() -> None:
     document = {"a": {"b": 1, "c": 2}, "d": 3, "e": {"f": {"g": 4, "h": 5}}}
-    assert scoped(["a.b", "e.f"], document) == {"a": {"b": 1}, "e": {"f": {"g": 4, "h": 5}}}
+    assert scoped(["a.b", "e.f.*"], document) == {"a": {"b": 1}, "e": {"f": {"g": 4, "h": 5}}}
 
 
 def test_absent_members_stay_absent() -> None:
@@ -187,15 +187,51 @@ def test_wrong_type_drops_the_branch(fields: list[str], document: Any, expected:
     assert scoped(fields, document) == expected
 
 
-def test_named_path_releases_whole_subtree_of_any_type() -> None:
+def test_a_path_with_a_star_releases_the_whole_subtree_of_any_type() -> None:
     for value in (1, "s", None, True, [1, {"a": 2}], {"deep": {"er": [1]}}):
+        assert scoped(["x.*"], {"x": value, "y": 0}) == {"x": value}
+    assert package(["x.*"]).apply({"x": {"a": 1}}, ScopeContext())[1] == ("x.*",)  # the record says so
+
+
+def test_a_path_without_a_star_releases_only_a_leaf_value() -> None:
+    """An upstream that turns a released leaf into an object (``navn`` → ``{fornavn, adresse}``)
+    or puts an object into a released array does not get it out under the leaf's name."""
+    leaves: list[Any] = [1, "s", None, True, 1.5, [1, "a", None, [2, [3]]], []]
+    for value in leaves:
         assert scoped(["x"], {"x": value, "y": 0}) == {"x": value}
+    containers: list[Any] = [{"fornavn": "Ola", "adresse": "Hemmeligveien 1"}, {}, [1, {"a": 2}], [[{"a": 1}]]]
+    for value in containers:
+        out, released = package(["x", "y"]).apply({"x": value, "y": 0}, ScopeContext())
+        assert (out, released) == ({"y": 0}, ("y",)), value
+    rows = {"b": [{"m": "2024-01", "beloep": 1}, {"m": "2024-02", "beloep": {"kontonummer": "12345678903"}}]}
+    assert scoped(["b[].m", "b[].beloep"], rows) == {"b": [{"m": "2024-01", "beloep": 1}, {"m": "2024-02"}]}
+    assert scoped(["k[]"], {"k": ["a", {"secret": 1}, 2, ["b"]]}) == {"k": ["a", 2, ["b"]]}
+    assert scoped(["[]"], [1, {"a": 1}]) == [1]
 
 
-def test_path_under_a_released_path_is_absorbed() -> None:
-    pkg = package(["a.b", "a"])
-    assert pkg.apply({"a": {"b": 1, "c": 2}}, ScopeContext()) == ({"a": {"b": 1, "c": 2}}, ("a",))
-    # "a" releases the array too, even though "a.b" alone would need an object
+@pytest.mark.parametrize(
+    ("fields", "rows", "key_path"),
+    [
+        (["a", "a.b"], None, "rights_packages.t.fields"),
+        (["a.b", "a"], None, "rights_packages.t.fields"),
+        (["a"], [{"path": "a[]", "where": "k", "equals": "x"}], "rights_packages.t.fields"),
+        (["a[]"], [{"path": "a[]", "where": "k", "equals": "x"}], "rights_packages.t.rows[0].where"),
+        (["a.*.b"], None, "rights_packages.t.fields[0]"),
+        (["*"], None, "rights_packages.t.fields[0]"),
+    ],
+)
+def test_something_named_inside_a_leaf_path_is_a_config_error(
+    fields: list[str], rows: list[dict[str, Any]] | None, key_path: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        package(fields, rows)
+    assert info.value.key_path == key_path
+
+
+def test_path_under_a_released_subtree_is_absorbed() -> None:
+    pkg = package(["a.b", "a.*"])
+    assert pkg.apply({"a": {"b": 1, "c": 2}}, ScopeContext()) == ({"a": {"b": 1, "c": 2}}, ("a.*",))
+    # "a.*" releases the array too, even though "a.b" alone would need an object
     assert pkg.apply({"a": [1]}, ScopeContext())[0] == {"a": [1]}
 
 
@@ -208,7 +244,7 @@ def test_released_paths_name_only_paths_present_in_the_output() -> None:
 def test_apply_does_not_mutate_its_input() -> None:
     document = {"rows": [{"k": "a", "v": 1}, {"k": "b", "v": 2}], "x": {"y": 1, "z": 2}}
     before = json.dumps(document)
-    pkg = package(["rows", "x.y"], [{"path": "rows[]", "where": "k", "equals": "a"}])
+    pkg = package(["rows.*", "x.y"], [{"path": "rows[]", "where": "k", "equals": "a"}])
     out, _ = pkg.apply(document, ScopeContext())
     assert out == {"rows": [{"k": "a", "v": 1}], "x": {"y": 1}}
     assert json.dumps(document) == before
@@ -227,7 +263,7 @@ ROWS = [
 
 
 def filtered(row_filter: dict[str, Any], context: ScopeContext | None = None) -> list[Any]:
-    pkg = package(["r"], [{"path": "r[]", **row_filter}])
+    pkg = package(["r.*"], [{"path": "r[]", **row_filter}])
     return pkg.apply({"r": ROWS}, context or ScopeContext())[0]["r"]  # type: ignore[no-any-return]
 
 
@@ -250,7 +286,7 @@ def test_in_file(tmp_path: Path) -> None:
     (tmp_path / "values.txt").write_text("# released\n\n  b  \n#c\nc\n", encoding="utf-8")
     pkg = RightsPackage.from_config(
         "t",
-        {"fields": ["r"], "rows": [{"path": "r[]", "where": "k", "in_file": "values.txt"}]},
+        {"fields": ["r.*"], "rows": [{"path": "r[]", "where": "k", "in_file": "values.txt"}]},
         base_dir=tmp_path,
         key_path="rights_packages.t",
     )
@@ -271,7 +307,7 @@ def test_within_period_is_inclusive_and_fails_closed() -> None:
     "value", ["2018-7", "2018-07-1", "2018-13", "2018-00", "２０１８-07", " 2018-07"]
 )
 def test_within_period_refuses_sloppy_values(value: str) -> None:
-    pkg = package(["r"], [{"path": "r[]", "within_period": True}])
+    pkg = package(["r.*"], [{"path": "r[]", "within_period": True}])
     everything = ScopeContext(period_from="0001-01", period_to="9999-12")
     assert pkg.apply({"r": [value, "2018-07"]}, everything)[0] == {"r": ["2018-07"]}
 
@@ -284,7 +320,7 @@ def test_scope_context_validates_bounds(bound: Any) -> None:
 
 def test_several_filters_on_the_same_rows_all_apply() -> None:
     pkg = package(
-        ["r"],
+        ["r.*"],
         [
             {"path": "r[]", "where": "k", "in": ["a", "b", "c"]},
             {"path": "r[]", "where": "k", "not_in": ["b"]},
@@ -301,7 +337,7 @@ def test_filters_apply_at_every_level_and_under_a_wholly_released_path() -> None
         ]
     }
     pkg = package(
-        ["o"],
+        ["o.*"],
         [
             {"path": "o[].i[]", "where": "b", "equals": "bil"},
             {"path": "o[]", "where": "m", "within_period": True},
@@ -309,7 +345,7 @@ def test_filters_apply_at_every_level_and_under_a_wholly_released_path() -> None
     )
     out, released = pkg.apply(document, JULY_2018)
     assert out == {"o": [{"m": "2018-07", "i": [{"b": "bil"}], "secret": 1}]}
-    assert released == ("o",)
+    assert released == ("o.*",)
     # the filtered array must be an array: otherwise the branch is dropped (fail closed)
     out, _ = pkg.apply({"o": [{"m": "2018-07", "i": {"b": "smuss"}}]}, JULY_2018)
     assert out == {"o": [{"m": "2018-07"}]}

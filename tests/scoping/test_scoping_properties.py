@@ -100,7 +100,14 @@ def package_tables(draw: st.DrawFn, *, release_where: bool = False) -> dict[str,
         rows.append(row)
         if release_where:
             fields.append(array + ("." + where if where else ""))
-    return {"fields": fields, "rows": rows}
+    # every path written as a subtree (``.*``): these properties are about the tree walk and
+    # the row filters; leaf values (paths without ``.*``) have their own properties below
+    return {"fields": [field + ".*" for field in fields], "rows": rows}
+
+
+def field_steps(text: str) -> tuple[Step, ...]:
+    """A field path's steps (``.*`` left out)."""
+    return parse_path(text.removesuffix(".*"), "f")
 
 
 def _find_all(text: str, needle: str) -> list[int]:
@@ -150,7 +157,7 @@ def merge(left: Any, right: Any) -> Any:
 def documents_for(draw: st.DrawFn, table: dict[str, Any]) -> Any:
     document = draw(small_documents)
     for text in [*table["fields"], *(row["path"] for row in table["rows"])]:
-        document = merge(draw(shaped(parse_path(text, "f"))), document)
+        document = merge(draw(shaped(field_steps(text))), document)
     return document
 
 
@@ -222,7 +229,7 @@ def test_no_path_outside_the_package_appears(
     case: tuple[dict[str, Any], Any], context: ScopeContext
 ) -> None:
     table, document = case
-    fields = [parse_path(text, "f") for text in table["fields"]]
+    fields = [field_steps(text) for text in table["fields"]]
     out, _ = compile_package(table).apply(document, context)
     for path in node_paths(out):
         assert allowed(path, fields), path
@@ -230,7 +237,7 @@ def test_no_path_outside_the_package_appears(
 
 def shapes_agree(table: dict[str, Any]) -> bool:
     """No two paths of the package disagree on whether a member is an array or an object."""
-    paths = [parse_path(text, "f") for text in table["fields"]]
+    paths = [field_steps(text) for text in table["fields"]]
     kinds: dict[tuple[Step, ...], set[str]] = {}
     for row in table["rows"]:
         array = parse_path(row["path"], "p")
@@ -301,7 +308,7 @@ def json_texts(draw: st.DrawFn, depth: int = 0) -> str:
     return "{" + ",".join(f"{ws}{json.dumps(k)}{ws}:{v}" for k, v in members) + "}"
 
 
-RELEASE_ALL = compile_package({"fields": ["v"]})
+RELEASE_ALL = compile_package({"fields": ["v.*"]})
 
 
 @SETTINGS
@@ -353,9 +360,21 @@ def test_scope_body_raises_only_upstream_error(body: bytes, table: dict[str, Any
 _DROPPED = object()
 
 
+def is_leaf_value(value: Any) -> bool:
+    if isinstance(value, dict):
+        return False
+    if isinstance(value, list):
+        return all(is_leaf_value(item) for item in value)
+    return True
+
+
 def reference_apply(table: dict[str, Any], document: Any, context: ScopeContext) -> Any:
-    """Naive re-statement of the path language: every decision re-derived from the paths."""
-    fields = [parse_path(text, "f") for text in table["fields"]]
+    """Naive re-statement of the path language: every decision re-derived from the paths.
+
+    A field path without ``.*`` releases a leaf value only (a scalar, or an array holding no
+    object): anything else there is dropped, an array element of ``x[]`` on its own."""
+    fields = [field_steps(text) for text in table["fields"]]
+    leaf_paths = {field_steps(text) for text in table["fields"] if not text.endswith(".*")}
     filters = [(parse_path(row["path"], "p")[:-1], row) for row in table.get("rows", [])]
 
     def passes(row: Any, spec: dict[str, Any]) -> bool:
@@ -390,6 +409,8 @@ def reference_apply(table: dict[str, Any], document: Any, context: ScopeContext)
         )
 
     def walk(value: Any, here: tuple[Step, ...], inside_full: bool) -> Any:
+        if here in leaf_paths and not inside_full:
+            return value if is_leaf_value(value) else _DROPPED
         full = inside_full or here in fields
         below = [f[len(here) :] for f in fields if len(f) > len(here) and f[: len(here)] == here]
         filter_paths = [p for p, _ in filters if p[: len(here)] == here]
@@ -433,6 +454,48 @@ def test_apply_matches_the_reference(
     table, document = case
     out, _ = compile_package(table).apply(document, context)
     assert out == reference_apply(table, document, context)
+
+
+@st.composite
+def leaf_packages_and_documents(draw: st.DrawFn) -> tuple[dict[str, Any], Any]:
+    """Field paths without ``.*`` (leaf values) and a document shaped along them, where each
+    field's position may hold an object, an array of objects or of scalars, or a scalar."""
+    fields = draw(st.lists(path_texts(), min_size=1, max_size=3, unique=True))
+    document = draw(small_documents)
+    for text in fields:
+        document = merge(draw(shaped(parse_path(text, "f"))), document)
+    return {"fields": fields, "rows": []}, document
+
+
+@SETTINGS
+@given(leaf_packages_and_documents(), contexts)
+def test_a_leaf_path_releases_only_leaf_values(case: tuple[dict[str, Any], Any], context: ScopeContext) -> None:
+    """A path without ``.*`` never lets an object out at or under its position; whatever is
+    released there is as it came; a package naming something inside a leaf path is refused."""
+    table, document = case
+    steps = [parse_path(text, "f") for text in table["fields"]]
+    nested = any(a != b and b[: len(a)] == a for a in steps for b in steps)
+    try:
+        package = compile_package(table)
+    except ConfigError:
+        assert nested
+        return
+    assert not nested
+    out, released = package.apply(document, context)
+    assert out == reference_apply(table, document, context)
+    assert out is None or is_subdocument(out, document)
+    assert set(released) <= set(table["fields"])
+
+    def values_at(value: Any, path: tuple[Step, ...]) -> list[Any]:
+        if not path:
+            return [value]
+        step, rest = path[0], path[1:]
+        if step is EACH:
+            return [v for item in value for v in values_at(item, rest)] if isinstance(value, list) else []
+        return values_at(value[step], rest) if isinstance(value, dict) and step in value else []
+
+    for path in steps:
+        assert all(is_leaf_value(value) for value in values_at(out, path)), path
 
 
 def depth(value: Any) -> int:
