@@ -84,25 +84,27 @@ def render_error(
 
 
 def generic_body(status: int, *, correlation_id: str, style: str = "problem") -> tuple[Headers, bytes]:
-    """A generic body for an upstream error status on a scoped route: the upstream's own body
-    may carry personal data, so it never leaves (the disclosure record keeps the status).
-    The same fields as :func:`render_error`'s bodies, reason ``upstream_status``."""
+    """A generic body for an upstream status other than 2xx on a scoped route: the upstream's
+    own body may carry personal data, so it never leaves (the disclosure record keeps the
+    status). The same fields as :func:`render_error`'s bodies, and the disclosure record's
+    reason: ``upstream_status`` for 400 and above, ``no_data_released`` below (a 3xx)."""
+    reason = "upstream_status" if status >= 400 else "no_data_released"
     detail = f"the data source answered {status} ({_title(status)}); its own body is withheld"
     if style == "skatteetaten":
         payload: dict[str, object] = {
             "kode": f"SG-{status}",
             "melding": detail,
             "korrelasjonsid": correlation_id,
-            "arsak": "upstream_status",
+            "arsak": reason,
         }
         content_type = b"application/json"
     else:
         payload = {
-            "type": "urn:samtykke-gateway:error:upstream_status",
+            "type": f"urn:samtykke-gateway:error:{reason}",
             "title": _title(status),
             "status": status,
             "detail": detail,
-            "reason": "upstream_status",
+            "reason": reason,
             "correlation_id": correlation_id,
         }
         content_type = b"application/problem+json"

@@ -119,6 +119,25 @@ def test_scoped_release_never_keeps_representation_headers() -> None:
     assert release.data_released and release.released_paths == ("inntektsaar",)
 
 
+@pytest.mark.parametrize(("status", "reason"), [(302, "no_data_released"), (307, "no_data_released"),
+                                              (404, "upstream_status"), (503, "upstream_status")])
+@pytest.mark.parametrize("style", ["problem", "skatteetaten"])
+def test_the_generic_body_for_an_upstream_status_names_the_records_reason(status: int, reason: str,
+                                                                           style: str) -> None:
+    import json
+
+    from samtykke_gateway.scoping.package import RightsPackage, ScopeContext
+
+    package = RightsPackage.from_config("p", {"fields": ["a"]}, base_dir=Path("."), key_path="p")
+    upstream = [(b"location", b"/elsewhere"), (b"set-cookie", b"s=1"), (b"content-type", b"text/html")]
+    release = scoped_release(status, upstream, b"<a href=/elsewhere>12879397780</a>", method="GET", package=package,
+                             context=ScopeContext(), max_body_bytes=1000, correlation_id="cid-12345678",
+                             error_style=style)
+    body = json.loads(release.body)
+    assert release.reason == reason and reason in (body.get("reason"), body.get("arsak"))
+    assert b"12879397780" not in release.body and b"location" not in dict(release.headers)
+
+
 MODES = ["middleware", "sidecar"]
 
 
