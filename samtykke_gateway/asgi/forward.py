@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from samtykke_gateway.asgi.intake import Intake, Receive, Scope, Send
 from samtykke_gateway.asgi.release import Abandoned, Responder
 from samtykke_gateway.exceptions import GatewayError, UpstreamError
+from samtykke_gateway.observe.logs import frames
 from samtykke_gateway.policy.decide import Grant
 
 __all__ = ["ASGIApp", "forward"]
@@ -100,16 +101,17 @@ async def _call_app(responder: Responder, intake: Intake, app: ASGIApp, scope: S
             if await watch.client_is_gone():  # e.g. Starlette's ClientDisconnect reading the body
                 await responder.client_left()
                 return
-            # the class only: an app's exception text or traceback may quote personal data
-            log.error("protected app failed: %s (correlation_id=%s)", type(exc).__name__, responder.correlation_id)
+            # the class and where (frames()): an app's exception text or locals may quote personal data
+            log.error("protected app failed: %s at %s (correlation_id=%s)", type(exc).__name__, frames(exc),
+                      responder.correlation_id)
             await responder.deny(UpstreamError("the data API failed", reason="upstream_error"), after_grant=True)
             return
         if responder.stream_open:
             if isinstance(exc, OSError) or watch.client_gone:  # send failed: the client is gone
                 await responder.end_stream("client_disconnected")
                 return
-            log.error("protected app failed mid-stream: %s (correlation_id=%s)", type(exc).__name__,
-                      responder.correlation_id)
+            log.error("protected app failed mid-stream: %s at %s (correlation_id=%s)", type(exc).__name__,
+                      frames(exc), responder.correlation_id)
             await responder.end_stream("upstream_error")
             return
         raise

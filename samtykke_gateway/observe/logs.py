@@ -34,6 +34,7 @@ __all__ = [
     "configure_logging",
     "correlation_id",
     "current_correlation_id",
+    "frames",
     "redact",
 ]
 
@@ -59,6 +60,19 @@ def redact(text: str) -> str:
     text = _JWT.sub("[token]", text)
     text = _BEARER.sub(lambda m: f"{m.group(1)} [redacted]", text)
     return _PERSON_ID.sub("[person-id]", text)
+
+
+def frames(exc: BaseException, *, limit: int = 6) -> str:
+    """Where ``exc`` was raised, innermost first, without its message, its source lines or any
+    local value (they may quote personal data): ``"app.py:12 in payments <- routing.py:74 in
+    app"``; each file as its last two path components, at most ``limit`` frames."""
+    import traceback
+
+    stack = traceback.extract_tb(exc.__traceback__)[-limit:]
+    return " <- ".join(
+        f"{'/'.join(frame.filename.replace(chr(92), '/').split('/')[-2:])}:{frame.lineno} in {frame.name}"
+        for frame in reversed(stack)
+    )
 
 
 def current_correlation_id() -> str | None:

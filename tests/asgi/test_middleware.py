@@ -403,3 +403,26 @@ async def test_unmatched_set_in_the_config_wins_over_the_middleware_default(
         under = await client.get(f"/api/v1/studielan/{STUDIELAN_PERSON}/historikk")
         assert under.status_code == 404  # "pass": FastAPI's own 404, unchecked
         assert ("reason" in under.json()) is (unmatched == "deny")
+
+
+@pytest.mark.anyio
+async def test_an_app_that_raises_is_502_and_logged_with_where_but_not_what(
+        dev_issuer: DevIssuer, issuer_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The app's own exception: 502 ``upstream_error`` to the client; the log names the class and
+    the frames it came from (to find the bug) but never the message, which may quote a person."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    app.add_middleware(ConsentMiddleware, config=studielan_config(issuer_url))
+
+    @app.get("/api/v1/studielan/{fnr}/saldo")
+    async def saldo(fnr: str) -> dict[str, Any]:
+        raise ValueError(f"no loan for {fnr}")
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app.test") as client:
+        response = await client.get(studielan_path(), headers=studielan_headers(dev_issuer))
+    assert response.status_code == 502 and response.json()["reason"] == "upstream_error"
+    failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("protected app failed")]
+    assert len(failed) == 1 and failed[0].startswith("protected app failed: ValueError at asgi/test_middleware.py:")
+    assert " in saldo <- " in failed[0]
+    assert all(STUDIELAN_PERSON not in r.getMessage() and "no loan" not in r.getMessage() for r in caplog.records)
