@@ -703,7 +703,7 @@ async def test_a_repeated_request_is_decided_from_the_memo_and_recorded_alike(de
         async def no_authorize(*args: Any) -> Any:
             raise AssertionError("a repeat must not be authorized afresh")
 
-        gate.authorize = no_authorize  # type: ignore[method-assign]
+        gate.authorize = no_authorize  # type: ignore[method-assign, assignment]
         two = await gate.decide(_raw(tax_base_path("2022") + "?x=1", headers=[auth, (b"x-request-id", b"2")]), again,
                                 read_body=_never_read)
         assert gate.memo_hits == 1 and one == two and first == again
