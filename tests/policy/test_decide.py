@@ -561,13 +561,21 @@ def _memo_tokens(issuer: DevIssuer) -> dict[str, tuple[str, str | None]]:
 _MEMO_TARGETS = [("GET", tax_base_path("2022"), "", None), ("GET", "/mount" + tax_base_path("2022"), "/mount", None),
                  ("GET", INCOME_PATH, "", None), ("GET", HEADER_PATH, "", TAX_BASE_PERSON),
                  ("HEAD", tax_base_path("2022"), "", None), ("POST", BODY_PATH, "", None)]
-#: headers the decision reads (names or values), added to the request
-_MEMO_EXTRA = [(), (), (), (("Connection", "close"),), (("Connection", "keep-alive, NAV-PersonIdent"),),
-               (("connection", "Authorization"),), (("NAV_PersonIdent", TAX_BASE_PERSON),),
-               (("NAV-PersonIdent", INCOME_PERSON),), (("nav-personident", TAX_BASE_PERSON),),
-               (("X-Samtykke-Consumer", OTHER_BANK),), (("Content-Length", "0"),), (("content-length", "5"),),
-               (("Transfer-Encoding", "chunked"),), (("Content_Length", "0"),), (("AltinnSamtykke", "x"),),
-               (("Authorization", "Bearer x"),)]
+#: headers the decision reads (names or values), added to the request: pairs of variants
+#: under the same names with different values (a repeat may use either)
+_MEMO_EXTRA: list[tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]] = [
+    ((), ()), ((), ()),
+    ((("Connection", "close"),), (("Connection", "keep-alive, NAV-PersonIdent"),)),
+    ((("connection", "x-other"),), (("connection", "Authorization"),)),
+    ((("NAV_PersonIdent", TAX_BASE_PERSON),), (("NAV_PersonIdent", INCOME_PERSON),)),
+    ((("nav-personident", TAX_BASE_PERSON),), (("NAV-PersonIdent", INCOME_PERSON),)),
+    ((("X-Samtykke-Consumer", OTHER_BANK),), (("X-Samtykke-Consumer", BANK),)),
+    ((("Content-Length", "0"),), (("content-length", "5"),)),
+    ((("Transfer-Encoding", "chunked"),), (("Transfer-Encoding", "gzip"),)),
+    ((("Content_Length", "0"),), (("Content_Length", "0"),)),
+    ((("AltinnSamtykke", "x"),), (("AltinnSamtykke", ""),)),
+    ((("Authorization", "Bearer x"),), (("Authorization", "Basic x"),)),
+]
 #: query strings (the tax base routes read none; the income route's period)
 _MEMO_QUERIES = ["", "", "fraOgMed=2018-07", "fraOgMed=2018-07&tilOgMed=2018-08", "tilOgMed=2018-08",
                  "fraOgMed=2018-05", "x=1", "x=2", "FRAOGMED=2018-07", "inntektsaar=2021"]
@@ -585,9 +593,14 @@ def _memo_steps(draw: st.DrawFn) -> list[_MemoStep]:
         st.sampled_from(range(len(_MEMO_TARGETS))),
         st.sampled_from(["a3", "a3", "a3", "a3-short", "a3-later", "a3-other-subject", "a2", "a2", "a2-other-bearer"]),
         st.sampled_from(_MEMO_EXTRA), st.sampled_from(_MEMO_QUERIES)), min_size=1, max_size=4))
-    uses = draw(st.lists(st.tuples(st.sampled_from(range(len(pool))), st.sampled_from(_MEMO_NOISE), st.booleans(),
+    uses = draw(st.lists(st.tuples(st.sampled_from(range(len(pool))), st.sampled_from([0, 0, 0, 1]),
+                                   st.sampled_from(_MEMO_NOISE), st.booleans(),
                                    st.sampled_from([0, 0, 0, 1, 10, 25, 45, -20])), min_size=1, max_size=12))
-    return [(*pool[i], noise, upper, step) for i, noise, upper, step in uses]
+    steps: list[_MemoStep] = []
+    for i, variant, noise, upper, step in uses:
+        target, token, extra, query = pool[i]
+        steps.append((target, token, extra[variant], query, noise, upper, step))
+    return steps
 
 
 class _Clock:
@@ -657,6 +670,9 @@ async def _memo_gates(config: GatewayConfig, clock: _Clock) -> AsyncIterator[tup
 @example(steps=[(3, "a3", (), "", "a", False, 0), (3, "a3", (("NAV_PersonIdent", TAX_BASE_PERSON),), "", "a", False, 0)])
 @example(steps=[(0, "a3-later", (), "", "a", False, 25), (0, "a3-later", (), "", "a", False, -20)])
 @example(steps=[(0, "a3-short", (), "", "a", False, 25), (0, "a3-short", (), "", "a", False, 25)])
+@example(steps=[(3, "a3", (("Connection", "close"),), "", "a", False, 0),
+                (3, "a3", (("Connection", "close"),), "", "b", False, 0),
+                (3, "a3", (("Connection", "keep-alive, NAV-PersonIdent"),), "", "c", False, 0)])
 def _memo_agrees(runner: asyncio.Runner, config: GatewayConfig, tokens: dict[str, tuple[str, str | None]],
                  start: float, counts: list[int], steps: list[_MemoStep]) -> None:
     async def run() -> None:
@@ -687,7 +703,7 @@ def test_the_decision_memo_decides_and_records_as_the_full_decision(dev_issuer: 
     with asyncio.Runner() as runner:
         _memo_agrees(runner, config, _memo_tokens(dev_issuer), time.time(), counts)
     allowed, hits = counts
-    assert allowed >= 100 and hits >= 50, counts
+    assert allowed >= 60 and hits >= 25, counts
 
 
 @pytest.mark.anyio
