@@ -295,7 +295,7 @@ class Gate:
         decision = await self._decide(request, record, read_body)
         grant = decision.grant
         if grant is not None and _memoisable(grant.match.route):
-            memo[key] = _Granted(decision, _record_facts(record, grant))
+            memo[key] = _Granted(decision, *_record_facts(record, grant))
         return decision
 
     def _memo_key(self, request: RawRequest) -> Hashable:
@@ -336,7 +336,9 @@ class Gate:
         ):
             return None
         for name, value in granted.record:
-            setattr(record, name, _copy_field(name, value))
+            setattr(record, name, value)
+        for name, value in granted.record_dicts:  # the record's own copies, as the full decision makes
+            setattr(record, name, {k: list(v) for k, v in value.items()})
         match = grant.match
         fresh = Grant(RouteMatch(match.route, dict(match.params), match.path), mp, consent, grant.binding,
                       grant.subject, list(grant.effective_query), grant.scope_context, grant.rights_package,
@@ -555,11 +557,10 @@ class Gate:
 #: name): a route with another (a JSON body field, an extension location) is never memoised.
 _MEMO_SUBJECTS = (PathSubject, QuerySubject, HeaderSubject)
 
-#: Record fields a granted decision always sets, and the dict-valued ones (copied per use).
-_RECORD_FIELDS = ("requested_params", "path", "route", "issuer", "key_id", "consumer", "supplier", "client_id",
-                  "jti", "token_kind", "consent_id", "subject", "resource", "metadata", "effective_params",
-                  "rights_package")
-_DICT_FIELDS = frozenset({"requested_params", "metadata", "effective_params"})
+#: Record fields a granted decision always sets: scalars, and the dict-valued ones (copied per use).
+_RECORD_FIELDS = ("path", "route", "issuer", "key_id", "consumer", "supplier", "client_id", "jti", "token_kind",
+                  "consent_id", "subject", "resource", "rights_package")
+_DICT_FIELDS = ("requested_params", "metadata", "effective_params")
 
 
 def _memoisable(route: RouteConfig) -> bool:
@@ -568,26 +569,26 @@ def _memoisable(route: RouteConfig) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class _Granted:
-    """One memo entry: the granted decision and the record fields it set, in order."""
+    """One memo entry: the granted decision and the record fields it set (``record_dicts``:
+    the dict-valued ones, copied for each use)."""
 
     decision: Decision
     record: tuple[tuple[str, Any], ...]
+    record_dicts: tuple[tuple[str, dict[str, list[str]]], ...]
 
 
-def _record_facts(record: DisclosureRecord, grant: Grant) -> tuple[tuple[str, Any], ...]:
+def _record_facts(record: DisclosureRecord, grant: Grant) -> tuple[tuple[tuple[str, Any], ...],
+                                                                   tuple[tuple[str, dict[str, list[str]]], ...]]:
     """The fields :meth:`Gate.decide` set on ``record`` for ``grant``, as it set them: the
     Altinn 2 consent token's issuer and key only for an Altinn 2 consent, ``handled_by`` only
-    when a handler called (:meth:`Gate.authorize`)."""
+    when a handler called (:meth:`Gate.authorize`); the dict-valued ones apart (copied)."""
     names: tuple[str, ...] = _RECORD_FIELDS
     if grant.maskinporten.consent is None:
         names += ("consent_issuer", "consent_key_id")
     if grant.binding.handled_by is not None:
         names += ("handled_by",)
-    return tuple((name, _copy_field(name, getattr(record, name))) for name in names)
-
-
-def _copy_field(name: str, value: Any) -> Any:
-    return {k: list(v) for k, v in value.items()} if name in _DICT_FIELDS else value
+    return (tuple((name, getattr(record, name)) for name in names),
+            tuple((name, {k: list(v) for k, v in getattr(record, name).items()}) for name in _DICT_FIELDS))
 
 
 def params_as_dict(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
