@@ -156,9 +156,11 @@ class Grant:
 #: Called only on a route whose subject is a JSON body field, after the Maskinporten token.
 BodyReader = Callable[[int], Awaitable[bytes]]
 
-#: Granted decisions :class:`Gate` remembers by default (a few MB at most: an entry holds the
-#: request's tokens and the decision's small objects).
-DEFAULT_MEMO_ENTRIES = 512
+#: Granted decisions :class:`Gate` remembers by default. An entry holds the request's tokens
+#: (in its key) and the decision's small objects, ~5 KB with an Altinn 2 pair: 512 entries
+#: cost ~2.7 MB of RSS in the 256-connection row of BENCHMARKS.md (3,000 distinct pairs, no
+#: repeats), more than that row's bound leaves; 128 cover the repeats of a burst.
+DEFAULT_MEMO_ENTRIES = 128
 
 #: The verified claims sent upstream (``X-Samtykke-*``), in this order.
 _CLAIM_HEADERS = (b"x-samtykke-consumer", b"x-samtykke-supplier", b"x-samtykke-consent-id",
