@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import operator
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -294,10 +295,14 @@ class Gate:
                 self.memo_hits += 1
                 return decision
             memo.pop(key, None)  # past a time bound, or other tokens: decide afresh
+        before = _RECORD_VALUES(record)
         decision = await self._decide(request, record, read_body)
         grant = decision.grant
         if grant is not None and _memoisable(grant.match.route):
-            memo[key] = _Granted(decision, *_record_facts(record, grant))
+            # also any field the decision set that _RECORD_FIELDS does not name (a new one)
+            changed = tuple(name for name, old, new in zip(_ALL_FIELDS, before, _RECORD_VALUES(record), strict=True)
+                            if new is not old)
+            memo[key] = _Granted(decision, *_record_facts(record, grant, changed))
         return decision
 
     def _memo_key(self, request: RawRequest) -> Hashable:
@@ -563,6 +568,8 @@ _MEMO_SUBJECTS = (PathSubject, QuerySubject, HeaderSubject)
 _RECORD_FIELDS = ("path", "route", "issuer", "key_id", "consumer", "supplier", "client_id", "jti", "token_kind",
                   "consent_id", "subject", "resource", "rights_package")
 _DICT_FIELDS = ("requested_params", "metadata", "effective_params")
+_ALL_FIELDS = tuple(f.name for f in dataclasses.fields(DisclosureRecord))
+_RECORD_VALUES = operator.attrgetter(*_ALL_FIELDS)
 
 
 def _memoisable(route: RouteConfig) -> bool:
@@ -579,16 +586,18 @@ class _Granted:
     record_dicts: tuple[tuple[str, dict[str, list[str]]], ...]
 
 
-def _record_facts(record: DisclosureRecord, grant: Grant) -> tuple[tuple[tuple[str, Any], ...],
-                                                                   tuple[tuple[str, dict[str, list[str]]], ...]]:
+def _record_facts(record: DisclosureRecord, grant: Grant, changed: tuple[str, ...]
+                  ) -> tuple[tuple[tuple[str, Any], ...], tuple[tuple[str, dict[str, list[str]]], ...]]:
     """The fields :meth:`Gate.decide` set on ``record`` for ``grant``, as it set them: the
     Altinn 2 consent token's issuer and key only for an Altinn 2 consent, ``handled_by`` only
-    when a handler called (:meth:`Gate.authorize`); the dict-valued ones apart (copied)."""
+    when a handler called (:meth:`Gate.authorize`), and any other field in ``changed`` (set to
+    another object than it held before); the dict-valued ones apart (copied)."""
     names: tuple[str, ...] = _RECORD_FIELDS
     if grant.maskinporten.consent is None:
         names += ("consent_issuer", "consent_key_id")
     if grant.binding.handled_by is not None:
         names += ("handled_by",)
+    names += tuple(name for name in changed if name not in names and name not in _DICT_FIELDS)
     return (tuple((name, getattr(record, name)) for name in names),
             tuple((name, {k: list(v) for k, v in getattr(record, name).items()}) for name in _DICT_FIELDS))
 

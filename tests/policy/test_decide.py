@@ -33,6 +33,7 @@ from samtykke_gateway.config import GatewayConfig
 from samtykke_gateway.dev.examples import ExampleUpstream
 from samtykke_gateway.dev.issuer import DevIssuer
 from samtykke_gateway.exceptions import GatewayError
+from samtykke_gateway.policy import decide
 from samtykke_gateway.policy.decide import DEFAULT_MEMO_ENTRIES, Gate
 from samtykke_gateway.policy.intake import MAX_QUERY_PARAMETERS, RawRequest
 from samtykke_gateway.runtime import Gateway
@@ -752,3 +753,17 @@ async def test_the_memo_refuses_a_remembered_grant_once_the_token_is_too_old(dev
             await gate.decide(_raw(tax_base_path("2022"), headers=[auth]), record, read_body=_never_read)
         assert refused.value.reason == "token_too_old" and gate.memo_hits == 0
         assert record.route == "spesifisertsummertskattegrunnlag" and record.consumer == BANK
+
+
+@pytest.mark.anyio
+async def test_the_memo_replays_a_record_field_its_list_does_not_name(dev_issuer: DevIssuer, issuer_url: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A field the decision sets is replayed even when ``_RECORD_FIELDS`` lacks it (a field
+    added to the record and to ``Gate.authorize`` only)."""
+    monkeypatch.setattr(decide, "_RECORD_FIELDS", tuple(f for f in decide._RECORD_FIELDS if f != "subject"))
+    async with harness(_config(issuer_url)) as h:
+        auth = (b"authorization", f"Bearer {_bearer(a3_headers(dev_issuer))}".encode())
+        first, again = _record(), _record()
+        for record in (first, again):
+            await h.gateway.gate.decide(_raw(tax_base_path("2022"), headers=[auth]), record, read_body=_never_read)
+        assert h.gateway.gate.memo_hits == 1 and again.subject == TAX_BASE_PERSON and first == again
