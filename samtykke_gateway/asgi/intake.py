@@ -15,6 +15,7 @@ The checks themselves (framing, query, path) are framework-free and live in
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote, urlencode
@@ -46,6 +47,18 @@ _GATEWAY_PREFIX = b"x-samtykke-"  # our claim headers: a client's own copies nev
 #: the gateway matched and checked them: never forwarded.
 _OVERRIDES = frozenset({b"x-original-url", b"x-rewrite-url", b"x-http-method-override", b"x-http-method",
                         b"x-method-override", b"x-forwarded-prefix", b"x-forwarded-path"})
+
+
+@functools.lru_cache(maxsize=16)
+def _dropped_upstream(consent_header: str, scoped: bool) -> frozenset[bytes]:
+    """The client headers never forwarded to the app (before ``Connection``'s nominations):
+    the tokens, the client's correlation id, the method/path overrides; on a scoped route
+    also the conditionals, ``Range`` and ``Accept-Encoding``. Built once per consent header."""
+    drop = {b"authorization", consent_header.encode(), b"x-correlation-id", *_OVERRIDES}
+    if scoped:
+        drop |= _CONDITIONAL
+    drop -= {b"transfer-encoding", b"content-length"}
+    return frozenset(drop)
 
 
 def _dropped(name: bytes, drop: set[bytes] | frozenset[bytes]) -> bool:
@@ -186,19 +199,20 @@ class Intake:
         ``X-Samtykke-*`` (only the gateway sets those); on scoped routes also minus conditionals,
         ``Range`` and ``Accept-Encoding`` (replaced by the codings
         :func:`~samtykke_gateway.asgi.responder.decode_body` knows); plus the claims."""
-        drop = {b"authorization", self.config.consent_header.encode(), b"x-correlation-id", *_OVERRIDES}
         scoped = grant.rights_package is not None
-        if scoped:
-            drop |= _CONDITIONAL
+        drop: set[bytes] | frozenset[bytes] = _dropped_upstream(self.config.consent_header, scoped)
         # ``Connection`` and what it nominates go first (RFC 9110 §7.6.1): a client's
         # ``Connection: x-samtykke-consumer`` must not nominate away the headers the gateway
         # adds below. (Transfer-Encoding stays for the proxy, which re-frames the body.)
         incoming = self.request.raw_headers
-        for name, value in incoming:
-            if name.lower() == b"connection":
-                drop |= {b"connection"} | {t.strip().lower() for t in value.split(b",") if t.strip()}
-        drop.discard(b"transfer-encoding")
-        drop.discard(b"content-length")
+        if "connection" in self.request.headers:
+            nominated = set(drop)
+            for name, value in incoming:
+                if name.lower() == b"connection":
+                    nominated |= {b"connection"} | {t.strip().lower() for t in value.split(b",") if t.strip()}
+            nominated.discard(b"transfer-encoding")
+            nominated.discard(b"content-length")
+            drop = nominated
         keep_addresses = self._peer_trusted()
         headers = [(k, v) for k, v in incoming
                    if (lk := k.lower()) not in drop and not lk.startswith(_GATEWAY_PREFIX)

@@ -113,7 +113,8 @@ class ConsentMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            if self.probes is not None and await self.probes.answer(scope, send):
+            probes = self.probes
+            if probes is not None and scope.get("path", "") in probes.paths and await probes.answer(scope, send):
                 return
             await self._http(scope, receive, send)
         elif kind == "lifespan":

@@ -10,6 +10,17 @@ consumer, supplier, resource), subject, metadata constraints, rights package, an
 the upstream will see. The :class:`DisclosureRecord` passed in is filled as facts become known,
 so a refusal is logged with everything learnt before it.
 
+**The decision memo.** A granted decision is a pure function of the request's bytes that the
+decision reads (method, raw path, root path, query string, the header names, the values of the
+headers it reads), of the verified tokens, of the configuration (fixed per :class:`Gate`: a
+reload builds a new one) and of the clock. :class:`Gate` remembers granted decisions under
+exactly those request inputs (bounded, LRU); on a repeat it still runs the token checks (the
+verifier's, with its cache: signatures, ``exp``/``nbf``, key rotation, exactly as without the
+memo) and reuses the rest only when they give equal tokens, and when the time bounds that
+depend on the clock (token age, consent ``validTo``, consent date) still hold on *this*
+request's clock reading. Anything else falls back to the full decision, which then decides
+(and fills the record) exactly as without a memo. Refusals are never remembered.
+
 Not here, because they have effects: the audit guard's probe and the consent-state hook
 (revocation, one-time consents, usage limits: ``state.before_forward`` spends a one-time
 consent) run in the adapter after :meth:`Gate.decide` allowed the request, and records are
@@ -21,10 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import operator
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from cachetools import LRUCache
 
 from samtykke_gateway.audit.record import DisclosureRecord
 from samtykke_gateway.policy.credentials import CONSENT_TOKEN_REASONS, bearer_token, consent_header_token
@@ -38,6 +52,7 @@ from samtykke_gateway.policy.binding import (
     request_subject,
 )
 from samtykke_gateway.config import GatewayConfig, RouteConfig
+from samtykke_gateway.config.subject import HeaderSubject, PathSubject, QuerySubject
 from samtykke_gateway.exceptions import (
     RequestBodyTimeoutError,
     RequestBodyTooLargeError,
@@ -67,6 +82,7 @@ from samtykke_gateway.tokens.verify import IssuerPolicy, TokenVerifier
 
 __all__ = [
     "CONSENT_TOKEN_REASONS",
+    "DEFAULT_MEMO_ENTRIES",
     "BodyReader",
     "Decision",
     "Gate",
@@ -141,6 +157,12 @@ class Grant:
 #: Called only on a route whose subject is a JSON body field, after the Maskinporten token.
 BodyReader = Callable[[int], Awaitable[bytes]]
 
+#: Granted decisions :class:`Gate` remembers by default. An entry holds the request's tokens
+#: (in its key) and the decision's small objects, ~5 KB with an Altinn 2 pair: 512 entries
+#: cost ~2.7 MB of RSS in the 256-connection row of BENCHMARKS.md (3,000 distinct pairs, no
+#: repeats), more than that row's bound leaves; 128 cover the repeats of a burst.
+DEFAULT_MEMO_ENTRIES = 128
+
 #: The verified claims sent upstream (``X-Samtykke-*``), in this order.
 _CLAIM_HEADERS = (b"x-samtykke-consumer", b"x-samtykke-supplier", b"x-samtykke-consent-id",
                   b"x-samtykke-token-kind", b"x-samtykke-resource")
@@ -187,6 +209,8 @@ class Gate:
     :param verifier: signature/time verification with its bounded cache.
     :param clock: epoch seconds (UTC), injectable for tests.
     :param router: the route table (built from ``config.routes`` if omitted).
+    :param memo_entries: most granted decisions remembered (the decision memo, LRU; see the
+        module docstring); ``0`` turns the memo off.
     """
 
     def __init__(
@@ -197,6 +221,7 @@ class Gate:
         verifier: TokenVerifier,
         clock: Callable[[], float] = time.time,
         router: Router | None = None,
+        memo_entries: int = DEFAULT_MEMO_ENTRIES,
     ) -> None:
         self.config = config
         self.issuers = issuers
@@ -204,6 +229,17 @@ class Gate:
         self.clock = clock
         self.router = router or Router(config.routes)
         self._routes_by_name = {route.name: route for route in config.routes}
+        if memo_entries < 0:
+            raise ValueError("memo_entries must not be negative")
+        self._memo: LRUCache[Hashable, _Granted] | None = LRUCache(maxsize=memo_entries) if memo_entries else None
+        # the header values a memoised decision reads (names of all headers are in the key)
+        reads = {"authorization", config.consent_header, "connection", "content-length", "transfer-encoding"}
+        for route in config.routes:
+            if _memoisable(route):
+                reads |= route.subject.read_headers
+        self._memo_reads = tuple(sorted(reads))
+        #: decisions served from the memo (a plain count, for tests and benchmarks)
+        self.memo_hits = 0
 
     def error_codes(self, route_name: str | None) -> Mapping[str, str]:
         """The named route's own error codes (``[routes.error_codes]``; empty for none or an
@@ -248,6 +284,76 @@ class Gate:
             ...), 404 ``no_route``, 405, 408, 413, 415, 401, 403, 503; never anything else for
             bad input.
         """
+        memo = self._memo
+        if memo is None:
+            return await self._decide(request, record, read_body)
+        key = self._memo_key(request)
+        granted = memo.get(key)
+        if granted is not None:
+            decision = await self._replay(granted, request.headers, record)
+            if decision is not None:
+                self.memo_hits += 1
+                return decision
+            memo.pop(key, None)  # past a time bound, or other tokens: decide afresh
+        before = _RECORD_VALUES(record)
+        decision = await self._decide(request, record, read_body)
+        grant = decision.grant
+        if grant is not None and _memoisable(grant.match.route):
+            # also any field the decision set that _RECORD_FIELDS does not name (a new one)
+            changed = tuple(name for name, old, new in zip(_ALL_FIELDS, before, _RECORD_VALUES(record), strict=True)
+                            if new is not old)
+            memo[key] = _Granted(decision, *_record_facts(record, grant, changed))
+        return decision
+
+    def _memo_key(self, request: RawRequest) -> Hashable:
+        """Every request input the decision reads (on a memoisable route): the request line,
+        the root path, every header *name* (the ``_``-variant and ``Connection`` checks read
+        them all) and the values of the headers it reads (:attr:`_memo_reads`)."""
+        headers = request.headers
+        return (request.method, request.raw_path, request.root_path, request.query_string, tuple(headers),
+                tuple([tuple(v) if (v := headers.get(name)) else None for name in self._memo_reads]))
+
+    async def _replay(self, granted: _Granted, headers: Mapping[str, list[str]],
+                      record: DisclosureRecord) -> Decision | None:
+        """A remembered grant for request inputs identical to its own, or ``None`` (decide
+        afresh) unless the tokens verify now (the verifier runs as on every request) to equal
+        tokens, the token-age bound holds and the consent is valid at this clock reading."""
+        before = granted.decision
+        grant = before.grant
+        assert grant is not None
+        route = grant.match.route
+        try:
+            mp = await self.maskinporten(bearer_token(headers))
+            if mp is not grant.maskinporten and mp != grant.maskinporten:
+                return None
+            self.check_token_age(mp, route.max_token_age_seconds)
+            consent = mp.consent
+            if consent is None:
+                token = consent_header_token(headers, self.config.consent_header)
+                if token is None:
+                    return None
+                consent = await self.altinn2(token)
+                if consent is not grant.consent and consent != grant.consent:
+                    return None
+        except Exception:  # the full decision raises it again, with the record filled as it goes
+            return None
+        now = self.clock()
+        if consent.valid_to <= now or (
+            consent.delegated is not None and consent.delegated > now + self.config.leeway_seconds
+        ):
+            return None
+        for name, value in granted.record:
+            setattr(record, name, value)
+        for name, value in granted.record_dicts:  # the record's own copies, as the full decision makes
+            setattr(record, name, {k: list(v) for k, v in value.items()})
+        match = grant.match
+        fresh = Grant(RouteMatch(match.route, dict(match.params), match.path), mp, consent, grant.binding,
+                      grant.subject, list(grant.effective_query), grant.scope_context, grant.rights_package,
+                      grant.rights_package_name)
+        return Decision(fresh, before.root_segments, before.app_segments, None, before.claim_headers)
+
+    async def _decide(self, request: RawRequest, record: DisclosureRecord, read_body: BodyReader) -> Decision:
+        """:meth:`decide` without the memo."""
         query = parse_query(request.query_string)
         record.requested_params = params_as_dict(query)
         headers = request.headers
@@ -452,6 +558,48 @@ class Gate:
             rights_package=package,
             rights_package_name=package_name,
         )
+
+
+#: Subject locations read only from the memo key's inputs (path, query, the header they
+#: name): a route with another (a JSON body field, an extension location) is never memoised.
+_MEMO_SUBJECTS = (PathSubject, QuerySubject, HeaderSubject)
+
+#: Record fields a granted decision always sets: scalars, and the dict-valued ones (copied per use).
+_RECORD_FIELDS = ("path", "route", "issuer", "key_id", "consumer", "supplier", "client_id", "jti", "token_kind",
+                  "consent_id", "subject", "resource", "rights_package")
+_DICT_FIELDS = ("requested_params", "metadata", "effective_params")
+_ALL_FIELDS = tuple(f.name for f in dataclasses.fields(DisclosureRecord))
+_RECORD_VALUES = operator.attrgetter(*_ALL_FIELDS)
+
+
+def _memoisable(route: RouteConfig) -> bool:
+    return type(route.subject) in _MEMO_SUBJECTS and not route.subject.needs_body
+
+
+@dataclass(frozen=True, slots=True)
+class _Granted:
+    """One memo entry: the granted decision and the record fields it set (``record_dicts``:
+    the dict-valued ones, copied for each use)."""
+
+    decision: Decision
+    record: tuple[tuple[str, Any], ...]
+    record_dicts: tuple[tuple[str, dict[str, list[str]]], ...]
+
+
+def _record_facts(record: DisclosureRecord, grant: Grant, changed: tuple[str, ...]
+                  ) -> tuple[tuple[tuple[str, Any], ...], tuple[tuple[str, dict[str, list[str]]], ...]]:
+    """The fields :meth:`Gate.decide` set on ``record`` for ``grant``, as it set them: the
+    Altinn 2 consent token's issuer and key only for an Altinn 2 consent, ``handled_by`` only
+    when a handler called (:meth:`Gate.authorize`), and any other field in ``changed`` (set to
+    another object than it held before); the dict-valued ones apart (copied)."""
+    names: tuple[str, ...] = _RECORD_FIELDS
+    if grant.maskinporten.consent is None:
+        names += ("consent_issuer", "consent_key_id")
+    if grant.binding.handled_by is not None:
+        names += ("handled_by",)
+    names += tuple(name for name in changed if name not in names and name not in _DICT_FIELDS)
+    return (tuple((name, getattr(record, name)) for name in names),
+            tuple((name, {k: list(v) for k, v in getattr(record, name).items()}) for name in _DICT_FIELDS))
 
 
 def params_as_dict(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:

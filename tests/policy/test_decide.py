@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import time
 import tomllib
 import uuid
 from collections.abc import AsyncIterator, MutableMapping, Sequence
@@ -31,8 +33,11 @@ from samtykke_gateway.config import GatewayConfig
 from samtykke_gateway.dev.examples import ExampleUpstream
 from samtykke_gateway.dev.issuer import DevIssuer
 from samtykke_gateway.exceptions import GatewayError
+from samtykke_gateway.policy import decide
+from samtykke_gateway.policy.decide import DEFAULT_MEMO_ENTRIES, Gate
 from samtykke_gateway.policy.intake import MAX_QUERY_PARAMETERS, RawRequest
 from samtykke_gateway.runtime import Gateway
+from samtykke_gateway.tokens.verify import TokenVerifier
 
 from tests.state_support import state_config
 from tests.support import (
@@ -517,3 +522,248 @@ def test_explain_and_the_gateway_agree_on_generated_requests(dev_issuer: DevIssu
     assert {"bad_query", "bad_path", "no_route", "token_expired", "subject_mismatch"} <= reasons, reasons
     assert len(seen) >= 200
 
+
+
+# ----------------------------------------------------------------------------- the decision memo
+
+def _memo_routes() -> list[dict[str, Any]]:
+    """:data:`ROUTES`, the tax base route's Maskinporten token honoured for at most 70 s (``iat``)."""
+    routes = [dict(route) for route in ROUTES]
+    routes[1]["max_token_age_seconds"] = 70
+    return routes
+
+
+def _iso(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _memo_tokens(issuer: DevIssuer) -> dict[str, tuple[str, str | None]]:
+    """Tokens whose time bounds fall at different offsets from now: the Maskinporten tokens
+    expire at +120 s (+30 s leeway), the Altinn 2 consent token at +30 s (+30), the tax base
+    route's token age bound at +70 s, ``a3-short``'s consent at +40 s (validTo), ``a3-later``'s
+    consent is given at +50 s (so valid from +20 s, with the leeway)."""
+    now = time.time()
+    a2 = a2_headers(issuer)
+
+    def a3(**consent: Any) -> str:
+        return _bearer(a3_headers(issuer, consent=consent))
+
+    return {
+        "a3": (a3(), None),
+        "a3-short": (a3(valid_to=_iso(now + 40)), None),
+        "a3-later": (a3(consented=_iso(now + 50)), None),
+        "a3-other-subject": (_bearer(a3_headers(issuer, subject=INCOME_PERSON)), None),
+        "a2": (_bearer(a2), a2["AltinnSamtykke"]),
+        "a2-other-bearer": (_bearer(a2_headers(issuer)), a2["AltinnSamtykke"]),
+    }
+
+
+#: (method, path, root path, subject header): granted with the right token and query
+_MEMO_TARGETS = [("GET", tax_base_path("2022"), "", None), ("GET", "/mount" + tax_base_path("2022"), "/mount", None),
+                 ("GET", INCOME_PATH, "", None), ("GET", HEADER_PATH, "", TAX_BASE_PERSON),
+                 ("HEAD", tax_base_path("2022"), "", None), ("POST", BODY_PATH, "", None)]
+#: headers the decision reads (names or values), added to the request: pairs of variants
+#: under the same names with different values (a repeat may use either)
+_MEMO_EXTRA: list[tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]] = [
+    ((), ()), ((), ()),
+    ((("Connection", "close"),), (("Connection", "keep-alive, NAV-PersonIdent"),)),
+    ((("connection", "x-other"),), (("connection", "Authorization"),)),
+    ((("NAV_PersonIdent", TAX_BASE_PERSON),), (("NAV_PersonIdent", INCOME_PERSON),)),
+    ((("nav-personident", TAX_BASE_PERSON),), (("NAV-PersonIdent", INCOME_PERSON),)),
+    ((("X-Samtykke-Consumer", OTHER_BANK),), (("X-Samtykke-Consumer", BANK),)),
+    ((("Content-Length", "0"),), (("content-length", "5"),)),
+    ((("Transfer-Encoding", "chunked"),), (("Transfer-Encoding", "gzip"),)),
+    ((("Content_Length", "0"),), (("Content_Length", "0"),)),
+    ((("AltinnSamtykke", "x"),), (("AltinnSamtykke", ""),)),
+    ((("Authorization", "Bearer x"),), (("Authorization", "Basic x"),)),
+]
+#: query strings (the tax base routes read none; the income route's period)
+_MEMO_QUERIES = ["", "", "fraOgMed=2018-07", "fraOgMed=2018-07&tilOgMed=2018-08", "tilOgMed=2018-08",
+                 "fraOgMed=2018-05", "x=1", "x=2", "FRAOGMED=2018-07", "inntektsaar=2021"]
+#: header values the decision does not read, under names it does (a constant set of names)
+_MEMO_NOISE = ["a", "b", "c"]
+
+_MemoStep = tuple[int, str, tuple[tuple[str, str], ...], str, str, bool, int]
+
+
+@st.composite
+def _memo_steps(draw: st.DrawFn) -> list[_MemoStep]:
+    """A few distinct requests, then a sequence of them: mostly repeats, each with its own
+    values of the headers the decision does not read, header-name case and clock step."""
+    pool = draw(st.lists(st.tuples(
+        st.sampled_from(range(len(_MEMO_TARGETS))),
+        st.sampled_from(["a3", "a3", "a3", "a3-short", "a3-later", "a3-other-subject", "a2", "a2", "a2-other-bearer"]),
+        st.sampled_from(_MEMO_EXTRA), st.sampled_from(_MEMO_QUERIES)), min_size=1, max_size=4))
+    uses = draw(st.lists(st.tuples(st.sampled_from(range(len(pool))), st.sampled_from([0, 0, 0, 1]),
+                                   st.sampled_from(_MEMO_NOISE), st.booleans(),
+                                   st.sampled_from([0, 0, 0, 1, 10, 25, 45, -20])), min_size=1, max_size=12))
+    steps: list[_MemoStep] = []
+    for i, variant, noise, upper, step in uses:
+        target, token, extra, query = pool[i]
+        steps.append((target, token, extra[variant], query, noise, upper, step))
+    return steps
+
+
+class _Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _memo_request(step: _MemoStep, tokens: dict[str, tuple[str, str | None]]) -> tuple[RawRequest, bytes | None]:
+    target, token, extra, query, noise, upper, _ = step
+    method, path, root, subject = _MEMO_TARGETS[target]
+    bearer, consent = tokens[token]
+    body = f'{{"fnr": "{TAX_BASE_PERSON}"}}'.encode() if method == "POST" else None
+    headers: list[tuple[str, str]] = [("host", "gateway.test"),
+                                      ("Authorization" if upper else "authorization", f"Bearer {bearer}"),
+                                      ("x-request-id", noise), ("traceparent", noise * 3)]
+    if consent is not None:
+        headers.append(("AltinnSamtykke", consent))
+    if subject is not None:
+        headers.append(("NAV-PersonIdent", subject))
+    if body is not None:
+        headers += [("content-type", "application/json"), ("content-length", str(len(body)))]
+    headers += extra
+    raw = tuple((name.encode("latin-1"), value.encode("latin-1")) for name, value in headers)
+    return RawRequest(method, path.encode(), query.encode(), raw, root), body
+
+
+async def _memo_outcome(gate: Gate, request: RawRequest, body: bytes | None) -> tuple[Any, DisclosureRecord]:
+    """What :meth:`Gate.decide` says (the decision, or the refusal's class, status, reason and
+    detail) and the record it filled."""
+    record = _record()
+
+    async def read_body(limit: int) -> bytes:
+        assert body is not None
+        return body
+
+    try:
+        decision = await gate.decide(request, record, read_body=read_body)
+    except GatewayError as exc:
+        return (type(exc), exc.status_code, exc.reason, exc.detail), record
+    return decision, record
+
+
+@contextlib.asynccontextmanager
+async def _memo_gates(config: GatewayConfig, clock: _Clock) -> AsyncIterator[tuple[Gate, Gate]]:
+    """Two gates on the same key sets and clock, each with its own token cache: one with the
+    decision memo, one without."""
+    gateway = Gateway(config)
+    await gateway.start()
+    try:
+        yield tuple(Gate(config, issuers=gateway.issuers, verifier=TokenVerifier(clock=clock), clock=clock,  # type: ignore[misc]
+                         memo_entries=entries) for entries in (DEFAULT_MEMO_ENTRIES, 0))
+    finally:
+        await gateway.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=_memo_steps())
+# a repeat, a repeat past the token-age bound, an A2 repeat past the consent token's exp, a
+# repeat with the subject header's "_" variant, a repeat before the consent date (clock back)
+@example(steps=[(0, "a3", (), "", "a", False, 0), (0, "a3", (), "", "b", True, 0)])
+@example(steps=[(0, "a3", (), "", "a", False, 0), (0, "a3", (), "", "a", False, 45), (0, "a3", (), "", "a", False, 45)])
+@example(steps=[(2, "a2", (), "fraOgMed=2018-07", "a", False, 0), (2, "a2", (), "fraOgMed=2018-07", "a", False, 45),
+                (2, "a2", (), "fraOgMed=2018-07", "a", False, 25)])
+@example(steps=[(3, "a3", (), "", "a", False, 0), (3, "a3", (("NAV_PersonIdent", TAX_BASE_PERSON),), "", "a", False, 0)])
+@example(steps=[(0, "a3-later", (), "", "a", False, 25), (0, "a3-later", (), "", "a", False, -20)])
+@example(steps=[(0, "a3-short", (), "", "a", False, 25), (0, "a3-short", (), "", "a", False, 25)])
+@example(steps=[(3, "a3", (("Connection", "close"),), "", "a", False, 0),
+                (3, "a3", (("Connection", "close"),), "", "b", False, 0),
+                (3, "a3", (("Connection", "keep-alive, NAV-PersonIdent"),), "", "c", False, 0)])
+def _memo_agrees(runner: asyncio.Runner, config: GatewayConfig, tokens: dict[str, tuple[str, str | None]],
+                 start: float, counts: list[int], steps: list[_MemoStep]) -> None:
+    async def run() -> None:
+        clock = _Clock(start)
+        async with _memo_gates(config, clock) as (memo, plain):
+            for step in steps:
+                clock.now += step[-1]
+                request, body = _memo_request(step, tokens)
+                with_memo, record_with = await _memo_outcome(memo, request, body)
+                without, record_without = await _memo_outcome(plain, request, body)
+                assert with_memo == without, step
+                assert record_with == record_without, step
+                counts[0] += not isinstance(without, tuple)
+            counts[1] += memo.memo_hits
+            assert plain.memo_hits == 0
+
+    runner.run(run())
+
+
+def test_the_decision_memo_decides_and_records_as_the_full_decision(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """Generated request sequences (repeats, headers the decision reads added, headers it does
+    not read changed, query changes, the clock moved past and back over token and consent time
+    bounds) through a gate with the memo and one without: the same decision or refusal (class,
+    status, reason, detail) and the same disclosure record, every time."""
+    config = make_config(issuer_url, "http://upstream.invalid", routes=_memo_routes(),
+                         gateway={"max_request_body_bytes": LIMIT})
+    counts = [0, 0]  # allowed, served from the memo
+    with asyncio.Runner() as runner:
+        _memo_agrees(runner, config, _memo_tokens(dev_issuer), time.time(), counts)
+    allowed, hits = counts
+    assert allowed >= 60 and hits >= 25, counts
+
+
+@pytest.mark.anyio
+async def test_a_repeated_request_is_decided_from_the_memo_and_recorded_alike(dev_issuer: DevIssuer,
+                                                                               issuer_url: str) -> None:
+    async with harness(_config(issuer_url)) as h:
+        gate = h.gateway.gate
+        auth = (b"authorization", f"Bearer {_bearer(a3_headers(dev_issuer))}".encode())
+        first, again = _record(), _record()
+        one = await gate.decide(_raw(tax_base_path("2022") + "?x=1", headers=[auth, (b"x-request-id", b"1")]), first,
+                                read_body=_never_read)
+
+        async def no_authorize(*args: Any) -> Any:
+            raise AssertionError("a repeat must not be authorized afresh")
+
+        gate.authorize = no_authorize  # type: ignore[method-assign, assignment]
+        two = await gate.decide(_raw(tax_base_path("2022") + "?x=1", headers=[auth, (b"x-request-id", b"2")]), again,
+                                read_body=_never_read)
+        assert gate.memo_hits == 1 and one == two and first == again
+        assert one.grant is not two.grant and one.grant.effective_query is not two.grant.effective_query  # type: ignore[union-attr]
+        assert first.requested_params is not again.requested_params
+
+
+@pytest.mark.anyio
+async def test_the_memo_still_runs_the_consent_state_on_every_request(dev_issuer: DevIssuer, issuer_url: str) -> None:
+    config = state_config(issuer_url, "http://up.invalid", spesifisertsummertskattegrunnlag={"one_time": True})
+    async with harness(config) as h:
+        bearer = _bearer(a3_headers(dev_issuer))
+        request = Request(target=tax_base_path("2022"))
+        assert await h.through_gateway(bearer, None, request) == Outcome(True)
+        assert await h.through_gateway(bearer, None, request) == Outcome(False, 403, "consent_spent")
+        assert h.gateway.gate.memo_hits == 1
+
+
+@pytest.mark.anyio
+async def test_the_memo_refuses_a_remembered_grant_once_the_token_is_too_old(dev_issuer: DevIssuer,
+                                                                            issuer_url: str) -> None:
+    clock = _Clock(time.time())
+    config = make_config(issuer_url, "http://upstream.invalid", routes=_memo_routes())
+    async with _memo_gates(config, clock) as (gate, _):
+        auth = (b"authorization", f"Bearer {_bearer(a3_headers(dev_issuer))}".encode())
+        assert (await gate.decide(_raw(tax_base_path("2022"), headers=[auth]), _record(), read_body=_never_read)).grant
+        clock.now += 71
+        record = _record()
+        with pytest.raises(GatewayError) as refused:
+            await gate.decide(_raw(tax_base_path("2022"), headers=[auth]), record, read_body=_never_read)
+        assert refused.value.reason == "token_too_old" and gate.memo_hits == 0
+        assert record.route == "spesifisertsummertskattegrunnlag" and record.consumer == BANK
+
+
+@pytest.mark.anyio
+async def test_the_memo_replays_a_record_field_its_list_does_not_name(dev_issuer: DevIssuer, issuer_url: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A field the decision sets is replayed even when ``_RECORD_FIELDS`` lacks it (a field
+    added to the record and to ``Gate.authorize`` only)."""
+    monkeypatch.setattr(decide, "_RECORD_FIELDS", tuple(f for f in decide._RECORD_FIELDS if f != "subject"))
+    async with harness(_config(issuer_url)) as h:
+        auth = (b"authorization", f"Bearer {_bearer(a3_headers(dev_issuer))}".encode())
+        first, again = _record(), _record()
+        for record in (first, again):
+            await h.gateway.gate.decide(_raw(tax_base_path("2022"), headers=[auth]), record, read_body=_never_read)
+        assert h.gateway.gate.memo_hits == 1 and again.subject == TAX_BASE_PERSON and first == again
