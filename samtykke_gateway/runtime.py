@@ -80,7 +80,8 @@ class Gateway:
         if isinstance(self.observer, GatewayMetrics):  # a DecisionLog's owner binds its own (serve: on success)
             self.observer.bind_issuers(self.issuers)
         self.router = Router(config.routes)
-        self.gate = Gate(config, issuers=self.issuers, verifier=self.verifier, clock=clock, router=self.router)
+        self.gate = Gate(config, issuers=self.issuers, verifier=self.verifier, clock=clock, router=self.router,
+                         memo_entries=config.decision_memo_entries)
         self._started = False
         self._start_lock = asyncio.Lock()
 

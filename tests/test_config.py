@@ -748,3 +748,21 @@ def test_a_config_without_routes_is_refused() -> None:
         with pytest.raises(ConfigError) as refused:
             _parse(data)
         assert refused.value.key_path == "routes" and "protects nothing" in str(refused.value)
+
+
+def test_decision_memo_entries_are_configurable_and_zero_turns_the_memo_off() -> None:
+    from samtykke_gateway.runtime import Gateway
+
+    assert parse_config(_data(), base_dir=CONFIG_DIR).decision_memo_entries == 128
+    for value, memo in ((0, False), (16, True)):
+        data = _data()
+        data.setdefault("gateway", {})["decision_memo_entries"] = value
+        config = parse_config(data, base_dir=CONFIG_DIR)
+        assert config.decision_memo_entries == value
+        assert (Gateway(config).gate._memo is not None) is memo
+    for bad in (-1, 65537, "128", 1.5):
+        data = _data()
+        data.setdefault("gateway", {})["decision_memo_entries"] = bad
+        with pytest.raises(ConfigError) as refused:
+            _parse(data)
+        assert refused.value.key_path == "gateway.decision_memo_entries"

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from samtykke_gateway.audit import STORE_SCHEMES, resolve_store_url, store_scheme
 from samtykke_gateway.config.model import (
+    DEFAULT_DECISION_MEMO_ENTRIES,
     DEFAULT_MAX_REQUEST_BODY_BYTES,
     FeedAuthConfig,
     FeedConfig,
@@ -145,6 +146,7 @@ def parse_config(
         max_request_body_bytes=_max_request_body(gw),
         request_body_timeout_seconds=gw.number("request_body_timeout_seconds", 10.0, minimum=0.01),
         token_cache_entries=int(gw.number("token_cache_entries", 4096)),
+        decision_memo_entries=_decision_memo_entries(gw),
         altinn3_delegation_sources=delegation_sources,
         unmatched=unmatched,  # type: ignore[arg-type]
         upstream_timeout_seconds=upstream_timeout,
@@ -271,6 +273,13 @@ def _max_request_body(gw: Table) -> int:
     value = gw.get("max_request_body_bytes", int, DEFAULT_MAX_REQUEST_BODY_BYTES)
     if not 1 <= value <= _MAX_REQUEST_BODY_LIMIT:
         raise ConfigError("gateway.max_request_body_bytes", f"must be within 1..{_MAX_REQUEST_BODY_LIMIT}")
+    return int(value)
+
+
+def _decision_memo_entries(gw: Table) -> int:
+    value = gw.get("decision_memo_entries", int, DEFAULT_DECISION_MEMO_ENTRIES)
+    if not 0 <= value <= 65536:
+        raise ConfigError("gateway.decision_memo_entries", "must be within 0..65536 (0 turns the memo off)")
     return int(value)
 
 

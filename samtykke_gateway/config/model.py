@@ -17,6 +17,7 @@ from samtykke_gateway.scoping.package import RightsPackage
 
 __all__ = [
     "DEFAULT_ACCEPTED_ACTIONS",
+    "DEFAULT_DECISION_MEMO_ENTRIES",
     "DEFAULT_MAX_REQUEST_BODY_BYTES",
     "ERROR_CODE_KINDS",
     "FeedAuthConfig",
@@ -36,6 +37,9 @@ Profile = Literal["custom", "tt02", "prod"]
 DEFAULT_ACCEPTED_ACTIONS = ("consent", "read")
 #: ``[routes.error_codes]`` keys: the families of :attr:`GatewayError.code_kind`.
 ERROR_CODE_KINDS = ("unauthenticated", "forbidden", "consent")
+#: ``gateway.decision_memo_entries`` when not set: an entry is ~5 KB (an Altinn 2 pair), 512
+#: cost ~2.7 MB of RSS in the 256-connection row of BENCHMARKS.md; 128 cover a burst's repeats.
+DEFAULT_DECISION_MEMO_ENTRIES = 128
 #: ``gateway.max_request_body_bytes`` when not set (a body route buffers the body).
 DEFAULT_MAX_REQUEST_BODY_BYTES = 64 * 1024
 
@@ -213,6 +217,8 @@ class GatewayConfig:
     leeway_seconds: float = 30.0
     max_token_bytes: int = 16384
     token_cache_entries: int = 4096
+    #: granted decisions remembered by request inputs (``policy/decide.py``, the decision memo); 0: off
+    decision_memo_entries: int = DEFAULT_DECISION_MEMO_ENTRIES
     altinn3_delegation_sources: tuple[str, ...] = ()
     #: requests no route names: ``"deny"`` (404 ``no_route``), ``"pass"`` (the app answers),
     #: ``"pass_outside_protected"`` (the app answers paths outside :attr:`protected_prefixes`,

@@ -52,6 +52,7 @@ from samtykke_gateway.policy.binding import (
     request_subject,
 )
 from samtykke_gateway.config import GatewayConfig, RouteConfig
+from samtykke_gateway.config.model import DEFAULT_DECISION_MEMO_ENTRIES
 from samtykke_gateway.config.subject import HeaderSubject, PathSubject, QuerySubject
 from samtykke_gateway.exceptions import (
     RequestBodyTimeoutError,
@@ -157,11 +158,8 @@ class Grant:
 #: Called only on a route whose subject is a JSON body field, after the Maskinporten token.
 BodyReader = Callable[[int], Awaitable[bytes]]
 
-#: Granted decisions :class:`Gate` remembers by default. An entry holds the request's tokens
-#: (in its key) and the decision's small objects, ~5 KB with an Altinn 2 pair: 512 entries
-#: cost ~2.7 MB of RSS in the 256-connection row of BENCHMARKS.md (3,000 distinct pairs, no
-#: repeats), more than that row's bound leaves; 128 cover the repeats of a burst.
-DEFAULT_MEMO_ENTRIES = 128
+#: Granted decisions :class:`Gate` remembers by default (``gateway.decision_memo_entries``).
+DEFAULT_MEMO_ENTRIES = DEFAULT_DECISION_MEMO_ENTRIES
 
 #: The verified claims sent upstream (``X-Samtykke-*``), in this order.
 _CLAIM_HEADERS = (b"x-samtykke-consumer", b"x-samtykke-supplier", b"x-samtykke-consent-id",
