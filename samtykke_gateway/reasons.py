@@ -128,7 +128,7 @@ CATALOGUE: tuple[Reason, ...] = (
     Reason("upstream_error", 502, "the upstream (protected app) failed or gave no response"),
     Reason("upstream_unreachable", 502, "the upstream refused, is unreachable, or failed TLS", _SIDECAR),
     Reason("upstream_broken", 502, "the upstream connection broke mid-answer", _SIDECAR),
-    Reason("upstream_bad_response", 502, "the upstream's answer is not valid HTTP", _SIDECAR),
+    Reason("upstream_bad_response", 502, "the upstream's answer is not valid HTTP (or its status is outside 200-599)"),
     Reason("upstream_body_not_json", 502, "a scoped route's upstream answer is not JSON"),
     Reason("upstream_body_unexpected_shape", 502, "a scoped route's upstream answer has an unexpected shape"),
     Reason("upstream_body_too_large", 502, "a scoped route's upstream answer is over max_body_bytes"),

@@ -122,6 +122,10 @@ class Responder:
             self.start_message = message
             status = int(message["status"])
             self.gateway.observer.upstream(time.perf_counter() - self.forward_started, status=status)
+            if not 200 <= status <= 599:  # an interim 1xx is not a final answer; outside 100-599 is not HTTP
+                await self.fail_after_grant(UpstreamError(f"the data API answered with status {status}",
+                                                          reason="upstream_bad_response"))
+                return
             if grant.rights_package is None:
                 await start_streaming(self)
                 return

@@ -50,9 +50,13 @@ _REPRESENTATION = frozenset(
 )
 #: Upstream response headers that may reach the client on a scoped route: an allow-list,
 #: since any other header (Set-Cookie, Link, Content-Disposition, debug headers) can carry
-#: personal data or internals the rights package never released. Extend per deployment with
-#: ``[upstream] release_headers``.
-SCOPED_HEADER_ALLOW = frozenset({b"content-type", b"content-language", b"vary"})
+#: personal data or internals the rights package never released. Their values are not free
+#: text either: ``Content-Type`` leaves as the one checked JSON media type, without
+#: parameters (:func:`_scoped_headers`); ``Content-Language`` only as a short list of
+#: language tags (``nb``, ``en-GB``). ``Vary`` does not leave: a scoped answer is ``no-store``.
+#: Extend per deployment with ``[upstream] release_headers`` (released as the upstream sent them).
+SCOPED_HEADER_ALLOW = frozenset({b"content-type", b"content-language"})
+_LANGUAGES = re.compile(rb"[A-Za-z]{2,3}(?:-(?:[A-Za-z]{2}|[0-9]{3}))?(?:\s*,\s*[A-Za-z]{2,3}(?:-(?:[A-Za-z]{2}|[0-9]{3}))?){0,3}")
 #: Set by the server that answers the client (uvicorn / the host app), never copied upstream's.
 _SERVER_OWNED = frozenset({b"date", b"server"})
 _BODYLESS = frozenset({204, 205, 304})
@@ -179,8 +183,28 @@ def declared_length(headers: Headers) -> int | None:
     return None
 
 
-def _scoped_headers(headers: Headers, allow: frozenset[bytes]) -> Headers:
-    return [(n, v) for n, v in headers if n.lower() in allow and n.lower() not in _REPRESENTATION]
+def _scoped_headers(headers: Headers, allow: frozenset[bytes], extra: frozenset[bytes] = frozenset()) -> Headers:
+    """The upstream headers that may leave with a scoped answer (:data:`SCOPED_HEADER_ALLOW`, as
+    its values are checked, plus ``extra``, the deployment's ``release_headers``, as sent):
+    ``Content-Type`` only when the upstream sent exactly one, a JSON media type, and then as
+    that media type alone (lower-cased, no parameters); ``Content-Language`` only as language tags."""
+    out: Headers = []
+    types = [v for n, v in headers if n.lower() == b"content-type"]
+    for name, value in headers:
+        lname = name.lower()
+        if lname not in allow or lname in _REPRESENTATION:
+            continue
+        if lname in extra:
+            out.append((name, value))
+        elif lname == b"content-type":
+            if len(types) == 1 and _JSON_TYPE.match(value.strip()):
+                out.append((b"content-type", value.split(b";", 1)[0].strip().lower()))
+        elif lname == b"content-language":
+            if _LANGUAGES.fullmatch(value.strip()):
+                out.append((b"content-language", value.strip()))
+        else:
+            out.append((name, value))
+    return out
 
 
 def streaming_headers(headers: Headers, correlation_id: bytes, *, status: int = 200) -> Headers:
@@ -228,21 +252,21 @@ def scoped_release(
     allow = SCOPED_HEADER_ALLOW | release_headers
     if not 200 <= status < 300 or status in _BODYLESS or method == "HEAD":
         if status in _BODYLESS or (method == "HEAD" and 200 <= status < 300):
-            kept = _scoped_headers(headers, allow)
+            kept = _scoped_headers(headers, allow, release_headers - SCOPED_HEADER_ALLOW)
             kept += [(b"cache-control", b"no-store"), (b"x-correlation-id", cid)]
             return Release(status, kept, b"", reason="no_data_released")
         out_headers, generic = generic_body(status, correlation_id=correlation_id, style=error_style)
         return Release(status, out_headers, b"" if method == "HEAD" else generic,
                        reason="upstream_status" if status >= 400 else "no_data_released")
-    content_type = b""
+    content_types: list[bytes] = []
     encodings: list[bytes] = []
     for name, value in headers:
         lname = name.lower()
         if lname == b"content-type":
-            content_type = value
+            content_types.append(value)
         elif lname == b"content-encoding":
             encodings.append(value)
-    if not _JSON_TYPE.match(content_type.strip()):
+    if len(content_types) != 1 or not _JSON_TYPE.match(content_types[0].strip()):  # none, two, or not JSON
         raise UpstreamError("upstream body is not JSON", reason="upstream_body_not_json")
     if encodings:
         body = decode_body(body, b", ".join(encodings).decode("latin-1"), max_bytes=max_body_bytes)
@@ -250,7 +274,7 @@ def scoped_release(
     if scoped.body == b"null":
         raise UpstreamError("upstream body does not have the shape the rights package describes",
                             reason="upstream_body_unexpected_shape")
-    out = _scoped_headers(headers, allow)
+    out = _scoped_headers(headers, allow, release_headers - SCOPED_HEADER_ALLOW)
     out += [
         (b"content-length", str(len(scoped.body)).encode()),
         (b"cache-control", b"no-store"),

@@ -144,8 +144,9 @@ def decode_json(body: bytes, *, max_depth: int = 64) -> Any:
     decoder = _EXACT_INTS if _NEGATIVE_ZERO.search(text) else _FAST
     try:
         return decoder.decode(text)
-    except json.JSONDecodeError as exc:
-        raise _not_json(f"upstream body is not JSON ({exc.msg} at {exc.pos})") from None
+    except json.JSONDecodeError:
+        # not the error's message or offset: an offset into the withheld body tells the lengths of its values
+        raise _not_json("upstream body is not JSON") from None
     except RecursionError:
         raise _not_json("upstream body nests too deeply") from None
     except ValueError:  # NaN/Infinity, or an int past sys.get_int_max_str_digits()

@@ -236,11 +236,13 @@ def check_response_subject(
     :param raw: the body ``document`` was decoded from. A JSON object that repeats a member
         name keeps only the last value when decoded, so ``{"id": "other", "id": "asked"}``
         would pass on the decoded value alone: with ``raw`` given, a body that could repeat a
-        member on the path (the member's quoted name occurs more often than values were found,
-        or the body has escapes) is read again strictly, and any repeated name is a mismatch.
+        member on the path (any member name on the path occurs quoted more often than the path
+        found it, or the body has escapes) is read again strictly, and any repeated name is a
+        mismatch.
     :raises UpstreamError: (502, ``upstream_subject_mismatch``); the body is not released.
     """
     nodes = [document]
+    found: list[tuple[str, int]] = []  # (member name, how many objects on the path held it)
     for step in path:
         following = []
         for node in nodes:
@@ -252,15 +254,19 @@ def check_response_subject(
                 following.append(node[step])
             else:
                 raise _subject_mismatch()
+        if step is not None:
+            found.append((step, len(following)))
         nodes = following
     for value in nodes:
         if value.__class__ is not str or value != subject:
             raise _subject_mismatch()
-    if raw is not None:
-        names = [step for step in path if step is not None]
-        quoted = b'"' + names[-1].encode("utf-8") + b'"' if names else None
-        if quoted is None or b"\\" in raw or raw.count(quoted) != len(nodes):
-            _refuse_repeated_members(raw)
+    # any name on the path quoted more often than the path found it: an earlier copy of a
+    # repeated member could hold what a reader taking the first value reads (or the name occurs
+    # elsewhere too, and the strict re-read finds nothing)
+    if raw is not None and (not found or b"\\" in raw or any(
+        raw.count(b'"' + name.encode("utf-8") + b'"') != count for name, count in found
+    )):
+        _refuse_repeated_members(raw)
 
 
 def _refuse_repeated_members(raw: bytes) -> None:

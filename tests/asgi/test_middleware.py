@@ -426,3 +426,22 @@ async def test_an_app_that_raises_is_502_and_logged_with_where_but_not_what(
     assert len(failed) == 1 and failed[0].startswith("protected app failed: ValueError at asgi/test_middleware.py:")
     assert " in saldo <- " in failed[0]
     assert all(STUDIELAN_PERSON not in r.getMessage() and "no loan" not in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [600, 99, 103])
+async def test_an_answer_with_a_status_outside_200_599_is_502_not_a_disclosure(
+        status: int, dev_issuer: DevIssuer, issuer_url: str) -> None:
+    """uvicorn cannot send such a status (it would drop the connection) and the record must not
+    say a disclosure happened: 502 ``upstream_bad_response``, nothing of the body released."""
+    async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"inntektsaar":"2022","personidentifikator":"x"}'})
+
+    middleware = ConsentMiddleware(app, config=make_config(issuer_url, "http://upstream.invalid"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=middleware), base_url="http://gw.test") as client:
+        response = await client.get(tax_base_path("2022"), headers=a3_headers(dev_issuer))
+    assert response.status_code == 502 and response.json()["reason"] == "upstream_bad_response"
+    assert b"inntektsaar" not in response.content
+    records = decisions(cast(MemoryStore, middleware.gateway.store).records)
+    assert [(r.decision, r.reason, r.status) for r in records] == [("error", "upstream_bad_response", 502)]

@@ -10,6 +10,7 @@ import gzip
 import tracemalloc
 import zlib
 from pathlib import Path
+from typing import Any
 
 import brotli
 import pytest
@@ -112,8 +113,7 @@ def test_scoped_release_never_keeps_representation_headers() -> None:
                              context=ScopeContext(), max_body_bytes=100_000, correlation_id="cid-12345678")
     assert release.body == b'{"inntektsaar":"2022"}'
     names = [n for n, _ in release.headers]
-    assert sorted(names) == sorted([b"content-type", b"vary", b"content-length", b"cache-control",
-                                    b"x-correlation-id"])
+    assert sorted(names) == sorted([b"content-type", b"content-length", b"cache-control", b"x-correlation-id"])
     assert dict(release.headers)[b"content-length"] == b"22"
     assert dict(release.headers)[b"x-correlation-id"] == b"cid-12345678"
     assert release.data_released and release.released_paths == ("inntektsaar",)
@@ -136,6 +136,51 @@ def test_the_generic_body_for_an_upstream_status_names_the_records_reason(status
     body = json.loads(release.body)
     assert release.reason == reason and reason in (body.get("reason"), body.get("arsak"))
     assert b"12879397780" not in release.body and b"location" not in dict(release.headers)
+
+
+def _release(status: int, headers: list[tuple[bytes, bytes]], body: bytes = b'{"inntektsaar":"2022"}', *,
+             method: str = "GET", release_headers: frozenset[bytes] = frozenset()) -> Any:
+    from samtykke_gateway.scoping.package import RightsPackage, ScopeContext
+
+    package = RightsPackage.from_config("p", {"fields": ["inntektsaar"]}, base_dir=Path("."), key_path="p")
+    return scoped_release(status, headers, body, method=method, package=package, context=ScopeContext(),
+                          max_body_bytes=100_000, correlation_id="cid-12345678", release_headers=release_headers)
+
+
+@pytest.mark.parametrize(("status", "method"), [(200, "GET"), (200, "HEAD"), (204, "GET"), (304, "GET")])
+def test_released_header_values_are_checked_not_passed_as_free_text(status: int, method: str) -> None:
+    """An upstream cannot put data into the few headers a scoped answer keeps: Content-Type
+    leaves as the checked media type alone, Content-Language only as language tags, Vary not
+    at all (the answer is no-store); the same on HEAD and bodyless answers."""
+    sneaky = [(b"Content-Type", b"application/json; leak=01010112345-income-50000"),
+              (b"Content-Language", b"01010112345"), (b"Vary", b"X-Salary-99999")]
+    release = _release(status, sneaky, b"" if status != 200 else b'{"inntektsaar":"2022"}', method=method)
+    headers = dict(release.headers)
+    assert headers.get(b"content-type", b"application/json") == b"application/json"
+    assert b"content-language" not in headers and b"vary" not in headers
+    assert b"01010112345" not in b"".join(v for _, v in release.headers)
+    fine = _release(200, [(b"content-type", b"application/vnd.x+json;charset=UTF-8"),
+                          (b"content-language", b"nb-NO, en")])
+    assert (b"content-type", b"application/vnd.x+json") in fine.headers
+    assert (b"content-language", b"nb-NO, en") in fine.headers
+    chosen = _release(200, [(b"content-type", b"application/json"), (b"vary", b"Accept")],
+                      release_headers=frozenset({b"vary"}))
+    assert (b"vary", b"Accept") in chosen.headers  # a deployment's own release_headers leave as sent
+
+
+def test_two_content_types_are_not_json() -> None:
+    with pytest.raises(UpstreamError) as caught:
+        _release(200, [(b"content-type", b"text/plain; secret=1"), (b"content-type", b"application/json")])
+    assert caught.value.reason == "upstream_body_not_json"
+
+
+def test_the_not_json_detail_tells_nothing_about_the_withheld_body() -> None:
+    details = set()
+    for secret in (b"AB", b"ABCDEFGHIJKLMNOP"):
+        with pytest.raises(UpstreamError) as caught:
+            _release(200, [(b"content-type", b"application/json")], b'{"inntektsaar":"2022","s":"' + secret + b'" "x":1}')
+        details.add(caught.value.detail)
+    assert details == {"upstream body is not JSON"}
 
 
 MODES = ["middleware", "sidecar"]

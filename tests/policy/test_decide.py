@@ -660,7 +660,10 @@ async def _memo_gates(config: GatewayConfig, clock: _Clock) -> AsyncIterator[tup
         await gateway.close()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: the same 150 sequences every run, so the coverage floor below (allowed steps,
+# memo hits) is met or missed by the code, never by the draw (a random draw missed it once)
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=_memo_steps())
 # a repeat, a repeat past the token-age bound, an A2 repeat past the consent token's exp, a
 # repeat with the subject header's "_" variant, a repeat before the consent date (clock back)
@@ -704,7 +707,7 @@ def test_the_decision_memo_decides_and_records_as_the_full_decision(dev_issuer: 
     with asyncio.Runner() as runner:
         _memo_agrees(runner, config, _memo_tokens(dev_issuer), time.time(), counts)
     allowed, hits = counts
-    assert allowed >= 60 and hits >= 25, counts
+    assert allowed >= 60 and hits >= 25, counts  # the sequences reach grants and memo hits
 
 
 @pytest.mark.anyio

@@ -100,6 +100,24 @@ def test_mismatches(document: Any) -> None:
     assert info.value.status_code == 502 and info.value.reason == "upstream_subject_mismatch"
 
 
+@pytest.mark.parametrize("raw", [
+    b'{"p":{"navn":"OTHER"},"p":{"id":"%s"}}',  # the first copy lacks the last name on the path
+    b'{"p":{"id":"13097248022"},"p":{"id":"%s"}}',
+    b'{"rows":[{"p":{"id":"13097248022"}}],"rows":[{"p":{"id":"%s"}}]}',
+])
+def test_a_member_repeated_anywhere_on_the_path_is_a_mismatch(raw: bytes) -> None:
+    body = raw.replace(b"%s", TAX_BASE_PERSON.encode())
+    path = parse_path("rows[].p.id" if body.startswith(b'{"rows"') else "p.id", "response_subject")
+    with pytest.raises(UpstreamError) as info:
+        check_response_subject(json.loads(body), path, TAX_BASE_PERSON, raw=body)
+    assert info.value.reason == "upstream_subject_mismatch"
+
+
+def test_a_name_on_the_path_that_also_occurs_elsewhere_is_read_again_and_passes() -> None:
+    body = b'{"p":{"id":"%s"},"q":{"p":1,"id":2}}'.replace(b"%s", TAX_BASE_PERSON.encode())
+    check_response_subject(json.loads(body), ("p", "id"), TAX_BASE_PERSON, raw=body)
+
+
 def test_rows_path_edges() -> None:
     ok = {"oppgaveInntektsmottaker": [{"inntektsmottaker": {"personidentifikator": INCOME_PERSON}}] * 3}
     check_response_subject(ok, ROWS, INCOME_PERSON)
