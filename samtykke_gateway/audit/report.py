@@ -72,6 +72,7 @@ _NB = {
     "bytes": "{n} byte", "stream_complete": "strømmet, fullført", "stream_cut": "strømmet, avbrutt ({why})",
     "stream_open": "strømmet, slutten er ikke registrert",
     "no_fields": "ingen felt", "not_scoped": "hele svaret (ingen rettighetspakke)",
+    "subtree": "alt under dette feltet, også felt datakilden har lagt til",
     "package": "rettighetspakke {name}: alle felt den ikke nevner",
     "package_absent": "nevnt av pakken, ikke i svaret: {fields}",
     "rows_withheld": "{n} rader av {path} holdt tilbake av radfilteret",
@@ -103,6 +104,7 @@ _EN = {
     "bytes": "{n} bytes", "stream_complete": "streamed, complete", "stream_cut": "streamed, cut off ({why})",
     "stream_open": "streamed, end not recorded",
     "no_fields": "no fields", "not_scoped": "the whole answer (no rights package)",
+    "subtree": "everything under this field, including fields the data source added",
     "package": "rights package {name}: every field it does not name",
     "package_absent": "named by the package, not in the answer: {fields}",
     "rows_withheld": "{n} rows of {path} withheld by the row filter",
@@ -277,7 +279,8 @@ def _disclosure_row(
     open_stream: bool = False,
 ) -> str:
     note = t["token_note"]
-    released = [f"<code>{text(p, note)}</code>" for p in r.released_paths]
+    released = [f"<code>{text(p, note)}</code>" + (f" ({text(t['subtree'])})" if p.endswith(".*") else "")
+                for p in r.released_paths]
     if r.rights_package is None and not released:
         released.append(text(t["not_scoped"]))
     elif not released:

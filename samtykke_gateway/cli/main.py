@@ -65,15 +65,22 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         consumers = config.package_consumers.get(name)
         only = f" (only for {', '.join(sorted(consumers))})" if consumers else ""
         print(f"  rights package {name}{only}: releases {len(package.fields)} field path(s), nothing else")
+        subtrees = [f[:-2] for f in package.fields if f.endswith(".*")]
         for field in package.fields:
-            print(f"      field  {field}")
+            if field.endswith(".*"):
+                print(f"      field  {field}   (the whole subtree, including fields the upstream adds later)")
+                continue
+            inside = [t for t in subtrees if field.startswith((t + ".", t + "["))]
+            note = f"   (WARNING: already released whole by {inside[0]}.*)" if inside else ""
+            print(f"      field  {field}{note}")
         for row_filter in package.row_filters:
             print(f"      filter {row_filter}")
     print("  routes:")
     for route in config.routes:
         methods = ",".join(sorted(route.methods))
         print(f"    {route.name}: {methods} {route.path}")
-        print(f"      scope {route.scope}; subject from {route.subject.source} '{route.subject.name}'")
+        party = f" ({route.subject.party} only)" if route.subject.party else ""
+        print(f"      scope {route.scope}; subject from {route.subject.source} '{route.subject.name}'{party}")
         if route.altinn2_services:
             print(f"      Altinn 2 service {', '.join(route.altinn2_services)}")
         if route.altinn3_resources or route.migrated_resources:
@@ -93,6 +100,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         if route.response_subject is not None:
             path = ".".join("[]" if step is None else step for step in route.response_subject).replace(".[]", "[]")
             print(f"      the answer must name the subject at {path}")
+        elif route.scoped:
+            print("      the answer is not checked to be about the subject (response_subject unset)")
         if route.subject.needs_body:
             print(f"      JSON body up to {config.max_request_body_bytes} B within "
                   f"{config.request_body_timeout_seconds:g} s")

@@ -8,6 +8,7 @@ the key path; unknown keys and tables are errors. Reference: ``docs/configuratio
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 import tomllib
@@ -38,6 +39,9 @@ __all__ = ["load_config", "memory_state_warning", "parse_config"]
 _MAX_REQUEST_BODY_LIMIT = 16 * 1024 * 1024
 
 
+_TABLES = frozenset({"gateway", "issuers", "rights_packages", "routes", "upstream", "audit", "state"})
+
+
 def parse_config(
     data: Mapping[str, Any], *, base_dir: Path, source_path: str | None = None
 ) -> GatewayConfig:
@@ -47,6 +51,12 @@ def parse_config(
         resolve against — the config file's directory.
     :raises ConfigError: naming the key path of the first problem.
     """
+    # unknown tables first: a misspelt [rights_package.x] must be named as such, not as the
+    # route's missing package it causes
+    unknown = sorted(set(data) - _TABLES)
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], sorted(_TABLES), n=1)
+        raise ConfigError(unknown[0], "unknown table" + (f" (did you mean [{near[0]}]?)" if near else ""))
     top = Table(dict(data), "")
     gw = Table(top.get("gateway", dict, {}), "gateway")
     profile = read_profile(gw)
@@ -166,12 +176,6 @@ def parse_config(
         **paths,
     )
     gw.finish()
-    unknown = sorted(
-        set(data)
-        - {"gateway", "issuers", "rights_packages", "routes", "upstream", "audit", "state"}
-    )
-    if unknown:
-        raise ConfigError(unknown[0], "unknown table")
     return cfg
 
 

@@ -175,8 +175,13 @@ def _route(index: int, data: Any, packages: Mapping[str, RightsPackage]) -> Rout
     package = t.get("rights_package", (str, dict))
     unscoped = t.get("unscoped", bool, False)
     if package is None and not unscoped:
+        unread = [k for k in t.data if isinstance(k, str) and k not in t.used]
+        near = difflib.get_close_matches("rights_package", unread, n=1)
+        if near:
+            raise ConfigError(t.key(near[0]), "unknown key (did you mean rights_package?)")
         raise ConfigError(t.key("rights_package"),
-                          "is required (scoping is deny-by-default); set unscoped = true to stream bodies as they are")
+                          "is required (scoping is deny-by-default: name the rights package that says what"
+                          " leaves; only an API whose whole answer may leave sets unscoped = true)")
     if package is not None and unscoped:
         raise ConfigError(t.key("unscoped"), "contradicts rights_package")
     fixed, param_name, mapping = None, None, {}

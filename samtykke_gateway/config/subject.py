@@ -48,6 +48,11 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _BODY_MEMBER = re.compile(r"[\w$@-]{1,128}")
 _MAX_BODY_FIELD_DEPTH = 8
 _BODY_GUARDED_HEADERS = frozenset({"content-type", "content-encoding"})
+#: Headers a subject header must not be: the credentials, framing and connection headers, and
+#: the gateway's own ``X-Samtykke-*`` (the claims it sends upstream).
+_NOT_SUBJECT_HEADERS = frozenset({"authorization", "connection", "content-length", "transfer-encoding", "host",
+                                  "content-type", "content-encoding", "te", "upgrade", "keep-alive",
+                                  "proxy-authorization", "altinnsamtykke"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +185,11 @@ class HeaderSubject(SubjectSource):
     def from_config(cls, name: str, key: str, path_params: set[str]) -> SubjectSource:
         if not HEADER_NAME.fullmatch(name):
             raise ConfigError(key, "is not a valid header name")
-        return cls(name.lower())
+        lower = name.lower()
+        if lower in _NOT_SUBJECT_HEADERS or lower.startswith("x-samtykke-"):
+            raise ConfigError(key, f"{name} is a header the gateway or HTTP itself uses, not one that can name"
+                                   " the data subject")
+        return cls(lower)
 
     @property
     def read_headers(self) -> frozenset[str]:

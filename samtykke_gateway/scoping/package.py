@@ -188,14 +188,17 @@ class RightsPackage:
 
 
 def _describe_row_filter(row: RowFilterSpec) -> str:
-    """``"rows of a[] kept where b.c in 12 values"`` (never the values: a list may be long)."""
+    """``"rows of a[] kept where b.c (a string) in 12 values ('x', 'y', 'z', ...)"``: at most
+    three of the values (a list may be long)."""
     subject = ".".join(row.where) if row.where else "the row"
     if row.op == "within_period":
         test = "lies within the consented period"
     else:
         word = {"in": "in", "not_in": "not in", "equals": "equals"}.get(row.op, row.op)
         count = len(row.values)
-        test = f"{word} {count} value{'s' if count != 1 else ''}"
+        shown = sorted(row.values)[:3]
+        listed = ", ".join(repr(v) for v in shown) + (", ..." if count > 3 else "")
+        test = f"(a string) {word} {count} value{'s' if count != 1 else ''} ({listed})"
     return f"rows of {row.path} kept where {subject} {test}; other rows withheld whole"
 
 

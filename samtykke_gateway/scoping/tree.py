@@ -217,14 +217,17 @@ def compile_package(spec: PackageSpec, key_path: str) -> Walk:
             raise ConfigError(
                 f"{key_path}.rows[{index}].where",
                 f"{row.path!r}: rows compared by a member are objects, but {node.path!r} releases leaf values"
-                f" only: write {f'{node.path}.*'!r} to release the rows whole, or name their fields",
+                f" only: name the rows' fields ({node.path}.x), or, only if each whole row may leave, write"
+                f" {f'{node.path}.*'!r}",
             )
     for node in leaves.values():
         if node.members or node.each is not None:
             raise ConfigError(
                 f"{key_path}.fields",
                 f"{node.path!r} releases a leaf value, but another field or row filter names something inside"
-                f" it: write {f'{node.path}.*'!r} to release its whole subtree, or drop it",
+                f" it: drop {node.path!r} (the fields named inside it are released; nothing else is), or, only"
+                f" if everything under it may leave, including what the upstream adds later, write"
+                f" {f'{node.path}.*'!r}",
             )
     walk = _compile(root, False)
     if not callable(walk):  # pragma: no cover - paths are never empty

@@ -93,6 +93,17 @@ async def test_report_in_english_with_the_route_and_package_facts(tmp_path: Path
     assert "named by the package, not in the answer: saldo.valuta" in page and "balance only" in page
 
 
+async def test_a_whole_subtree_release_is_explained_in_both_languages(tmp_path: Path) -> None:
+    async with opened(f"sqlite:///{tmp_path}/a.db") as store:
+        await store.append(make_record(1, time="2026-11-02T08:00:00Z", rights_package="p",
+                                       released_paths=["beholdning.*", "navn"]))
+        nb, _ = await _report(store)
+        en, _ = await _report(store, lang="en")
+    assert "<code>beholdning.*</code> (alt under dette feltet, også felt datakilden har lagt til)" in nb
+    assert "<code>beholdning.*</code> (everything under this field, including fields the data source added)" in en
+    assert "<code>navn</code> (" not in en
+
+
 async def test_hostile_record_values_are_escaped_and_tokens_never_shown(tmp_path: Path) -> None:
     async with opened(f"sqlite:///{tmp_path}/a.db") as store:
         await store.append(make_record(

@@ -84,6 +84,14 @@ def test_the_config_names_every_location_when_none_or_two_are_given() -> None:
     assert caught.value.key_path == "routes[0].subject.cookie"
 
 
+@pytest.mark.parametrize("header", ["Authorization", "connection", "Content-Length", "Host", "AltinnSamtykke",
+                                    "X-Samtykke-Consumer"])
+def test_a_header_the_gateway_or_http_uses_cannot_name_the_subject(header: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        subject_from_config({"header": header}, "routes[0].subject", set())
+    assert refused.value.key_path == "routes[0].subject.header"
+
+
 def test_a_body_subject_checked_against_its_route_keeps_the_names_the_body_must_not_carry() -> None:
     located = subject_from_config({"body": "fnr"}, "routes[0].subject", {"aar"})
     bound = located.for_route(frozenset({"POST"}), frozenset({"fraOgMed"}), frozenset({"aar"}), "routes[0].subject")
