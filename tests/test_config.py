@@ -369,7 +369,7 @@ def test_check_config_lists_each_rights_packages_fields_and_row_filters(
     released = [line.strip() for line in (CONFIG_DIR / "inntekt-sbl-loennsinntekt-beskrivelse.txt").read_text().splitlines()
                 if line.strip() and not line.lstrip().startswith("#")]
     first = sorted(set(released))[:3]
-    assert (f"      filter rows of oppgaveInntektsmottaker[].inntekt[] kept where loennsinntekt.beskrivelse (a string) in "
+    assert (f"      filter rows of oppgaveInntektsmottaker[].inntekt[] kept where loennsinntekt.beskrivelse (a string or an integer) in "
             f"{len(set(released))} values ({', '.join(repr(v) for v in first)}, ...); other rows withheld whole") in income
     assert "kept where kalendermaaned lies within the consented period" in income
     assert sorted(set(released))[3] not in out  # three of the values, not the list (it may be long)

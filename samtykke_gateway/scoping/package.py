@@ -43,9 +43,11 @@ names cannot contain ``.``, ``[`` or ``]`` and have no surrounding whitespace.
   :attr:`ScopeContext.period_from` .. :attr:`ScopeContext.period_to`, inclusive; a missing
   bound removes the row: fail closed).
 
-Values compare as exact strings (case-sensitive, no Unicode normalisation). A row failing a
-filter is removed whole. A row whose ``where`` value is missing or not a
-string fails every filter (also ``not_in``). Several filters on the same array all apply
+Values compare as exact strings (case-sensitive, no Unicode normalisation); a JSON integer in
+a row compares as its decimal text, and a TOML integer in ``in`` / ``not_in`` / ``equals`` is
+its text too. A row failing a filter is removed whole. A row whose ``where`` value is missing
+or neither a string nor an integer fails every filter (also ``not_in``); ``within_period``
+reads strings only. Several filters on the same array all apply
 (AND). Filters read the input row, so a ``where`` field need not be released; scoping is
 idempotent only when it is. Under a wholly released path, a filter still applies, and an
 object or array on the filter's path whose type contradicts it is dropped (fail closed: it
@@ -188,7 +190,7 @@ class RightsPackage:
 
 
 def _describe_row_filter(row: RowFilterSpec) -> str:
-    """``"rows of a[] kept where b.c (a string) in 12 values ('x', 'y', 'z', ...)"``: at most
+    """``"rows of a[] kept where b.c (a string or an integer) in 12 values ('x', 'y', 'z', ...)"``: at most
     three of the values (a list may be long)."""
     subject = ".".join(row.where) if row.where else "the row"
     if row.op == "within_period":
@@ -198,7 +200,7 @@ def _describe_row_filter(row: RowFilterSpec) -> str:
         count = len(row.values)
         shown = sorted(row.values)[:3]
         listed = ", ".join(repr(v) for v in shown) + (", ..." if count > 3 else "")
-        test = f"(a string) {word} {count} value{'s' if count != 1 else ''} ({listed})"
+        test = f"(a string or an integer) {word} {count} value{'s' if count != 1 else ''} ({listed})"
     return f"rows of {row.path} kept where {subject} {test}; other rows withheld whole"
 
 

@@ -111,6 +111,14 @@ def _string_list(value: object, key_path: str) -> list[str]:
     return list(value)
 
 
+def _integers_as_text(value: Any) -> Any:
+    """``in = [2020, 2021]`` / ``equals = 2021``: TOML integers as their decimal text (a row's
+    integer compares by its text); anything else unchanged (then refused as not a string)."""
+    if isinstance(value, list):
+        return [_integers_as_text(item) for item in value]
+    return str(value) if type(value) is int else value
+
+
 def _read_values_file(value: object, base_dir: Path, key_path: str) -> list[str]:
     """One value per line; lines starting with ``#`` and blank lines ignored; lines stripped."""
     if not isinstance(value, str) or not value:
@@ -152,13 +160,14 @@ def _parse_row(row: object, base_dir: Path, key_path: str) -> RowFilterSpec:
     value = row[op]
     values: list[str] = []
     if op in ("in", "not_in"):
-        values = _string_list(value, f"{key_path}.{op}")
+        values = _string_list(_integers_as_text(value), f"{key_path}.{op}")
     elif op == "in_file":
         values = _read_values_file(value, base_dir, f"{key_path}.in_file")
         op = "in"
     elif op == "equals":
+        value = _integers_as_text(value)
         if not isinstance(value, str):
-            raise ConfigError(f"{key_path}.equals", "must be a string")
+            raise ConfigError(f"{key_path}.equals", "must be a string or an integer")
         values = [value]
     elif value is not True:
         raise ConfigError(f"{key_path}.within_period", "must be true (omit the key otherwise)")

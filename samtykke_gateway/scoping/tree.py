@@ -94,8 +94,24 @@ def _month_in_period(value: str, context: ScopeContext) -> bool:
     return start <= value[:7] <= end
 
 
+def _filter_text(value: Any) -> str | None:
+    """What an ``in`` / ``not_in`` / ``equals`` filter compares for a value that is not a JSON
+    string: an integer as its decimal text (``2021`` matches ``"2021"``; the exact decoder's
+    :class:`JsonNumber` of an integer literal alike); anything else (a fraction or exponent,
+    ``true``, ``null``, an object) ``None``, which fails every filter — whichever decoder read
+    the body."""
+    cls = value.__class__
+    if cls is int:
+        return str(value)
+    if cls is JsonNumber:  # the exact decoder's number: an integer literal only, as the fast decoder's int
+        literal = str(value.literal)
+        return literal if literal.lstrip("-").isdigit() else None
+    return None
+
+
 def _predicate(spec: RowFilterSpec) -> _Predicate:
-    """``test(row, context)``: True keeps the row. Non-string values fail every filter.
+    """``test(row, context)``: True keeps the row. A string compares as it is, an integer as its
+    text (:func:`_filter_text`); other values fail every filter (``within_period``: strings only).
 
     The ``where`` path is followed inline (a call per row is most of a filter's cost).
     """
@@ -119,7 +135,11 @@ def _predicate(spec: RowFilterSpec) -> _Predicate:
             if not isinstance(row, dict):
                 return False
             value = row.get(member)
-            return isinstance(value, str) and (value in values) is keep_if_in
+            if value.__class__ is not str:
+                value = _filter_text(value)
+                if value is None:
+                    return False
+            return (value in values) is keep_if_in
 
         return member_in
 
@@ -128,7 +148,8 @@ def _predicate(spec: RowFilterSpec) -> _Predicate:
             if not isinstance(row, dict):
                 return False
             row = row.get(name)
-        return isinstance(row, str) and (row in values) is keep_if_in
+        text = row if row.__class__ is str else _filter_text(row)
+        return text is not None and (text in values) is keep_if_in
 
     return value_in
 
@@ -347,7 +368,11 @@ def _rows_of_objects(
                 if not isinstance(row, dict):
                     continue
                 kept = row.get(member)
-                if not isinstance(kept, str) or (kept in values) is not keep_if_in:
+                if kept.__class__ is not str:
+                    kept = _filter_text(kept)
+                    if kept is None:
+                        continue
+                if (kept in values) is not keep_if_in:
                     continue
                 out = {}
                 for name, item in row.items():

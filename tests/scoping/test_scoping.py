@@ -274,7 +274,22 @@ def test_in_filter_removes_whole_rows() -> None:
 def test_nested_where_and_missing_or_non_string_values_fail() -> None:
     assert filtered({"where": "n.m", "in": ["x", "y"]}) == [ROWS[0], ROWS[1]]
     assert filtered({"where": "n.m", "not_in": ["x"]}) == [ROWS[1]]
-    assert filtered({"where": "k", "not_in": []}) == ROWS[:3]
+    assert filtered({"where": "k", "not_in": []}) == ROWS[:4]  # k = 1: an integer compares as "1"
+
+
+def test_an_integer_compares_as_its_text_and_other_non_strings_fail() -> None:
+    """A year sent as a JSON number (``"aar": 2021``) can be filtered; a TOML integer in the
+    filter is its text too. Floats, booleans and null never match (their text is not exact)."""
+    rows = [{"aar": 2021}, {"aar": "2021"}, {"aar": 2020}, {"aar": 2021.0}, {"aar": True}, {"aar": None}, {}]
+    for values in (["2021"], [2021]):
+        pkg = package(["r.*"], [{"path": "r[]", "where": "aar", "in": values}])
+        assert pkg.apply({"r": rows}, ScopeContext())[0] == {"r": rows[:2]}
+    equals = package(["r.*"], [{"path": "r[]", "where": "aar", "equals": 2020}])
+    assert equals.apply({"r": rows}, ScopeContext())[0] == {"r": [rows[2]]}
+    not_2020 = package(["r.*"], [{"path": "r[]", "where": "aar", "not_in": ["2020"]}])
+    for body in (b'{"r":[{"aar":2021},{"aar":2.5},{"aar":1e3}]}',  # fast decoder: floats
+                 b'{"r":[{"aar":2021},{"aar":2.50},{"aar":1e3},{"aar":2021.0}]}'):  # exact decoder: JsonNumber
+        assert json.loads(scope_body(body, not_2020, ScopeContext()).body) == {"r": [{"aar": 2021}]}, body
 
 
 def test_equals_and_where_omitted_compares_the_row_itself() -> None:
@@ -412,11 +427,11 @@ def test_filter_on_rows_no_field_reaches_is_a_config_error() -> None:
         ),
         ({"fields": ["a"], "rows": [{"path": "a[]", "in": "x"}]}, "rights_packages.t.rows[0].in"),
         (
-            {"fields": ["a"], "rows": [{"path": "a[]", "not_in": [1]}]},
+            {"fields": ["a"], "rows": [{"path": "a[]", "not_in": [1.5]}]},
             "rights_packages.t.rows[0].not_in[0]",
         ),
         (
-            {"fields": ["a"], "rows": [{"path": "a[]", "equals": 1}]},
+            {"fields": ["a"], "rows": [{"path": "a[]", "equals": True}]},
             "rights_packages.t.rows[0].equals",
         ),
         (

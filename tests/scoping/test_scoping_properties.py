@@ -381,6 +381,10 @@ def reference_apply(table: dict[str, Any], document: Any, context: ScopeContext)
         value = row
         for name in spec.get("where", "").split(".") if spec.get("where") else []:
             value = value.get(name) if isinstance(value, dict) else None
+        if type(value) is int and "within_period" not in spec:
+            value = str(value)  # an integer compares as its text; within_period reads strings only
+        elif isinstance(value, JsonNumber) and "within_period" not in spec:
+            value = value.literal if value.literal.lstrip("-").isdigit() else None
         if not isinstance(value, str):
             return False
         if "in" in spec:
