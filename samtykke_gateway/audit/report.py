@@ -67,7 +67,7 @@ _NB = {
     "when": "Tidspunkt (UTC)", "who": "Mottaker", "consent": "Samtykke", "resource": "Ressurs",
     "released": "Utlevert", "withheld": "Holdt tilbake", "usage": "Engangs/grense",
     "reason": "Årsak", "status": "Status",
-    "consumer": "mottaker", "handled_by": "behandlet av", "supplier": "leverandør",
+    "consumer": "mottaker", "caller": "spurt av", "handled_by": "behandlet av", "supplier": "leverandør",
     "route": "rute", "token": "samtykketype", "metadata": "vilkår",
     "bytes": "{n} byte", "stream_complete": "strømmet, fullført", "stream_cut": "strømmet, avbrutt ({why})",
     "stream_open": "strømmet, slutten er ikke registrert",
@@ -76,6 +76,7 @@ _NB = {
     "package": "rettighetspakke {name}: alle felt den ikke nevner",
     "package_absent": "nevnt av pakken, ikke i svaret: {fields}",
     "rows_withheld": "{n} rader av {path} holdt tilbake av radfilteret",
+    "rows_withheld_one": "1 rad av {path} holdt tilbake av radfilteret",
     "narrowed": "parameter {name}: spurt {asked}, sendt {sent}",
     "one_time": "engangssamtykke – brukt ved denne utleveringen",
     "daily_limit": "inntil {n} per dag", "no_limit": "ingen", "unknown": "ikke kjent (rapport uten --config)",
@@ -99,7 +100,7 @@ _EN = {
     "when": "Time (UTC)", "who": "Recipient", "consent": "Consent", "resource": "Resource",
     "released": "Released", "withheld": "Withheld", "usage": "One-time/limit",
     "reason": "Reason", "status": "Status",
-    "consumer": "recipient", "handled_by": "handled by", "supplier": "supplier",
+    "consumer": "recipient", "caller": "asked by", "handled_by": "handled by", "supplier": "supplier",
     "route": "route", "token": "consent kind", "metadata": "terms",
     "bytes": "{n} bytes", "stream_complete": "streamed, complete", "stream_cut": "streamed, cut off ({why})",
     "stream_open": "streamed, end not recorded",
@@ -108,6 +109,7 @@ _EN = {
     "package": "rights package {name}: every field it does not name",
     "package_absent": "named by the package, not in the answer: {fields}",
     "rows_withheld": "{n} rows of {path} withheld by the row filter",
+    "rows_withheld_one": "1 row of {path} withheld by the row filter",
     "narrowed": "parameter {name}: asked {asked}, sent {sent}",
     "one_time": "one-time consent – used by this disclosure",
     "daily_limit": "up to {n} a day", "no_limit": "none", "unknown": "not known (report made without --config)",
@@ -202,7 +204,7 @@ async def write_subject_report(
                                        up_to_seq=head, page_size=page_size):
             if r.decision == "allow":
                 continue
-            cells = (_td(r.time, note), _who(t, r), _consent(t, r), _resource(t, r),
+            cells = (_td(r.time, note), _who(t, r, refused=True), _consent(t, r), _resource(t, r),
                      f"<td><code>{text(r.reason, note)}</code></td>", _td(r.status, note))
             out.write(f"<tr>{''.join(cells)}</tr>\n")
         out.write("</tbody></table>\n")
@@ -239,9 +241,12 @@ def _lines(items: list[str]) -> str:
     return "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>" if items else ""
 
 
-def _who(t: Mapping[str, str], r: DisclosureRecord) -> str:
+def _who(t: Mapping[str, str], r: DisclosureRecord, *, refused: bool = False) -> str:
+    """The organisations: the recipient of a disclosure, or who asked for a refused request
+    (nothing was received)."""
     note = t["token_note"]
-    parts = [f"{text(t['consumer'])}: <span class=\"id\">{text(r.consumer, note)}</span>"]
+    label = t["caller"] if refused else t["consumer"]
+    parts = [f"{text(label)}: <span class=\"id\">{text(r.consumer, note)}</span>"]
     if r.handled_by:
         parts.append(f"{text(t['handled_by'])}: <span class=\"id\">{text(r.handled_by, note)}</span>")
     if r.supplier and r.supplier != r.consumer:
@@ -306,7 +311,8 @@ def _disclosure_row(
             if facts.description:
                 withheld.append(f'<span class="note">{text(facts.description, note)}</span>')
     for rows_path, count in sorted((r.rows_withheld or {}).items()):
-        withheld.append(text(t["rows_withheld"].format(n=count, path=rows_path), note))
+        wording = t["rows_withheld_one"] if count == 1 else t["rows_withheld"]
+        withheld.append(text(wording.format(n=count, path=rows_path), note))
     for name in sorted(set(r.requested_params) | set(r.effective_params)):
         asked, sent = r.requested_params.get(name), r.effective_params.get(name)
         if asked != sent:

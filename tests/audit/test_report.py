@@ -104,6 +104,20 @@ async def test_a_whole_subtree_release_is_explained_in_both_languages(tmp_path: 
     assert "<code>navn</code> (" not in en
 
 
+async def test_a_refusal_names_who_asked_and_one_withheld_row_is_singular(tmp_path: Path) -> None:
+    async with opened(f"sqlite:///{tmp_path}/a.db") as store:
+        await store.append(make_record(1, time="2026-11-02T08:00:00Z", rights_package="p",
+                                       rows_withheld={"r[]": 1}))
+        await store.append(make_record(2, time="2026-11-02T09:00:00Z", decision="deny", reason="consumer_mismatch",
+                                       status=403, released_paths=[]))
+        en, _ = await _report(store, lang="en")
+        nb, _ = await _report(store)
+    disclosures, refusals = en.split("<h2>Refused requests</h2>")
+    assert "1 row of r[] withheld by the row filter" in en and "1 rad av r[]" in nb
+    assert "asked by:" in refusals and "recipient:" not in refusals and "recipient:" in disclosures
+    assert "spurt av:" in nb
+
+
 async def test_hostile_record_values_are_escaped_and_tokens_never_shown(tmp_path: Path) -> None:
     async with opened(f"sqlite:///{tmp_path}/a.db") as store:
         await store.append(make_record(
