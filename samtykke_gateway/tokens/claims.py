@@ -35,7 +35,7 @@ from typing import Any, Literal
 from samtykke_gateway.exceptions import GatewayError
 from samtykke_gateway.identifiers import org_from_iso6523
 
-__all__ = ["ISO_INSTANT", "Claim", "ClaimKind", "claim_fields", "instant_seconds", "read_claim"]
+__all__ = ["ISO_INSTANT", "Claim", "ClaimKind", "claim_fields", "instant_seconds", "parse_instant", "read_claim"]
 
 ClaimKind = Literal["text", "org", "instant"]
 
@@ -81,6 +81,24 @@ def instant_seconds(value: str) -> float | None:
         return None
 
 
+def parse_instant(value: Any, name: str, bad: Callable[[str], GatewayError]) -> float:
+    """An ISO 8601 instant (:data:`ISO_INSTANT`) → epoch seconds.
+
+    :param name: the claim's name, for the error. :raises GatewayError: ``bad(detail)`` when
+        ``value`` is not a string of at most 40 characters, not of that form, or no valid date.
+    """
+    if type(value) is not str or len(value) > 40:
+        raise bad(f"{name} is missing or not a string")
+    if ISO_INSTANT.fullmatch(value) is None:
+        raise bad(f"{name} is not an ISO 8601 instant with offset")
+    try:
+        # the pattern admits only forms Python 3.11's parser reads alike ("Z", 1-7 fraction
+        # digits, the 7th truncated), so the validated text is parsed as is
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise bad(f"{name} is not a valid date") from None
+
+
 def read_claim(source: Mapping[str, Any], claim: Claim, bad: Callable[[str], GatewayError]) -> Any:
     """The value of ``claim`` in ``source`` (a claims set or a consent entry, as decoded JSON),
     checked for its kind: ``str`` (text, org number), ``float`` (instant) or ``None`` (absent).
@@ -89,17 +107,7 @@ def read_claim(source: Mapping[str, Any], claim: Claim, bad: Callable[[str], Gat
     """
     name = claim.name
     if claim.kind == "instant":
-        if name not in source:
-            return None
-        value = source[name]
-        if type(value) is not str or len(value) > 40:
-            raise bad(f"{name} is missing or not a string")
-        if ISO_INSTANT.fullmatch(value) is None:
-            raise bad(f"{name} is not an ISO 8601 instant with offset")
-        seconds = instant_seconds(value)
-        if seconds is None:
-            raise bad(f"{name} is not a valid date")
-        return seconds
+        return parse_instant(source[name], name, bad) if name in source else None
     value = source.get(name)
     if value is None:
         return None

@@ -15,9 +15,10 @@ from samtykke_gateway.exceptions import InvalidConsentError, InvalidTokenError
 from samtykke_gateway.identifiers import Party, is_org_number, is_person_id, party_from_digits
 from samtykke_gateway.tokens.jose import parse_compact
 from samtykke_gateway.dev.issuer import DevIssuer
-from samtykke_gateway.tokens import altinn2, altinn3
+from samtykke_gateway.tokens import altinn2
 from samtykke_gateway.tokens.altinn2 import consent_from_altinn2_claims, parse_service_entry
 from samtykke_gateway.tokens.altinn3 import parse_iso_instant
+from samtykke_gateway.tokens.claims import ISO_INSTANT
 from samtykke_gateway.tokens.maskinporten import maskinporten_from_claims
 from samtykke_gateway.tokens.memo import VerifiedClaims, remember, remembered
 
@@ -72,7 +73,7 @@ def test_service_entry_shapes(entry: str, expected: tuple[str, dict[str, str]]) 
 
 def _iso_reference(value: str) -> float:
     """The construction used before the fast path: pad/truncate the fraction to 6 digits."""
-    m = altinn3._ISO.fullmatch(value)
+    m = ISO_INSTANT.fullmatch(value)
     assert m is not None
     frac = (m.group(2) or "")[:6].ljust(6, "0")
     zone = "+00:00" if m.group(3) == "Z" else m.group(3)
