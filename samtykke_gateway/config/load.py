@@ -108,6 +108,10 @@ def parse_config(
     consent_header = gw.get("consent_header", str, "AltinnSamtykke")
     if not HEADER_NAME.fullmatch(consent_header):
         raise ConfigError("gateway.consent_header", "is not a valid header name")
+    for i, route in enumerate(routes):
+        if route.subject.source == "header" and route.subject.name == consent_header.lower():
+            raise ConfigError(f"routes[{i}].subject.header", "is the consent header (gateway.consent_header):"
+                                                             " it carries the Altinn 2 consent token, not the subject")
     error_style = gw.get("error_style", str, "problem")
     if error_style not in ("problem", "skatteetaten"):
         raise ConfigError("gateway.error_style", "must be 'problem' or 'skatteetaten'")

@@ -49,10 +49,11 @@ _BODY_MEMBER = re.compile(r"[\w$@-]{1,128}")
 _MAX_BODY_FIELD_DEPTH = 8
 _BODY_GUARDED_HEADERS = frozenset({"content-type", "content-encoding"})
 #: Headers a subject header must not be: the credentials, framing and connection headers, and
-#: the gateway's own ``X-Samtykke-*`` (the claims it sends upstream).
+#: the gateway's own ``X-Samtykke-*`` (the claims it sends upstream). The configured consent
+#: header is refused where it is known (``config/load.py``).
 _NOT_SUBJECT_HEADERS = frozenset({"authorization", "connection", "content-length", "transfer-encoding", "host",
                                   "content-type", "content-encoding", "te", "upgrade", "keep-alive",
-                                  "proxy-authorization", "altinnsamtykke"})
+                                  "proxy-authorization"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,12 +84,23 @@ def test_the_config_names_every_location_when_none_or_two_are_given() -> None:
     assert caught.value.key_path == "routes[0].subject.cookie"
 
 
-@pytest.mark.parametrize("header", ["Authorization", "connection", "Content-Length", "Host", "AltinnSamtykke",
-                                    "X-Samtykke-Consumer"])
+@pytest.mark.parametrize("header", ["Authorization", "connection", "Content-Length", "Host", "X-Samtykke-Consumer"])
 def test_a_header_the_gateway_or_http_uses_cannot_name_the_subject(header: str) -> None:
     with pytest.raises(ConfigError) as refused:
         subject_from_config({"header": header}, "routes[0].subject", set())
     assert refused.value.key_path == "routes[0].subject.header"
+
+
+@pytest.mark.parametrize(("consent_header", "subject_header"), [(None, "AltinnSamtykke"), ("X-Consent", "x-consent")])
+def test_the_configured_consent_header_cannot_name_the_subject(consent_header: str | None, subject_header: str) -> None:
+    def edit(data: dict[str, Any]) -> None:
+        data["routes"][1]["subject"] = {"header": subject_header}
+        if consent_header is not None:
+            data["gateway"]["consent_header"] = consent_header
+
+    with pytest.raises(ConfigError) as refused:
+        make_config("http://issuer.invalid", "http://upstream.invalid", edit=edit)
+    assert refused.value.key_path == "routes[1].subject.header"
 
 
 def test_a_body_subject_checked_against_its_route_keeps_the_names_the_body_must_not_carry() -> None:
