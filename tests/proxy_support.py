@@ -304,6 +304,15 @@ class Served:
     def records(self) -> list[DisclosureRecord]:
         return self.store.records  # type: ignore[no-any-return]
 
+    async def wait_records(self, count: int, *, timeout_seconds: float = 5.0) -> list[DisclosureRecord]:
+        """The records once ``count`` are written (servers write on their own thread: polled),
+        or those there are at the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_seconds
+        while len(self.records) < count and loop.time() < deadline:  # noqa: ASYNC110 - another thread's store
+            await asyncio.sleep(0.02)
+        return self.records
+
     def record_for(self, response: httpx.Response) -> DisclosureRecord:
         """The request's decision record (a streamed answer's end record is not one)."""
         cid = response.headers["x-correlation-id"]

@@ -795,3 +795,20 @@ def test_check_config_says_what_a_subtree_releases_and_what_it_makes_redundant(
     assert "field  grunnlag[].*   (the whole subtree, including fields the upstream adds later)" in out
     assert "field  grunnlag[].tekniskNavn   (WARNING: already released whole by grunnlag[].*)" in out
     assert "subject from path 'personidentifikator' (person only)" in out
+
+
+@pytest.mark.parametrize("name", ["Transfer-Encoding", "Connection", "ETag", "Content-Type", "Date", "X-Correlation-ID"])
+def test_release_headers_cannot_name_framing_representation_or_gateway_headers(name: str) -> None:
+    data = _data()
+    data.setdefault("upstream", {})["release_headers"] = ["Link", name]
+    with pytest.raises(ConfigError) as refused:
+        _parse(data)
+    assert refused.value.key_path.startswith("upstream.release_headers[")
+
+
+def test_an_unknown_audit_store_option_is_a_config_error_not_a_crash_at_start(tmp_path: Path) -> None:
+    data = _data()
+    data["audit"] = {"url": f"sqlite:///{tmp_path}/x.db?bogus=1"}
+    with pytest.raises(ConfigError) as refused:
+        _parse(data)
+    assert refused.value.key_path == "audit.url" and "bogus" in str(refused.value)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from samtykke_gateway.audit import STORE_SCHEMES, resolve_store_url, store_scheme
+from samtykke_gateway.audit import STORE_SCHEMES, open_store, resolve_store_url, store_scheme
 from samtykke_gateway.config.model import (
     DEFAULT_DECISION_MEMO_ENTRIES,
     DEFAULT_MAX_REQUEST_BODY_BYTES,
@@ -39,6 +39,14 @@ __all__ = ["load_config", "memory_state_warning", "parse_config"]
 _MAX_REQUEST_BODY_LIMIT = 16 * 1024 * 1024
 
 
+#: Upstream headers ``[upstream] release_headers`` may not name: hop-by-hop and framing headers,
+#: those that describe the upstream's unscoped representation, and those the gateway sets.
+_NOT_RELEASABLE = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
+    "transfer-encoding", "upgrade", "content-length", "content-encoding", "etag", "content-md5", "digest",
+    "content-digest", "repr-digest", "cache-control", "expires", "last-modified", "content-range", "accept-ranges",
+    "x-correlation-id", "date", "server", "www-authenticate", "content-type", "content-language",
+})
 _TABLES = frozenset({"gateway", "issuers", "rights_packages", "routes", "upstream", "audit", "state"})
 
 
@@ -75,12 +83,18 @@ def parse_config(
         raise ConfigError("upstream.deadline_seconds", "must not be below timeout_seconds")
     max_body = int(up.number("max_body_bytes", 10 * 1024 * 1024, minimum=1))
     release_headers = frozenset(h.lower().encode("ascii") for h in up.str_list("release_headers", HEADER_NAME))
+    for i, name in enumerate(sorted(release_headers)):
+        if name.decode() in _NOT_RELEASABLE:
+            raise ConfigError(f"upstream.release_headers[{i}]", f"{name.decode()} cannot be released with a scoped"
+                              " answer: it frames the connection or describes the upstream's unscoped body,"
+                              " or the gateway sets it (Content-Type and Content-Language leave as checked values)")
     up.finish()
 
     au = Table(top.get("audit", dict, {}), "audit")
     try:
         audit_url = resolve_store_url(au.get("url", str, "sqlite:///samtykke-audit.db"), base_dir)
-    except ValueError as exc:
+        open_store(audit_url)  # its options (and, for postgresql, its extra) are checked here, not at start
+    except (ValueError, ImportError) as exc:
         raise ConfigError("audit.url", str(exc)) from None
     au.finish()
     if profile in ("tt02", "prod") and not STORE_SCHEMES[store_scheme(audit_url)]:

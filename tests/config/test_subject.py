@@ -457,7 +457,7 @@ async def test_client_gone_while_sending_sidecar(dev_issuer: DevIssuer, issuer_u
         head = "".join(f"{k}: {v}\r\n" for k, v in {**a3_headers(dev_issuer), **JSON}.items())
         request = (f"POST /api/b/sbl/2022 HTTP/1.1\r\nHost: {url.hostname}\r\n{head}Content-Length: 500\r\n\r\n"
                    '{"fnr": "').encode()
-        with socket.create_connection((url.hostname, url.port)) as sock:
+        with socket.create_connection((url.hostname, url.port), timeout=5) as sock:
             sock.sendall(request)
             await asyncio.sleep(0.2)
         for _ in range(200):  # the record is written on the server's thread

@@ -186,13 +186,15 @@ async def test_many_concurrent_probes_fetch_the_jwks_once(dev_issuer: DevIssuer,
                               "refetch_cooldown_seconds": 30},
                    "maskinporten": {"jwks_url": f"{jwks.url}/mp/jwk", "fetch_timeout_seconds": 0.5,
                                     "refetch_cooldown_seconds": 30}}
-        async with running_gateway("sidecar", issuer_url, issuers=issuers) as gw:
-            started = time.monotonic()
-            hits.clear()
-            async with httpx.AsyncClient(base_url=str(gw.client.base_url), timeout=10) as client:
-                answers = await asyncio.gather(*(client.get("/readyz") for _ in range(50)))
-                answers += await asyncio.gather(*(client.get("/readyz") for _ in range(50)))
-            assert {a.status_code for a in answers} == {503}
-            assert time.monotonic() - started < 5
-            assert len(hits) <= 2, len(hits)  # at most one per issuer (start-up fetch already counted)
-        done.set()
+        try:
+            async with running_gateway("sidecar", issuer_url, issuers=issuers) as gw:
+                started = time.monotonic()
+                hits.clear()
+                async with httpx.AsyncClient(base_url=str(gw.client.base_url), timeout=10) as client:
+                    answers = await asyncio.gather(*(client.get("/readyz") for _ in range(50)))
+                    answers += await asyncio.gather(*(client.get("/readyz") for _ in range(50)))
+                assert {a.status_code for a in answers} == {503}
+                assert time.monotonic() - started < 5
+                assert len(hits) <= 2, len(hits)  # at most one per issuer (start-up fetch already counted)
+        finally:
+            done.set()  # also when an assertion failed: the hanging JWKS must not hold the server 30 s
