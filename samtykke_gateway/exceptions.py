@@ -6,7 +6,7 @@
                                       ``key_path`` names the key; never raised per request
 
     class                             HTTP default reason                  raised when
-    GatewayError                      500  internal_error                  (base; never raised directly)
+    GatewayError                      503  internal_error                  (base; never raised directly)
     ├── BadRequestError               400  bad_request                     the request is malformed (duplicate
     │                                                                      governed params, CL+TE, no subject)
     ├── AuthenticationError           401  unauthenticated                 RFC 6750 ``WWW-Authenticate: Bearer``:
@@ -41,7 +41,7 @@
 
 ``tests/test_exceptions.py`` checks this drawing against the classes (parent, status, default
 reason). The default reason is only the fallback: most refusals pass a more precise ``reason``
-(``token_expired``, ``consent_subject_mismatch``, ...); every code, with its status and meaning,
+(``token_expired``, ``subject_mismatch``, ...); every code, with its status and meaning,
 is in the catalogue :mod:`samtykke_gateway.reasons` (``docs/reasons.md``).
 
 No consent problem is ever a 401: a client that sees 401 ``invalid_token`` fetches a new
@@ -107,10 +107,10 @@ class GatewayError(Exception):
     :param detail: one human sentence without tokens or personal identifiers.
     """
 
-    status_code: ClassVar[int] = 500
+    status_code: ClassVar[int] = 503  # the gateway cannot decide: never a 500 (docs/protocol.md §4)
     default_reason: ClassVar[str] = "internal_error"
     #: Tax-administration style error code (``{"kode": ...}`` bodies), per status.
-    kode: ClassVar[str] = "SG-000"
+    kode: ClassVar[str] = "SG-503"
     #: Family for a route's own error codes (``[routes.error_codes]``), or ``None``.
     code_kind: ClassVar[str | None] = None
 

@@ -124,6 +124,7 @@ CATALOGUE: tuple[Reason, ...] = (
     Reason("unsupported_media_type", 415, "a body-subject route's request body is not JSON"),
     Reason("usage_limit_reached", 429, "the per-consent daily usage limit is reached"),
     Reason("client_disconnected", 499, "the client left before its request was complete (record only)"),
+    Reason("gateway_stopping", None, "a streamed answer was cut because the server shut down (a stream_cut's detail)"),
     # 502, 504
     Reason("upstream_error", 502, "the upstream (protected app) failed or gave no response"),
     Reason("upstream_unreachable", 502, "the upstream refused, is unreachable, or failed TLS", _SIDECAR),

@@ -1,5 +1,6 @@
 """Error bodies: RFC 9457 ``application/problem+json`` (default) or the tax administration's
-``{"kode", "melding", "korrelasjonsid"}`` style (Skatteetaten api-dokumentasjon ``docs/om/feil.md``).
+``{"kode", "melding", "korrelasjonsid"}`` style (the tax administration's published error format,
+https://github.com/Skatteetaten/api-dokumentasjon, ``docs/om/feil.md`` there; docs/protocol.md §4).
 
 On 401 the RFC 6750 §3 ``WWW-Authenticate: Bearer`` challenge is added — and 401 is only
 ever the Maskinporten bearer's own failure; a consent problem is 403 without the challenge

@@ -88,7 +88,7 @@ async def _call_app(responder: Responder, intake: Intake, app: ASGIApp, scope: S
             await responder.client_left()  # our own cancel (the client left), not the server's
             return
         if responder.stream_open:  # server shutting down mid-stream: still say what left
-            await asyncio.shield(responder.end_stream("cancelled"))
+            await asyncio.shield(responder.end_stream("gateway_stopping"))
         raise
     except Exception as exc:
         if responder.failure is not None:

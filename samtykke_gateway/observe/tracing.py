@@ -33,7 +33,8 @@ async def traced(tracer: Any, app: Any, scope: Any, receive: Any, send: Any, cor
     """Run ``app`` inside a server span; records the response status."""
     from opentelemetry.trace import SpanKind, Status, StatusCode
 
-    with tracer.start_as_current_span("samtykke-gateway", kind=SpanKind.SERVER) as span:
+    # record_exception=False: an exception's text may quote personal data (the logs redact it, a span would not)
+    with tracer.start_as_current_span("samtykke-gateway", kind=SpanKind.SERVER, record_exception=False) as span:
         span.set_attribute("http.request.method", scope.get("method", ""))
         span.set_attribute("samtykke.correlation_id", correlation_id)
 

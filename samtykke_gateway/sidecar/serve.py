@@ -28,7 +28,9 @@ from typing import Any
 
 from samtykke_gateway.sidecar.app import SidecarApp, check_sidecar_config
 from samtykke_gateway.config import GatewayConfig, load_config, memory_state_warning
-from samtykke_gateway.exceptions import ConfigError, GatewayError, KeysUnavailableError
+from samtykke_gateway.asgi.error_bodies import render_error
+from samtykke_gateway.correlation import new_id
+from samtykke_gateway.exceptions import ConfigError, GatewayError, KeysUnavailableError, UnavailableError
 from samtykke_gateway.runtime import Gateway
 from samtykke_gateway.observe.logs import DecisionLog, configure_logging
 from samtykke_gateway.observe.metrics import GatewayMetrics
@@ -169,9 +171,12 @@ class ReloadingApp:
             await self._lifespan(receive, send)
             return
         gen = self.current
-        if gen is None:  # not started (or shutting down): refuse rather than guess
-            await send({"type": "http.response.start", "status": 503, "headers": [(b"content-length", b"0")]})
-            await send({"type": "http.response.body", "body": b""})
+        if gen is None:  # not started (or shutting down): refuse rather than guess (no store: no record)
+            status, headers, body = render_error(
+                UnavailableError("the gateway is not running (starting or shutting down)", reason="unavailable"),
+                correlation_id=new_id())
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
             return
         gen.inflight += 1
         gen.idle.clear()

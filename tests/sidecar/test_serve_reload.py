@@ -254,3 +254,12 @@ async def test_a_failed_sighup_task_is_retrieved_and_logged_by_class_only(caplog
     assert task._log_traceback is False  # type: ignore[attr-defined]  # retrieved: asyncio stays quiet
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "UnicodeDecodeError" in text and CONFIG_SECRET not in text
+
+
+async def test_a_request_before_start_is_a_503_with_a_reason_not_an_empty_answer(tmp_path: Path,
+                                                                                  issuer_url: str) -> None:
+    app = ReloadingApp(write_config(tmp_path / "gw.toml", issuer_url=issuer_url, upstream_url="http://127.0.0.1:9"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw.test") as client:
+        response = await client.get(tax_base_path("2022"))
+    assert response.status_code == 503 and response.json()["reason"] == "unavailable"
+    assert response.headers["cache-control"] == "no-store" and response.headers["x-correlation-id"]
