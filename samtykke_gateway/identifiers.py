@@ -14,6 +14,7 @@ from typing import Any, Literal
 import msgspec
 
 __all__ = [
+    "ISO6523_AUTHORITY",
     "Party",
     "is_org_number",
     "is_person_id",
@@ -22,7 +23,8 @@ __all__ = [
     "party_from_urn",
 ]
 
-_ISO6523_AUTHORITY = "iso6523-actorid-upis"
+#: The ISO 6523 authority of a Norwegian organisation number in Maskinporten and Altinn 3 claims.
+ISO6523_AUTHORITY = "iso6523-actorid-upis"
 _ISO6523_ID = re.compile(r"0192:([0-9]{9})")
 _URN = re.compile(r"urn:altinn:(person|organization):identifier-no:([0-9]{9}|[0-9]{11})")
 
@@ -83,7 +85,7 @@ def org_from_iso6523(value: Any) -> str | None:
     ``urn:altinn:organization:identifier-no:<orgno>`` → 9-digit org number, else ``None``.
     """
     if isinstance(value, dict):
-        if value.get("authority") != _ISO6523_AUTHORITY:
+        if value.get("authority") != ISO6523_AUTHORITY:
             return None
         ident = value.get("ID")
         if not isinstance(ident, str):

@@ -812,3 +812,12 @@ def test_an_unknown_audit_store_option_is_a_config_error_not_a_crash_at_start(tm
     with pytest.raises(ConfigError) as refused:
         _parse(data)
     assert refused.value.key_path == "audit.url" and "bogus" in str(refused.value)
+
+
+@pytest.mark.parametrize("header", ["Authorization", "Host", "X-Samtykke-Consumer"])
+def test_the_consent_header_cannot_be_a_header_the_gateway_or_http_uses(header: str) -> None:
+    data = _data()
+    data.setdefault("gateway", {})["consent_header"] = header
+    with pytest.raises(ConfigError) as refused:
+        _parse(data)
+    assert refused.value.key_path == "gateway.consent_header"

@@ -30,6 +30,7 @@ from samtykke_gateway.config.packages import read_rights_packages
 from samtykke_gateway.config.profiles import read_delegation_sources, read_issuers, read_profile
 from samtykke_gateway.config.reader import HEADER_NAME, Table
 from samtykke_gateway.config.routes import ALTINN2_SERVICE, read_routes
+from samtykke_gateway.config.subject import RESERVED_HEADERS
 from samtykke_gateway.config_text import read_config_text
 from samtykke_gateway.exceptions import ConfigError
 
@@ -122,6 +123,8 @@ def parse_config(
     consent_header = gw.get("consent_header", str, "AltinnSamtykke")
     if not HEADER_NAME.fullmatch(consent_header):
         raise ConfigError("gateway.consent_header", "is not a valid header name")
+    if consent_header.lower() in RESERVED_HEADERS or consent_header.lower().startswith("x-samtykke-"):
+        raise ConfigError("gateway.consent_header", f"{consent_header} is a header the gateway or HTTP itself uses")
     for i, route in enumerate(routes):
         if route.subject.source == "header" and route.subject.name == consent_header.lower():
             raise ConfigError(f"routes[{i}].subject.header", "is the consent header (gateway.consent_header):"

@@ -16,6 +16,7 @@ from typing import Any, cast
 from samtykke_gateway.config.model import IssuerConfig, Profile
 from samtykke_gateway.config.reader import Table
 from samtykke_gateway.exceptions import ConfigError
+from samtykke_gateway.tokens.verify import SUPPORTED_ALGORITHMS
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
@@ -77,7 +78,7 @@ TEST_MARKERS = (
     "dev.maskinporten",
 )
 #: Signature algorithms an issuer may name (asymmetric only: never ``none`` or ``HS*``).
-ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"})
+ALLOWED_ALGORITHMS = SUPPORTED_ALGORITHMS  # the verifier's own list
 
 
 def read_profile(gw: Table) -> Profile:

@@ -23,6 +23,7 @@ from samtykke_gateway.config.model import (
     YearConstraint,
 )
 from samtykke_gateway.config.subject import subject_from_config
+from samtykke_gateway.tokens.altinn3 import ACTION_NAME
 from samtykke_gateway.config.reader import Table
 from samtykke_gateway.exceptions import ConfigError
 from samtykke_gateway.scoping.package import RightsPackage
@@ -33,7 +34,6 @@ __all__ = ["ALTINN2_SERVICE", "read_routes"]
 #: An Altinn 2 service: ``"{serviceCode}_{editionCode}"``.
 ALTINN2_SERVICE = re.compile(r"[0-9]{1,10}_[0-9]{1,10}")
 _ERROR_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
-_ACTION_NAME = re.compile(r"[!-~]{1,64}")
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SEGMENT_LITERAL = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%-]+")
 _RESOURCE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._:-]{0,127}")
@@ -92,7 +92,7 @@ def _accepted_actions(t: Table) -> tuple[str, ...]:
     if "accepted_actions" not in t.data:
         t.used.add("accepted_actions")
         return DEFAULT_ACCEPTED_ACTIONS
-    values = t.str_list("accepted_actions", _ACTION_NAME)
+    values = t.str_list("accepted_actions", ACTION_NAME)
     if not values:
         raise ConfigError(t.key("accepted_actions"), "name at least one action, or leave the key out")
     return tuple(dict.fromkeys(v.lower() for v in values))

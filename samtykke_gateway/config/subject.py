@@ -35,6 +35,7 @@ from samtykke_gateway.tokens.jose import MAX_JSON_DEPTH, strict_json_object
 __all__ = [
     "BODY_METHODS",
     "LOCATIONS",
+    "RESERVED_HEADERS",
     "BodySubject",
     "HeaderSubject",
     "PathSubject",
@@ -48,10 +49,11 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _BODY_MEMBER = re.compile(r"[\w$@-]{1,128}")
 _MAX_BODY_FIELD_DEPTH = 8
 _BODY_GUARDED_HEADERS = frozenset({"content-type", "content-encoding"})
-#: Headers a subject header must not be: the credentials, framing and connection headers, and
-#: the gateway's own ``X-Samtykke-*`` (the claims it sends upstream). The configured consent
-#: header is refused where it is known (``config/load.py``).
-_NOT_SUBJECT_HEADERS = frozenset({"authorization", "connection", "content-length", "transfer-encoding", "host",
+#: Headers neither a subject header nor the consent header may be: the credentials, framing
+#: and connection headers (and the gateway's own ``X-Samtykke-*``, the claims it sends
+#: upstream, by prefix). The configured consent header is refused as a subject header where it
+#: is known (``config/load.py``).
+RESERVED_HEADERS = frozenset({"authorization", "connection", "content-length", "transfer-encoding", "host",
                                   "content-type", "content-encoding", "te", "upgrade", "keep-alive",
                                   "proxy-authorization"})
 
@@ -187,7 +189,7 @@ class HeaderSubject(SubjectSource):
         if not HEADER_NAME.fullmatch(name):
             raise ConfigError(key, "is not a valid header name")
         lower = name.lower()
-        if lower in _NOT_SUBJECT_HEADERS or lower.startswith("x-samtykke-"):
+        if lower in RESERVED_HEADERS or lower.startswith("x-samtykke-"):
             raise ConfigError(key, f"{name} is a header the gateway or HTTP itself uses, not one that can name"
                                    " the data subject")
         return cls(lower)

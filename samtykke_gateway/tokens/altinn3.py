@@ -26,7 +26,7 @@ from samtykke_gateway.identifiers import org_from_iso6523, party_from_urn
 from samtykke_gateway.tokens.claims import claim_fields, parse_instant, read_claim
 from samtykke_gateway.tokens.model import Consent, ConsentRight
 
-__all__ = ["CONSENT_MEMBERS", "CONSENT_TYPE", "consent_from_authorization_details", "parse_iso_instant"]
+__all__ = ["ACTION_NAME", "CONSENT_MEMBERS", "CONSENT_TYPE", "consent_from_authorization_details", "parse_iso_instant"]
 
 CONSENT_TYPE = "urn:altinn:consent"
 #: the optional consent members declared on :class:`Consent` (``consented``, ``handledBy``,
@@ -35,7 +35,8 @@ CONSENT_MEMBERS = claim_fields(Consent)
 _ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._:-]{0,127}")
 _RESOURCE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._:-]{0,127}")
 _RESOURCE_TYPE = "urn:altinn:resource"
-_ACTION = re.compile(r"[!-~]{1,64}")  # printable ASCII, no space
+#: One ``consentRights[].action`` name: 1-64 printable ASCII characters, no space.
+ACTION_NAME = re.compile(r"[!-~]{1,64}")
 _MAX_RIGHTS = 64
 _MAX_META = 64
 _MAX_ACTIONS = 16
@@ -52,7 +53,7 @@ def actions_of(raw: list[str]) -> tuple[str, ...] | None:
         return None
     out = set()
     for action in raw:
-        if type(action) is not str or _ACTION.fullmatch(action) is None:
+        if type(action) is not str or ACTION_NAME.fullmatch(action) is None:
             return None
         out.add(action.lower())
     return tuple(sorted(out))

@@ -7,7 +7,7 @@ member of that name of the Altinn 3 consent entry (``authorization_details[]`` o
 ``urn:altinn:consent``). Both readers take the list from :func:`claim_fields`: the strict
 reader checks each value with :func:`read_claim`; the typed fast path
 (:mod:`~samtykke_gateway.tokens.typed`) adds one field per claim to its closed msgspec schema
-(:func:`typed_claim_type`) and checks the decoded value the same way. So a new claim of one of
+(:func:`~samtykke_gateway.tokens.typed.typed_claim_type`) and checks the decoded value the same way. So a new claim of one of
 these kinds is one annotated field on the model and nothing else in ``tokens/``.
 
 Kinds (an absent claim is ``None`` for every kind; every claim is optional):
@@ -76,6 +76,8 @@ def instant_seconds(value: str) -> float | None:
     if len(value) > 40 or ISO_INSTANT.fullmatch(value) is None:
         return None
     try:
+        # the pattern admits only forms Python 3.11's parser reads alike ("Z", 1-7 fraction
+        # digits, the 7th truncated), so the validated text is parsed as is
         return datetime.fromisoformat(value).timestamp()
     except ValueError:
         return None
@@ -87,16 +89,15 @@ def parse_instant(value: Any, name: str, bad: Callable[[str], GatewayError]) -> 
     :param name: the claim's name, for the error. :raises GatewayError: ``bad(detail)`` when
         ``value`` is not a string of at most 40 characters, not of that form, or no valid date.
     """
+    seconds = instant_seconds(value) if type(value) is str else None
+    if seconds is not None:
+        return seconds
+    # which failure, for the error
     if type(value) is not str or len(value) > 40:
         raise bad(f"{name} is missing or not a string")
     if ISO_INSTANT.fullmatch(value) is None:
         raise bad(f"{name} is not an ISO 8601 instant with offset")
-    try:
-        # the pattern admits only forms Python 3.11's parser reads alike ("Z", 1-7 fraction
-        # digits, the 7th truncated), so the validated text is parsed as is
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        raise bad(f"{name} is not a valid date") from None
+    raise bad(f"{name} is not a valid date")
 
 
 def read_claim(source: Mapping[str, Any], claim: Claim, bad: Callable[[str], GatewayError]) -> Any:

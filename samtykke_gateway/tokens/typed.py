@@ -47,7 +47,7 @@ from typing import Any
 
 import msgspec
 
-from samtykke_gateway.identifiers import party_from_urn
+from samtykke_gateway.identifiers import ISO6523_AUTHORITY, party_from_urn
 from samtykke_gateway.tokens.altinn3 import (
     _ID,
     _RESOURCE,
@@ -158,8 +158,6 @@ class _Undecided(Exception):
     """Raised inside the builders: the strict path must decide this token."""
 
 
-_ISO6523_AUTHORITY = "iso6523-actorid-upis"
-_URN_ORG = "urn:altinn:organization:identifier-no:"
 
 
 def _org(value: _Org | str) -> str:
@@ -167,7 +165,7 @@ def _org(value: _Org | str) -> str:
     if type(value) is _Org:
         ident = value.ID
         if (
-            value.authority != _ISO6523_AUTHORITY
+            value.authority != ISO6523_AUTHORITY
             or len(ident) != 14
             or not ident.startswith("0192:")
             or not ident.isascii()
@@ -182,7 +180,7 @@ def _org(value: _Org | str) -> str:
 
 
 def _instant(value: str) -> float:
-    """:func:`~samtykke_gateway.tokens.altinn3.parse_iso_instant` for an accepted value."""
+    """:func:`~samtykke_gateway.tokens.claims.parse_instant` for an accepted value."""
     seconds = instant_seconds(value)
     if seconds is None:
         raise _Undecided
