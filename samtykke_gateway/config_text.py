@@ -7,6 +7,7 @@ value lists without importing :mod:`samtykke_gateway.config`, which imports scop
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from samtykke_gateway.exceptions import ConfigError
 
@@ -34,3 +35,20 @@ def read_config_text(path: Path, key_path: str) -> str:
     line = data.count(b"\n", 0, start) + 1
     del data
     raise ConfigError(key_path, f"{path}: not UTF-8 at byte {start} (line {line}); save the file as UTF-8")
+
+
+def url_without_password(url: str) -> str:
+    """``url`` for display: the password (in the userinfo or a ``password=`` parameter)
+    replaced by ``***``, all else kept; ``"(unparsable URL)"`` when it cannot be parsed (a
+    ``ValueError`` from the parser, e.g. a bad port, never leaves with the URL in it)."""
+    try:
+        parts = urlsplit(url)
+        has_password = parts.password is not None
+    except ValueError:
+        return "(unparsable URL)"
+    netloc = parts.netloc
+    if has_password:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    query = [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return parts._replace(netloc=netloc, query=urlencode(query, safe="*")).geturl()

@@ -47,6 +47,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "postgresql:// audit stores need psycopg: pip install 'samtykke-gateway[postgres]'"
     ) from exc
 
+from samtykke_gateway.config_text import url_without_password
 from samtykke_gateway.exceptions import AuditUnavailableError
 from samtykke_gateway.audit.base import VerifyResult
 from samtykke_gateway.audit.chain import (
@@ -152,7 +153,7 @@ class PostgresStore:
             raise ValueError("timeouts must be > 0")
         if max_batch < 1 or pool_max_size < 1:
             raise ValueError("max_batch and pool_max_size must be >= 1")
-        self.url_for_display = display_url or _without_password(conninfo)
+        self.url_for_display = display_url or url_without_password(conninfo)
         self.schema = schema
         self.connect_timeout_seconds = connect_timeout_seconds
         self.write_timeout_seconds = write_timeout_seconds
@@ -189,7 +190,7 @@ class PostgresStore:
             else:
                 rest.append((key, value))
         conninfo = parts._replace(scheme="postgresql", query=urlencode(rest)).geturl()
-        return cls(conninfo, display_url=_without_password(url), **ours)
+        return cls(conninfo, display_url=url_without_password(url), **ours)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -513,20 +514,3 @@ def _unavailable(operation: str, exc: BaseException) -> AuditUnavailableError:
     code = getattr(exc, "sqlstate", None) or type(exc).__name__
     logger.warning("audit store %s failed: %s", operation, code)
     return AuditUnavailableError(f"disclosure store {operation} failed ({code})")
-
-
-def _without_password(url: str) -> str:
-    """``url`` with the password (userinfo or ``password=`` parameter) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "postgresql://(unparsable)"
-    netloc = parts.netloc
-    if parts.password is not None:
-        userinfo, _, hostport = netloc.rpartition("@")
-        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
-    query = [
-        (k, "***" if k == "password" else v)
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    return parts._replace(netloc=netloc, query=urlencode(query, safe="*")).geturl()

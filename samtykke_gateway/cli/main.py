@@ -24,8 +24,9 @@ import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from samtykke_gateway.config_text import url_without_password
 from samtykke_gateway.exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             print(f"  {'':<20} aud must name one of: {', '.join(issuer.audiences)}")
         if issuer.max_token_age_seconds is not None:
             print(f"  {'':<20} tokens honoured up to {issuer.max_token_age_seconds:g} s after iat")
-    print(f"  upstream           {_without_password(config.upstream_url) or '(none: middleware only)'}")
+    print(f"  upstream           {(config.upstream_url and url_without_password(config.upstream_url)) or '(none: middleware only)'}")
     if config.upstream_url and "@" in urlsplit(config.upstream_url).netloc:
         print(f"  {'':<19}note: the user:password in upstream.url is never sent to the upstream")
     if config.upstream_url:
@@ -170,7 +171,7 @@ def _print_state(config: GatewayConfig) -> None:
     if config.state_url.startswith("memory://"):
         backend = "memory:// (inside each process: not shared by workers or replicas, lost on restart)"
     else:
-        backend = f"{_without_password(config.state_url)} (shared; key prefix {config.state_key_prefix})"
+        backend = f"{url_without_password(config.state_url)} (shared; key prefix {config.state_key_prefix})"
     print(f"  consent state      {backend}")
     if not config.check_revocation:
         print(f"  {'':<19}revocations NOT checked (state.check_revocation = false)")
@@ -179,7 +180,7 @@ def _print_state(config: GatewayConfig) -> None:
     if feed is None:
         print(f"  {'':<19}revocation feed: (none)")
     else:
-        print(f"  {'':<19}revocation feed: {feed.kind} {_without_password(feed.url)} every {feed.interval_seconds:g} s"
+        print(f"  {'':<19}revocation feed: {feed.kind} {url_without_password(feed.url)} every {feed.interval_seconds:g} s"
               f" (services {', '.join(feed.services) or '-'}; stale after "
               f"{f'{feed.max_staleness_seconds:g} s' if feed.max_staleness_seconds else 'never'})")
     print(f"  {'':<19}reused jti: {config.jti_replay}")
@@ -191,16 +192,6 @@ def _print_state(config: GatewayConfig) -> None:
         print(f"  {'':<19}Redis durability: {verdict.upper() if verdict != 'ok' else 'ok'}: {detail}")
         if verdict == "warning":  # unknown (unreachable here, CONFIG refused) stays on the line above
             print(f"WARNING: Redis durability: {detail} (docs/protocol.md §8; docs/operations.md, consent state in Redis)")
-
-
-def _without_password(url: str | None) -> str | None:
-    if not url:
-        return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _cmd_dev_config(args: argparse.Namespace) -> int:
