@@ -5,7 +5,8 @@ style: per-request state on the responder, never on the middleware). On a scoped
 buffers the answer (bounded by ``max_body_bytes``, also by a declared ``Content-Length``) and
 hands it to :func:`~samtykke_gateway.asgi.responder.scoped_release` (decode, scope, re-label;
 a generic body for upstream errors; 502 for anything unscopable). On an unscoped route the
-answer streams through with only the hop-by-hop headers removed.
+answer streams through (:func:`~samtykke_gateway.asgi.responder.streaming_headers`: hop-by-hop
+and server-owned headers removed, the gateway's correlation id).
 
 The disclosure record is appended durably **before** the first body byte leaves; if the store
 cannot take it the client gets 503 and nothing else (fail closed; docs/protocol.md §7). A

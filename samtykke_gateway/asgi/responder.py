@@ -3,14 +3,17 @@
 Scoped routes (a rights package applies): the upstream body has been buffered (bounded by
 ``max_body_bytes``); :func:`scoped_release` decodes it (``Content-Encoding`` gzip / deflate /
 br, RFC 9110 §8.4), scopes it (:func:`~samtykke_gateway.scoping.package.scope_body`) and re-labels it:
-``Content-Length`` recomputed (never with ``Transfer-Encoding``, RFC 9112 §6.2), ``ETag`` /
-``Last-Modified`` / ``Content-Encoding`` / digests dropped (they describe the unscoped
-representation, RFC 9110 §8.8), ``Cache-Control: no-store`` (RFC 9111 §5.2.2.5). An upstream
+of the upstream's headers only ``Content-Type`` (the checked JSON media type, no parameters) and
+``Content-Language`` (language tags) leave, plus the deployment's ``release_headers``
+(:data:`SCOPED_HEADER_ALLOW`); ``Content-Length`` is the gateway's (never with
+``Transfer-Encoding``, RFC 9112 §6.2), ``Cache-Control: no-store`` (RFC 9111 §5.2.2.5), the
+gateway's correlation id. An upstream
 status other than 2xx gets a generic body of the same status: the upstream's own error body may
 carry personal data. HEAD, 204, 205 and 304 carry no body. Anything the gateway cannot scope
 raises :class:`UpstreamError` (502) and nothing is released.
 
-Unscoped routes stream; :func:`streaming_headers` only drops hop-by-hop headers.
+Unscoped routes stream; :func:`streaming_headers` drops the hop-by-hop headers, the server-owned
+``Date`` / ``Server``, the upstream's correlation id and, on 204/304, ``Content-Length``.
 """
 
 from __future__ import annotations

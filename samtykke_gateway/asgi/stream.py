@@ -1,7 +1,8 @@
 """Streamed (unscoped) answers: the start record before the first byte, the end record after.
 
-An unscoped route's answer streams through with only the hop-by-hop headers removed, so it
-cannot be counted before it leaves. Its start gets the decision record (``allow``, written
+An unscoped route's answer streams through (headers as
+:func:`~samtykke_gateway.asgi.responder.streaming_headers` makes them), so it cannot be counted
+before it leaves. Its start gets the decision record (``allow``, written
 before the start is sent: 503 if the store cannot take it); its end gets a second record with
 the same correlation id: ``stream_end``, or ``stream_cut`` when the upstream, the app or the
 client broke it off (the cause in ``detail``), with the byte count and SHA-256 of what was
@@ -53,7 +54,7 @@ def utc_now() -> str:
 async def start_streaming(r: Responder) -> None:
     """The app started an unscoped answer (``r.start_message``): unless the client is already
     gone, append the start record (decision ``allow``; 503 if it cannot be written), then send
-    the start with the hop-by-hop headers removed."""
+    the start with :func:`~samtykke_gateway.asgi.responder.streaming_headers`."""
     start = r.start_message
     if start is None:
         raise RuntimeError("body before response start")

@@ -472,7 +472,7 @@ class Gate:
     async def authorize(self, facts: RequestFacts, match: RouteMatch, record: DisclosureRecord) -> Grant:
         """Run every check for ``facts`` on the matched route; fill ``record`` as it goes.
 
-        :raises GatewayError: the first failing check (401/403/400/404/503), never anything else
+        :raises GatewayError: the first failing check (401/403/400/404/415/503), never anything else
             for bad input.
         """
         route = match.route

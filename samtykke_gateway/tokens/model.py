@@ -54,8 +54,9 @@ class Consent(msgspec.Struct, frozen=True, gc=False):
     A field annotated with a :class:`~samtykke_gateway.tokens.claims.Claim` is read from that
     member of the Altinn 3 consent entry by both Altinn 3 readers (strict and typed); a new
     optional member of a kind :mod:`~samtykke_gateway.tokens.claims` knows is one such field
-    (with a default) and nothing else in ``tokens/``. Altinn 2 sets the same fields from its
-    own claims (:mod:`~samtykke_gateway.tokens.altinn2`).
+    (with a default) and nothing else in ``tokens/``. Altinn 2 fills the fields from its own
+    claims (:mod:`~samtykke_gateway.tokens.altinn2`; its ``HandledBy`` is the ``supplier``,
+    ``handled_by`` stays ``None``).
     """
 
     kind: ConsentKind
