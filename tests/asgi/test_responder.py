@@ -27,13 +27,16 @@ LIMIT = 1024 * 1024
 
 @pytest.mark.parametrize(("body", "coding"), [
     (gzip.compress(JSON, mtime=0), "gzip"),
+    (gzip.compress(JSON, mtime=0), "x-gzip"),
     (gzip.compress(JSON[:9], mtime=0) + gzip.compress(JSON[9:], mtime=0), "gzip"),  # two members (RFC 1952 §2.2)
     (zlib.compress(JSON), "deflate"),
     (zlib.compress(JSON)[2:-4], "deflate"),  # raw deflate, as some servers send
     (brotli.compress(JSON), "br"),
     (gzip.compress(brotli.compress(JSON), mtime=0), "br, gzip"),
+    (brotli.compress(gzip.compress(JSON, mtime=0)), "gzip, br"),
+    (JSON, "identity"),
 ])
-def test_decodes(body: bytes, coding: str) -> None:
+def test_every_content_coding_and_stack_of_them_decodes_to_the_body(body: bytes, coding: str) -> None:
     assert decode_body(body, coding, max_bytes=LIMIT) == JSON
 
 
@@ -69,21 +72,6 @@ def test_bombs_are_refused_within_a_small_multiple_of_the_limit(coding: str) -> 
 
 
 @pytest.mark.parametrize(
-    ("encoding", "data"),
-    [
-        ("gzip", gzip.compress(TAX_BASE_2022, mtime=0)),
-        ("x-gzip", gzip.compress(TAX_BASE_2022, mtime=0)),
-        ("deflate", zlib.compress(TAX_BASE_2022)),
-        ("br", brotli.compress(TAX_BASE_2022)),
-        ("gzip, br", brotli.compress(gzip.compress(TAX_BASE_2022, mtime=0))),
-        ("identity", TAX_BASE_2022),
-    ],
-)
-def test_decode_body(encoding: str, data: bytes) -> None:
-    assert decode_body(data, encoding, max_bytes=10_000) == TAX_BASE_2022
-
-
-@pytest.mark.parametrize(
     ("encoding", "data", "reason"),
     [
         ("compress", TAX_BASE_2022, "upstream_unknown_encoding"),
@@ -93,7 +81,7 @@ def test_decode_body(encoding: str, data: bytes) -> None:
         ("br", brotli.compress(TAX_BASE_2022), "upstream_body_too_large"),
     ],
 )
-def test_decode_body_refuses(encoding: str, data: bytes, reason: str) -> None:
+def test_an_unknown_corrupt_or_oversized_coding_is_a_502_with_its_reason(encoding: str, data: bytes, reason: str) -> None:
     with pytest.raises(UpstreamError) as info:
         decode_body(data, encoding, max_bytes=1000 if reason == "upstream_body_too_large" else 100_000)
     assert info.value.status_code == 502 and info.value.reason == reason

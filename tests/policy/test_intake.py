@@ -14,6 +14,7 @@ from samtykke_gateway.policy.intake import (
     RawRequest,
     app_segments,
     check_no_unexpected_body,
+    check_request_framing,
     claim_header_value,
     declared_body_length,
     declares_body,
@@ -83,6 +84,39 @@ def test_app_segments_under_the_root_path() -> None:
 
 def test_claim_header_value_refuses_what_is_not_printable_ascii() -> None:
     assert claim_header_value("999999999") == b"999999999"
+    assert claim_header_value("0192:999999999") == b"0192:999999999"
     for bad in ("", "a\r\nb", "\u00e6", "x" * 257):
         with pytest.raises(InvalidTokenError):
             claim_header_value(bad)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"content-length", b"5"), (b"transfer-encoding", b"chunked")],
+        [(b"Content-Length", b"5"), (b"Content-Length", b"5")],
+        [(b"content-length", b"0x5")],
+        [(b"content-length", b"-1")],
+        [(b"content-length", b" 5")],
+        [(b"content-length", "５".encode())],
+        [(b"transfer-encoding", b"chunked, chunked")],
+        [(b"transfer-encoding", b"gzip, chunked")],
+        [(b"transfer-encoding", b"chunked"), (b"transfer-encoding", b"chunked")],
+    ],
+)
+def test_framing_two_parsers_could_read_differently_is_refused(headers: list[tuple[bytes, bytes]]) -> None:
+    with pytest.raises(BadRequestError) as info:
+        check_request_framing(headers)
+    assert info.value.status_code == 400 and info.value.reason == "ambiguous_framing"
+
+
+@pytest.mark.parametrize("headers", [[], [(b"content-length", b"12")], [(b"transfer-encoding", b"Chunked")]])
+def test_one_plain_content_length_or_chunked_is_accepted(headers: list[tuple[bytes, bytes]]) -> None:
+    check_request_framing(headers)
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Evil: 1", "a\nb", "a\rb", "æøå", "", "a\x00b", "x" * 257, "tab\there"])
+def test_a_claim_a_header_cannot_carry_is_401_unforwardable_claim(value: str) -> None:
+    with pytest.raises(InvalidTokenError) as info:
+        claim_header_value(value)
+    assert info.value.status_code == 401 and info.value.reason == "unforwardable_claim"
