@@ -165,14 +165,13 @@ async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("method,extra", [("GET", {}), ("POST", {"Content-Length": "0"})])
-async def test_app_reading_body_after_start(method: str, extra: dict[str, str], dev_issuer: DevIssuer,
-                                            issuer_url: str) -> None:
+async def test_an_app_reading_the_body_after_starting_its_answer_gets_its_request_message(
+        method: str, extra: dict[str, str], dev_issuer: DevIssuer, issuer_url: str) -> None:
     config = make_config(issuer_url, "http://upstream.invalid", routes=routes_with_unscoped())
     with ThreadedServer(ConsentMiddleware(app, config=config), proxy_headers=False) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=3) as client:
             try:
                 r = await client.request(method, STREAM_PATH, headers={**a3_headers(dev_issuer), **extra})
-                print(method, r.status_code, r.content)
                 assert r.content == b"head-part;http.request"
             except httpx.ReadTimeout:
                 pytest.fail(f"{method}: the app never got its request message (hung until the client timed out)")

@@ -263,14 +263,12 @@ async def test_request_body_forwarded_on_unscoped(mode: str, dev_issuer: DevIssu
 
 
 @pytest.mark.parametrize("mode", ["middleware", "sidecar"])
-async def test_304_with_content_length(mode: str, dev_issuer: DevIssuer, issuer_url: str,
-                                       caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_304_with_a_content_length_is_passed_on_without_a_body_and_recorded_complete(
+        mode: str, dev_issuer: DevIssuer, issuer_url: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     async with served(mode, issuer_url) as gw:
         r = await gw.client.get(STREAM_PATH + "?case=304cl", headers={**a3_headers(dev_issuer), "If-None-Match": '"v1"'})
+        assert r.status_code == 304 and r.content == b""
         end = await gw.stream_end_for(r.headers["x-correlation-id"])
-        print(mode, r.status_code, end.reason, end.detail)
-        for rec in caplog.records:
-            if rec.levelno >= logging.WARNING:
-                print("  LOG", rec.name, rec.levelname, rec.getMessage()[:120], "exc" if rec.exc_info else "")
         assert end.reason == "stream_end"
+        assert [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING] == []
