@@ -324,12 +324,14 @@ def apply_constraints(
 ) -> tuple[list[tuple[str, str]], ScopeContext]:
     """Enforce the route's metadata constraints (docs/protocol.md §5).
 
+    Call after :func:`check_governed_params` (``Gate.authorize`` does, before the consent is
+    bound): a governed parameter here is present at most once.
+
     :returns: (effective query parameters to forward, scope context with the effective period).
-    :raises BadRequestError: (400) a governed parameter is repeated or malformed.
+    :raises BadRequestError: (400) a governed parameter is malformed.
     :raises InsufficientConsentError: (403) ``metadata_missing`` (no parsable consented value)
         or ``metadata_out_of_range`` (the request asks for more than the consent covers).
     """
-    check_governed_params(route, query)
     effective = list(query)
     context = ScopeContext()
     if route.year is not None:
